@@ -1,0 +1,80 @@
+"""Reading a BatchNormalization node: is it an inference-mode, per-channel normalisation with
+constant parameters, and if so, which affine map does it compute?
+
+Opset history that matters here (onnx/docs/Changelog.md):
+- 1 and 6: `is_test` (default 0 = training), `spatial` (default 1), optional outputs 2-5.
+- 7: `is_test` removed; using any of the optional outputs (mean, var, saved_mean, saved_var)
+  means training mode; `spatial` still there.
+- 9: `spatial` removed (always per-channel).
+- 14: `training_mode` attribute (default 0); outputs running_mean/var only in training mode.
+- 15: scale/bias and mean/var may have other float types than the data (T1, T2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from .graph_view import GraphView
+from .numerics import ChannelAffine, NotRepresentable, batchnorm_affine, is_float
+
+PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """An inference-mode BatchNormalization, ready to fold."""
+
+    input: str
+    output: str
+    affine: ChannelAffine
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def mode_problem(node: onnx.NodeProto, opset: int) -> str | None:
+    """Why this BatchNormalization is not an inference-mode per-channel one, or None."""
+    attrs = _attributes(node)
+    extra_outputs = [name for name in node.output[1:] if name]
+    if opset < 7 and not attrs.get("is_test", 0):
+        return f"training mode (opset {opset} BatchNormalization without is_test=1)"
+    if opset >= 14 and attrs.get("training_mode", 0):
+        return "training mode (training_mode=1)"
+    if opset < 9 and attrs.get("spatial", 1) == 0:
+        return "spatial=0 (per-activation statistics, not per-channel)"
+    if extra_outputs:
+        listed = ", ".join(f"'{n}'" for n in extra_outputs)
+        return f"its optional outputs ({listed}) are used, which only training mode computes"
+    if len(node.input) != 5 or not all(node.input):
+        return f"it has {sum(1 for i in node.input if i)} inputs, expected 5"
+    return None
+
+
+def read_batchnorm(node: onnx.NodeProto, opset: int, view: GraphView) -> BatchNorm | str:
+    """The node as a `BatchNorm`, or the reason it cannot be folded."""
+    problem = mode_problem(node, opset)
+    if problem:
+        return problem
+    values = []
+    for role, name in zip(PARAMETER_NAMES, node.input[1:], strict=True):
+        value = view.constant(name)
+        if value is None:
+            return f"parameter {role} is not constant: {view.why_not_constant(name)}"
+        if not is_float(value.dtype):
+            return f"parameter {role} has non-float dtype {value.dtype}"
+        values.append(value)
+    shapes = {v.shape for v in values}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        listed = ", ".join(
+            f"{r} {tuple(v.shape)}" for r, v in zip(PARAMETER_NAMES, values, strict=True)
+        )
+        return f"parameters are not 1-D vectors of one length ({listed})"
+    epsilon = _attributes(node).get("epsilon", 1e-5)
+    try:
+        affine = batchnorm_affine(*values, epsilon)
+    except NotRepresentable as exc:
+        return str(exc)
+    return BatchNorm(node.input[0], node.output[0], affine)

@@ -1,0 +1,333 @@
+"""`bnfold IN -o OUT`: fold, validate, write; one line per BatchNormalization and a summary.
+
+Exit statuses (also in `--help` and the README):
+  0  success (folded and, unless --no-validate, validated; or --dry-run)
+  1  validation failed (or could not be done): OUT is not written
+  2  bad input or usage: unreadable/invalid model, unwritable output, bad option
+  3  internal error (a bug in bnfold; please report it)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, EXIT_VALIDATION_FAILED, BnfoldError, InputError
+from .fold import fold_in_place
+from .model_io import load_model, save_model
+from .records import FoldResult
+from .validate import ValidationReport, load_inputs, resolve_providers, validate
+
+EXIT_INTERNAL = 3
+
+EPILOG = """\b
+Exit status:
+  0  success (folded, validated unless --no-validate; or --dry-run)
+  1  validation failed or could not run: OUT is not written
+  2  bad input or usage (unreadable or invalid model, unwritable output, bad option)
+  3  internal error in bnfold (a bug: please report it)
+"""
+
+
+class _Console:
+    """Where lines go: records and verdicts to stdout, progress and errors to stderr."""
+
+    def __init__(self, quiet: bool, verbose: bool) -> None:
+        self.quiet = quiet
+        self.verbose = verbose
+        self.progress_enabled = not quiet and sys.stderr.isatty()
+
+    def out(self, line: str) -> None:
+        if not self.quiet:
+            click.echo(line)
+
+    def detail(self, line: str) -> None:
+        if self.verbose and not self.quiet:
+            click.echo(line)
+
+    def progress(self, line: str) -> None:
+        if self.progress_enabled:
+            click.echo(f"\r\033[K{line}", err=True, nl=False)
+
+    def progress_done(self) -> None:
+        if self.progress_enabled:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d < 0 for d in shapes[name]):
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(
+                f"'{value}' is not NAME:DxDxD", param_hint="--input-shape"
+            ) from None
+    return shapes
+
+
+def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, float] | None:
+    if not values:
+        return None
+    per_output: dict[str, float] = {}
+    global_value = None
+    for value in values:
+        name, sep, number = value.rpartition(":")
+        try:
+            parsed = float(number)
+            if parsed < 0:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(
+                f"'{value}' is not VALUE or NAME:VALUE", param_hint=option
+            ) from None
+        if sep:
+            per_output[name] = parsed
+        else:
+            global_value = parsed
+    if per_output:
+        return per_output if global_value is None else _DefaultDict(global_value, per_output)
+    return global_value
+
+
+class _DefaultDict(dict):
+    """Per-output tolerances with a global fallback (`--atol 1e-5 --atol logits:1e-3`)."""
+
+    def __init__(self, default: float, values: dict[str, float]) -> None:
+        super().__init__(values)
+        self.default = default
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> float:
+        return dict.get(self, key, self.default)
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Where to write the folded model."
+)
+@click.option("--dry-run", is_flag=True, help="Fold and report, write no model.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    help="Write the records (and validation) as JSON.",
+)
+@click.option(
+    "--no-validate", is_flag=True, help="Do not run the models in onnxruntime to prove the fold."
+)
+@click.option(
+    "--providers",
+    default="auto",
+    show_default=True,
+    help="cpu, cuda or cpu,cuda; auto = CPU plus CUDA when usable. "
+    "A provider named explicitly is required.",
+)
+@click.option("--tf32", is_flag=True, help="Allow TF32 on CUDA (tolerances scale with it).")
+@click.option(
+    "--rtol",
+    multiple=True,
+    metavar="[NAME:]VALUE",
+    help="Relative tolerance, global or per output (repeatable).",
+)
+@click.option(
+    "--atol",
+    multiple=True,
+    metavar="[NAME:]VALUE",
+    help="Absolute tolerance, global or per output (repeatable).",
+)
+@click.option(
+    "--input-shape",
+    multiple=True,
+    metavar="NAME:DxDxD",
+    help="Shape for an input with symbolic dims (repeatable).",
+)
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    help="Validate on real data: .npz of input name -> array.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of the generated validation inputs."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Print more detail (timings, warnings).")
+@click.version_option(__version__, "--version", prog_name="bnfold", message="%(prog)s %(version)s")
+def command(
+    model: Path,
+    output: Path | None,
+    dry_run: bool,
+    report_path: Path | None,
+    no_validate: bool,
+    providers: str,
+    tf32: bool,
+    rtol: tuple[str, ...],
+    atol: tuple[str, ...],
+    input_shape: tuple[str, ...],
+    inputs_path: Path | None,
+    seed: int,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Fold BatchNormalization into neighbouring Conv, ConvTranspose, Gemm and MatMul layers of
+    the ONNX model IN, prove the result in onnxruntime, and write it to OUT."""
+    console = _Console(quiet, verbose)
+    if output is None and not dry_run:
+        raise click.UsageError("give -o OUT, or --dry-run to only report")
+    if (
+        output is not None
+        and model.exists()
+        and output.exists()
+        and output.resolve() == model.resolve()
+    ):
+        raise InputError(output, "is the input file; write the folded model to another path")
+    _check_target(output)
+    _check_target(report_path)
+    provider_list = resolve_providers(providers)[0] if providers != "auto" else "auto"
+    options = {
+        "providers": None if provider_list == "auto" else provider_list,
+        "rtol": _parse_tolerance(rtol, "--rtol"),
+        "atol": _parse_tolerance(atol, "--atol"),
+        "input_shapes": _parse_shapes(input_shape),
+        "inputs": load_inputs(inputs_path) if inputs_path else None,
+        "seed": seed,
+        "tf32": tf32,
+    }
+    started = time.perf_counter()
+    console.progress(f"loading {model} ({_size(model)})")
+    loaded = load_model(model)
+    console.progress("folding")
+    result = fold_in_place(loaded)
+    console.progress_done()
+    for record in result.records:
+        console.out(_record_line(record))
+    validation = None
+    if not no_validate and not result.folded:
+        console.detail("nothing folded: the output is the input model; validation not needed")
+    elif not no_validate:
+        console.progress("validating in onnxruntime")
+        validation = validate(model, result.model, **options)
+        console.progress_done()
+        for line in validation.lines():
+            console.out(line)
+    elif any(_given(v) for k, v in options.items() if k not in ("seed",)) or providers != "auto":
+        console.out("WARNING | validation options have no effect with --no-validate")
+    passed = validation is None or validation.passed
+    if passed and output is not None and not dry_run:
+        console.progress(f"saving {output}")
+        save_model(result.model, output)
+        console.progress_done()
+    elapsed = time.perf_counter() - started
+    console.out(_summary(result, elapsed, validation, dry_run or output is None))
+    if report_path is not None:
+        _write_report(report_path, model, output, result, validation, elapsed, dry_run)
+    if not passed:
+        click.echo("bnfold: validation failed; the folded model was not written", err=True)
+        sys.exit(EXIT_VALIDATION_FAILED)
+
+
+def _given(value) -> bool:
+    return value not in (None, {}, False, "auto")
+
+
+def _check_target(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(path, f"its folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(path, f"its folder '{parent}' is not writable")
+
+
+def _size(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "?"
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def _record_line(record) -> str:
+    where = f"{record.graph}/" if record.graph else ""
+    if record.kind == "folded":
+        into = f"into {record.into_op} '{record.into}'"
+        return f"FOLDED  | {where}{record.batchnorm} | {into} | {record.how}"
+    return f"SKIPPED | {where}{record.batchnorm} | {record.reason}"
+
+
+def _summary(
+    result: FoldResult, elapsed: float, validation: ValidationReport | None, dry_run: bool
+) -> str:
+    parts = [
+        f"folded {len(result.folded)} of {result.batchnorm_count} BatchNormalization",
+        f"{result.nodes_before} → {result.nodes_after} nodes",
+    ]
+    if validation is not None:
+        parts.append("validated" if validation.passed else "validation FAILED")
+    if dry_run:
+        parts.append("dry run: nothing written")
+    parts.append(f"{elapsed:.2f} s")
+    return " | ".join(parts)
+
+
+def _write_report(path, model, output, result, validation, elapsed, dry_run) -> None:
+    report = {
+        "bnfold": __version__,
+        "input": str(model),
+        "output": None if dry_run or output is None else str(output),
+        **result.to_dict(),
+        "seconds": round(elapsed, 4),
+        "validation": None if validation is None else validation.to_dict(),
+    }
+    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        temporary.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: maps errors to one line on stderr and the documented exit status."""
+    try:
+        command.main(args=argv, prog_name="bnfold", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.Abort:
+        click.echo("bnfold: interrupted", err=True)
+        sys.exit(130)
+    except BnfoldError as exc:
+        click.echo(f"bnfold: error: {exc}", err=True)
+        sys.exit(exc.exit_status)
+    except KeyboardInterrupt:
+        click.echo("bnfold: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line; the traceback only with -v
+        if "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
+            traceback.print_exc()
+        click.echo(f"bnfold: internal error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)

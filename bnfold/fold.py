@@ -1,0 +1,207 @@
+"""The fold pass: find every BatchNormalization, fold those an exact rule allows, record the rest.
+
+Guarantees:
+- the model passed to `fold` is never modified; `FoldResult.model` is a new ModelProto;
+- every BatchNormalization (main graph, subgraphs, local functions) gets exactly one record;
+- a folded producer takes over the BatchNormalization's output tensor, so graph output names,
+  node names, metadata, doc strings and opset imports survive;
+- weights read by anything else are never changed in place: the producer gets a new tensor;
+- the result is deterministic and folding it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import onnx
+
+from .batchnorm import read_batchnorm
+from .graph_view import GraphView, NameAllocator, node_label, subgraphs
+from .model_io import default_opset, load_model
+from .producers import PLANNERS, FoldPlan
+from .records import Folded, FoldResult, Skipped
+
+ONNX_DOMAINS = ("", "ai.onnx")
+LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
+
+
+def fold(model: onnx.ModelProto | str | os.PathLike) -> FoldResult:
+    """Fold every BatchNormalization that an exact rule allows into its producing linear layer.
+
+    `model` is an `onnx.ModelProto` (left unmodified) or the path of an ONNX file (read with its
+    external data). Returns a `FoldResult` with the new model and one record per
+    BatchNormalization: `folded` (into which node, how) or `skipped` (why).
+    """
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return fold_in_place(copy)
+    return fold_in_place(load_model(model))
+
+
+def fold_in_place(model: onnx.ModelProto) -> FoldResult:
+    """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it)."""
+    context = _Context(model)
+    nodes_before = count_nodes(model.graph)
+    _fold_graph(model.graph, context, parent=None, path="")
+    for function in model.functions:
+        for node in function.node:
+            if node.op_type == "BatchNormalization" and node.domain in ONNX_DOMAINS:
+                context.skipped.append(
+                    Skipped(
+                        node_label(node),
+                        node.output[0] if node.output else "",
+                        "inside a model-local function, which bnfold leaves unchanged",
+                        f"function {function.domain}:{function.name}",
+                    )
+                )
+    return FoldResult(
+        model, context.folded, context.skipped, nodes_before, count_nodes(model.graph)
+    )
+
+
+def count_nodes(graph: onnx.GraphProto) -> int:
+    """Nodes in a graph and, recursively, in its subgraphs."""
+    return sum(1 + sum(count_nodes(g) for _, g in subgraphs(n)) for n in graph.node)
+
+
+@dataclass
+class _Context:
+    model: onnx.ModelProto
+    folded: list[Folded] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.opset = default_opset(self.model)
+        self.names = NameAllocator(self.model)
+        self.ranks = _shape_inference_ranks(self.model) if _needs_ranks(self.model.graph) else {}
+
+    def inferred_ranks(self) -> dict[str, int]:
+        return self.ranks
+
+
+def _fold_graph(
+    graph: onnx.GraphProto, context: _Context, parent: GraphView | None, path: str
+) -> None:
+    view = GraphView(
+        graph,
+        ir_version=context.model.ir_version,
+        parent=parent,
+        path=path,
+        inferred_ranks=context.inferred_ranks,
+    )
+    vanished: set[str] = set()
+    maybe_dead: set[str] = set()
+    for index, node in enumerate(view.nodes):
+        if node.op_type == "BatchNormalization" and node.domain in ONNX_DOMAINS:
+            record = _fold_one(view, index, context, vanished, maybe_dead)
+            (context.folded if isinstance(record, Folded) else context.skipped).append(record)
+    for index, node in enumerate(view.nodes):
+        if index in view.removed_nodes:
+            continue
+        for attr_name, sub in subgraphs(node):
+            _fold_graph(sub, context, view, f"{path}/{node_label(node)}.{attr_name}".lstrip("/"))
+    vanished |= view.remove_dead(maybe_dead)
+    view.commit(vanished)
+
+
+def _fold_one(
+    view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
+) -> Folded | Skipped:
+    bn_node = view.nodes[index]
+    label = node_label(bn_node)
+    output = bn_node.output[0] if bn_node.output else ""
+
+    def skip(reason: str) -> Skipped:
+        return Skipped(label, output, reason, view.path)
+
+    bn = read_batchnorm(bn_node, context.opset, view)
+    if isinstance(bn, str):
+        return skip(bn)
+    producer_index = view.producer.get(bn.input)
+    if producer_index is None:
+        return skip(f"its input '{bn.input}' is not computed by a node in this graph")
+    producer = view.nodes[producer_index]
+    if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
+        return skip(f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}")
+    if view.sole_consumer(bn.input) != index:
+        return skip(_shared_output_reason(view, bn.input, producer))
+    plan = PLANNERS[producer.op_type](producer, view, bn.affine, context.opset)
+    if isinstance(plan, str):
+        return skip(plan)
+    into_op = _apply(plan, view, producer_index, context, maybe_dead)
+    vanished.add(bn.input)
+    maybe_dead.update(name for name in bn_node.input[1:] if name)
+    view.bypass(index, producer_index)
+    return Folded(label, output, node_label(producer), into_op, plan.how, view.path)
+
+
+def _shared_output_reason(view: GraphView, name: str, producer: onnx.NodeProto) -> str:
+    what = f"the output '{name}' of {producer.op_type} '{node_label(producer)}'"
+    if name in view.output_names:
+        return f"{what} is also a graph output"
+    others = len(view.consumers.get(name, [])) - 1
+    return f"{what} is also read by {others} other node{'s' if others != 1 else ''}"
+
+
+def _apply(
+    plan: FoldPlan, view: GraphView, producer_index: int, context: _Context, maybe_dead: set[str]
+) -> str:
+    producer = view.nodes[producer_index]
+    stem = producer.name or producer.output[0]
+    for update in plan.updates:
+        if update.slot < len(producer.input) and producer.input[update.slot]:
+            maybe_dead.add(producer.input[update.slot])
+        view.set_constant_input(
+            producer_index, update.slot, update.value, f"{stem}_bnfold_{update.role}", context.names
+        )
+    if plan.new_op_type:
+        producer.op_type = plan.new_op_type
+    for name, value in plan.new_attributes.items():
+        _set_attribute(producer, name, value)
+    return producer.op_type
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
+    new = onnx.helper.make_attribute(name, value)
+    for attr in node.attribute:
+        if attr.name == name:
+            attr.CopyFrom(new)
+            return
+    node.attribute.append(new)
+
+
+def _needs_ranks(graph: onnx.GraphProto) -> bool:
+    """Whether some BatchNormalization reads a MatMul output (the only rule that needs ranks)."""
+    matmul_outputs: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "MatMul":
+            matmul_outputs.update(node.output)
+        elif (
+            node.op_type == "BatchNormalization" and node.input and node.input[0] in matmul_outputs
+        ):
+            return True
+        if any(_needs_ranks(sub) for _, sub in subgraphs(node)):
+            return True
+    return False
+
+
+def _shape_inference_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Ranks of all tensors onnx's shape inference can find (empty if it cannot run)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # inference is a hint here; without it MatMul folds are skipped
+        return {}
+    ranks: dict[str, int] = {}
+
+    def collect(graph: onnx.GraphProto) -> None:
+        for info in (*graph.value_info, *graph.input, *graph.output):
+            if info.type.tensor_type.HasField("shape"):
+                ranks[info.name] = len(info.type.tensor_type.shape.dim)
+        for node in graph.node:
+            for _, sub in subgraphs(node):
+                collect(sub)
+
+    collect(inferred.graph)
+    return ranks

@@ -1,0 +1,337 @@
+"""An index over one ONNX graph, built once: who produces and who consumes each tensor,
+which tensors are constant, and the few edits the fold makes.
+
+The fold works directly on the `GraphProto` (no conversion to another representation), so the
+cost of a fold is the cost of the index plus the edits, not of copying the model.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+CONSTANT_PASS_THROUGH = {"Identity"}
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graphs held in a node's attributes (If branches, Loop/Scan bodies, ...)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for i, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{i}]", g
+
+
+def outer_references(graph: onnx.GraphProto) -> set[str]:
+    """Names a graph reads that it does not define (values from enclosing scopes)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.name for t in graph.sparse_initializer if t.values.name}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(n for n in node.input if n)
+        for _, sub in subgraphs(node):
+            used |= outer_references(sub)
+        defined.update(node.output)
+    used.update(o.name for o in graph.output)
+    return used - defined
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """A readable identity for a node: its name, or its op type and first output."""
+    if node.name:
+        return node.name
+    first = node.output[0] if node.output else "?"
+    return f"<{node.op_type} -> {first}>"
+
+
+class NameAllocator:
+    """Hands out tensor names unused anywhere in the model."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._taken: set[str] = set()
+        self._add_graph(model.graph)
+        for function in model.functions:
+            self._taken.update(function.input)
+            self._taken.update(function.output)
+            for node in function.node:
+                self._taken.update(node.input)
+                self._taken.update(node.output)
+
+    def _add_graph(self, graph: onnx.GraphProto) -> None:
+        taken = self._taken
+        taken.update(i.name for i in graph.input)
+        taken.update(o.name for o in graph.output)
+        taken.update(t.name for t in graph.initializer)
+        taken.update(v.name for v in graph.value_info)
+        for node in graph.node:
+            taken.update(node.input)
+            taken.update(node.output)
+            for _, sub in subgraphs(node):
+                self._add_graph(sub)
+
+    def fresh(self, base: str) -> str:
+        name, n = base, 1
+        while name in self._taken:
+            n += 1
+            name = f"{base}_{n}"
+        self._taken.add(name)
+        return name
+
+
+class GraphView:
+    """Producer/consumer index and constant lookup for one graph.
+
+    Node positions stay valid until `remove_nodes`, which the pass calls once at the end.
+    A consumer is counted once per input slot; a value read inside a subgraph counts as consumed
+    by the node that holds the subgraph.
+    """
+
+    def __init__(
+        self,
+        graph: onnx.GraphProto,
+        *,
+        ir_version: int,
+        parent: GraphView | None = None,
+        path: str = "",
+        inferred_ranks: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.parent = parent
+        self.path = path
+        self.ir_version = ir_version
+        self.nodes = list(graph.node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.input_names = {i.name for i in graph.input}
+        self.output_names = {o.name for o in graph.output}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = defaultdict(list)
+        for index, node in enumerate(self.nodes):
+            for name in node.output:
+                if name:
+                    self.producer[name] = index
+            for name in node.input:
+                if name:
+                    self.consumers[name].append(index)
+            for _, sub in subgraphs(node):
+                for name in outer_references(sub):
+                    self.consumers[name].append(index)
+        self._constants: dict[str, np.ndarray | None] = {}
+        self.removed_nodes: set[int] = set()
+        self._inferred_ranks = inferred_ranks
+
+    # ----- questions -------------------------------------------------------------------------
+
+    def is_overridable(self, name: str) -> bool:
+        """An initializer that is also a graph input can be fed at run time (IR >= 4)."""
+        return name in self.input_names and self.ir_version >= 4
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of `name` if it is fixed at load time, else None.
+
+        Constant means: a (non-overridable) initializer, the output of a `Constant` node, or
+        either of these reached through `Identity` nodes, here or in an enclosing graph.
+        """
+        if name in self._constants:
+            return self._constants[name]
+        value = self._find_constant(name)
+        self._constants[name] = value
+        return value
+
+    def _find_constant(self, name: str) -> np.ndarray | None:
+        if name in self.initializers:
+            if self.is_overridable(name):
+                return None
+            return numpy_helper.to_array(self.initializers[name])
+        if name in self.producer:
+            node = self.nodes[self.producer[name]]
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                return constant_node_value(node)
+            if node.op_type in CONSTANT_PASS_THROUGH and node.domain in ("", "ai.onnx"):
+                return self.constant(node.input[0]) if node.input and node.input[0] else None
+            return None
+        if name in self.input_names:
+            return None
+        if self.parent is not None:
+            return self.parent.constant(name)
+        return None
+
+    def why_not_constant(self, name: str) -> str:
+        """A short phrase saying why `name` is not constant."""
+        if name in self.initializers and self.is_overridable(name):
+            return f"'{name}' is an initializer that is also a graph input (can be overridden)"
+        if name in self.input_names:
+            return f"'{name}' is a graph input"
+        if name in self.producer:
+            node = self.nodes[self.producer[name]]
+            if node.op_type in CONSTANT_PASS_THROUGH and node.input:
+                return self.why_not_constant(node.input[0])
+            domain = f"{node.domain}:" if node.domain not in ("", "ai.onnx") else ""
+            return f"'{name}' is computed by {domain}{node.op_type} '{node_label(node)}'"
+        if self.parent is not None:
+            return self.parent.why_not_constant(name)
+        return f"'{name}' is not defined"
+
+    def sole_consumer(self, name: str) -> int | None:
+        """The one node reading `name` once, if it is neither a graph output nor used elsewhere."""
+        readers = self.consumers.get(name, [])
+        if len(readers) != 1 or name in self.output_names:
+            return None
+        return readers[0]
+
+    def rank(self, name: str) -> int | None:
+        """The rank of a tensor if declared, constant, or found by shape inference; else None."""
+        value = self.constant(name)
+        if value is not None:
+            return value.ndim
+        for infos in (self.graph.value_info, self.graph.input, self.graph.output):
+            for info in infos:
+                if info.name == name and info.type.tensor_type.HasField("shape"):
+                    return len(info.type.tensor_type.shape.dim)
+        if self._inferred_ranks is not None:
+            return self._inferred_ranks().get(name)
+        return None
+
+    # ----- edits -----------------------------------------------------------------------------
+
+    def set_constant_input(
+        self, node_index: int, slot: int, value: np.ndarray, base_name: str, names: NameAllocator
+    ) -> str:
+        """Make input `slot` of a node the constant `value`; return the tensor name used.
+
+        An initializer read only by this node is overwritten in place; anything else (shared
+        weights, Constant nodes, outer-scope values) gets a new initializer with a fresh name, so
+        no other reader ever sees a changed value.
+        """
+        node = self.nodes[node_index]
+        while len(node.input) <= slot:
+            node.input.append("")
+        old = node.input[slot]
+        if old and self._exclusively_owned(old, node_index):
+            tensor = self.initializers[old]
+            _fill_tensor(tensor, value)
+            self._constants[old] = value
+            return old
+        name = names.fresh(base_name)
+        tensor = self.graph.initializer.add()
+        tensor.name = name
+        _fill_tensor(tensor, value)
+        self.initializers[name] = tensor
+        if self.ir_version < 4:  # every initializer must also be a graph input
+            self.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, tensor.data_type, list(value.shape))
+            )
+            self.input_names.add(name)
+        self._constants[name] = value
+        node.input[slot] = name
+        self.consumers[name].append(node_index)
+        if old:
+            self.consumers[old].remove(node_index)
+        return name
+
+    def _exclusively_owned(self, name: str, node_index: int) -> bool:
+        return (
+            name in self.initializers
+            and self.consumers.get(name) == [node_index]
+            and name not in self.output_names
+            and name not in self.input_names
+        )
+
+    def bypass(self, bn_index: int, producer_index: int) -> None:
+        """Remove a BatchNormalization: its producer takes over its output tensor."""
+        bn = self.nodes[bn_index]
+        producer = self.nodes[producer_index]
+        old_output = producer.output[0]
+        producer.output[0] = bn.output[0]
+        self.producer[bn.output[0]] = producer_index
+        del self.producer[old_output]
+        self.consumers.pop(old_output, None)
+        for name in bn.input[1:]:
+            if name:
+                self.consumers[name].remove(bn_index)
+        self.removed_nodes.add(bn_index)
+
+    def remove_dead(self, candidates: set[str]) -> set[str]:
+        """Remove the initializers and Constant/Identity nodes among `candidates` (and their
+        inputs, transitively) that nothing reads any more. Returns the names that disappeared."""
+        gone: set[str] = set()
+        pending = sorted(candidates)
+        while pending:
+            name = pending.pop()
+            if self.consumers.get(name) or name in self.output_names or name in gone:
+                continue
+            if name in self.producer:
+                index = self.producer[name]
+                node = self.nodes[index]
+                if node.op_type not in ("Constant", *CONSTANT_PASS_THROUGH) or index in (
+                    self.removed_nodes
+                ):
+                    continue
+                self.removed_nodes.add(index)
+                del self.producer[name]
+                gone.add(name)
+                for source in node.input:
+                    if source:
+                        self.consumers[source].remove(index)
+                        pending.append(source)
+            elif name in self.initializers and (
+                name not in self.input_names or self.ir_version < 4
+            ):
+                gone.add(name)
+        self._drop_initializers(gone & self.initializers.keys())
+        return gone
+
+    def _drop_initializers(self, names: set[str]) -> None:
+        if not names:
+            return
+        for index in range(len(self.graph.initializer) - 1, -1, -1):
+            if self.graph.initializer[index].name in names:
+                del self.graph.initializer[index]
+        for name in names:
+            del self.initializers[name]
+        if self.ir_version < 4:
+            _delete_where(self.graph.input, lambda info: info.name in names)
+            self.input_names -= names
+
+    def commit(self, vanished: set[str]) -> None:
+        """Delete the removed nodes and the value_info of tensors that no longer exist."""
+        for index in sorted(self.removed_nodes, reverse=True):
+            del self.graph.node[index]
+        if vanished:
+            _delete_where(self.graph.value_info, lambda info: info.name in vanished)
+
+
+def _delete_where(repeated, predicate) -> None:
+    for index in range(len(repeated) - 1, -1, -1):
+        if predicate(repeated[index]):
+            del repeated[index]
+
+
+def _fill_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
+    """Overwrite a TensorProto's contents with `value` (raw little-endian bytes)."""
+    name = tensor.name
+    tensor.Clear()
+    tensor.name = name
+    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    tensor.dims.extend(value.shape)
+    tensor.raw_data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<")).tobytes()
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a `Constant` node, or None for sparse or string constants."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None

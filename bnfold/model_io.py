@@ -1,0 +1,264 @@
+"""Reading and writing models safely.
+
+- `load_model` turns every way a file can be unusable (missing, a directory, empty, not
+  protobuf, truncated, not a model, dangling or cyclic graph, unsupported opset, external data
+  that is missing or points outside the model's folder) into one `InputError` line.
+- `save_model` writes atomically: a temporary file in the target folder, then a rename, so a
+  failure never leaves a partial OUT; models too big for one protobuf (2 GB) get their tensors in
+  one data file named after the output, next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, numpy_helper
+
+from .errors import InputError
+from .graph_view import node_label, subgraphs
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave room for the graph itself when deciding whether tensors fit in one protobuf.
+INLINE_TENSOR_BUDGET = 1_800_000_000
+EXTERNAL_THRESHOLD = 1024  # tensors at least this big go to the data file
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset version for the default ONNX domain (0 if it imports none)."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file and its external data; raise `InputError` naming the file if unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an ONNX file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise InputError(path, "is empty")
+    model = parse_model(data, path)
+    check_model_structure(model, path)
+    load_external_data(model, path)
+    return model
+
+
+def parse_model(data: bytes, path: Path | None = None) -> onnx.ModelProto:
+    """Parse bytes as a ModelProto and check it is a model at all."""
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InputError(path, f"is not an ONNX model (protobuf parse failed: {exc})") from None
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise InputError(path, "is not an ONNX model (no graph or no IR version)")
+    return model
+
+
+def check_model_structure(model: onnx.ModelProto, path: Path | None = None) -> None:
+    """Checks the fold relies on: a known opset and a graph whose every input is defined before
+    it is read (no dangling names, no cycles). Cheaper than `onnx.checker`, and unlike it accepts
+    IR-3 models that onnxruntime runs."""
+    opset = default_opset(model)
+    newest = onnx.defs.onnx_opset_version()
+    if opset == 0 and _uses_default_domain(model.graph):
+        raise InputError(path, "imports no opset for the default ONNX domain")
+    if opset > newest:
+        raise InputError(
+            path, f"uses opset {opset}, newer than this onnx ({onnx.__version__}) knows ({newest})"
+        )
+    problem = _first_undefined_input(model.graph, set())
+    if problem:
+        raise InputError(path, problem)
+
+
+def _uses_default_domain(graph: onnx.GraphProto) -> bool:
+    return any(node.domain in ("", "ai.onnx") for node in graph.node)
+
+
+def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | None:
+    defined = set(outer)
+    defined.update(i.name for i in graph.input)
+    defined.update(t.name for t in graph.initializer)
+    defined.update(t.values.name for t in graph.sparse_initializer)
+    produced_later = {name for node in graph.node for name in node.output}
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in defined:
+                if name in produced_later:
+                    return (
+                        f"node '{node_label(node)}' reads '{name}' before it is computed "
+                        "(the graph has a cycle or is not topologically sorted)"
+                    )
+                return f"node '{node_label(node)}' reads '{name}', which nothing defines"
+        for _, sub in subgraphs(node):
+            problem = _first_undefined_input(sub, defined)
+            if problem:
+                return problem
+        defined.update(name for name in node.output if name)
+    for output in graph.output:
+        if output.name not in defined:
+            return f"graph output '{output.name}' is not computed by the graph"
+    return None
+
+
+# ----- external data ---------------------------------------------------------------------------
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            yield tensor
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return next(_external_tensors(model), None) is not None
+
+
+def load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read external tensor data that lies inside the model's folder; refuse anything else."""
+    base = path.resolve().parent
+    for tensor in _external_tensors(model):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        data_path = _safe_data_path(base, location, path, tensor.name)
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+        available = data_path.stat().st_size - offset
+        if offset < 0 or available < 0 or (length is not None and length > available):
+            raise InputError(
+                path, f"external data of tensor '{tensor.name}' lies beyond the end of {location}"
+            )
+        with open(data_path, "rb") as handle:
+            handle.seek(offset)
+            tensor.raw_data = handle.read(available if length is None else length)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _safe_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
+    if not location:
+        raise InputError(path, f"tensor '{tensor}' has external data without a location")
+    relative = Path(location)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise InputError(
+            path, f"external data location '{location}' leaves the model's folder; refused"
+        )
+    candidate = base / relative
+    probe = base
+    for part in relative.parts:
+        probe = probe / part
+        if probe.is_symlink():
+            raise InputError(
+                path, f"external data location '{location}' goes through a symbolic link; refused"
+            )
+    if not candidate.is_file():
+        raise InputError(path, f"external data file '{location}' is missing")
+    return candidate
+
+
+# ----- saving ----------------------------------------------------------------------------------
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data held in the model (initializers, Constant values, subgraphs)."""
+    return sum(t.ByteSize() for t in external_data_helper._get_all_tensors(model))
+
+
+def save_model(
+    model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None
+) -> list[Path]:
+    """Write `model` to `path` atomically; return the files written.
+
+    `external_data=None` chooses: tensors go to `<name>.data` next to the output when they would
+    not fit in one 2 GB protobuf. With external data the model's large tensors are moved out of
+    `model` (its raw bytes are cleared), so pass a model you own.
+    """
+    path = Path(path)
+    _check_writable_target(path)
+    if external_data is None:
+        external_data = tensor_bytes(model) > INLINE_TENSOR_BUDGET
+    written: list[Path] = []
+    try:
+        if external_data:
+            data_name = f"{path.name}.data"
+            written.append(_write_external_data(model, path.parent / data_name, data_name))
+        _write_atomically(path, model.SerializeToString())
+        written.insert(0, path)
+    except OSError as exc:
+        for file in written:
+            with contextlib.suppress(OSError):
+                file.unlink()
+        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
+    except ValueError as exc:  # protobuf refuses to serialize > 2 GB
+        raise InputError(path, f"cannot be written ({exc})") from None
+    return written
+
+
+def _check_writable_target(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name for the output")
+    if not path.parent.is_dir():
+        raise InputError(path, f"its folder '{path.parent}' does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(path, f"its folder '{path.parent}' is not writable")
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
+def _write_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> Path:
+    """Move every tensor of at least EXTERNAL_THRESHOLD bytes into one data file."""
+    temporary = data_path.parent / f".{data_path.name}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as handle:
+            offset = 0
+            for tensor in external_data_helper._get_all_tensors(model):
+                if tensor.ByteSize() < EXTERNAL_THRESHOLD:
+                    continue
+                if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw bytes
+                    tensor.CopyFrom(
+                        numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
+                    )
+                padding = -offset % 4096  # page-aligned, so runtimes can map it
+                handle.write(b"\0" * padding)
+                offset += padding
+                data = tensor.raw_data
+                handle.write(data)
+                external_data_helper.set_external_data(
+                    tensor, location=location, offset=offset, length=len(data)
+                )
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                tensor.ClearField("raw_data")
+                offset += len(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, data_path)
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    return data_path

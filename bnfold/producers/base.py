@@ -1,0 +1,61 @@
+"""What every producer rule shares: the plan it returns and reading its weight and bias.
+
+A rule answers *may I, and with which new constants?* by returning a `FoldPlan`, or a reason
+string when it may not. The pass (`bnfold.fold`) applies plans; rules never edit the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..graph_view import GraphView
+from ..numerics import NotRepresentable, is_float, round_to
+
+
+@dataclass(frozen=True)
+class ConstantUpdate:
+    """Input `slot` of the producer becomes the constant `value` (already in its final dtype)."""
+
+    slot: int
+    value: np.ndarray
+    role: str  # "weight", "bias", ...
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """How to absorb a BatchNormalization into its producer."""
+
+    updates: tuple[ConstantUpdate, ...]
+    how: str
+    new_op_type: str | None = None  # e.g. MatMul becomes Gemm
+    new_attributes: dict[str, object] = field(default_factory=dict)
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def constant_input(node: onnx.NodeProto, slot: int, role: str, view: GraphView):
+    """(value or None if the input is absent, problem or None)."""
+    if len(node.input) <= slot or not node.input[slot]:
+        return None, None
+    value = view.constant(node.input[slot])
+    if value is None:
+        return None, f"the {role} is not constant: {view.why_not_constant(node.input[slot])}"
+    if not is_float(value.dtype):
+        return None, f"the {role} has dtype {value.dtype}, not a float type"
+    return value, None
+
+
+def rounded_updates(pairs: list[tuple[int, np.ndarray, np.dtype, str]]):
+    """Round each float64 result once to its dtype; (updates, problem)."""
+    updates = []
+    for slot, value64, dtype, role in pairs:
+        try:
+            updates.append(ConstantUpdate(slot, round_to(value64, dtype), role))
+        except NotRepresentable as exc:
+            return None, f"the folded {role} is not representable: {exc}"
+    return tuple(updates), None

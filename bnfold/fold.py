@@ -87,6 +87,7 @@ def _fold_graph(
     view = GraphView(
         graph,
         ir_version=context.model.ir_version,
+        opset=context.opset,
         parent=parent,
         path=path,
         inferred_ranks=context.inferred_ranks,

@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-CONSTANT_PASS_THROUGH = {"Identity"}
+from .constant_eval import EVALUATED_OPS, evaluate
+
+MAX_CONSTANT_DEPTH = 200  # longest chain of nodes folded into one constant
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
@@ -96,6 +98,7 @@ class GraphView:
         graph: onnx.GraphProto,
         *,
         ir_version: int,
+        opset: int,
         parent: GraphView | None = None,
         path: str = "",
         inferred_ranks: Callable[[], dict[str, int]] | None = None,
@@ -104,6 +107,7 @@ class GraphView:
         self.parent = parent
         self.path = path
         self.ir_version = ir_version
+        self.opset = opset
         self.nodes = list(graph.node)
         self.initializers = {t.name: t for t in graph.initializer}
         self.input_names = {i.name for i in graph.input}
@@ -121,6 +125,8 @@ class GraphView:
                 for name in outer_references(sub):
                     self.consumers[name].append(index)
         self._constants: dict[str, np.ndarray | None] = {}
+        self._depth = 0
+        self.evaluated_nodes: set[int] = set()  # pure nodes computed at fold time
         self.removed_nodes: set[int] = set()
         self._inferred_ranks = inferred_ranks
 
@@ -151,14 +157,30 @@ class GraphView:
             node = self.nodes[self.producer[name]]
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 return constant_node_value(node)
-            if node.op_type in CONSTANT_PASS_THROUGH and node.domain in ("", "ai.onnx"):
-                return self.constant(node.input[0]) if node.input and node.input[0] else None
-            return None
+            return self._evaluate(self.producer[name], node)
         if name in self.input_names:
             return None
         if self.parent is not None:
             return self.parent.constant(name)
         return None
+
+    def _evaluate(self, index: int, node: onnx.NodeProto) -> np.ndarray | None:
+        """Fold a small constant subgraph ending at `node` (see `constant_eval`)."""
+        if node.op_type not in EVALUATED_OPS or node.output[0] not in self.producer:
+            return None
+        if self._depth >= MAX_CONSTANT_DEPTH:
+            return None
+        self._depth += 1
+        try:
+            inputs = [self.constant(name) if name else None for name in node.input]
+        finally:
+            self._depth -= 1
+        if any(value is None for name, value in zip(node.input, inputs, strict=True) if name):
+            return None
+        value = evaluate(node, inputs, self.opset)
+        if value is not None:
+            self.evaluated_nodes.add(index)
+        return value
 
     def why_not_constant(self, name: str) -> str:
         """A short phrase saying why `name` is not constant."""
@@ -168,7 +190,7 @@ class GraphView:
             return f"'{name}' is a graph input"
         if name in self.producer:
             node = self.nodes[self.producer[name]]
-            if node.op_type in CONSTANT_PASS_THROUGH and node.input:
+            if node.op_type == "Identity" and node.input:
                 return self.why_not_constant(node.input[0])
             domain = f"{node.domain}:" if node.domain not in ("", "ai.onnx") else ""
             return f"'{name}' is computed by {domain}{node.op_type} '{node_label(node)}'"
@@ -267,13 +289,15 @@ class GraphView:
             if name in self.producer:
                 index = self.producer[name]
                 node = self.nodes[index]
-                if node.op_type not in ("Constant", *CONSTANT_PASS_THROUGH) or index in (
-                    self.removed_nodes
-                ):
+                removable = node.op_type == "Constant" or index in self.evaluated_nodes
+                if not removable or index in self.removed_nodes:
+                    continue
+                if any(self.consumers.get(out) or out in self.output_names for out in node.output):
                     continue
                 self.removed_nodes.add(index)
-                del self.producer[name]
-                gone.add(name)
+                for out in node.output:
+                    self.producer.pop(out, None)
+                    gone.add(out)
                 for source in node.input:
                     if source:
                         self.consumers[source].remove(index)

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper, numpy_helper
 
 from .errors import InputError
-from .graph_view import node_label, subgraphs
+from .graph_view import node_label, outer_references, subgraphs
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph itself when deciding whether tensors fit in one protobuf.
@@ -91,29 +91,58 @@ def _uses_default_domain(graph: onnx.GraphProto) -> bool:
 
 
 def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | None:
+    """A dangling name or a cycle, described; None if every read has a source.
+
+    Graphs that are merely out of topological order are accepted (onnxruntime runs them)."""
     defined = set(outer)
     defined.update(i.name for i in graph.input)
     defined.update(t.name for t in graph.initializer)
     defined.update(t.values.name for t in graph.sparse_initializer)
-    produced_later = {name for node in graph.node for name in node.output}
+    defined.update(name for node in graph.node for name in node.output if name)
     for node in graph.node:
         for name in node.input:
             if name and name not in defined:
-                if name in produced_later:
-                    return (
-                        f"node '{node_label(node)}' reads '{name}' before it is computed "
-                        "(the graph has a cycle or is not topologically sorted)"
-                    )
                 return f"node '{node_label(node)}' reads '{name}', which nothing defines"
         for _, sub in subgraphs(node):
             problem = _first_undefined_input(sub, defined)
             if problem:
                 return problem
-        defined.update(name for name in node.output if name)
     for output in graph.output:
         if output.name not in defined:
             return f"graph output '{output.name}' is not computed by the graph"
-    return None
+    return _cycle(graph)
+
+
+def _cycle(graph: onnx.GraphProto) -> str | None:
+    """Kahn's algorithm over node outputs: describe a node on a cycle, if there is one."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    waiting = [0] * len(graph.node)
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        sources = {producer[name] for name in _reads(node) if name in producer}
+        waiting[index] = len(sources)
+        for source in sources:
+            readers.setdefault(source, []).append(index)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    done = 0
+    while ready:
+        index = ready.pop()
+        done += 1
+        for reader in readers.get(index, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if done == len(graph.node):
+        return None
+    stuck = next(i for i, count in enumerate(waiting) if count > 0)
+    return f"the graph has a cycle through node '{node_label(graph.node[stuck])}'"
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    names = {name for name in node.input if name}
+    for _, sub in subgraphs(node):
+        names |= outer_references(sub)
+    return names
 
 
 # ----- external data ---------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""Evaluate small constant subgraphs (`ConstantOfShape`, `Cast`, `Unsqueeze`, `Reshape`, ...).
+
+Exporters write weights and BatchNormalization parameters through such nodes; a value is constant
+when every input of its producing node is constant and the op is a pure tensor function from the
+list below. Results are bounded in size (`MAX_ELEMENTS`) so that a hostile file cannot make bnfold
+allocate huge arrays. Ops are evaluated with onnx's reference implementation at the model's opset,
+except the three most common, which are done directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+MAX_ELEMENTS = 1 << 26  # 64 Mi elements per evaluated tensor
+
+# Pure ops whose output size is bounded by their inputs' (or checked in `_output_elements`).
+EVALUATED_OPS = frozenset(
+    {
+        "Cast",
+        "CastLike",
+        "ConstantOfShape",
+        "Concat",
+        "Div",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "Identity",
+        "Mul",
+        "Neg",
+        "Add",
+        "Reciprocal",
+        "Reshape",
+        "Shape",
+        "Size",
+        "Slice",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
+BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int):
+    """The node's first output computed from constant `inputs`, or None if it cannot or may not be.
+
+    `inputs` holds None for absent optional inputs.
+    """
+    if node.op_type not in EVALUATED_OPS or node.domain not in ("", "ai.onnx"):
+        return None
+    try:
+        elements = _output_elements(node, inputs)
+        if elements is None or elements > MAX_ELEMENTS:
+            return None
+        direct = _evaluate_directly(node, inputs)
+        if direct is not None:
+            return direct
+        return _evaluate_with_reference(node, inputs, opset)
+    except Exception:  # malformed nodes are simply not constant-folded
+        return None
+
+
+def _output_elements(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> int | None:
+    present = [a for a in inputs if a is not None]
+    largest = max((a.size for a in present), default=1)
+    op = node.op_type
+    if op == "ConstantOfShape":
+        return math.prod(int(d) for d in inputs[0].reshape(-1))
+    if op == "Expand":
+        return math.prod(np.broadcast_shapes(inputs[0].shape, tuple(int(d) for d in inputs[1])))
+    if op == "Tile":
+        return inputs[0].size * math.prod(int(r) for r in inputs[1].reshape(-1))
+    if op in BROADCASTING_OPS:
+        return math.prod(np.broadcast_shapes(*(a.shape for a in present)))
+    if op == "Concat":
+        return sum(a.size for a in present)
+    return largest
+
+
+def _attribute(node: onnx.NodeProto, name: str):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return None
+
+
+def _evaluate_directly(node: onnx.NodeProto, inputs: list[np.ndarray | None]):
+    op = node.op_type
+    if op == "Identity":
+        return inputs[0]
+    if op == "ConstantOfShape":
+        value = _attribute(node, "value")
+        fill = numpy_helper.to_array(value).reshape(-1) if value is not None else None
+        if fill is None or fill.size == 0:
+            fill = np.zeros(1, dtype=np.float32)
+        shape = tuple(int(d) for d in inputs[0].reshape(-1))
+        return np.full(shape, fill[0], dtype=fill.dtype)
+    if op == "Cast":
+        to = _attribute(node, "to")
+        return inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    return None
+
+
+def _evaluate_with_reference(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int):
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if a is not None else "" for i, a in enumerate(inputs)]
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    del copy.input[:]
+    copy.input.extend(names)
+    del copy.output[:]
+    copy.output.extend(["out"] + [f"extra{i}" for i in range(1, len(node.output))])
+    graph_inputs = [
+        onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape
+        )
+        for name, array in zip(names, inputs, strict=True)
+        if array is not None
+    ]
+    graph = onnx.helper.make_graph(
+        [copy], "constant", graph_inputs, [onnx.helper.make_empty_tensor_value_info("out")]
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    feeds = {name: array for name, array in zip(names, inputs, strict=True) if array is not None}
+    result = ReferenceEvaluator(model).run(None, feeds)[0]
+    return np.asarray(result)

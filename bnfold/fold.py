@@ -122,7 +122,7 @@ def _fold_one(
         return skip(bn)
     producer_index = view.producer.get(bn.input)
     if producer_index is None:
-        return skip(f"its input '{bn.input}' is not computed by a node in this graph")
+        return skip(_no_producer_reason(view, bn.input))
     producer = view.nodes[producer_index]
     if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
         return skip(f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}")
@@ -136,6 +136,16 @@ def _fold_one(
     maybe_dead.update(name for name in bn_node.input[1:] if name)
     view.bypass(index, producer_index)
     return Folded(label, output, node_label(producer), into_op, plan.how, view.path)
+
+
+def _no_producer_reason(view: GraphView, name: str) -> str:
+    if name in view.input_names:
+        where = "a graph input"
+    elif name in view.initializers:
+        where = "an initializer"
+    else:
+        where = "a value of the enclosing graph"
+    return f"its input '{name}' is {where}: no layer before it to fold into"
 
 
 def _shared_output_reason(view: GraphView, name: str, producer: onnx.NodeProto) -> str:

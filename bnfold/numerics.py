@@ -44,7 +44,8 @@ def batchnorm_affine(
     Raises `NotRepresentable` if √(σ² + ε) is not a positive finite number for some channel.
     """
     # epsilon is stored as float32 in the attribute; the runtimes add it in the data dtype.
-    denom = np.sqrt(var.astype(np.float64) + np.float64(np.float32(epsilon)))
+    with np.errstate(invalid="ignore"):
+        denom = np.sqrt(var.astype(np.float64) + np.float64(np.float32(epsilon)))
     if not np.all(np.isfinite(denom)) or np.any(denom <= 0):
         raise NotRepresentable("variance + epsilon is not a positive finite number")
     scale = gamma.astype(np.float64) / denom
@@ -82,7 +83,8 @@ def folded_bias(bias: np.ndarray | None, affine: ChannelAffine) -> np.ndarray:
 
 def round_to(array64: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round a float64 result once to `dtype`; raise `NotRepresentable` on overflow or NaN."""
-    rounded = array64.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = array64.astype(dtype)
     if not np.all(np.isfinite(np.asarray(rounded, dtype=np.float64))):
         finite_in = np.isfinite(array64)
         if np.any(~finite_in):

@@ -1,0 +1,181 @@
+"""The command line, through the real console command: outputs, reports, exit statuses, and
+the failure contract (one line, no traceback, no partial output, input untouched)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.builders import MODELS, assert_same_function
+
+BNFOLD = shutil.which("bnfold", path=str(Path(sys.executable).parent)) or shutil.which("bnfold")
+RESNET = MODELS / "resnet_tiny.onnx"
+
+
+def bnfold(*args, cwd=None):
+    assert BNFOLD, "the bnfold console script is not installed"
+    return subprocess.run(
+        [BNFOLD, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def assert_clean_failure(proc, status, *, mentions):
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert mentions in lines[0], lines[0]
+
+
+def test_fold_a_shipped_model(tmp_path):
+    out = tmp_path / "out.onnx"
+    proc = bnfold(RESNET, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("FOLDED") for line in lines) == 10
+    assert any(line.startswith("PASSED | cpu | output 'logits'") for line in lines)
+    assert lines[-1].startswith("folded 10 of 10 BatchNormalization | 34 → 24 nodes | validated")
+    folded = onnx.load(out)
+    onnx.checker.check_model(folded, full_check=True)
+    assert not [n for n in folded.graph.node if n.op_type == "BatchNormalization"]
+    feeds = {"input": np.random.default_rng(0).standard_normal([2, 3, 32, 32]).astype(np.float32)}
+    assert_same_function(onnx.load(RESNET), folded, feeds=feeds)
+
+
+def test_python_dash_m_and_version():
+    proc = subprocess.run([sys.executable, "-m", "bnfold", "--version"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("bnfold ")
+    help_text = bnfold("--help").stdout
+    assert "Exit status" in help_text and "--no-validate" in help_text
+
+
+def test_dry_run_and_json_report(tmp_path):
+    report = tmp_path / "r.json"
+    proc = bnfold(MODELS / "pointnet_tiny.onnx", "--dry-run", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run: nothing written" in proc.stdout
+    assert list(tmp_path.iterdir()) == [report]
+    data = json.loads(report.read_text())
+    assert data["batchnorm_folded"] == 5 and data["output"] is None
+    assert {r["into_op"] for r in data["folded"]} == {"Conv", "Gemm"}
+    assert data["validation"]["passed"] is True
+    assert data["validation"]["settings"]["graph_optimization_level"] == "ORT_DISABLE_ALL"
+
+
+def test_quiet_prints_nothing(tmp_path):
+    proc = bnfold(RESNET, "-o", tmp_path / "o.onnx", "-q", "--no-validate")
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+
+
+def test_piped_output_has_no_progress_codes(tmp_path):
+    proc = bnfold(RESNET, "-o", tmp_path / "o.onnx")
+    assert "\033" not in proc.stdout + proc.stderr
+
+
+def test_no_validate_skips_validation(tmp_path):
+    proc = bnfold(RESNET, "-o", tmp_path / "o.onnx", "--no-validate")
+    assert proc.returncode == 0
+    assert "PASSED" not in proc.stdout and "validated" not in proc.stdout
+
+
+def test_explicit_cuda_without_cuda_fails_cleanly(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "o.onnx"
+    proc = bnfold(RESNET, "-o", out, "--providers", "cuda")
+    assert proc.returncode == 1
+    assert "FAILED | cuda" in proc.stdout
+    assert not out.exists()
+
+
+# ----- bad input and output: exit 2, one line, nothing written, input untouched -------------
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    good = RESNET.read_bytes()
+    files = {
+        "missing": tmp_path / "nope.onnx",
+        "directory": tmp_path / "adir",
+        "empty": tmp_path / "empty.onnx",
+        "text": tmp_path / "text.onnx",
+        "truncated": tmp_path / "truncated.onnx",
+    }
+    files["directory"].mkdir()
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("this is not a model\n" * 20)
+    files["truncated"].write_bytes(good[: len(good) // 2])
+    return files
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "text", "truncated"])
+def test_bad_input_files(tmp_path, kind):
+    path = _bad_inputs(tmp_path)[kind]
+    before = path.read_bytes() if path.is_file() else None
+    out = tmp_path / "out.onnx"
+    proc = bnfold(path, "-o", out)
+    assert_clean_failure(proc, 2, mentions=str(path))
+    assert not out.exists()
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+def test_invalid_model_dangling_input(tmp_path):
+    model = onnx.load(RESNET)
+    model.graph.node[3].input[0] = "does_not_exist"
+    path = tmp_path / "dangling.onnx"
+    onnx.save(model, path)
+    proc = bnfold(path, "-o", tmp_path / "o.onnx")
+    assert_clean_failure(proc, 2, mentions="does_not_exist")
+
+
+def test_unsupported_opset(tmp_path):
+    model = onnx.load(RESNET)
+    model.opset_import[0].version = 999
+    path = tmp_path / "future.onnx"
+    onnx.save(model, path)
+    proc = bnfold(path, "-o", tmp_path / "o.onnx")
+    assert_clean_failure(proc, 2, mentions="opset 999")
+
+
+@pytest.mark.parametrize("target", ["missing_dir", "is_dir", "same_as_input"])
+def test_bad_output_paths(tmp_path, target):
+    source = tmp_path / "in.onnx"
+    shutil.copy(RESNET, source)
+    out = {
+        "missing_dir": tmp_path / "no" / "such" / "out.onnx",
+        "is_dir": tmp_path,
+        "same_as_input": source,
+    }[target]
+    proc = bnfold(source, "-o", out)
+    assert_clean_failure(proc, 2, mentions=str(out))
+    assert source.read_bytes() == RESNET.read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        proc = bnfold(RESNET, "-o", locked / "o.onnx")
+        assert_clean_failure(proc, 2, mentions="not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert bnfold(RESNET).returncode == 2  # neither -o nor --dry-run
+    assert bnfold(RESNET, "--dry-run", "--input-shape", "bad").returncode == 2
+    assert bnfold(RESNET, "--dry-run", "--providers", "tpu").returncode == 2
+    assert bnfold("--no-such-option").returncode == 2

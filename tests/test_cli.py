@@ -51,8 +51,9 @@ def test_fold_a_shipped_model(tmp_path):
 
 
 def test_python_dash_m_and_version():
-    proc = subprocess.run([sys.executable, "-m", "bnfold", "--version"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnfold", "--version"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("bnfold ")
     help_text = bnfold("--help").stdout
     assert "Exit status" in help_text and "--no-validate" in help_text

@@ -72,8 +72,9 @@ def test_explicit_cuda_without_cuda_fails():
 
 
 def test_nan_in_candidate_fails_even_with_huge_tolerance():
-    result = compare("cpu", "y", np.ones(4), np.array([1, 1, np.nan, 1.0]),
-                     Tolerance(rtol=1e9, atol=1e9))
+    result = compare(
+        "cpu", "y", np.ones(4), np.array([1, 1, np.nan, 1.0]), Tolerance(rtol=1e9, atol=1e9)
+    )
     assert not result.passed and result.nonfinite == 1
 
 
@@ -94,8 +95,10 @@ def test_per_output_tolerances():
 
 
 def test_generated_inputs_are_seeded_and_dtype_aware():
-    nodes = [helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Add", ["f", "x"], ["y"])]
+    nodes = [
+        helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["f", "x"], ["y"]),
+    ]
     model = make_model(
         nodes,
         [value_info("x", TensorProto.FLOAT, ["n", 3]), value_info("i", TensorProto.INT64, [1, 3])],
@@ -116,8 +119,9 @@ def test_real_inputs_from_npz(tmp_path):
     np.savez(tmp_path / "d.npz", **data)
     from bnfold.validate import load_inputs
 
-    report = validate(RESNET, bnfold.fold(RESNET).model, providers=["cpu"],
-                      inputs=load_inputs(tmp_path / "d.npz"))
+    report = validate(
+        RESNET, bnfold.fold(RESNET).model, providers=["cpu"], inputs=load_inputs(tmp_path / "d.npz")
+    )
     assert report.passed and report.inputs["input"]["shape"] == [4, 3, 32, 32]
 
 

@@ -1,0 +1,134 @@
+"""Loading and saving: external data in and out, refused data locations, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import bnfold
+from bnfold import model_io
+from tests.builders import MODELS, assert_same_function, run
+
+RESNET = MODELS / "resnet_tiny.onnx"
+
+
+def save_with_external_data(model, folder, name="m.onnx", location="weights.bin"):
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(
+        model,
+        folder / name,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
+    return folder / name
+
+
+def test_external_data_input_and_output_from_another_directory(tmp_path):
+    source = save_with_external_data(onnx.load(RESNET), tmp_path / "in")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    out = tmp_path / "out" / "folded.onnx"
+    out.parent.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(source), "-o", str(out)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "folded 10 of 10" in proc.stdout
+    onnx.checker.check_model(str(out))
+    assert_same_function(onnx.load(RESNET), onnx.load(out))
+
+
+def test_save_with_external_data_writes_one_file_named_after_output(tmp_path):
+    result = bnfold.fold(RESNET)
+    out = tmp_path / "big.onnx"
+    written = bnfold.save_model(result.model, out, external_data=True)
+    assert written == [out, tmp_path / "big.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    onnx.checker.check_model(str(out))
+    assert out.stat().st_size < 20_000
+    assert_same_function(onnx.load(RESNET), onnx.load(out))
+
+
+def test_external_data_chosen_automatically_over_the_protobuf_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "INLINE_TENSOR_BUDGET", 1000)  # stands in for 2 GB
+    bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx")
+    assert (tmp_path / "o.onnx.data").exists()
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "link/weights.bin"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location):
+    model = onnx.load(RESNET)
+    folder = tmp_path / "m"
+    path = save_with_external_data(model, folder)
+    (tmp_path / "outside.bin").write_bytes((folder / "weights.bin").read_bytes())
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "weights.bin").write_bytes((folder / "weights.bin").read_bytes())
+    os.symlink(tmp_path / "real", folder / "link")
+    loaded = onnx.load(path, load_external_data=False)
+    for t in onnx.external_data_helper._get_all_tensors(loaded):
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(loaded, path)
+    with pytest.raises(bnfold.InputError, match="refused"):
+        bnfold.load_model(path)
+
+
+def test_missing_external_data_is_a_clean_error(tmp_path):
+    path = save_with_external_data(onnx.load(RESNET), tmp_path / "m")
+    (tmp_path / "m" / "weights.bin").unlink()
+    with pytest.raises(bnfold.InputError, match="missing"):
+        bnfold.load_model(path)
+
+
+def test_truncated_external_data_is_a_clean_error(tmp_path):
+    path = save_with_external_data(onnx.load(RESNET), tmp_path / "m")
+    data = tmp_path / "m" / "weights.bin"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(bnfold.InputError, match="beyond the end"):
+        bnfold.load_model(path)
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    def explode(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model_io.os, "fsync", explode)
+    with pytest.raises(bnfold.InputError, match="No space left"):
+        bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx", external_data=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cycle_is_refused():
+    model = onnx.parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) {
+            a = Add(x, b)
+            b = Relu(a)
+            y = Identity(b)
+        }"""
+    )
+    with pytest.raises(bnfold.InputError, match="cycle"):
+        model_io.check_model_structure(model)
+
+
+def test_out_of_order_graph_is_accepted():
+    model = onnx.parser.parse_model(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) {
+            y = Relu(a)
+            a = Abs(x)
+        }"""
+    )
+    model_io.check_model_structure(model)
+    np.testing.assert_array_equal(run(model, {"x": np.array([-1, 2], np.float32)})[0], [1, 2])

@@ -11,6 +11,7 @@ from .fold import fold
 from .graphsurgeon import fold_graph
 from .model_io import load_model, save_model
 from .records import Folded, FoldResult, Skipped
+from .validation import ValidationReport, validate
 
 __version__ = "0.1.0"
 
@@ -21,9 +22,11 @@ __all__ = [
     "InputError",
     "Skipped",
     "ValidationFailed",
+    "ValidationReport",
     "__version__",
     "fold",
     "fold_graph",
     "load_model",
     "save_model",
+    "validate",
 ]

@@ -23,7 +23,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_VALIDATION_FAILED, BnfoldError, InputEr
 from .fold import fold_in_place
 from .model_io import load_model, save_model
 from .records import FoldResult
-from .validate import ValidationReport, load_inputs, resolve_providers, validate
+from .validation import ValidationReport, load_inputs, resolve_providers, validate
 
 EXIT_INTERNAL = 3
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 import bnfold
-from bnfold.validate import Tolerance, compare, generate_inputs, validate
+from bnfold.validation import Tolerance, compare, generate_inputs, validate
 from tests.builders import MODELS, TensorProto, make_model, symbolic, value_info
 
 RESNET = MODELS / "resnet_tiny.onnx"
@@ -117,7 +117,7 @@ def test_generated_inputs_are_seeded_and_dtype_aware():
 def test_real_inputs_from_npz(tmp_path):
     data = {"input": np.random.default_rng(5).standard_normal([4, 3, 32, 32]).astype(np.float32)}
     np.savez(tmp_path / "d.npz", **data)
-    from bnfold.validate import load_inputs
+    from bnfold.validation import load_inputs
 
     report = validate(
         RESNET, bnfold.fold(RESNET).model, providers=["cpu"], inputs=load_inputs(tmp_path / "d.npz")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from .graph_view import GraphView
+from .graph_view import GraphView, attributes
 from .numerics import ChannelAffine, NotRepresentable, batchnorm_affine, is_float
 
 PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
@@ -31,13 +31,9 @@ class BatchNorm:
     affine: ChannelAffine
 
 
-def _attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def mode_problem(node: onnx.NodeProto, opset: int) -> str | None:
     """Why this BatchNormalization is not an inference-mode per-channel one, or None."""
-    attrs = _attributes(node)
+    attrs = attributes(node)
     extra_outputs = [name for name in node.output[1:] if name]
     if opset < 7 and not attrs.get("is_test", 0):
         return f"training mode (opset {opset} BatchNormalization without is_test=1)"
@@ -72,7 +68,7 @@ def read_batchnorm(node: onnx.NodeProto, opset: int, view: GraphView) -> BatchNo
             f"{r} {tuple(v.shape)}" for r, v in zip(PARAMETER_NAMES, values, strict=True)
         )
         return f"parameters are not 1-D vectors of one length ({listed})"
-    epsilon = _attributes(node).get("epsilon", 1e-5)
+    epsilon = attributes(node).get("epsilon", 1e-5)
     try:
         affine = batchnorm_affine(*values, epsilon)
     except NotRepresentable as exc:

@@ -7,6 +7,7 @@ cost of a fold is the cost of the index plus the edits, not of copying the model
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -19,8 +20,14 @@ from .constant_eval import EVALUATED_OPS, evaluate
 MAX_CONSTANT_DEPTH = 200  # longest chain of nodes folded into one constant
 
 
+# Default-domain ops with graph attributes; ops of other domains are always looked at.
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
     """The graphs held in a node's attributes (If branches, Loop/Scan bodies, ...)."""
+    if node.op_type not in CONTROL_FLOW_OPS and node.domain in ("", "ai.onnx"):
+        return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.name, attr.g
@@ -41,6 +48,41 @@ def outer_references(graph: onnx.GraphProto) -> set[str]:
         defined.update(node.output)
     used.update(o.name for o in graph.output)
     return used - defined
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes as Python values (ints, floats, strings, lists, tensors)."""
+    values = {}
+    for attr in node.attribute:
+        kind = attr.type
+        if kind == onnx.AttributeProto.INT:
+            values[attr.name] = attr.i
+        elif kind == onnx.AttributeProto.FLOAT:
+            values[attr.name] = attr.f
+        elif kind == onnx.AttributeProto.INTS:
+            values[attr.name] = list(attr.ints)
+        else:
+            values[attr.name] = onnx.helper.get_attribute_value(attr)
+    return values
+
+
+def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """`numpy_helper.to_array`, with a fast path for the common raw little-endian floats."""
+    dtype = _RAW_DTYPES.get(tensor.data_type)
+    if dtype is not None and tensor.HasField("raw_data") and not tensor.external_data:
+        shape = tuple(tensor.dims)
+        data = np.frombuffer(tensor.raw_data, dtype=dtype)
+        if data.size == math.prod(shape):
+            return data.reshape(shape)
+    return numpy_helper.to_array(tensor)
+
+
+_RAW_DTYPES = {
+    onnx.TensorProto.FLOAT: np.dtype("<f4"),
+    onnx.TensorProto.FLOAT16: np.dtype("<f2"),
+    onnx.TensorProto.DOUBLE: np.dtype("<f8"),
+    onnx.TensorProto.INT64: np.dtype("<i8"),
+}
 
 
 def node_label(node: onnx.NodeProto) -> str:
@@ -152,7 +194,7 @@ class GraphView:
         if name in self.initializers:
             if self.is_overridable(name):
                 return None
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_to_array(self.initializers[name])
         if name in self.producer:
             node = self.nodes[self.producer[name]]
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
@@ -312,9 +354,10 @@ class GraphView:
     def _drop_initializers(self, names: set[str]) -> None:
         if not names:
             return
-        for index in range(len(self.graph.initializer) - 1, -1, -1):
-            if self.graph.initializer[index].name in names:
-                del self.graph.initializer[index]
+        _delete_indices(
+            self.graph.initializer,
+            [i for i, t in enumerate(self.graph.initializer) if t.name in names],
+        )
         for name in names:
             del self.initializers[name]
         if self.ir_version < 4:
@@ -323,10 +366,21 @@ class GraphView:
 
     def commit(self, vanished: set[str]) -> None:
         """Delete the removed nodes and the value_info of tensors that no longer exist."""
-        for index in sorted(self.removed_nodes, reverse=True):
-            del self.graph.node[index]
+        _delete_indices(self.graph.node, sorted(self.removed_nodes))
         if vanished:
             _delete_where(self.graph.value_info, lambda info: info.name in vanished)
+
+
+def _delete_indices(repeated, indices: list[int]) -> None:
+    """Delete the items at sorted `indices`, one slice per contiguous run, from the end."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index:
+            runs[-1][1] = index + 1
+        else:
+            runs.append([index, index + 1])
+    for start, stop in reversed(runs):
+        del repeated[start:stop]
 
 
 def _delete_where(repeated, predicate) -> None:
@@ -349,7 +403,7 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a `Constant` node, or None for sparse or string constants."""
     for attr in node.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return tensor_to_array(attr.t)
         if attr.name == "value_float":
             return np.array(attr.f, dtype=np.float32)
         if attr.name == "value_floats":

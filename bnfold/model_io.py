@@ -98,19 +98,24 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
     defined.update(i.name for i in graph.input)
     defined.update(t.name for t in graph.initializer)
     defined.update(t.values.name for t in graph.sparse_initializer)
+    so_far = set(defined)
     defined.update(name for node in graph.node for name in node.output if name)
+    in_order = True
     for node in graph.node:
         for name in node.input:
-            if name and name not in defined:
-                return f"node '{node_label(node)}' reads '{name}', which nothing defines"
+            if name not in so_far:
+                if name not in defined and name:
+                    return f"node '{node_label(node)}' reads '{name}', which nothing defines"
+                in_order = in_order and not name
         for _, sub in subgraphs(node):
             problem = _first_undefined_input(sub, defined)
             if problem:
                 return problem
+        so_far.update(node.output)
     for output in graph.output:
         if output.name not in defined:
             return f"graph output '{output.name}' is not computed by the graph"
-    return _cycle(graph)
+    return None if in_order else _cycle(graph)
 
 
 def _cycle(graph: onnx.GraphProto) -> str | None:
@@ -203,24 +208,19 @@ def _safe_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
 # ----- saving ----------------------------------------------------------------------------------
 
 
-def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of tensor data held in the model (initializers, Constant values, subgraphs)."""
-    return sum(t.ByteSize() for t in external_data_helper._get_all_tensors(model))
-
-
 def save_model(
     model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None
 ) -> list[Path]:
     """Write `model` to `path` atomically; return the files written.
 
-    `external_data=None` chooses: tensors go to `<name>.data` next to the output when they would
-    not fit in one 2 GB protobuf. With external data the model's large tensors are moved out of
+    `external_data=None` chooses: tensors go to `<name>.data` next to the output when the model
+    would not fit in one 2 GB protobuf. With external data the model's large tensors are moved out of
     `model` (its raw bytes are cleared), so pass a model you own.
     """
     path = Path(path)
     _check_writable_target(path)
     if external_data is None:
-        external_data = tensor_bytes(model) > INLINE_TENSOR_BUDGET
+        external_data = model.ByteSize() > INLINE_TENSOR_BUDGET
     written: list[Path] = []
     try:
         if external_data:

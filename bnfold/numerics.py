@@ -46,7 +46,7 @@ def batchnorm_affine(
     # epsilon is stored as float32 in the attribute; the runtimes add it in the data dtype.
     with np.errstate(invalid="ignore"):
         denom = np.sqrt(var.astype(np.float64) + np.float64(np.float32(epsilon)))
-    if not np.all(np.isfinite(denom)) or np.any(denom <= 0):
+    if not (np.isfinite(denom).all() and (denom > 0).all()):
         raise NotRepresentable("variance + epsilon is not a positive finite number")
     scale = gamma.astype(np.float64) / denom
     shift = beta.astype(np.float64) - mean.astype(np.float64) * scale
@@ -85,9 +85,9 @@ def round_to(array64: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round a float64 result once to `dtype`; raise `NotRepresentable` on overflow or NaN."""
     with np.errstate(over="ignore", invalid="ignore"):
         rounded = array64.astype(dtype)
-    if not np.all(np.isfinite(np.asarray(rounded, dtype=np.float64))):
-        finite_in = np.isfinite(array64)
-        if np.any(~finite_in):
+    check = rounded if rounded.dtype.kind == "f" else rounded.astype(np.float32)
+    if not np.isfinite(check).all():
+        if not np.isfinite(array64).all():
             raise NotRepresentable("the folded values are not finite")
         limit = _finfo(dtype).max
         raise NotRepresentable(

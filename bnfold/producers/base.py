@@ -6,12 +6,14 @@ string when it may not. The pass (`bnfold.fold`) applies plans; rules never edit
 
 from __future__ import annotations
 
+__all__ = ["ConstantUpdate", "FoldPlan", "attributes", "constant_input", "rounded_updates"]
+
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from ..graph_view import GraphView
+from ..graph_view import GraphView, attributes
 from ..numerics import NotRepresentable, is_float, round_to
 
 
@@ -32,10 +34,6 @@ class FoldPlan:
     how: str
     new_op_type: str | None = None  # e.g. MatMul becomes Gemm
     new_attributes: dict[str, object] = field(default_factory=dict)
-
-
-def attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def constant_input(node: onnx.NodeProto, slot: int, role: str, view: GraphView):

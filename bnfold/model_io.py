@@ -214,8 +214,8 @@ def save_model(
     """Write `model` to `path` atomically; return the files written.
 
     `external_data=None` chooses: tensors go to `<name>.data` next to the output when the model
-    would not fit in one 2 GB protobuf. With external data the model's large tensors are moved out of
-    `model` (its raw bytes are cleared), so pass a model you own.
+    would not fit in one 2 GB protobuf. With external data the model's large tensors are moved
+    out of `model` (its raw bytes are cleared), so pass a model you own.
     """
     path = Path(path)
     _check_writable_target(path)

@@ -238,7 +238,9 @@ def command(
     if report_path is not None:
         _write_report(report_path, model, output, result, validation, elapsed, dry_run)
     if not passed:
-        click.echo("bnfold: validation failed; the folded model was not written", err=True)
+        ran = any(p.outputs for p in validation.providers)
+        what = "failed" if ran else "could not run (use --no-validate to skip it)"
+        click.echo(f"bnfold: validation {what}; the folded model was not written", err=True)
         sys.exit(EXIT_VALIDATION_FAILED)
 
 

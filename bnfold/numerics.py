@@ -57,7 +57,8 @@ def scale_along(array: np.ndarray, factors: np.ndarray, axis: int) -> np.ndarray
     """`array · factors`, with `factors` laid along `axis` of `array` (float64 result)."""
     shape = [1] * array.ndim
     shape[axis] = factors.shape[0]
-    return array.astype(np.float64) * factors.reshape(shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return array.astype(np.float64) * factors.reshape(shape)
 
 
 def scale_grouped_transposed(weight: np.ndarray, factors: np.ndarray, group: int) -> np.ndarray:

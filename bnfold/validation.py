@@ -16,6 +16,8 @@ Faithful settings, each measured to matter:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -310,9 +312,14 @@ class _SessionMaker:
         if provider != CPU:
             providers.append(("CPUExecutionProvider", {}))
         try:
-            session = self.ort.InferenceSession(
-                source, sess_options=self.options(), providers=providers
-            )
+            # onnxruntime prints its own "EP Error ... Falling back" banner on failures
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                session = self.ort.InferenceSession(
+                    source, sess_options=self.options(), providers=providers
+                )
         except Exception as exc:  # onnxruntime raises many types; the message is what matters
             return f"onnxruntime cannot create a session: {_first_line(exc)}"
         if session.get_providers()[0] != name:
@@ -499,12 +506,18 @@ def validate(
         }
         expected = _run_model(maker, sources["reference"], CPU, feeds, "reference")
         for provider in names:
-            if isinstance(expected, str):
+            missing = maker.unavailable(provider)
+            if missing:
+                status = "skipped" if provider == CUDA and not explicit else "unavailable"
+                report.providers.append(
+                    ProviderOutcome(provider, status, missing, maker.provider_options(provider))
+                )
+            elif isinstance(expected, str):
                 report.providers.append(ProviderOutcome(provider, "failed", expected))
             else:
                 tolerances = _Tolerances(rtol, atol, tf32 and provider == CUDA)
                 report.providers.append(
-                    _validate_on(provider, explicit, maker, sources, feeds, expected, tolerances)
+                    _validate_on(provider, maker, sources, feeds, expected, tolerances)
                 )
     finally:
         maker.close()
@@ -539,12 +552,8 @@ def _pick(option, name: str, default):
     return default if option is None else float(option)
 
 
-def _validate_on(provider, explicit, maker, sources, feeds, expected, tolerances):
+def _validate_on(provider, maker, sources, feeds, expected, tolerances):
     options = maker.provider_options(provider)
-    missing = maker.unavailable(provider)
-    if missing:
-        status = "skipped" if provider == CUDA and not explicit else "unavailable"
-        return ProviderOutcome(provider, status, missing, options)
     own = expected if provider == CPU else None
     if own is None:
         own = _run_model(maker, sources["reference"], provider, feeds, "reference")

@@ -1,0 +1,183 @@
+"""Property-based: random producer → BatchNormalization graphs. Each is folded, checked and
+compared with the original in onnxruntime (optimisations off): no mismatch, no invalid model, no
+fold that the rules forbid."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+import bnfold
+from tests.builders import assert_same_function, make_model, symbolic, tensor, value_info
+
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+
+
+@st.composite
+def conv_case(draw, transpose: bool):
+    spatial = draw(st.integers(1, 3))
+    group = draw(st.sampled_from([1, 2, 3]))
+    c_in = group * draw(st.integers(1, 2))
+    c_out = group * draw(st.integers(1, 3))
+    kernel = [draw(st.integers(1, 3)) for _ in range(spatial)]
+    attrs = {"group": group}
+    if draw(st.booleans()):
+        attrs["strides"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
+    if draw(st.booleans()):
+        attrs["dilations"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
+    if draw(st.booleans()):
+        attrs["pads"] = [draw(st.integers(0, 1)) for _ in range(2 * spatial)]
+    if transpose and "strides" in attrs and draw(st.booleans()):
+        attrs["output_padding"] = [draw(st.integers(0, max(0, s - 1))) for s in attrs["strides"]]
+        if "dilations" in attrs:  # output_padding must be below stride or dilation
+            attrs["output_padding"] = [
+                min(p, max(s, d) - 1)
+                for p, s, d in zip(
+                    attrs["output_padding"], attrs["strides"], attrs["dilations"], strict=True
+                )
+            ]
+    size = draw(st.integers(4, 6))
+    weight_shape = [c_in, c_out // group, *kernel] if transpose else [c_out, c_in // group, *kernel]
+    return {
+        "op": "ConvTranspose" if transpose else "Conv",
+        "attrs": attrs,
+        "x_shape": [2, c_in, *([size] * spatial)],
+        "weight_shape": weight_shape,
+        "channels": c_out,
+        "bias_shape": [c_out] if draw(st.booleans()) else None,
+        "rank": 2 + spatial,
+    }
+
+
+@st.composite
+def gemm_case(draw):
+    m, k, n = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    trans_a, trans_b = draw(st.integers(0, 1)), draw(st.integers(0, 1))
+    bias_shape = draw(st.sampled_from([None, [], [n], [1, n], [m, 1], [m, n]]))
+    attrs = {
+        "transA": trans_a,
+        "transB": trans_b,
+        "alpha": draw(st.sampled_from([1.0, 0.5, -2.0])),
+        "beta": draw(st.sampled_from([1.0, 0.25, 3.0])),
+    }
+    return {
+        "op": "Gemm",
+        "attrs": attrs,
+        "x_shape": [k, m] if trans_a else [m, k],
+        "weight_shape": [n, k] if trans_b else [k, n],
+        "channels": n,
+        "bias_shape": bias_shape,
+        "rank": 2,
+    }
+
+
+@st.composite
+def matmul_case(draw):
+    m, k, n = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    return {
+        "op": "MatMul",
+        "attrs": {},
+        "x_shape": [m, k],
+        "weight_shape": [k, n],
+        "channels": n,
+        "bias_shape": None,
+        "rank": 2,
+    }
+
+
+@st.composite
+def scenario(draw):
+    case = draw(st.one_of(conv_case(False), conv_case(True), gemm_case(), matmul_case()))
+    dtypes = ["float32", "float16"] + (["float64"] if case["op"] in ("Gemm", "MatMul") else [])
+    case["dtype"] = np.dtype(draw(st.sampled_from(dtypes)))
+    case["params_as"] = draw(st.sampled_from(["initializer", "constant", "identity"]))
+    case["shared_weight"] = draw(st.booleans())
+    case["producer_output"] = draw(
+        st.sampled_from(["bn_only"] * 4 + ["also_graph_output", "also_read"])
+    )
+    case["training"] = draw(st.booleans()) and draw(st.booleans())
+    case["seed"] = draw(st.integers(0, 2**16))
+    return case
+
+
+def build(case) -> onnx.ModelProto:
+    rng = np.random.default_rng(case["seed"])
+    dtype = case["dtype"]
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    c = case["channels"]
+    inits = [tensor("W", rng.normal(0, 0.5, case["weight_shape"]).astype(dtype))]
+    inputs = ["x", "W"]
+    if case["bias_shape"] is not None:
+        inits.append(tensor("B", rng.normal(0, 0.5, case["bias_shape"]).astype(dtype)))
+        inputs.append("B")
+    params = {
+        "scale": rng.uniform(0.5, 1.5, c),
+        "bias": rng.normal(0, 0.3, c),
+        "mean": rng.normal(0, 0.5, c),
+        "var": rng.uniform(0.3, 2.0, c),
+    }
+    nodes = []
+    for name, value in params.items():
+        array = tensor(name, value.astype(dtype))
+        if case["params_as"] == "initializer":
+            inits.append(array)
+        else:
+            source = name if case["params_as"] == "constant" else f"{name}_c"
+            nodes.append(
+                helper.make_node(
+                    "Constant", [], [source], value=tensor(source, value.astype(dtype))
+                )
+            )
+            if case["params_as"] == "identity":
+                nodes.append(helper.make_node("Identity", [source], [name]))
+    nodes.append(helper.make_node(case["op"], inputs, ["p"], name="producer", **case["attrs"]))
+    bn_attrs = {"training_mode": 1} if case["training"] else {}
+    bn_outputs = ["y", "rm", "rv"] if case["training"] else ["y"]
+    nodes.append(
+        helper.make_node(
+            "BatchNormalization",
+            ["p", "scale", "bias", "mean", "var"],
+            bn_outputs,
+            epsilon=1e-3,
+            **bn_attrs,
+        )
+    )
+    outputs = [value_info("y", elem, symbolic(case["rank"]))]
+    if case["training"]:
+        outputs += [value_info("rm", elem, [c]), value_info("rv", elem, [c])]
+    if case["producer_output"] == "also_graph_output":
+        outputs.append(value_info("p", elem, symbolic(case["rank"])))
+    elif case["producer_output"] == "also_read":
+        nodes.append(helper.make_node("Neg", ["p"], ["q"]))
+        outputs.append(value_info("q", elem, symbolic(case["rank"])))
+    if case["shared_weight"]:  # a second reader of W must keep seeing the original weight
+        nodes.append(helper.make_node("Identity", ["W"], ["w_copy"]))
+        outputs.append(value_info("w_copy", elem, case["weight_shape"]))
+    return make_model(nodes, [value_info("x", elem, case["x_shape"])], outputs, inits)
+
+
+@SETTINGS
+@given(scenario())
+def test_random_producer_bn_graphs(case):
+    model = build(case)
+    onnx.checker.check_model(model, full_check=True)
+    result = bnfold.fold(model)
+    forbidden = case["training"] or case["producer_output"] != "bn_only"
+    assert len(result.folded) == (0 if forbidden else 1), result.skipped
+    assert len(result.folded) + len(result.skipped) == 1
+    onnx.checker.check_model(result.model, full_check=True)
+    if result.folded:
+        ops = [n.op_type for n in result.model.graph.node]
+        assert "BatchNormalization" not in ops
+    elif not forbidden:
+        raise AssertionError(result.skipped)
+    rtol = {"float16": 5e-3, "float32": 2e-5, "float64": 1e-10}[case["dtype"].name]
+    rng = np.random.default_rng(case["seed"] + 1)
+    feeds = {"x": rng.standard_normal(case["x_shape"]).astype(case["dtype"])}
+    if not case["training"]:  # training-mode outputs depend on batch statistics only
+        assert_same_function(model, result.model, rtol=rtol, feeds=feeds)

@@ -114,28 +114,40 @@ def _fold_one(
     label = node_label(bn_node)
     output = bn_node.output[0] if bn_node.output else ""
 
-    def skip(reason: str) -> Skipped:
-        return Skipped(label, output, reason, view.path)
-
-    bn = read_batchnorm(bn_node, context.opset, view)
-    if isinstance(bn, str):
-        return skip(bn)
-    producer_index = view.producer.get(bn.input)
-    if producer_index is None:
-        return skip(_no_producer_reason(view, bn.input))
+    try:
+        decision = _decide(view, index, bn_node, context.opset)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        # Malformed attributes or tensors (e.g. dims that do not match the data): when in doubt,
+        # do not fold.
+        decision = f"it could not be analysed ({type(exc).__name__}: {exc})"
+    if isinstance(decision, str):
+        return Skipped(label, output, decision, view.path)
+    producer_index, plan, bn = decision
     producer = view.nodes[producer_index]
-    if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
-        return skip(f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}")
-    if view.sole_consumer(bn.input) != index:
-        return skip(_shared_output_reason(view, bn.input, producer))
-    plan = PLANNERS[producer.op_type](producer, view, bn.affine, context.opset)
-    if isinstance(plan, str):
-        return skip(plan)
     into_op = _apply(plan, view, producer_index, context, maybe_dead)
     vanished.add(bn.input)
     maybe_dead.update(name for name in bn_node.input[1:] if name)
     view.bypass(index, producer_index)
     return Folded(label, output, node_label(producer), into_op, plan.how, view.path)
+
+
+def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
+    """(producer index, plan, BatchNorm) if the rules allow the fold, else the reason."""
+    bn = read_batchnorm(bn_node, opset, view)
+    if isinstance(bn, str):
+        return bn
+    producer_index = view.producer.get(bn.input)
+    if producer_index is None:
+        return _no_producer_reason(view, bn.input)
+    producer = view.nodes[producer_index]
+    if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
+        return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
+    if view.sole_consumer(bn.input) != index:
+        return _shared_output_reason(view, bn.input, producer)
+    plan = PLANNERS[producer.op_type](producer, view, bn.affine, opset)
+    if isinstance(plan, str):
+        return plan
+    return producer_index, plan, bn
 
 
 def _no_producer_reason(view: GraphView, name: str) -> str:

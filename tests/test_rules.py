@@ -444,3 +444,20 @@ def test_fold_graph_onnx_graphsurgeon_in_place(rng):
     exported = gs.export_onnx(graph)
     exported.ir_version = model.ir_version
     assert_same_function(model, exported)
+
+
+# ----- malformed models: skipped with a reason, never a crash ----------------------------------
+
+
+def test_weight_dims_not_matching_data_is_skipped(rng):
+    model = conv_bn(rng)
+    model.graph.initializer[0].dims[0] = 1000  # declared [1000, 3, 3, 3], holds [4, 3, 3, 3]
+    reason = only_skip(model)
+    assert "could not be analysed" in reason or "not constant" in reason
+
+
+def test_malformed_group_attribute_is_skipped(rng):
+    model = conv_bn(rng)
+    model.graph.node[0].op_type = "ConvTranspose"
+    model.graph.node[0].attribute.append(helper.make_attribute("group", "two"))
+    assert "could not be analysed" in only_skip(model)

@@ -1,0 +1,343 @@
+"""bnfold benchmark: time and peak memory against `onnx.load` + `onnx.save`, against other tools
+when installed, and the effect of folding on onnxruntime inference. One run, ratios in one table.
+
+    python benchmarks/bench.py            # full: 12k/24k/48k-node chains, ResNet-152, WRN-101-2
+    python benchmarks/bench.py --quick    # small models, seconds
+
+Writes `docs/benchmark.md` (table, machine, versions) and `docs/benchmark.png` (needs matplotlib).
+Every tool runs as its own process; time is wall-clock of the whole process (median of --repeat
+runs), memory its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+# Each tool: (python module that must be importable, script reading argv[1], writing argv[2]).
+TOOLS = {
+    "load+save": (None, "import onnx,sys; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])"),
+    "bnfold": (None, None),
+    "onnxruntime": (
+        "onnxruntime",
+        "import onnxruntime as o,sys; s=o.SessionOptions(); "
+        "s.graph_optimization_level=o.GraphOptimizationLevel.ORT_ENABLE_BASIC; "
+        "s.optimized_model_filepath=sys.argv[2]; "
+        "o.InferenceSession(sys.argv[1], s, providers=['CPUExecutionProvider'])",
+    ),
+    "onnxoptimizer": (
+        "onnxoptimizer",
+        "import onnx,onnxoptimizer,sys; m=onnx.load(sys.argv[1]); "
+        "onnx.save(onnxoptimizer.optimize(m, ['fuse_bn_into_conv']), sys.argv[2])",
+    ),
+    "onnxsim": (
+        "onnxsim",
+        "import onnx,onnxsim,sys; m,_=onnxsim.simplify(onnx.load(sys.argv[1])); "
+        "onnx.save(m, sys.argv[2])",
+    ),
+    "onnxslim": ("onnxslim", "import onnxslim,sys; onnxslim.slim(sys.argv[1], sys.argv[2])"),
+    "onnxscript": (
+        "onnxscript",
+        "import onnx,onnxscript.optimizer as op,sys; "
+        "onnx.save(op.optimize(onnx.load(sys.argv[1])), sys.argv[2])",
+    ),
+}
+
+
+def command(tool: str, source: Path, target: Path) -> list[str]:
+    if tool == "bnfold":
+        return [PY, "-m", "bnfold", str(source), "-o", str(target), "--no-validate", "-q"]
+    return [PY, "-c", TOOLS[tool][1], str(source), str(target)]
+
+
+def measure(cmd: list[str], timeout: float) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, error or "") of one process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, status, usage = _wait4(process, timeout)
+    except TimeoutError:
+        process.kill()
+        process.wait()
+        return float("nan"), float("nan"), f"timeout {timeout:.0f} s"
+    elapsed = time.perf_counter() - start
+    error = process.stderr.read().decode(errors="replace").strip().splitlines()
+    code = os.waitstatus_to_exitcode(status)
+    return elapsed, usage.ru_maxrss / 1024, "" if code == 0 else (error[-1] if error else str(code))
+
+
+def _wait4(process, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return pid, status, usage
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.005)
+
+
+def outcome(original: Path, produced: Path) -> dict:
+    """BN and nodes left, and whether outputs equal the original's (ORT, optimisations off)."""
+    model = onnx.load(produced, load_external_data=False)
+    left = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
+    return {
+        "bn_left": left,
+        "nodes_left": len(model.graph.node),
+        "equal": _same_outputs(original, produced),
+    }
+
+
+def _session(path: Path, level):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _same_outputs(original: Path, produced: Path) -> bool | None:
+    import onnxruntime as ort
+
+    off = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        a, b = _session(original, off), _session(produced, off)
+    except Exception:
+        return None
+    shape = [d if isinstance(d, int) else 1 for d in a.get_inputs()[0].shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    name = a.get_inputs()[0].name
+    want, got = a.run(None, {name: x})[0], b.run(None, {name: x})[0]
+    return bool(np.max(np.abs(want - got)) <= 1e-4 * max(np.max(np.abs(want)), 1e-12))
+
+
+def inference_effect(original: Path, folded: Path, runs: int) -> dict:
+    """Session creation time and latency, original vs folded, at DISABLE_ALL and the default."""
+    import onnxruntime as ort
+
+    result = {}
+    for label, level in (
+        ("disable_all", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+        ("default", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+    ):
+        for which, path in (("original", original), ("folded", folded)):
+            start = time.perf_counter()
+            session = _session(path, level)
+            created = time.perf_counter() - start
+            feed = session.get_inputs()[0]
+            shape = [d if isinstance(d, int) else 1 for d in feed.shape]
+            x = {feed.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+            session.run(None, x)
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                session.run(None, x)
+                times.append(time.perf_counter() - start)
+            result[f"{label}/{which}"] = {
+                "create_s": created,
+                "latency_ms": 1e3 * statistics.median(times),
+            }
+    return result
+
+
+def available_tools(selected: list[str] | None) -> list[str]:
+    names = []
+    for name, (module, _) in TOOLS.items():
+        if selected and name not in selected and name not in ("load+save", "bnfold"):
+            continue
+        if module is None or importlib.util.find_spec(module) is not None:
+            names.append(name)
+    return names
+
+
+def benchmark_models(quick: bool) -> dict[str, callable]:
+    if quick:
+        return {
+            "chain 6k nodes": lambda: models.chain(2000),
+            "chain 12k nodes": lambda: models.chain(4000),
+            "resnet-50-like": lambda: models.resnet_like(16, (3, 4, 6, 3)),
+        }
+    return {
+        "chain 12k nodes": lambda: models.chain(4000),
+        "chain 24k nodes": lambda: models.chain(8000),
+        "chain 48k nodes": lambda: models.chain(16000),
+        "ResNet-152 (230 MB)": lambda: models.resnet_like(64, (3, 8, 36, 3)),
+        "WRN-101-2 (500 MB)": lambda: models.resnet_like(128, (3, 4, 23, 3)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small models only")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per tool and model (median)")
+    parser.add_argument(
+        "--tools", nargs="*", help="other tools to include (default: all installed)"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per tool run")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where to write results")
+    args = parser.parse_args()
+    tools = available_tools(args.tools)
+    rows = []
+    effects = {}
+    timed_out: set[str] = set()  # a tool that timed out is not run on the bigger models
+    with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
+        tmp = Path(tmp)
+        for label, build in benchmark_models(args.quick).items():
+            source = tmp / "in.onnx"
+            onnx.save(build(), source)
+            size_mb = source.stat().st_size / 1e6
+            baseline = None
+            for tool in tools:
+                target = tmp / f"{tool}.onnx"
+                runs = [
+                    measure(command(tool, source, target), args.timeout) for _ in range(args.repeat)
+                ]
+                seconds = statistics.median(r[0] for r in runs)
+                memory = max(r[1] for r in runs)
+                error = next((r[2] for r in runs if r[2]), "")
+                row = {
+                    "model": label,
+                    "size_mb": round(size_mb, 1),
+                    "tool": tool,
+                    "seconds": seconds,
+                    "peak_mb": memory,
+                    "error": error,
+                }
+                if baseline is None:
+                    baseline = row
+                row["time_ratio"] = seconds / baseline["seconds"]
+                row["memory_ratio"] = memory / baseline["peak_mb"]
+                if not error and target.exists() and tool != "load+save":
+                    row.update(outcome(source, target))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if (
+                    tool == "bnfold"
+                    and not error
+                    and label == list(benchmark_models(args.quick))[-1]
+                ):
+                    effects[label] = inference_effect(source, target, runs=20)
+                target.unlink(missing_ok=True)
+    write_report(args.out, rows, effects, args)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in (
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "onnxoptimizer",
+        "onnxsim",
+        "onnxslim",
+        "onnxscript",
+    ):
+        try:
+            module = __import__(name)
+            found[name] = getattr(module, "__version__", "?")
+        except Exception:
+            pass
+    import bnfold
+
+    found["bnfold"] = bnfold.__version__
+    return found
+
+
+def write_report(folder: Path, rows, effects, args) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Benchmark",
+        "",
+        f"`python benchmarks/bench.py{' --quick' if args.quick else ''}` on "
+        f"{platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}. "
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        "",
+        "Whole process, file to file, median of "
+        f"{args.repeat} runs; ratios against `onnx.load` + `onnx.save` of the same file.",
+        "",
+        "| model | MB | tool | s | × load+save | peak MB | × memory | BN left | nodes left "
+        "| outputs equal | error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['size_mb']} | {r['tool']} | {r['seconds']:.2f} | "
+            f"{r['time_ratio']:.2f} | {r['peak_mb']:.0f} | {r['memory_ratio']:.2f} | "
+            f"{r.get('bn_left', '')} | {r.get('nodes_left', '')} | {r.get('equal', '')} "
+            f"| {r['error']} |"
+        )
+    for label, effect in effects.items():
+        lines += [
+            "",
+            f"## Inference in onnxruntime (CPU), {label}",
+            "",
+            "| level / model | session creation s | latency ms |",
+            "| --- | --- | --- |",
+        ]
+        for key, value in effect.items():
+            lines.append(f"| {key} | {value['create_s']:.3f} | {value['latency_ms']:.2f} |")
+    (folder / "benchmark.md").write_text("\n".join(lines) + "\n")
+    (folder / "benchmark.json").write_text(
+        json.dumps({"rows": rows, "inference": effects}, indent=1)
+    )
+    plot(folder / "benchmark.png", rows)
+
+
+def plot(path: Path, rows) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    model_names = list(dict.fromkeys(r["model"] for r in rows))
+    tools = list(dict.fromkeys(r["tool"] for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(tools)
+    for i, tool in enumerate(tools):
+        values = [
+            next(
+                (
+                    r["time_ratio"]
+                    for r in rows
+                    if r["model"] == m and r["tool"] == tool and not r["error"]
+                ),
+                0,
+            )
+            for m in model_names
+        ]
+        ax.bar(np.arange(len(model_names)) + i * width, values, width, label=tool)
+    ax.axhline(1.5, color="grey", linestyle="--", linewidth=1, label="target 1.5×")
+    ax.set_xticks(np.arange(len(model_names)) + width * (len(tools) - 1) / 2, model_names)
+    ax.set_ylabel("time / (onnx.load + onnx.save)")
+    ax.set_yscale("log")
+    ax.set_title("Folding time relative to reading and writing the model (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -57,7 +57,7 @@ def fold_in_place(model: onnx.ModelProto) -> FoldResult:
                     )
                 )
     return FoldResult(
-        model, context.folded, context.skipped, nodes_before, count_nodes(model.graph)
+        model, context.folded, context.skipped, nodes_before, nodes_before - context.removed
     )
 
 
@@ -71,6 +71,7 @@ class _Context:
     model: onnx.ModelProto
     folded: list[Folded] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    removed: int = 0  # nodes removed, all graphs
 
     def __post_init__(self) -> None:
         self.opset = default_opset(self.model)
@@ -105,6 +106,7 @@ def _fold_graph(
             _fold_graph(sub, context, view, f"{path}/{node_label(node)}.{attr_name}".lstrip("/"))
     vanished |= view.remove_dead(maybe_dead)
     view.commit(vanished)
+    context.removed += len(view.removed_nodes)
 
 
 def _fold_one(

@@ -396,7 +396,8 @@ def _fill_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     tensor.name = name
     tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
     tensor.dims.extend(value.shape)
-    tensor.raw_data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<")).tobytes()
+    little = value.dtype.newbyteorder("<")
+    tensor.raw_data = (value if value.dtype == little else value.astype(little)).tobytes()
 
 
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:

@@ -44,6 +44,8 @@ def mode_problem(node: onnx.NodeProto, opset: int) -> str | None:
     if extra_outputs:
         listed = ", ".join(f"'{n}'" for n in extra_outputs)
         return f"its optional outputs ({listed}) are used, which only training mode computes"
+    if not node.output or not node.output[0]:
+        return "its output has no name (the result is unused)"
     if len(node.input) != 5 or not all(node.input):
         return f"it has {sum(1 for i in node.input if i)} inputs, expected 5"
     return None

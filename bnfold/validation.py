@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ CPU = "cpu"
 CUDA = "cuda"
 PROVIDER_NAMES = {CPU: "CPUExecutionProvider", CUDA: "CUDAExecutionProvider"}
 SESSION_BYTES_LIMIT = 1_900_000_000  # above this, sessions are created from a file
+MAX_GENERATED_ELEMENTS = 1 << 28  # per generated input (1 GiB of float32)
 CUDA_HOW_TO = "install onnxruntime-gpu instead of onnxruntime on a machine with an NVIDIA GPU"
 
 
@@ -220,6 +222,12 @@ def generate_inputs(
             raise InputError(None, f"input '{info.name}' is not a tensor; pass it with inputs=")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
         shape = _input_shape(info, input_shapes.pop(info.name, None), notes)
+        if math.prod(shape) > MAX_GENERATED_ELEMENTS:
+            raise InputError(
+                None,
+                f"input '{info.name}' would have shape {list(shape)} "
+                f"({math.prod(shape):,} elements); give a smaller --input-shape {info.name}:...",
+            )
         feeds[info.name] = _random_array(rng, dtype, shape)
     if input_shapes:
         notes.append(f"--input-shape names no input of the model: {sorted(input_shapes)}")

@@ -461,3 +461,10 @@ def test_malformed_group_attribute_is_skipped(rng):
     model.graph.node[0].op_type = "ConvTranspose"
     model.graph.node[0].attribute.append(helper.make_attribute("group", "two"))
     assert "could not be analysed" in only_skip(model)
+
+
+def test_bn_with_unnamed_output_is_skipped(rng):
+    model = conv_bn(rng, extra_nodes=[helper.make_node("Relu", ["c"], ["y"])])
+    model.graph.node[1].output[0] = ""
+    result = bnfold.fold(model)
+    assert not result.folded and "no name" in result.skipped[0].reason

@@ -146,3 +146,13 @@ def test_cuda_catches_a_wrong_candidate():
     report = validate(RESNET, perturbed(folded, 1.01), providers=["cuda"])
     assert not report.passed
     assert report.providers[0].status == "failed"
+
+
+def test_huge_declared_input_is_a_clean_error():
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [value_info("x", TensorProto.FLOAT, [100000, 100000, 100])],
+        [value_info("y", TensorProto.FLOAT, symbolic(3))],
+    )
+    with pytest.raises(bnfold.InputError, match="smaller --input-shape"):
+        validate(model, model, providers=["cpu"])

@@ -15,7 +15,22 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-MAX_ELEMENTS = 1 << 26  # 64 Mi elements per evaluated tensor
+MAX_ELEMENTS = 1 << 24  # 16 Mi elements per evaluated tensor
+MAX_TOTAL_ELEMENTS = 1 << 26  # 64 Mi elements evaluated per model, all tensors together
+MAX_DEPTH = 150  # longest chain of nodes folded into one constant (all nesting levels together)
+# Cast/CastLike are evaluated only to these targets, where numpy's conversion is ONNX's (float8,
+# e8m0 and 4-bit types saturate or round differently, integer targets are runtime-defined).
+EXACT_CAST_TARGETS = frozenset({"float16", "float32", "float64", "bfloat16"})
+
+
+class EvaluationBudget:
+    """Limits shared by every graph of one model: total elements evaluated and chain depth."""
+
+    def __init__(self, total_elements: int = MAX_TOTAL_ELEMENTS, depth: int = MAX_DEPTH) -> None:
+        self.remaining = total_elements
+        self.max_depth = depth
+        self.depth = 0
+
 
 # Pure ops whose output size is bounded by their inputs' (or checked in `_output_elements`).
 EVALUATED_OPS = frozenset(
@@ -48,23 +63,55 @@ EVALUATED_OPS = frozenset(
 BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
-def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int):
+def evaluate(
+    node: onnx.NodeProto, inputs: list[np.ndarray | None], opset: int, budget: EvaluationBudget
+):
     """The node's first output computed from constant `inputs`, or None if it cannot or may not be.
 
-    `inputs` holds None for absent optional inputs.
+    `inputs` holds None for absent optional inputs. Counts the result against `budget`.
     """
     if node.op_type not in EVALUATED_OPS or node.domain not in ("", "ai.onnx"):
         return None
     try:
         elements = _output_elements(node, inputs)
-        if elements is None or elements > MAX_ELEMENTS:
+        if elements is None or elements > min(MAX_ELEMENTS, budget.remaining):
             return None
-        direct = _evaluate_directly(node, inputs)
-        if direct is not None:
-            return direct
-        return _evaluate_with_reference(node, inputs, opset)
+        if node.op_type in ("Cast", "CastLike") and _cast_target(node, inputs) is None:
+            return None
+        result = _evaluate_directly(node, inputs)
+        if result is None:
+            result = _evaluate_with_reference(node, inputs, opset)
     except Exception:  # malformed nodes are simply not constant-folded
         return None
+    budget.remaining -= result.size
+    return result
+
+
+def _cast_target(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> np.dtype | None:
+    """The target dtype of a Cast/CastLike when numpy converts exactly as ONNX does, else None."""
+    if node.op_type == "Cast":
+        target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(_attribute(node, "to")))
+    else:
+        target = inputs[1].dtype
+    source = inputs[0].dtype
+    exact_source = (
+        source.kind in "fiub"
+        and source.itemsize >= 1
+        and str(source)
+        in (
+            *EXACT_CAST_TARGETS,
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "uint8",
+            "uint16",
+            "uint32",
+            "uint64",
+            "bool",
+        )
+    )
+    return target if str(target) in EXACT_CAST_TARGETS and exact_source else None
 
 
 def _output_elements(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> int | None:
@@ -81,6 +128,11 @@ def _output_elements(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> i
         return math.prod(np.broadcast_shapes(*(a.shape for a in present)))
     if op == "Concat":
         return sum(a.size for a in present)
+    if op == "Gather":
+        data, indices = inputs[0], inputs[1]
+        axis = int(_attribute(node, "axis") or 0)
+        along = data.shape[axis]
+        return 0 if along == 0 else indices.size * (data.size // along)
     return largest
 
 
@@ -102,9 +154,8 @@ def _evaluate_directly(node: onnx.NodeProto, inputs: list[np.ndarray | None]):
             fill = np.zeros(1, dtype=np.float32)
         shape = tuple(int(d) for d in inputs[0].reshape(-1))
         return np.full(shape, fill[0], dtype=fill.dtype)
-    if op == "Cast":
-        to = _attribute(node, "to")
-        return inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    if op in ("Cast", "CastLike"):
+        return inputs[0].astype(_cast_target(node, inputs))
     return None
 
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 import onnx
 
 from .batchnorm import read_batchnorm
+from .constant_eval import EvaluationBudget
+from .errors import InputError
 from .graph_view import GraphView, NameAllocator, node_label, subgraphs
-from .model_io import default_opset, load_model
+from .model_io import default_opset, has_external_data, load_model
 from .producers import PLANNERS, FoldPlan
 from .records import Folded, FoldResult, Skipped
 
@@ -34,6 +36,12 @@ def fold(model: onnx.ModelProto | str | os.PathLike) -> FoldResult:
     BatchNormalization: `folded` (into which node, how) or `skipped` (why).
     """
     if isinstance(model, onnx.ModelProto):
+        if has_external_data(model):
+            raise InputError(
+                None,
+                "the model's external data is not loaded: pass its path, or load it with "
+                "onnx.load(path) (load_external_data=True)",
+            )
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return fold_in_place(copy)
@@ -77,6 +85,13 @@ class _Context:
         self.opset = default_opset(self.model)
         self.names = NameAllocator(self.model)
         self.ranks = _shape_inference_ranks(self.model) if _needs_ranks(self.model.graph) else {}
+        self.budget = EvaluationBudget()
+        # Training bindings name initializers that a fold would rewrite or remove.
+        self.refusal = (
+            "the model carries training_info (training-time bindings of its initializers)"
+            if self.model.training_info
+            else None
+        )
 
     def inferred_ranks(self) -> dict[str, int]:
         return self.ranks
@@ -92,6 +107,7 @@ def _fold_graph(
         parent=parent,
         path=path,
         inferred_ranks=context.inferred_ranks,
+        budget=context.budget,
     )
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
@@ -103,10 +119,28 @@ def _fold_graph(
         if index in view.removed_nodes:
             continue
         for attr_name, sub in subgraphs(node):
-            _fold_graph(sub, context, view, f"{path}/{node_label(node)}.{attr_name}".lstrip("/"))
+            sub_path = f"{path}/{node_label(node)}.{attr_name}".lstrip("/")
+            if node.domain in ONNX_DOMAINS:
+                _fold_graph(sub, context, view, sub_path)
+            else:
+                reason = (
+                    f"inside a graph attribute of {node.domain}:{node.op_type}, "
+                    "whose use of it is unknown"
+                )
+                _skip_all(sub, context, sub_path, reason)
     vanished |= view.remove_dead(maybe_dead)
     view.commit(vanished)
     context.removed += len(view.removed_nodes)
+
+
+def _skip_all(graph: onnx.GraphProto, context: _Context, path: str, reason: str) -> None:
+    """Record every BatchNormalization in `graph` (and its subgraphs) as skipped."""
+    for node in graph.node:
+        if node.op_type == "BatchNormalization" and node.domain in ONNX_DOMAINS:
+            output = node.output[0] if node.output else ""
+            context.skipped.append(Skipped(node_label(node), output, reason, path))
+        for attr_name, sub in subgraphs(node):
+            _skip_all(sub, context, f"{path}/{node_label(node)}.{attr_name}", reason)
 
 
 def _fold_one(
@@ -117,8 +151,8 @@ def _fold_one(
     output = bn_node.output[0] if bn_node.output else ""
 
     try:
-        decision = _decide(view, index, bn_node, context.opset)
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        decision = context.refusal or _decide(view, index, bn_node, context.opset)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
         # Malformed attributes or tensors (e.g. dims that do not match the data): when in doubt,
         # do not fold.
         decision = f"it could not be analysed ({type(exc).__name__}: {exc})"

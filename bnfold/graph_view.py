@@ -15,10 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .constant_eval import EVALUATED_OPS, evaluate
-
-MAX_CONSTANT_DEPTH = 200  # longest chain of nodes folded into one constant
-
+from .constant_eval import EVALUATED_OPS, EvaluationBudget, evaluate
 
 # Default-domain ops with graph attributes; ops of other domains are always looked at.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
@@ -112,6 +109,8 @@ class NameAllocator:
         taken.update(o.name for o in graph.output)
         taken.update(t.name for t in graph.initializer)
         taken.update(v.name for v in graph.value_info)
+        taken.update(t.values.name for t in graph.sparse_initializer)
+        taken.update(t.indices.name for t in graph.sparse_initializer)
         for node in graph.node:
             taken.update(node.input)
             taken.update(node.output)
@@ -144,6 +143,7 @@ class GraphView:
         parent: GraphView | None = None,
         path: str = "",
         inferred_ranks: Callable[[], dict[str, int]] | None = None,
+        budget: EvaluationBudget | None = None,
     ) -> None:
         self.graph = graph
         self.parent = parent
@@ -154,6 +154,12 @@ class GraphView:
         self.initializers = {t.name: t for t in graph.initializer}
         self.input_names = {i.name for i in graph.input}
         self.output_names = {o.name for o in graph.output}
+        # IR < 4: the main graph lists every initializer among its inputs; a subgraph follows
+        # its own convention (its inputs are positional, so only add where it already lists them)
+        self.lists_initializers_as_inputs = ir_version < 4 and (
+            parent is None
+            or (bool(self.initializers) and self.initializers.keys() <= self.input_names)
+        )
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = defaultdict(list)
         for index, node in enumerate(self.nodes):
@@ -167,7 +173,7 @@ class GraphView:
                 for name in outer_references(sub):
                     self.consumers[name].append(index)
         self._constants: dict[str, np.ndarray | None] = {}
-        self._depth = 0
+        self.budget = budget if budget is not None else EvaluationBudget()
         self.evaluated_nodes: set[int] = set()  # pure nodes computed at fold time
         self.removed_nodes: set[int] = set()
         self._inferred_ranks = inferred_ranks
@@ -192,9 +198,10 @@ class GraphView:
 
     def _find_constant(self, name: str) -> np.ndarray | None:
         if name in self.initializers:
-            if self.is_overridable(name):
+            tensor = self.initializers[name]
+            if self.is_overridable(name) or tensor.data_location == onnx.TensorProto.EXTERNAL:
                 return None
-            return tensor_to_array(self.initializers[name])
+            return tensor_to_array(tensor)
         if name in self.producer:
             node = self.nodes[self.producer[name]]
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
@@ -210,30 +217,34 @@ class GraphView:
         """Fold a small constant subgraph ending at `node` (see `constant_eval`)."""
         if node.op_type not in EVALUATED_OPS or node.output[0] not in self.producer:
             return None
-        if self._depth >= MAX_CONSTANT_DEPTH:
+        budget = self.budget
+        if budget.depth >= budget.max_depth:
             return None
-        self._depth += 1
+        budget.depth += 1
         try:
             inputs = [self.constant(name) if name else None for name in node.input]
         finally:
-            self._depth -= 1
+            budget.depth -= 1
         if any(value is None for name, value in zip(node.input, inputs, strict=True) if name):
             return None
-        value = evaluate(node, inputs, self.opset)
+        value = evaluate(node, inputs, self.opset, budget)
         if value is not None:
             self.evaluated_nodes.add(index)
         return value
 
     def why_not_constant(self, name: str) -> str:
         """A short phrase saying why `name` is not constant."""
+        for _ in range(self.budget.max_depth):  # follow Identity chains, iteratively
+            node = self.nodes[self.producer[name]] if name in self.producer else None
+            if node is None or node.op_type != "Identity" or not node.input:
+                break
+            name = node.input[0]
         if name in self.initializers and self.is_overridable(name):
             return f"'{name}' is an initializer that is also a graph input (can be overridden)"
         if name in self.input_names:
             return f"'{name}' is a graph input"
         if name in self.producer:
             node = self.nodes[self.producer[name]]
-            if node.op_type == "Identity" and node.input:
-                return self.why_not_constant(node.input[0])
             domain = f"{node.domain}:" if node.domain not in ("", "ai.onnx") else ""
             return f"'{name}' is computed by {domain}{node.op_type} '{node_label(node)}'"
         if self.parent is not None:
@@ -275,21 +286,13 @@ class GraphView:
         while len(node.input) <= slot:
             node.input.append("")
         old = node.input[slot]
-        if old and self._exclusively_owned(old, node_index):
+        if old and self._exclusively_owned(old, node_index, value):
             tensor = self.initializers[old]
             _fill_tensor(tensor, value)
             self._constants[old] = value
             return old
         name = names.fresh(base_name)
-        tensor = self.graph.initializer.add()
-        tensor.name = name
-        _fill_tensor(tensor, value)
-        self.initializers[name] = tensor
-        if self.ir_version < 4:  # every initializer must also be a graph input
-            self.graph.input.append(
-                onnx.helper.make_tensor_value_info(name, tensor.data_type, list(value.shape))
-            )
-            self.input_names.add(name)
+        self._home_for_new_constants()._add_initializer(name, value)
         self._constants[name] = value
         node.input[slot] = name
         self.consumers[name].append(node_index)
@@ -297,9 +300,33 @@ class GraphView:
             self.consumers[old].remove(node_index)
         return name
 
-    def _exclusively_owned(self, name: str, node_index: int) -> bool:
+    def _home_for_new_constants(self) -> GraphView:
+        """Where a new initializer goes: this graph, except an IR < 4 subgraph that does not list
+        its initializers as inputs (onnxruntime requires that, and subgraph inputs are
+        positional): then the main graph, whose values every subgraph can read."""
+        if self.ir_version >= 4 or self.parent is None or self.lists_initializers_as_inputs:
+            return self
+        return self.parent._home_for_new_constants()
+
+    def _add_initializer(self, name: str, value: np.ndarray) -> None:
+        tensor = self.graph.initializer.add()
+        tensor.name = name
+        _fill_tensor(tensor, value)
+        self.initializers[name] = tensor
+        if self.lists_initializers_as_inputs:
+            self.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, tensor.data_type, list(value.shape))
+            )
+            self.input_names.add(name)
+
+    def _exclusively_owned(self, name: str, node_index: int, value: np.ndarray) -> bool:
+        """An initializer of this graph read only by this node, with the new value's shape and
+        dtype (so no value_info describing it goes stale)."""
+        tensor = self.initializers.get(name)
         return (
-            name in self.initializers
+            tensor is not None
+            and tuple(tensor.dims) == value.shape
+            and tensor.data_type == onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
             and self.consumers.get(name) == [node_index]
             and name not in self.output_names
             and name not in self.input_names
@@ -345,7 +372,7 @@ class GraphView:
                         self.consumers[source].remove(index)
                         pending.append(source)
             elif name in self.initializers and (
-                name not in self.input_names or self.ir_version < 4
+                name not in self.input_names or self.lists_initializers_as_inputs
             ):
                 gone.add(name)
         self._drop_initializers(gone & self.initializers.keys())
@@ -360,7 +387,7 @@ class GraphView:
         )
         for name in names:
             del self.initializers[name]
-        if self.ir_version < 4:
+        if self.lists_initializers_as_inputs:
             _delete_where(self.graph.input, lambda info: info.name in names)
             self.input_names -= names
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper, numpy_helper
 
 from .errors import InputError
@@ -26,6 +26,14 @@ PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph itself when deciding whether tensors fit in one protobuf.
 INLINE_TENSOR_BUDGET = 1_800_000_000
 EXTERNAL_THRESHOLD = 1024  # tensors at least this big go to the data file
+
+
+def serialized_size(model: onnx.ModelProto) -> int | None:
+    """The model's size as one protobuf, or None if it is over protobuf's 2 GB limit."""
+    try:
+        return model.ByteSize()
+    except EncodeError:  # upb refuses to size messages over 2 GB
+        return None
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -170,8 +178,13 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> None:
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         data_path = _safe_data_path(base, location, path, tensor.name)
-        offset = int(info.get("offset", 0) or 0)
-        length = int(info["length"]) if info.get("length") else None
+        try:
+            offset = int(info.get("offset", 0) or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise InputError(
+                path, f"external data of tensor '{tensor.name}' has a malformed offset or length"
+            ) from None
         available = data_path.stat().st_size - offset
         if offset < 0 or available < 0 or (length is not None and length > available):
             raise InputError(
@@ -220,7 +233,8 @@ def save_model(
     path = Path(path)
     _check_writable_target(path)
     if external_data is None:
-        external_data = model.ByteSize() > INLINE_TENSOR_BUDGET
+        size = serialized_size(model)
+        external_data = size is None or size > INLINE_TENSOR_BUDGET
     written: list[Path] = []
     try:
         if external_data:

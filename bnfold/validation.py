@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError
-from .model_io import load_model, save_model
+from .model_io import load_model, save_model, serialized_size
 
 CPU = "cpu"
 CUDA = "cuda"
@@ -291,7 +291,8 @@ class _SessionMaker:
     def source(self, model: onnx.ModelProto | Path) -> bytes | str:
         if isinstance(model, Path):
             return str(model)
-        if model.ByteSize() < SESSION_BYTES_LIMIT:
+        size = serialized_size(model)
+        if size is not None and size < SESSION_BYTES_LIMIT:
             return model.SerializeToString()
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="bnfold-validate-")

@@ -25,7 +25,7 @@ def make_model(nodes, inputs, outputs, initializers=(), *, opset=OPSET, ir_versi
 
 
 def tensor(name, array):
-    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+    return numpy_helper.from_array(np.asarray(array), name)
 
 
 def bn_params(rng, channels, dtype=np.float32, prefix="bn"):

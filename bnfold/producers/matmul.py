@@ -40,6 +40,7 @@ def plan_matmul(
     )
     if problem:
         return problem
-    return FoldPlan(
-        updates, f"scaled {weight.shape[1]} output columns; became Gemm with bias", "Gemm"
-    )
+    # Gemm-1/6 broadcast C only when told to
+    new_attributes: dict[str, object] = {"broadcast": 1} if opset < 7 else {}
+    how = f"scaled {weight.shape[1]} output columns; became Gemm with bias"
+    return FoldPlan(updates, how, "Gemm", new_attributes)

@@ -188,14 +188,19 @@ def test_graph_attributes_of_custom_ops_are_left_alone(rng):
 def test_ir3_fold_in_subgraph_keeps_the_subgraph_signature(rng):
     body = conv_bn_with([], rng).graph
     del body.input[:]
+    weights = list(body.initializer)  # IR 3: values of the main graph, listed as its inputs
+    del body.initializer[:]
     node = helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=body)
+    inputs = [
+        value_info("x", TensorProto.FLOAT, [1, 3, 2, 2]),
+        value_info("cond", TensorProto.BOOL, []),
+    ]
+    inputs += [value_info(t.name, t.data_type, list(t.dims)) for t in weights]
     model = make_model(
         [node],
-        [
-            value_info("x", TensorProto.FLOAT, [1, 3, 2, 2]),
-            value_info("cond", TensorProto.BOOL, []),
-        ],
+        inputs,
         [value_info("y", TensorProto.FLOAT, symbolic(4))],
+        weights,
         opset=9,
         ir_version=3,
     )

@@ -20,7 +20,7 @@ from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .errors import InputError
 from .graph_view import GraphView, NameAllocator, node_label, subgraphs
-from .model_io import default_opset, has_external_data, load_model
+from .model_io import check_model_structure, default_opset, has_external_data, load_model
 from .producers import PLANNERS, FoldPlan
 from .records import Folded, FoldResult, Skipped
 
@@ -42,6 +42,7 @@ def fold(model: onnx.ModelProto | str | os.PathLike) -> FoldResult:
                 "the model's external data is not loaded: pass its path, or load it with "
                 "onnx.load(path) (load_external_data=True)",
             )
+        check_model_structure(model)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return fold_in_place(copy)

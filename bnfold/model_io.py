@@ -11,9 +11,12 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
@@ -46,11 +49,18 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file and its external data; raise `InputError` naming the file if unusable."""
+    return load_model_and_sources(path)[0]
+
+
+def load_model_and_sources(path: str | os.PathLike) -> tuple[onnx.ModelProto, set[Path]]:
+    """`load_model`, plus the resolved paths of every file read (the model, its data files)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "is a directory, not an ONNX file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise InputError(path, "is not a regular file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
@@ -61,8 +71,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise InputError(path, "is empty")
     model = parse_model(data, path)
     check_model_structure(model, path)
-    load_external_data(model, path)
-    return model
+    sources = load_external_data(model, path)
+    return model, {path.resolve(), *sources}
 
 
 def parse_model(data: bytes, path: Path | None = None) -> onnx.ModelProto:
@@ -107,6 +117,9 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
     defined.update(t.name for t in graph.initializer)
     defined.update(t.values.name for t in graph.sparse_initializer)
     so_far = set(defined)
+    problem = _duplicate_definition(graph) or _initializer_size_mismatch(graph)
+    if problem:
+        return problem
     defined.update(name for node in graph.node for name in node.output if name)
     in_order = True
     for node in graph.node:
@@ -124,6 +137,43 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
         if output.name not in defined:
             return f"graph output '{output.name}' is not computed by the graph"
     return None if in_order else _cycle(graph)
+
+
+def _duplicate_definition(graph: onnx.GraphProto) -> str | None:
+    """A value defined twice in one graph (two nodes, or a node and an input or initializer)."""
+    seen = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        for name in node.output:
+            if name and name in seen:
+                return f"value '{name}' is defined more than once (node '{node_label(node)}')"
+            seen.add(name)
+    return None
+
+
+def _initializer_size_mismatch(graph: onnx.GraphProto) -> str | None:
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        itemsize = _ITEMSIZE.get(tensor.data_type)
+        if itemsize is not None and len(tensor.raw_data) != itemsize * math.prod(tensor.dims):
+            return (
+                f"initializer '{tensor.name}' declares shape {list(tensor.dims)} but holds "
+                f"{len(tensor.raw_data)} bytes"
+            )
+    return None
+
+
+_ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2,
+    onnx.TensorProto.DOUBLE: 8,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.BOOL: 1,
+}
 
 
 def _cycle(graph: onnx.GraphProto) -> str | None:
@@ -171,9 +221,11 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     return next(_external_tensors(model), None) is not None
 
 
-def load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Read external tensor data that lies inside the model's folder; refuse anything else."""
+def load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
+    """Read external tensor data that lies inside the model's folder; refuse anything else.
+    Returns the data files read."""
     base = path.resolve().parent
+    files: set[Path] = set()
     for tensor in _external_tensors(model):
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
@@ -195,6 +247,8 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> None:
             tensor.raw_data = handle.read(available if length is None else length)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
+        files.add(data_path.resolve())
+    return files
 
 
 def _safe_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
@@ -240,7 +294,7 @@ def save_model(
         if external_data:
             data_name = f"{path.name}.data"
             written.append(_write_external_data(model, path.parent / data_name, data_name))
-        _write_atomically(path, model.SerializeToString())
+        write_file_atomically(path, model.SerializeToString())
         written.insert(0, path)
     except OSError as exc:
         for file in written:
@@ -261,47 +315,54 @@ def _check_writable_target(path: Path) -> None:
         raise InputError(path, f"its folder '{path.parent}' is not writable")
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A new file in `path`'s folder (random name, created exclusively, so no symbolic link
+    planted there is followed) that replaces `path` only when the block succeeds."""
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(payload)
+        os.fchmod(descriptor, 0o666 & ~_umask())
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(OSError):
-            temporary.unlink()
+            os.unlink(temporary)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_file_atomically(path: Path, payload: bytes) -> None:
+    with atomic_file(path) as handle:
+        handle.write(payload)
 
 
 def _write_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> Path:
     """Move every tensor of at least EXTERNAL_THRESHOLD bytes into one data file."""
-    temporary = data_path.parent / f".{data_path.name}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "wb") as handle:
-            offset = 0
-            for tensor in external_data_helper._get_all_tensors(model):
-                if tensor.ByteSize() < EXTERNAL_THRESHOLD:
-                    continue
-                if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw bytes
-                    tensor.CopyFrom(
-                        numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
-                    )
-                padding = -offset % 4096  # page-aligned, so runtimes can map it
-                handle.write(b"\0" * padding)
-                offset += padding
-                data = tensor.raw_data
-                handle.write(data)
-                external_data_helper.set_external_data(
-                    tensor, location=location, offset=offset, length=len(data)
-                )
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                tensor.ClearField("raw_data")
-                offset += len(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, data_path)
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+    with atomic_file(data_path) as handle:
+        offset = 0
+        for tensor in external_data_helper._get_all_tensors(model):
+            if tensor.ByteSize() < EXTERNAL_THRESHOLD:
+                continue
+            if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw bytes
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+            padding = -offset % 4096  # page-aligned, so runtimes can map it
+            handle.write(b"\0" * padding)
+            offset += padding
+            data = tensor.raw_data
+            handle.write(data)
+            external_data_helper.set_external_data(
+                tensor, location=location, offset=offset, length=len(data)
+            )
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.ClearField("raw_data")
+            offset += len(data)
     return data_path

@@ -173,6 +173,7 @@ def test_training_info_keeps_the_model_unfolded(rng):
 
 def test_graph_attributes_of_custom_ops_are_left_alone(rng):
     inner = conv_bn_with([], rng).graph
+    inner.node[-1].output[0] = inner.output[0].name = "inner_y"
     node = helper.make_node("Custom", ["x"], ["y"], domain="com.example", body=inner)
     model = make_model(
         [node],

@@ -449,11 +449,18 @@ def test_fold_graph_onnx_graphsurgeon_in_place(rng):
 # ----- malformed models: skipped with a reason, never a crash ----------------------------------
 
 
-def test_weight_dims_not_matching_data_is_skipped(rng):
+def test_weight_dims_not_matching_data_is_refused(rng):
     model = conv_bn(rng)
     model.graph.initializer[0].dims[0] = 1000  # declared [1000, 3, 3, 3], holds [4, 3, 3, 3]
-    reason = only_skip(model)
-    assert "could not be analysed" in reason or "not constant" in reason
+    with pytest.raises(bnfold.InputError, match="declares shape"):
+        bnfold.fold(model)
+
+
+def test_value_defined_twice_is_refused(rng):
+    model = conv_bn(rng)
+    model.graph.node.append(helper.make_node("Relu", ["x"], ["c"]))
+    with pytest.raises(bnfold.InputError, match="defined more than once"):
+        bnfold.fold(model)
 
 
 def test_malformed_group_attribute_is_skipped(rng):

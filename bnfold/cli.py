@@ -10,6 +10,7 @@ Exit statuses (also in `--help` and the README):
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import click
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_VALIDATION_FAILED, BnfoldError, InputError
 from .fold import fold_in_place
-from .model_io import load_model, save_model
+from .model_io import load_model_and_sources, save_model, write_file_atomically
 from .records import FoldResult
 from .validation import ValidationReport, load_inputs, resolve_providers, validate
 
@@ -46,11 +47,11 @@ class _Console:
 
     def out(self, line: str) -> None:
         if not self.quiet:
-            click.echo(line)
+            click.echo(_printable(line))
 
     def detail(self, line: str) -> None:
         if self.verbose and not self.quiet:
-            click.echo(line)
+            click.echo(_printable(line))
 
     def progress(self, line: str) -> None:
         if self.progress_enabled:
@@ -87,7 +88,7 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
         name, sep, number = value.rpartition(":")
         try:
             parsed = float(number)
-            if parsed < 0:
+            if not math.isfinite(parsed) or parsed < 0:
                 raise ValueError
         except ValueError:
             raise click.BadParameter(
@@ -164,7 +165,11 @@ class _DefaultDict(dict):
     help="Validate on real data: .npz of input name -> array.",
 )
 @click.option(
-    "--seed", default=0, show_default=True, help="Seed of the generated validation inputs."
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**32 - 1),
+    help="Seed of the generated validation inputs.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print more detail (timings, warnings).")
@@ -190,15 +195,13 @@ def command(
     console = _Console(quiet, verbose)
     if output is None and not dry_run:
         raise click.UsageError("give -o OUT, or --dry-run to only report")
-    if (
-        output is not None
-        and model.exists()
-        and output.exists()
-        and output.resolve() == model.resolve()
-    ):
-        raise InputError(output, "is the input file; write the folded model to another path")
+    if dry_run:
+        output = None
     _check_target(output)
     _check_target(report_path)
+    if output is not None and report_path is not None and _same(output, report_path):
+        raise InputError(report_path, "is also the output model; give the report another path")
+    _check_not_input(model.resolve() if model.exists() else None, output, report_path)
     provider_list = resolve_providers(providers)[0] if providers != "auto" else "auto"
     options = {
         "providers": None if provider_list == "auto" else provider_list,
@@ -211,10 +214,14 @@ def command(
     }
     started = time.perf_counter()
     console.progress(f"loading {model} ({_size(model)})")
-    loaded = load_model(model)
+    loaded, sources = load_model_and_sources(model)
+    _check_not_input(sources, output, report_path)
+    console.detail(f"loaded in {time.perf_counter() - started:.2f} s")
     console.progress("folding")
+    mark = time.perf_counter()
     result = fold_in_place(loaded)
     console.progress_done()
+    console.detail(f"folded in {time.perf_counter() - mark:.2f} s")
     for record in result.records:
         console.out(_record_line(record))
     validation = None
@@ -222,8 +229,10 @@ def command(
         console.detail("nothing folded: the output is the input model; validation not needed")
     elif not no_validate:
         console.progress("validating in onnxruntime")
-        validation = validate(model, result.model, **options)
+        mark = time.perf_counter()
+        validation = validate(model.resolve(), result.model, **options)
         console.progress_done()
+        console.detail(f"validated in {time.perf_counter() - mark:.2f} s")
         for line in validation.lines():
             console.out(line)
     elif any(_given(v) for k, v in options.items() if k not in ("seed",)) or providers != "auto":
@@ -240,8 +249,28 @@ def command(
     if not passed:
         ran = any(p.outputs for p in validation.providers)
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
-        click.echo(f"bnfold: validation {what}; the folded model was not written", err=True)
+        first = next((line for line in validation.lines() if line.startswith("FAILED")), "")
+        click.echo(
+            _printable(f"bnfold: validation {what}; the folded model was not written: {first}"),
+            err=True,
+        )
         sys.exit(EXIT_VALIDATION_FAILED)
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _check_not_input(sources, output: Path | None, report_path: Path | None) -> None:
+    """Refuse to write over the input model or any of its external data files."""
+    if sources is None:
+        return
+    protected = {sources} if isinstance(sources, Path) else set(sources)
+    for path, what in ((output, "output"), (report_path, "report")):
+        if path is not None and path.resolve() in protected:
+            raise InputError(
+                path, f"is the input model or one of its data files; give the {what} another path"
+            )
 
 
 def _given(value) -> bool:
@@ -253,6 +282,8 @@ def _check_target(path: Path | None) -> None:
         return
     if path.is_dir():
         raise InputError(path, "is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise InputError(path, "exists and is not a regular file; refusing to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(path, f"its folder '{parent}' does not exist")
@@ -300,13 +331,29 @@ def _write_report(path, model, output, result, validation, elapsed, dry_run) -> 
         "seconds": round(elapsed, 4),
         "validation": None if validation is None else validation.to_dict(),
     }
-    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
     try:
-        temporary.write_text(json.dumps(report, indent=2, default=float) + "\n")
-        os.replace(temporary, path)
+        write_file_atomically(path, text.encode())
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
+
+
+def _json_safe(value):
+    """JSON has no NaN or infinity: write those as the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _printable(text: str) -> str:
+    """Escape control characters (names in hostile models can hold newlines)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,20 +363,25 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(
+            _printable(f"bnfold: error: {exc.format_message()} (see bnfold --help)"), err=True
+        )
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("bnfold: interrupted", err=True)
         sys.exit(130)
     except BnfoldError as exc:
-        click.echo(f"bnfold: error: {exc}", err=True)
+        click.echo(_printable(f"bnfold: error: {exc}"), err=True)
         sys.exit(exc.exit_status)
+    except RecursionError:
+        click.echo("bnfold: error: the model's graphs are nested too deeply to process", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         click.echo("bnfold: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug: say so in one line; the traceback only with -v
         if "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
             traceback.print_exc()
-        click.echo(f"bnfold: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(_printable(f"bnfold: internal error: {type(exc).__name__}: {exc}"), err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(0)

@@ -160,12 +160,12 @@ def _fold_one(
     if isinstance(decision, str):
         return Skipped(label, output, decision, view.path)
     producer_index, plan, bn = decision
-    producer = view.nodes[producer_index]
+    into = node_label(view.nodes[producer_index])  # before the fold renames its output
     into_op = _apply(plan, view, producer_index, context, maybe_dead)
     vanished.add(bn.input)
     maybe_dead.update(name for name in bn_node.input[1:] if name)
     view.bypass(index, producer_index)
-    return Folded(label, output, node_label(producer), into_op, plan.how, view.path)
+    return Folded(label, output, into, into_op, plan.how, view.path)
 
 
 def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):

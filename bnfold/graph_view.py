@@ -177,6 +177,7 @@ class GraphView:
         self.evaluated_nodes: set[int] = set()  # pure nodes computed at fold time
         self.removed_nodes: set[int] = set()
         self._inferred_ranks = inferred_ranks
+        self._declared_ranks: dict[str, int] | None = None
 
     # ----- questions -------------------------------------------------------------------------
 
@@ -263,10 +264,15 @@ class GraphView:
         value = self.constant(name)
         if value is not None:
             return value.ndim
-        for infos in (self.graph.value_info, self.graph.input, self.graph.output):
-            for info in infos:
-                if info.name == name and info.type.tensor_type.HasField("shape"):
-                    return len(info.type.tensor_type.shape.dim)
+        if self._declared_ranks is None:  # built on first use: only MatMul folds need ranks
+            self._declared_ranks = {
+                info.name: len(info.type.tensor_type.shape.dim)
+                for infos in (self.graph.value_info, self.graph.input, self.graph.output)
+                for info in infos
+                if info.type.tensor_type.HasField("shape")
+            }
+        if name in self._declared_ranks:
+            return self._declared_ranks[name]
         if self._inferred_ranks is not None:
             return self._inferred_ranks().get(name)
         return None

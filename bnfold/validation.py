@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError
+from .graph_view import subgraphs
 from .model_io import load_model, save_model, serialized_size
 
 CPU = "cpu"
@@ -141,9 +142,10 @@ class ProviderOutcome:
         if self.status in ("skipped", "unavailable"):
             label = "SKIPPED" if self.status == "skipped" else "FAILED"
             return [f"{label} | {self.provider} | {self.reason}"]
-        if not self.outputs:
-            return [f"FAILED | {self.provider} | {self.reason}"]
-        return [comparison.line() for comparison in self.outputs]
+        lines = [comparison.line() for comparison in self.outputs]
+        if self.reason:
+            lines.append(f"FAILED | {self.provider} | {self.reason}")
+        return lines
 
 
 @dataclass
@@ -220,7 +222,14 @@ def generate_inputs(
             continue
         if not info.type.HasField("tensor_type"):
             raise InputError(None, f"input '{info.name}' is not a tensor; pass it with inputs=")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+        except (KeyError, ValueError, TypeError):
+            raise InputError(
+                None,
+                f"input '{info.name}' has element type {info.type.tensor_type.elem_type}, "
+                "which bnfold cannot generate; pass it with --inputs",
+            ) from None
         shape = _input_shape(info, input_shapes.pop(info.name, None), notes)
         if math.prod(shape) > MAX_GENERATED_ELEMENTS:
             raise InputError(
@@ -231,7 +240,19 @@ def generate_inputs(
         feeds[info.name] = _random_array(rng, dtype, shape)
     if input_shapes:
         notes.append(f"--input-shape names no input of the model: {sorted(input_shapes)}")
+    if _has_op(model.graph, "If"):
+        notes.append(
+            "the model has If nodes: the inputs exercise only the branches they select "
+            "(give real data with --inputs to cover others)"
+        )
     return feeds, notes
+
+
+def _has_op(graph: onnx.GraphProto, op_type: str) -> bool:
+    return any(
+        node.op_type == op_type or any(_has_op(g, op_type) for _, g in subgraphs(node))
+        for node in graph.node
+    )
 
 
 def _input_shape(info: onnx.ValueInfoProto, override, notes: list[str]) -> tuple[int, ...]:
@@ -273,6 +294,7 @@ class _SessionMaker:
 
         self.ort = ort
         self.tf32 = tf32
+        ort.set_default_logger_severity(4)  # bnfold reports session errors itself, in one line
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def options(self):
@@ -280,7 +302,7 @@ class _SessionMaker:
         options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
         options.use_deterministic_compute = True
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         return options
 
     def provider_options(self, provider: str) -> dict:
@@ -487,6 +509,8 @@ def validate(
     of models with the same inputs and outputs, not only bnfold's.
     """
     names, explicit = resolve_providers(providers)
+    _check_tolerances(rtol, "rtol")
+    _check_tolerances(atol, "atol")
     reference_source, candidate_source = _as_source(reference), _as_source(candidate)
     in_memory = [m for m in (reference_source, candidate_source) if isinstance(m, onnx.ModelProto)]
     # Both models have the same graph inputs; read them from one already in memory.
@@ -555,6 +579,13 @@ class _Tolerances:
         )
 
 
+def _check_tolerances(option, label: str) -> None:
+    values = option.values() if isinstance(option, dict) else [] if option is None else [option]
+    for value in values:
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise InputError(None, f"{label} must be a finite number >= 0, not {value}")
+
+
 def _pick(option, name: str, default):
     if isinstance(option, dict):
         return float(option[name]) if name in option else default
@@ -583,6 +614,9 @@ def _validate_on(provider, maker, sources, feeds, expected, tolerances):
         outcome.outputs.append(compare(provider, name, want, got[name], tolerance, calibration))
     if not all(o.passed for o in outcome.outputs):
         outcome.status = "failed"
+    elif sum(o.elements for o in outcome.outputs) == 0:
+        outcome.status = "failed"
+        outcome.reason = "every output is empty: nothing was compared (give non-empty shapes)"
     return outcome
 
 

@@ -180,3 +180,73 @@ def test_usage_errors_exit_2(tmp_path):
     assert bnfold(RESNET, "--dry-run", "--input-shape", "bad").returncode == 2
     assert bnfold(RESNET, "--dry-run", "--providers", "tpu").returncode == 2
     assert bnfold("--no-such-option").returncode == 2
+
+
+# ----- never overwrite what is not ours --------------------------------------------------------
+
+
+def test_report_or_output_over_the_input_is_refused(tmp_path):
+    source = tmp_path / "in.onnx"
+    shutil.copy(RESNET, source)
+    for args in (
+        ["-o", tmp_path / "o.onnx", "--report", source],
+        ["--dry-run", "--report", source],
+        ["-o", tmp_path / "o.onnx", "--report", tmp_path / "o.onnx"],
+    ):
+        proc = bnfold(source, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert source.read_bytes() == RESNET.read_bytes()
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_output_over_the_input_external_data_is_refused(tmp_path):
+    model = onnx.load(RESNET)
+    onnx.save(
+        model, tmp_path / "m.onnx", save_as_external_data=True, location="w.bin", size_threshold=0
+    )
+    before = (tmp_path / "w.bin").read_bytes()
+    proc = bnfold(tmp_path / "m.onnx", "-o", tmp_path / "w.bin")
+    assert_clean_failure(proc, 2, mentions="data files")
+    assert (tmp_path / "w.bin").read_bytes() == before
+
+
+def test_special_files_are_refused(tmp_path):
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    proc = bnfold(fifo, "-o", tmp_path / "o.onnx")
+    assert_clean_failure(proc, 2, mentions="not a regular file")
+    proc = bnfold(RESNET, "-o", fifo)
+    assert_clean_failure(proc, 2, mentions="not a regular file")
+
+
+@pytest.mark.parametrize(
+    "args", [["--atol", "nan"], ["--rtol", "inf"], ["--seed", "-1"], ["--rtol", "-1"], []]
+)
+def test_usage_errors_are_one_line(tmp_path, args):
+    extra = args or ["--no-such-option"]
+    proc = bnfold(RESNET, "--dry-run", *extra)
+    assert_clean_failure(proc, 2, mentions="bnfold: error:")
+
+
+def test_control_characters_in_names_are_escaped(tmp_path):
+    model = onnx.load(RESNET)
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.name = "evil\nname"
+    path = tmp_path / "evil.onnx"
+    onnx.save(model, path)
+    proc = bnfold(path, "--dry-run", "--no-validate")
+    assert proc.returncode == 0
+    assert "evil\\nname" in proc.stdout
+
+
+def test_zero_sized_inputs_do_not_count_as_validated(tmp_path):
+    proc = bnfold(RESNET, "--dry-run", "--input-shape", "input:0x3x32x32")
+    assert proc.returncode == 1
+    assert "nothing was compared" in proc.stdout
+
+
+def test_report_is_strict_json(tmp_path):
+    report = tmp_path / "r.json"
+    proc = bnfold(RESNET, "--dry-run", "--report", report, "--atol", "input:0")
+    assert proc.returncode == 0, proc.stderr
+    json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))

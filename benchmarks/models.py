@@ -60,7 +60,8 @@ def _model(nodes, inits, x_shape, output, name) -> onnx.ModelProto:
         nodes,
         name,
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
+        # a shaped output: some tools (onnx-simplifier) refuse outputs without one
+        [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, ["n", "c", "h", "w"])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -68,32 +68,34 @@ def command(tool: str, source: Path, target: Path) -> list[str]:
     return [PY, "-c", TOOLS[tool][1], str(source), str(target)]
 
 
+# Peak memory is read with wait4 by a small launcher process: Linux keeps a process's peak RSS
+# across exec, starting from its parent's RSS at fork, so a tool forked straight from this
+# (large) process would report at least this process's size.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+error = child.stderr.read().decode(errors="replace").strip().splitlines()
+_, status, usage = os.wait4(child.pid, 0)
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": usage.ru_maxrss / 1024,
+                  "code": os.waitstatus_to_exitcode(status), "error": error[-1] if error else ""}))
+"""
+
+
 def measure(cmd: list[str], timeout: float) -> tuple[float, float, str]:
     """(seconds, peak RSS in MB, error or "") of one process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    launcher = subprocess.Popen(
+        [PY, "-c", LAUNCHER, *cmd], stdout=subprocess.PIPE, start_new_session=True
+    )
     try:
-        _, status, usage = _wait4(process, timeout)
-    except TimeoutError:
-        process.kill()
-        process.wait()
+        out, _ = launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, 9)
+        launcher.wait()
         return float("nan"), float("nan"), f"timeout {timeout:.0f} s"
-    elapsed = time.perf_counter() - start
-    error = process.stderr.read().decode(errors="replace").strip().splitlines()
-    code = os.waitstatus_to_exitcode(status)
-    return elapsed, usage.ru_maxrss / 1024, "" if code == 0 else (error[-1] if error else str(code))
-
-
-def _wait4(process, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return pid, status, usage
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        time.sleep(0.005)
+    result = json.loads(out)
+    error = "" if result["code"] == 0 else (result["error"] or str(result["code"]))
+    return result["seconds"], result["peak_mb"], error
 
 
 def outcome(original: Path, produced: Path) -> dict:

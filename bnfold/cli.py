@@ -240,7 +240,8 @@ def command(
     passed = validation is None or validation.passed
     if passed and output is not None and not dry_run:
         console.progress(f"saving {output}")
-        save_model(result.model, output)
+        # an input with external data keeps it (in OUT.data); otherwise only when over 2 GB
+        save_model(result.model, output, external_data=True if len(sources) > 1 else None)
         console.progress_done()
     elapsed = time.perf_counter() - started
     console.out(_summary(result, elapsed, validation, dry_run or output is None))

@@ -45,6 +45,7 @@ def test_external_data_input_and_output_from_another_directory(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "folded 10 of 10" in proc.stdout
     onnx.checker.check_model(str(out))
+    assert (out.parent / "folded.onnx.data").exists()  # external data in, external data out
     assert_same_function(onnx.load(RESNET), onnx.load(out))
 
 

@@ -191,6 +191,8 @@ class GraphView:
         Constant means: a (non-overridable) initializer, the output of a `Constant` node, or
         either of these reached through `Identity` nodes, here or in an enclosing graph.
         """
+        if name in self.initializers:  # read afresh: caching would hold a copy of every weight
+            return self._find_constant(name)
         if name in self._constants:
             return self._constants[name]
         value = self._find_constant(name)
@@ -295,11 +297,9 @@ class GraphView:
         if old and self._exclusively_owned(old, node_index, value):
             tensor = self.initializers[old]
             _fill_tensor(tensor, value)
-            self._constants[old] = value
             return old
         name = names.fresh(base_name)
         self._home_for_new_constants()._add_initializer(name, value)
-        self._constants[name] = value
         node.input[slot] = name
         self.consumers[name].append(node_index)
         if old:

@@ -53,12 +53,29 @@ def batchnorm_affine(
     return ChannelAffine(scale, shift)
 
 
+NATIVE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def multiply_exactly(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """`array · factors` (broadcast), each product computed in float64 and rounded once.
+
+    For float16/32/64 arrays numpy does this in buffered chunks straight into the array's dtype,
+    so no float64 copy of a big weight is ever made; other dtypes (bfloat16) get a float64
+    result for `round_to`.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        if array.dtype in NATIVE_FLOATS:
+            out = np.empty(array.shape, dtype=array.dtype)
+            np.multiply(array, factors, out=out, dtype=np.float64, casting="unsafe")
+            return out
+        return array.astype(np.float64) * factors
+
+
 def scale_along(array: np.ndarray, factors: np.ndarray, axis: int) -> np.ndarray:
-    """`array · factors`, with `factors` laid along `axis` of `array` (float64 result)."""
+    """`array · factors`, with `factors` laid along `axis` of `array` (see `multiply_exactly`)."""
     shape = [1] * array.ndim
     shape[axis] = factors.shape[0]
-    with np.errstate(invalid="ignore", over="ignore"):
-        return array.astype(np.float64) * factors.reshape(shape)
+    return multiply_exactly(array, factors.reshape(shape))
 
 
 def scale_grouped_transposed(weight: np.ndarray, factors: np.ndarray, group: int) -> np.ndarray:
@@ -70,9 +87,9 @@ def scale_grouped_transposed(weight: np.ndarray, factors: np.ndarray, group: int
     """
     c_in, c_out_per_group = weight.shape[0], weight.shape[1]
     kernel = weight.shape[2:]
-    grouped = weight.astype(np.float64).reshape(group, c_in // group, c_out_per_group, *kernel)
+    grouped = weight.reshape(group, c_in // group, c_out_per_group, *kernel)
     laid = factors.reshape(group, 1, c_out_per_group, *([1] * len(kernel)))
-    return (grouped * laid).reshape(weight.shape)
+    return multiply_exactly(grouped, laid).reshape(weight.shape)
 
 
 def folded_bias(bias: np.ndarray | None, affine: ChannelAffine) -> np.ndarray:
@@ -82,18 +99,17 @@ def folded_bias(bias: np.ndarray | None, affine: ChannelAffine) -> np.ndarray:
     return bias.astype(np.float64) * affine.scale + affine.shift
 
 
-def round_to(array64: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round a float64 result once to `dtype`; raise `NotRepresentable` on overflow or NaN."""
+def round_to(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round a float64 result once to `dtype` (a result already in `dtype` is kept); raise
+    `NotRepresentable` on overflow or NaN."""
     with np.errstate(over="ignore", invalid="ignore"):
-        rounded = array64.astype(dtype)
+        rounded = value if value.dtype == dtype else value.astype(dtype)
     check = rounded if rounded.dtype.kind == "f" else rounded.astype(np.float32)
     if not np.isfinite(check).all():
-        if not np.isfinite(array64).all():
-            raise NotRepresentable("the folded values are not finite")
         limit = _finfo(dtype).max
         raise NotRepresentable(
-            f"folded values up to {np.max(np.abs(array64)):.3g} overflow {np.dtype(dtype).name} "
-            f"(max {float(limit):.3g})"
+            f"the folded values overflow {np.dtype(dtype).name} (max {float(limit):.3g}) "
+            "or are not finite"
         )
     return rounded
 

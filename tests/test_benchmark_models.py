@@ -11,7 +11,7 @@ import bnfold
 from tests.builders import ROOT, assert_same_function
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import models as benchmark_models  # noqa: E402
+import models as benchmark_models
 
 
 def test_chain_model_folds_every_batchnorm():

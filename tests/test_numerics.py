@@ -1,0 +1,34 @@
+"""The fold arithmetic: float64 products rounded once, whatever path numpy takes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnfold.numerics import NotRepresentable, batchnorm_affine, multiply_exactly, round_to
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_multiply_exactly_equals_float64_then_one_rounding(rng, dtype):
+    weight = rng.standard_normal([64, 3, 5, 5]).astype(dtype)
+    factors = rng.uniform(0.1, 3.0, [64, 1, 1, 1])
+    expected = (weight.astype(np.float64) * factors).astype(dtype)
+    got = multiply_exactly(weight, factors)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_batchnorm_affine_matches_the_definition(rng):
+    gamma, beta, mean = rng.normal(size=(3, 8))
+    var = rng.uniform(0.1, 2, 8)
+    affine = batchnorm_affine(gamma, beta, mean, var, 1e-3)
+    x = rng.normal(size=8)
+    eps = np.float64(np.float32(1e-3))
+    np.testing.assert_allclose(
+        affine.scale * x + affine.shift, gamma * (x - mean) / np.sqrt(var + eps) + beta, rtol=1e-12
+    )
+
+
+def test_overflow_is_reported():
+    with pytest.raises(NotRepresentable, match="overflow float16"):
+        round_to(np.array([1e6]), np.dtype(np.float16))

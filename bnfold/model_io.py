@@ -31,12 +31,19 @@ INLINE_TENSOR_BUDGET = 1_800_000_000
 EXTERNAL_THRESHOLD = 1024  # tensors at least this big go to the data file
 
 
-def serialized_size(model: onnx.ModelProto) -> int | None:
-    """The model's size as one protobuf, or None if it is over protobuf's 2 GB limit."""
-    try:
-        return model.ByteSize()
-    except EncodeError:  # upb refuses to size messages over 2 GB
-        return None
+def tensor_data_size(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data in the model, from dims and dtypes (cheap: `ByteSize()` walks every
+    byte of a big model, and reading `raw_data` copies it)."""
+    total = 0
+    for tensor in external_data_helper._get_all_tensors(model):
+        itemsize = _ITEMSIZE.get(tensor.data_type, 8)
+        total += itemsize * math.prod(tensor.dims)
+    return total
+
+
+def fits_in_one_protobuf(model: onnx.ModelProto) -> bool:
+    """Whether the model can be serialized as one protobuf (under 2 GB with room for the graph)."""
+    return tensor_data_size(model) <= INLINE_TENSOR_BUDGET
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -286,22 +293,27 @@ def save_model(
     """
     path = Path(path)
     _check_writable_target(path)
+    payload = None
     if external_data is None:
-        size = serialized_size(model)
-        external_data = size is None or size > INLINE_TENSOR_BUDGET
+        external_data = not fits_in_one_protobuf(model)
+        if not external_data:
+            try:
+                payload = model.SerializeToString()
+            except (EncodeError, ValueError):  # over 2 GB after all (e.g. huge graph)
+                external_data = True
     written: list[Path] = []
     try:
         if external_data:
             data_name = f"{path.name}.data"
             written.append(_write_external_data(model, path.parent / data_name, data_name))
-        write_file_atomically(path, model.SerializeToString())
+        write_file_atomically(path, payload if payload is not None else model.SerializeToString())
         written.insert(0, path)
     except OSError as exc:
         for file in written:
             with contextlib.suppress(OSError):
                 file.unlink()
         raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
-    except ValueError as exc:  # protobuf refuses to serialize > 2 GB
+    except (EncodeError, ValueError) as exc:  # protobuf refuses to serialize > 2 GB
         raise InputError(path, f"cannot be written ({exc})") from None
     return written
 

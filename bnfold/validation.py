@@ -26,15 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 
 from .errors import InputError
 from .graph_view import subgraphs
-from .model_io import load_model, save_model, serialized_size
+from .model_io import fits_in_one_protobuf, load_model, save_model
 
 CPU = "cpu"
 CUDA = "cuda"
 PROVIDER_NAMES = {CPU: "CPUExecutionProvider", CUDA: "CUDAExecutionProvider"}
-SESSION_BYTES_LIMIT = 1_900_000_000  # above this, sessions are created from a file
 MAX_GENERATED_ELEMENTS = 1 << 28  # per generated input (1 GiB of float32)
 CUDA_HOW_TO = "install onnxruntime-gpu instead of onnxruntime on a machine with an NVIDIA GPU"
 
@@ -313,9 +313,11 @@ class _SessionMaker:
     def source(self, model: onnx.ModelProto | Path) -> bytes | str:
         if isinstance(model, Path):
             return str(model)
-        size = serialized_size(model)
-        if size is not None and size < SESSION_BYTES_LIMIT:
-            return model.SerializeToString()
+        if fits_in_one_protobuf(model):
+            try:
+                return model.SerializeToString()
+            except (EncodeError, ValueError):  # over 2 GB after all: go through a file
+                pass
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="bnfold-validate-")
         copy = onnx.ModelProto()

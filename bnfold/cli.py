@@ -230,7 +230,10 @@ def command(
     elif not no_validate:
         console.progress("validating in onnxruntime")
         mark = time.perf_counter()
-        validation = validate(model.resolve(), result.model, **options)
+        try:
+            validation = validate(model.resolve(), result.model, **options)
+        except InputError as exc:  # an input the model declares cannot be generated
+            raise InputError(exc.path or model, exc.problem) from None
         console.progress_done()
         console.detail(f"validated in {time.perf_counter() - mark:.2f} s")
         for line in validation.lines():

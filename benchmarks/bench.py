@@ -195,9 +195,14 @@ def main() -> None:
     parser.add_argument(
         "--tools", nargs="*", help="other tools to include (default: all installed)"
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per tool run")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per tool run")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where to write results")
+    parser.add_argument("--replot", action="store_true", help="redraw the plot from OUT's JSON")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((args.out / "benchmark.json").read_text())
+        plot(args.out / "benchmark.png", saved["rows"], saved.get("timeout", args.timeout))
+        return
     tools = available_tools(args.tools)
     rows = []
     effects = {}
@@ -323,12 +328,14 @@ def write_report(folder: Path, rows, effects, args) -> None:
             lines.append(f"| {key} | {value['create_s']:.3f} | {value['latency_ms']:.2f} |")
     (folder / "benchmark.md").write_text("\n".join(lines) + "\n")
     (folder / "benchmark.json").write_text(
-        json.dumps({"rows": rows, "inference": effects}, indent=1)
+        json.dumps({"rows": rows, "inference": effects, "timeout": args.timeout}, indent=1)
     )
-    plot(folder / "benchmark.png", rows)
+    plot(folder / "benchmark.png", rows, args.timeout)
 
 
-def plot(path: Path, rows) -> None:
+def plot(path: Path, rows, timeout: float) -> None:
+    """Bars of time / (load + save) per model and tool; a timed-out run is drawn hatched at its
+    time limit (a lower bound), a tool not run or failing has no bar."""
     try:
         import matplotlib
 
@@ -339,27 +346,37 @@ def plot(path: Path, rows) -> None:
         return
     model_names = list(dict.fromkeys(r["model"] for r in rows))
     tools = list(dict.fromkeys(r["tool"] for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    baseline = {r["model"]: r["seconds"] for r in rows if r["tool"] == "load+save"}
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / len(tools)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, tool in enumerate(tools):
-        values = [
-            next(
-                (
-                    r["time_ratio"]
-                    for r in rows
-                    if r["model"] == m and r["tool"] == tool and not r["error"]
-                ),
-                0,
-            )
-            for m in model_names
-        ]
-        ax.bar(np.arange(len(model_names)) + i * width, values, width, label=tool)
+        color = colors[i % len(colors)]
+        for j, model in enumerate(model_names):
+            row = next((r for r in rows if r["model"] == model and r["tool"] == tool), None)
+            if row is None:
+                continue
+            x = j + i * width
+            if not row["error"]:
+                ax.bar(x, row["time_ratio"], width, color=color)
+            elif row["error"].startswith("timeout"):
+                ax.bar(x, timeout / baseline[model], width, color=color, hatch="//", alpha=0.5)
+        ax.bar(np.nan, np.nan, width, color=color, label=tool)  # legend entry
+    ax.bar(
+        np.nan,
+        np.nan,
+        width,
+        color="white",
+        edgecolor="grey",
+        hatch="//",
+        label=f"timed out ({timeout:.0f} s): at least",
+    )
     ax.axhline(1.5, color="grey", linestyle="--", linewidth=1, label="target 1.5×")
     ax.set_xticks(np.arange(len(model_names)) + width * (len(tools) - 1) / 2, model_names)
     ax.set_ylabel("time / (onnx.load + onnx.save)")
     ax.set_yscale("log")
     ax.set_title("Folding time relative to reading and writing the model (lower is better)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

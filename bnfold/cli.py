@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_VALIDATION_FAILED, BnfoldError, InputError
+from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, ValidationFailed
 from .fold import fold_in_place
 from .model_io import load_model_and_sources, save_model, write_file_atomically
 from .records import FoldResult
@@ -254,11 +254,7 @@ def command(
         ran = any(p.outputs for p in validation.providers)
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
         first = next((line for line in validation.lines() if line.startswith("FAILED")), "")
-        click.echo(
-            _printable(f"bnfold: validation {what}; the folded model was not written: {first}"),
-            err=True,
-        )
-        sys.exit(EXIT_VALIDATION_FAILED)
+        raise ValidationFailed(f"validation {what}; the folded model was not written: {first}")
 
 
 def _same(a: Path, b: Path) -> bool:

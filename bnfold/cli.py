@@ -225,7 +225,7 @@ def command(
     for record in result.records:
         console.out(_record_line(record))
     validation = None
-    if not no_validate and not result.folded:
+    if not no_validate and not (result.folded or result.folded_affine):
         console.detail("nothing folded: the output is the input model; validation not needed")
     elif not no_validate:
         console.progress("validating in onnxruntime")
@@ -314,6 +314,8 @@ def _summary(
         f"folded {len(result.folded)} of {result.batchnorm_count} BatchNormalization",
         f"{result.nodes_before} → {result.nodes_after} nodes",
     ]
+    if result.folded_affine:
+        parts[0] += f" (+ {len(result.folded_affine)} Mul/Add)"
     if validation is not None:
         parts.append("validated" if validation.passed else "validation FAILED")
     if dry_run:

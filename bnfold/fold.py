@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from .affine import AFFINE_OPS, read_affine
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .errors import InputError
@@ -66,7 +67,12 @@ def fold_in_place(model: onnx.ModelProto) -> FoldResult:
                     )
                 )
     return FoldResult(
-        model, context.folded, context.skipped, nodes_before, nodes_before - context.removed
+        model,
+        context.folded,
+        context.skipped,
+        nodes_before,
+        nodes_before - context.removed,
+        context.folded_affine,
     )
 
 
@@ -80,6 +86,7 @@ class _Context:
     model: onnx.ModelProto
     folded: list[Folded] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    folded_affine: list[Folded] = field(default_factory=list)
     removed: int = 0  # nodes removed, all graphs
 
     def __post_init__(self) -> None:
@@ -113,9 +120,15 @@ def _fold_graph(
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
     for index, node in enumerate(view.nodes):
-        if node.op_type == "BatchNormalization" and node.domain in ONNX_DOMAINS:
+        if node.domain not in ONNX_DOMAINS:
+            continue
+        if node.op_type == "BatchNormalization":
             record = _fold_one(view, index, context, vanished, maybe_dead)
             (context.folded if isinstance(record, Folded) else context.skipped).append(record)
+        elif node.op_type in AFFINE_OPS and not context.refusal:
+            record = _fold_affine(view, index, context, vanished, maybe_dead)
+            if record is not None:
+                context.folded_affine.append(record)
     for index, node in enumerate(view.nodes):
         if index in view.removed_nodes:
             continue
@@ -132,6 +145,38 @@ def _fold_graph(
     vanished |= view.remove_dead(maybe_dead)
     view.commit(vanished)
     context.removed += len(view.removed_nodes)
+
+
+def _fold_affine(
+    view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
+) -> Folded | None:
+    """Fold a Mul/Add by a per-channel constant into the linear layer before it, if exact.
+    Ordinary Mul/Add nodes are not recorded."""
+    node = view.nodes[index]
+    try:
+        found = read_affine(node, view, PLANNERS)
+        if found is None:
+            return None
+        producer_index, affine, data = found
+        if view.sole_consumer(data) != index:
+            return None
+        producer = view.nodes[producer_index]
+        plan = PLANNERS[producer.op_type](producer, view, affine, context.opset)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError):
+        return None
+    if isinstance(plan, str):
+        return None
+    into = node_label(producer)
+    into_op = _apply(plan, view, producer_index, context, maybe_dead)
+    vanished.add(data)
+    maybe_dead.update(name for name in node.input if name and name != data)
+    view.bypass(index, producer_index)
+    how = (
+        f"Mul by a per-channel constant; {plan.how}"
+        if node.op_type == "Mul"
+        else "Add of a per-channel constant, moved into the bias"
+    )
+    return Folded(node_label(node), node.output[0], into, into_op, how, view.path)
 
 
 def _skip_all(graph: onnx.GraphProto, context: _Context, path: str, reason: str) -> None:

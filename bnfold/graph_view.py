@@ -339,7 +339,8 @@ class GraphView:
         )
 
     def bypass(self, bn_index: int, producer_index: int) -> None:
-        """Remove a BatchNormalization: its producer takes over its output tensor."""
+        """Remove a folded node (BatchNormalization, Mul, Add): its producer takes over its
+        output tensor; its other inputs lose a reader."""
         bn = self.nodes[bn_index]
         producer = self.nodes[producer_index]
         old_output = producer.output[0]
@@ -347,8 +348,8 @@ class GraphView:
         self.producer[bn.output[0]] = producer_index
         del self.producer[old_output]
         self.consumers.pop(old_output, None)
-        for name in bn.input[1:]:
-            if name:
+        for name in bn.input:
+            if name and name != old_output:
                 self.consumers[name].remove(bn_index)
         self.removed_nodes.add(bn_index)
 

@@ -55,10 +55,13 @@ class FoldResult:
     skipped: list[Skipped] = field(default_factory=list)
     nodes_before: int = 0
     nodes_after: int = 0
+    # Mul/Add by a per-channel constant right after a linear layer (a BatchNormalization written
+    # as arithmetic), folded the same way; `batchnorm` then names the Mul/Add node.
+    folded_affine: list[Folded] = field(default_factory=list)
 
     @property
     def records(self) -> list[Folded | Skipped]:
-        return [*self.folded, *self.skipped]
+        return [*self.folded, *self.folded_affine, *self.skipped]
 
     @property
     def batchnorm_count(self) -> int:
@@ -68,6 +71,7 @@ class FoldResult:
         return {
             "folded": [r.to_dict() for r in self.folded],
             "skipped": [r.to_dict() for r in self.skipped],
+            "folded_affine": [r.to_dict() for r in self.folded_affine],
             "batchnorm_total": self.batchnorm_count,
             "batchnorm_folded": len(self.folded),
             "nodes_before": self.nodes_before,

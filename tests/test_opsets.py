@@ -78,4 +78,3 @@ def test_patterns_across_opsets(rng, kind, opset):
     check_full(result.model)
     assert result.model.ir_version == model.ir_version
     assert_same_function(model, result.model)
-

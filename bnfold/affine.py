@@ -1,0 +1,74 @@
+"""A BatchNormalization written as arithmetic: `Mul` and/or `Add` by a constant right after a
+linear layer, as TensorFlow/Keras-style exports and some converters write it.
+
+`y = x · k` or `y = x + k` is a per-channel affine map only if `k` broadcasts along the channel
+axis (axis 1) alone: `[C, 1, 1]`, `[1, C, 1, 1]`, a scalar. A `[C]` constant broadcasts along the
+*last* axis of a 4-D tensor, so it is not per-channel there (it is for the 2-D output of a Gemm).
+The constant must not add axes to `x`, so that the output keeps the producer's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .graph_view import GraphView, attributes
+from .numerics import ChannelAffine, is_float
+
+AFFINE_OPS = ("Mul", "Add")
+
+
+def producer_channels(producer: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
+    """(output channels, output rank) of a linear layer with a constant weight, else None."""
+    weight = view.constant(producer.input[1]) if len(producer.input) > 1 else None
+    if weight is None or weight.ndim < 2:
+        return None
+    op = producer.op_type
+    if op == "Conv" and weight.ndim >= 3:
+        return weight.shape[0], weight.ndim
+    if op == "ConvTranspose" and weight.ndim >= 3:
+        return weight.shape[1] * int(attributes(producer).get("group", 1)), weight.ndim
+    if op == "Gemm" and weight.ndim == 2:
+        trans_b = int(attributes(producer).get("transB", 0))
+        return (weight.shape[0] if trans_b else weight.shape[1]), 2
+    if op == "MatMul" and weight.ndim == 2 and view.rank(producer.input[0]) == 2:
+        return weight.shape[1], 2
+    return None
+
+
+def per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """The constant as C per-channel float64 values, if it broadcasts along axis 1 only."""
+    if constant.ndim > rank:
+        return None
+    shape = (1,) * (rank - constant.ndim) + constant.shape
+    if any(size != 1 for axis, size in enumerate(shape) if axis != 1):
+        return None
+    if shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def read_affine(
+    node: onnx.NodeProto, view: GraphView, producers: dict
+) -> tuple[int, ChannelAffine, str] | None:
+    """(producer index, affine map, data input) if `node` is a foldable Mul/Add, else None."""
+    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+        return None
+    for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        producer_index = view.producer.get(data)
+        if producer_index is None:
+            continue
+        producer = view.nodes[producer_index]
+        if producer.domain not in ("", "ai.onnx") or producer.op_type not in producers:
+            continue
+        constant = view.constant(other)
+        if constant is None or not is_float(constant.dtype):
+            return None
+        shape = producer_channels(producer, view)
+        values = per_channel(constant, *shape) if shape else None
+        if values is None or not np.isfinite(values).all():
+            return None
+        if node.op_type == "Mul":
+            return producer_index, ChannelAffine(values, np.zeros_like(values)), data
+        return producer_index, ChannelAffine(np.ones_like(values), values), data
+    return None

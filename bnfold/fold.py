@@ -23,6 +23,7 @@ from .errors import InputError
 from .graph_view import GraphView, NameAllocator, node_label, subgraphs
 from .model_io import check_model_structure, default_opset, has_external_data, load_model
 from .producers import PLANNERS, FoldPlan
+from .producers.forward import plan_forward
 from .records import Folded, FoldResult, Skipped
 
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -196,14 +197,20 @@ def _fold_one(
     label = node_label(bn_node)
     output = bn_node.output[0] if bn_node.output else ""
 
+    forward = None
     try:
         decision = context.refusal or _decide(view, index, bn_node, context.opset)
+        if isinstance(decision, str) and not context.refusal:
+            forward = _decide_forward(view, index, bn_node, context.opset)
     except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
         # Malformed attributes or tensors (e.g. dims that do not match the data): when in doubt,
         # do not fold.
         decision = f"it could not be analysed ({type(exc).__name__}: {exc})"
+    if isinstance(forward, tuple):
+        return _apply_forward(forward, view, index, context, vanished, maybe_dead)
     if isinstance(decision, str):
-        return Skipped(label, output, decision, view.path)
+        reason = decision if forward is None else f"{decision}; and forward: {forward}"
+        return Skipped(label, output, reason, view.path)
     producer_index, plan, bn = decision
     into = node_label(view.nodes[producer_index])  # before the fold renames its output
     into_op = _apply(plan, view, producer_index, context, maybe_dead)
@@ -211,6 +218,40 @@ def _fold_one(
     maybe_dead.update(name for name in bn_node.input[1:] if name)
     view.bypass(index, producer_index)
     return Folded(label, output, into, into_op, plan.how, view.path)
+
+
+def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
+    """(consumer index, plan, BatchNorm) to fold the BN into the Gemm/MatMul after it; a reason
+    if such a layer follows but the fold is not exact; None if no such layer follows."""
+    bn = read_batchnorm(bn_node, opset, view)
+    if isinstance(bn, str):
+        return None
+    consumer_index = view.sole_consumer(bn.output)
+    if consumer_index is None:
+        return None
+    consumer = view.nodes[consumer_index]
+    if consumer.domain not in ONNX_DOMAINS or consumer.op_type not in ("Gemm", "MatMul"):
+        return None
+    if consumer.input[0] != bn.output:
+        return f"it feeds the weight side of {consumer.op_type} '{node_label(consumer)}'"
+    rank = view.rank(bn.input)
+    plan = plan_forward(
+        consumer, view, bn.affine, opset, rank if rank is not None else view.rank(bn.output)
+    )
+    if isinstance(plan, str):
+        return plan
+    return consumer_index, plan, bn
+
+
+def _apply_forward(forward, view, index, context, vanished, maybe_dead) -> Folded:
+    consumer_index, plan, bn = forward
+    bn_node = view.nodes[index]
+    into = node_label(view.nodes[consumer_index])
+    into_op = _apply(plan, view, consumer_index, context, maybe_dead)
+    vanished.add(bn.output)
+    maybe_dead.update(name for name in bn_node.input[1:] if name)
+    view.absorb_into_consumer(index, consumer_index)
+    return Folded(node_label(bn_node), bn.output, into, into_op, plan.how, view.path)
 
 
 def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
@@ -278,15 +319,18 @@ def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
 
 
 def _needs_ranks(graph: onnx.GraphProto) -> bool:
-    """Whether some BatchNormalization reads a MatMul output (the only rule that needs ranks)."""
+    """Whether a BatchNormalization and a MatMul meet (the only rules that need ranks)."""
     matmul_outputs: set[str] = set()
+    bn_outputs: set[str] = set()
     for node in graph.node:
         if node.op_type == "MatMul":
             matmul_outputs.update(node.output)
-        elif (
-            node.op_type == "BatchNormalization" and node.input and node.input[0] in matmul_outputs
-        ):
-            return True
+            if node.input and node.input[0] in bn_outputs:
+                return True
+        elif node.op_type == "BatchNormalization" and node.input:
+            bn_outputs.update(node.output[:1])
+            if node.input[0] in matmul_outputs:
+                return True
         if any(_needs_ranks(sub) for _, sub in subgraphs(node)):
             return True
     return False

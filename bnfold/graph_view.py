@@ -353,6 +353,21 @@ class GraphView:
                 self.consumers[name].remove(bn_index)
         self.removed_nodes.add(bn_index)
 
+    def absorb_into_consumer(self, bn_index: int, consumer_index: int) -> None:
+        """Remove a BatchNormalization folded forward: its consumer reads the BN's input."""
+        bn = self.nodes[bn_index]
+        consumer = self.nodes[consumer_index]
+        source, output = bn.input[0], bn.output[0]
+        consumer.input[0] = source
+        self.consumers[source].remove(bn_index)
+        self.consumers[source].append(consumer_index)
+        for name in bn.input[1:]:
+            if name:
+                self.consumers[name].remove(bn_index)
+        del self.producer[output]
+        self.consumers.pop(output, None)
+        self.removed_nodes.add(bn_index)
+
     def remove_dead(self, candidates: set[str]) -> set[str]:
         """Remove the initializers and Constant/Identity nodes among `candidates` (and their
         inputs, transitively) that nothing reads any more. Returns the names that disappeared."""

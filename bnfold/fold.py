@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from .affine import AFFINE_OPS, read_affine
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .errors import InputError
-from .graph_view import GraphView, NameAllocator, node_label, subgraphs
+from .graph_view import GraphView, NameAllocator, attributes, node_label, subgraphs
 from .model_io import check_model_structure, default_opset, has_external_data, load_model
+from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
 from .producers.forward import plan_forward
 from .records import Folded, FoldResult, Skipped
@@ -221,8 +223,9 @@ def _fold_one(
 
 
 def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
-    """(consumer index, plan, BatchNorm) to fold the BN into the Gemm/MatMul after it; a reason
-    if such a layer follows but the fold is not exact; None if no such layer follows."""
+    """(linear index, plan, BatchNorm, reader index) to fold the BN into the Gemm/MatMul after it
+    (directly, or through a Flatten(axis=1), the reader); a reason if such a layer follows but the
+    fold is not exact; None if no such layer follows."""
     bn = read_batchnorm(bn_node, opset, view)
     if isinstance(bn, str):
         return None
@@ -230,27 +233,52 @@ def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset:
     if consumer_index is None:
         return None
     consumer = view.nodes[consumer_index]
-    if consumer.domain not in ONNX_DOMAINS or consumer.op_type not in ("Gemm", "MatMul"):
+    if consumer.domain not in ONNX_DOMAINS:
+        return None
+    if consumer.op_type == "Flatten" and int(attributes(consumer).get("axis", 1)) == 1:
+        # BN -> Flatten(axis=1) -> Gemm: channel c becomes the block of features c·HW .. c·HW+HW-1
+        linear_index = view.sole_consumer(consumer.output[0])
+        if linear_index is None:
+            return None
+        linear = view.nodes[linear_index]
+        if linear.op_type not in ("Gemm", "MatMul") or linear.input[0] != consumer.output[0]:
+            return None
+        affine = _repeat_per_block(bn.affine, linear, view)
+        if affine is None:
+            return "the layer after its Flatten does not take a whole block of features per channel"
+        plan = plan_forward(linear, view, affine, opset, 2)  # Flatten's output is 2-D
+        return plan if isinstance(plan, str) else (linear_index, plan, bn, consumer_index)
+    if consumer.op_type not in ("Gemm", "MatMul"):
         return None
     if consumer.input[0] != bn.output:
         return f"it feeds the weight side of {consumer.op_type} '{node_label(consumer)}'"
     rank = view.rank(bn.input)
-    plan = plan_forward(
-        consumer, view, bn.affine, opset, rank if rank is not None else view.rank(bn.output)
-    )
-    if isinstance(plan, str):
-        return plan
-    return consumer_index, plan, bn
+    rank = rank if rank is not None else view.rank(bn.output)
+    plan = plan_forward(consumer, view, bn.affine, opset, rank)
+    return plan if isinstance(plan, str) else (consumer_index, plan, bn, consumer_index)
+
+
+def _repeat_per_block(affine: ChannelAffine, linear: onnx.NodeProto, view: GraphView):
+    """The per-channel affine repeated over each channel's block of flattened features."""
+    weight = view.constant(linear.input[1]) if len(linear.input) > 1 else None
+    if weight is None or weight.ndim != 2:
+        return None
+    trans_b = linear.op_type == "Gemm" and int(attributes(linear).get("transB", 0))
+    features = weight.shape[1] if trans_b else weight.shape[0]
+    if features % affine.channels:
+        return None
+    block = features // affine.channels
+    return ChannelAffine(np.repeat(affine.scale, block), np.repeat(affine.shift, block))
 
 
 def _apply_forward(forward, view, index, context, vanished, maybe_dead) -> Folded:
-    consumer_index, plan, bn = forward
+    linear_index, plan, bn, reader_index = forward  # reader: the linear layer or a Flatten
     bn_node = view.nodes[index]
-    into = node_label(view.nodes[consumer_index])
-    into_op = _apply(plan, view, consumer_index, context, maybe_dead)
+    into = node_label(view.nodes[linear_index])
+    into_op = _apply(plan, view, linear_index, context, maybe_dead)
     vanished.add(bn.output)
     maybe_dead.update(name for name in bn_node.input[1:] if name)
-    view.absorb_into_consumer(index, consumer_index)
+    view.absorb_into_consumer(index, reader_index)
     return Folded(node_label(bn_node), bn.output, into, into_op, plan.how, view.path)
 
 

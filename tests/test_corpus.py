@@ -147,11 +147,13 @@ def test_burn_batch_norm_fold_nothing_not_constant():
         assert all("not constant" in r.reason for r in result.skipped)
 
 
-def test_burn_mnist_gemm_bn_folded_flatten_bn_not():
+def test_burn_mnist_gemm_bn_and_bn_flatten_gemm_both_folded():
+    """Gemm -> BN folds backward; Relu -> BN -> Flatten -> Gemm folds forward, each channel into
+    its block of the Gemm's input features."""
     path = BURN / "examples/onnx-inference/src/model/mnist.onnx"
     result = bnfold.fold(path)
-    assert [r.into_op for r in result.folded] == ["Gemm"]
-    assert len(result.skipped) == 1
+    assert [r.into_op for r in result.folded] == ["Gemm", "Gemm"] and not result.skipped
+    assert "BatchNormalization" not in op_types(result.model)
     assert_same_function(onnx.load(path), result.model)
 
 

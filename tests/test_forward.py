@@ -118,3 +118,42 @@ def test_matmul_rank_found_by_shape_inference(rng):
     result = bnfold.fold(model)
     assert [r.into_op for r in result.folded] == ["Gemm"]
     assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_bn_flatten_gemm_maps_each_channel_to_its_block(rng, trans_b):
+    c, h, w = 3, 2, 2
+    features = c * h * w
+    b = rng.normal(0, 1, [N, features] if trans_b else [features, N]).astype(np.float32)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        bn_node("r", "n"),
+        helper.make_node("Flatten", ["n"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "B", "C"], ["y"], transB=trans_b),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, [2, c, h, w])],
+        [value_info("y", TensorProto.FLOAT, [2, N])],
+        [tensor("B", b), tensor("C", rng.normal(0, 1, N).astype(np.float32)), *bn_params(rng, c)],
+    )
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1 and op_types(result.model) == ["Relu", "Flatten", "Gemm"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+def test_bn_flatten_with_other_axis_is_not_folded(rng):
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        bn_node("r", "n"),
+        helper.make_node("Flatten", ["n"], ["f"], axis=2),
+        helper.make_node("MatMul", ["f", "B"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, [2, 3, 2, 2])],
+        [value_info("y", TensorProto.FLOAT, [6, N])],
+        [tensor("B", rng.normal(0, 1, [4, N]).astype(np.float32)), *bn_params(rng, 3)],
+    )
+    assert not bnfold.fold(model).folded

@@ -181,3 +181,104 @@ def test_random_producer_bn_graphs(case):
     feeds = {"x": rng.standard_normal(case["x_shape"]).astype(case["dtype"])}
     if not case["training"]:  # training-mode outputs depend on batch statistics only
         assert_same_function(model, result.model, rtol=rtol, feeds=feeds)
+
+
+@st.composite
+def forward_case(draw):
+    c = draw(st.integers(1, 4))
+    flatten = draw(st.booleans())
+    spatial = [draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2)))] if flatten else []
+    features = c * int(np.prod(spatial)) if spatial else c
+    n = draw(st.integers(1, 4))
+    op = draw(st.sampled_from(["Gemm", "MatMul"]))
+    attrs = {}
+    if op == "Gemm":
+        attrs = {
+            "transB": draw(st.integers(0, 1)),
+            "alpha": draw(st.sampled_from([1.0, -0.5])),
+            "beta": draw(st.sampled_from([1.0, 2.0])),
+        }
+    return {
+        "c": c,
+        "flatten": flatten,
+        "spatial": spatial,
+        "features": features,
+        "n": n,
+        "op": op,
+        "attrs": attrs,
+        "bias": op == "Gemm" and draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@SETTINGS
+@given(forward_case())
+def test_random_bn_before_linear_graphs(case):
+    rng = np.random.default_rng(case["seed"])
+    c, n, k = case["c"], case["n"], case["features"]
+    x_shape = [2, c, *case["spatial"]]
+    trans_b = case["attrs"].get("transB", 0)
+    inits = [tensor("B", rng.normal(0, 1, [n, k] if trans_b else [k, n]).astype(np.float32))]
+    for name, value in (
+        ("scale", rng.uniform(0.5, 1.5, c)),
+        ("bias", rng.normal(0, 0.3, c)),
+        ("mean", rng.normal(0, 0.5, c)),
+        ("var", rng.uniform(0.3, 2.0, c)),
+    ):
+        inits.append(tensor(name, value.astype(np.float32)))
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("BatchNormalization", ["r", "scale", "bias", "mean", "var"], ["n"]),
+    ]
+    data = "n"
+    if case["flatten"]:
+        nodes.append(helper.make_node("Flatten", ["n"], ["f"], axis=1))
+        data = "f"
+    elif len(x_shape) != 2:
+        x_shape = [2, c]
+    inputs = [data, "B"]
+    if case["bias"]:
+        inits.append(tensor("C", rng.normal(0, 1, [n]).astype(np.float32)))
+        inputs.append("C")
+    nodes.append(helper.make_node(case["op"], inputs, ["y"], **case["attrs"]))
+    model = make_model(
+        nodes,
+        [value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+        [value_info("y", onnx.TensorProto.FLOAT, [2, n])],
+        inits,
+    )
+    onnx.checker.check_model(model, full_check=True)
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1, result.skipped
+    onnx.checker.check_model(result.model, full_check=True)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    assert_same_function(model, result.model, rtol=2e-5, feeds=feeds)
+
+
+@SETTINGS
+@given(st.sampled_from(["Mul", "Add"]), st.integers(0, 4), st.booleans(), st.integers(0, 2**16))
+def test_random_mul_add_after_conv(op, shape_kind, constant_first, seed):
+    rng = np.random.default_rng(seed)
+    c, size = 3, 3  # size == c, so a [C] constant is valid but along the width
+    shape, foldable = [
+        ([c, 1, 1], True),
+        ([1, c, 1, 1], True),
+        ([], True),
+        ([c], False),
+        ([1, 1, size, 1], False),
+    ][shape_kind]
+    k = tensor("k", rng.uniform(-2, 2, shape).astype(np.float32))
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["t"], pads=[1, 1, 1, 1]),
+        helper.make_node(op, ["k", "t"] if constant_first else ["t", "k"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", onnx.TensorProto.FLOAT, [1, 2, size, size])],
+        [value_info("y", onnx.TensorProto.FLOAT, symbolic(4))],
+        [tensor("W", rng.normal(0, 1, [c, 2, 3, 3]).astype(np.float32)), k],
+    )
+    result = bnfold.fold(model)
+    assert len(result.folded_affine) == (1 if foldable else 0)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_function(model, result.model, rtol=2e-5)

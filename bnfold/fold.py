@@ -30,6 +30,8 @@ from .records import Folded, FoldResult, Skipped
 
 ONNX_DOMAINS = ("", "ai.onnx")
 LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
+# What malformed attributes or tensors raise while a fold is decided: then the node is not folded.
+ANALYSIS_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError)
 
 
 def fold(model: onnx.ModelProto | str | os.PathLike) -> FoldResult:
@@ -165,7 +167,7 @@ def _fold_affine(
             return None
         producer = view.nodes[producer_index]
         plan = PLANNERS[producer.op_type](producer, view, affine, context.opset)
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError):
+    except ANALYSIS_ERRORS:
         return None
     if isinstance(plan, str):
         return None
@@ -204,7 +206,7 @@ def _fold_one(
         decision = context.refusal or _decide(view, index, bn_node, context.opset)
         if isinstance(decision, str) and not context.refusal:
             forward = _decide_forward(view, index, bn_node, context.opset)
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
+    except ANALYSIS_ERRORS as exc:
         # Malformed attributes or tensors (e.g. dims that do not match the data): when in doubt,
         # do not fold.
         decision = f"it could not be analysed ({type(exc).__name__}: {exc})"

@@ -31,9 +31,9 @@ class BatchNorm:
     affine: ChannelAffine
 
 
-def mode_problem(node: onnx.NodeProto, opset: int) -> str | None:
+def mode_problem(node: onnx.NodeProto, opset: int, attrs: dict | None = None) -> str | None:
     """Why this BatchNormalization is not an inference-mode per-channel one, or None."""
-    attrs = attributes(node)
+    attrs = attributes(node) if attrs is None else attrs
     extra_outputs = [name for name in node.output[1:] if name]
     if opset < 7 and not attrs.get("is_test", 0):
         return f"training mode (opset {opset} BatchNormalization without is_test=1)"
@@ -53,7 +53,8 @@ def mode_problem(node: onnx.NodeProto, opset: int) -> str | None:
 
 def read_batchnorm(node: onnx.NodeProto, opset: int, view: GraphView) -> BatchNorm | str:
     """The node as a `BatchNorm`, or the reason it cannot be folded."""
-    problem = mode_problem(node, opset)
+    attrs = attributes(node)
+    problem = mode_problem(node, opset, attrs)
     if problem:
         return problem
     values = []
@@ -64,15 +65,14 @@ def read_batchnorm(node: onnx.NodeProto, opset: int, view: GraphView) -> BatchNo
         if not is_float(value.dtype):
             return f"parameter {role} has non-float dtype {value.dtype}"
         values.append(value)
-    shapes = {v.shape for v in values}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+    shape = values[0].shape
+    if len(shape) != 1 or any(v.shape != shape for v in values):
         listed = ", ".join(
             f"{r} {tuple(v.shape)}" for r, v in zip(PARAMETER_NAMES, values, strict=True)
         )
         return f"parameters are not 1-D vectors of one length ({listed})"
-    epsilon = attributes(node).get("epsilon", 1e-5)
     try:
-        affine = batchnorm_affine(*values, epsilon)
+        affine = batchnorm_affine(*values, attrs.get("epsilon", 1e-5))
     except NotRepresentable as exc:
         return str(exc)
     return BatchNorm(node.input[0], node.output[0], affine)

@@ -21,7 +21,14 @@ from .affine import AFFINE_OPS, read_affine
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .errors import InputError
-from .graph_view import GraphView, NameAllocator, attributes, node_label, subgraphs
+from .graph_view import (
+    CONTROL_FLOW_OPS,
+    GraphView,
+    NameAllocator,
+    attributes,
+    node_label,
+    subgraphs,
+)
 from .model_io import check_model_structure, default_opset, has_external_data, load_model
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
@@ -350,6 +357,9 @@ def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
 
 def _needs_ranks(graph: onnx.GraphProto) -> bool:
     """Whether a BatchNormalization and a MatMul meet (the only rules that need ranks)."""
+    op_types = {node.op_type for node in graph.node}
+    if not op_types & CONTROL_FLOW_OPS and not {"MatMul", "BatchNormalization"} <= op_types:
+        return False  # cheap answer for the usual graph; custom-domain holders are walked below
     matmul_outputs: set[str] = set()
     bn_outputs: set[str] = set()
     for node in graph.node:

@@ -64,13 +64,16 @@ def attributes(node: onnx.NodeProto) -> dict:
 
 
 def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """`numpy_helper.to_array`, with a fast path for the common raw little-endian floats."""
+    """`numpy_helper.to_array`, with a fast path for the common raw little-endian tensors
+    (a read-only view of the bytes; callers never write into it)."""
     dtype = _RAW_DTYPES.get(tensor.data_type)
-    if dtype is not None and tensor.HasField("raw_data") and not tensor.external_data:
-        shape = tuple(tensor.dims)
-        data = np.frombuffer(tensor.raw_data, dtype=dtype)
-        if data.size == math.prod(shape):
-            return data.reshape(shape)
+    if dtype is not None and tensor.data_location != onnx.TensorProto.EXTERNAL:
+        raw = tensor.raw_data
+        if raw:
+            shape = tuple(tensor.dims)
+            data = np.frombuffer(raw, dtype=dtype)
+            if data.size == math.prod(shape):
+                return data.reshape(shape)
     return numpy_helper.to_array(tensor)
 
 
@@ -91,39 +94,63 @@ def node_label(node: onnx.NodeProto) -> str:
 
 
 class NameAllocator:
-    """Hands out tensor names unused anywhere in the model."""
+    """Hands out tensor names unused anywhere in the model.
+
+    The taken names are collected on the first request (many models never need one). Every name
+    a node reads is defined somewhere in a model that passed `check_model_structure`, so the
+    definitions (inputs, initializers, node outputs, graph outputs, value_info) are all the names.
+    """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self._taken: set[str] = set()
-        self._add_graph(model.graph)
-        for function in model.functions:
-            self._taken.update(function.input)
-            self._taken.update(function.output)
-            for node in function.node:
-                self._taken.update(node.input)
-                self._taken.update(node.output)
+        self._model = model
+        self._taken: set[str] | None = None
 
-    def _add_graph(self, graph: onnx.GraphProto) -> None:
-        taken = self._taken
-        taken.update(i.name for i in graph.input)
-        taken.update(o.name for o in graph.output)
-        taken.update(t.name for t in graph.initializer)
-        taken.update(v.name for v in graph.value_info)
-        taken.update(t.values.name for t in graph.sparse_initializer)
-        taken.update(t.indices.name for t in graph.sparse_initializer)
-        for node in graph.node:
-            taken.update(node.input)
-            taken.update(node.output)
-            for _, sub in subgraphs(node):
-                self._add_graph(sub)
+    def _collect(self) -> set[str]:
+        model = self._model
+        taken: set[str] = set()
+        _add_graph_names(model.graph, taken)
+        for function in model.functions:
+            taken.update(function.input)
+            taken.update(function.output)
+            for node in function.node:
+                taken.update(node.input)
+                taken.update(node.output)
+        return taken
 
     def fresh(self, base: str) -> str:
+        if self._taken is None:
+            self._taken = self._collect()
         name, n = base, 1
         while name in self._taken:
             n += 1
             name = f"{base}_{n}"
         self._taken.add(name)
         return name
+
+
+def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
+    taken.update(i.name for i in graph.input)
+    taken.update(o.name for o in graph.output)
+    taken.update(t.name for t in graph.initializer)
+    taken.update(v.name for v in graph.value_info)
+    taken.update(t.values.name for t in graph.sparse_initializer)
+    taken.update(t.indices.name for t in graph.sparse_initializer)
+    nodes = graph.node
+    taken.update(name for node in nodes for name in node.output)
+    for index in nodes_with_subgraphs(nodes):
+        node = nodes[index]
+        taken.update(node.input)  # reads of the outer scope from inside stay visible
+        for _, sub in subgraphs(node):
+            _add_graph_names(sub, taken)
+
+
+def nodes_with_subgraphs(nodes) -> list[int]:
+    """Positions of the nodes that may hold graphs (control flow, or any op of another domain)."""
+    return [
+        index
+        for index, node in enumerate(nodes)
+        if node.op_type in CONTROL_FLOW_OPS or node.domain not in ("", "ai.onnx")
+    ]
 
 
 class GraphView:
@@ -162,22 +189,27 @@ class GraphView:
         )
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = defaultdict(list)
-        for index, node in enumerate(self.nodes):
-            for name in node.output:
-                if name:
-                    self.producer[name] = index
-            for name in node.input:
-                if name:
-                    self.consumers[name].append(index)
-            for _, sub in subgraphs(node):
-                for name in outer_references(sub):
-                    self.consumers[name].append(index)
+        self._index_nodes()
         self._constants: dict[str, np.ndarray | None] = {}
         self.budget = budget if budget is not None else EvaluationBudget()
         self.evaluated_nodes: set[int] = set()  # pure nodes computed at fold time
         self.removed_nodes: set[int] = set()
         self._inferred_ranks = inferred_ranks
         self._declared_ranks: dict[str, int] | None = None
+
+    def _index_nodes(self) -> None:
+        producer, consumers = self.producer, self.consumers
+        for index, node in enumerate(self.nodes):
+            for name in node.output:
+                producer[name] = index
+            for name in node.input:
+                consumers[name].append(index)
+        producer.pop("", None)
+        consumers.pop("", None)
+        for index in nodes_with_subgraphs(self.nodes):
+            for _, sub in subgraphs(self.nodes[index]):
+                for name in outer_references(sub):
+                    consumers[name].append(index)
 
     # ----- questions -------------------------------------------------------------------------
 
@@ -191,8 +223,11 @@ class GraphView:
         Constant means: a (non-overridable) initializer, the output of a `Constant` node, or
         either of these reached through `Identity` nodes, here or in an enclosing graph.
         """
-        if name in self.initializers:  # read afresh: caching would hold a copy of every weight
-            return self._find_constant(name)
+        tensor = self.initializers.get(name)
+        if tensor is not None:  # read afresh: caching would hold a copy of every weight
+            if self.is_overridable(name) or tensor.data_location == onnx.TensorProto.EXTERNAL:
+                return None
+            return tensor_to_array(tensor)
         if name in self._constants:
             return self._constants[name]
         value = self._find_constant(name)
@@ -200,11 +235,6 @@ class GraphView:
         return value
 
     def _find_constant(self, name: str) -> np.ndarray | None:
-        if name in self.initializers:
-            tensor = self.initializers[name]
-            if self.is_overridable(name) or tensor.data_location == onnx.TensorProto.EXTERNAL:
-                return None
-            return tensor_to_array(tensor)
         if name in self.producer:
             node = self.nodes[self.producer[name]]
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
@@ -295,8 +325,7 @@ class GraphView:
             node.input.append("")
         old = node.input[slot]
         if old and self._exclusively_owned(old, node_index, value):
-            tensor = self.initializers[old]
-            _fill_tensor(tensor, value)
+            _overwrite_tensor(self.initializers[old], value)
             return old
         name = names.fresh(base_name)
         self._home_for_new_constants()._add_initializer(name, value)
@@ -332,7 +361,7 @@ class GraphView:
         return (
             tensor is not None
             and tuple(tensor.dims) == value.shape
-            and tensor.data_type == onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+            and tensor.data_type == tensor_dtype(value.dtype)
             and self.consumers.get(name) == [node_index]
             and name not in self.output_names
             and name not in self.input_names
@@ -403,10 +432,7 @@ class GraphView:
     def _drop_initializers(self, names: set[str]) -> None:
         if not names:
             return
-        _delete_indices(
-            self.graph.initializer,
-            [i for i, t in enumerate(self.graph.initializer) if t.name in names],
-        )
+        _delete_flagged(self.graph.initializer, [t.name in names for t in self.graph.initializer])
         for name in names:
             del self.initializers[name]
         if self.lists_initializers_as_inputs:
@@ -415,21 +441,23 @@ class GraphView:
 
     def commit(self, vanished: set[str]) -> None:
         """Delete the removed nodes and the value_info of tensors that no longer exist."""
-        _delete_indices(self.graph.node, sorted(self.removed_nodes))
+        if self.removed_nodes:
+            removed = self.removed_nodes
+            _delete_flagged(self.graph.node, [i in removed for i in range(len(self.nodes))])
         if vanished:
             _delete_where(self.graph.value_info, lambda info: info.name in vanished)
 
 
-def _delete_indices(repeated, indices: list[int]) -> None:
-    """Delete the items at sorted `indices`, one slice per contiguous run, from the end."""
-    runs: list[list[int]] = []
-    for index in indices:
-        if runs and runs[-1][1] == index:
-            runs[-1][1] = index + 1
-        else:
-            runs.append([index, index + 1])
-    for start, stop in reversed(runs):
-        del repeated[start:stop]
+def _delete_flagged(repeated, flags: list[bool]) -> None:
+    """Delete the items of a repeated protobuf field whose flag is set, keeping the order of the
+    rest, in one pass: a stable sort moves them to the end (the messages are not copied), then one
+    slice deletion. (Deleting items one by one shifts the field each time.)"""
+    doomed = sum(flags)
+    if not doomed:
+        return
+    order = iter(flags)
+    repeated.sort(key=lambda _: next(order))  # the key is called once per item, in order
+    del repeated[len(flags) - doomed :]
 
 
 def _delete_where(repeated, predicate) -> None:
@@ -438,15 +466,36 @@ def _delete_where(repeated, predicate) -> None:
             del repeated[index]
 
 
+def tensor_dtype(dtype: np.dtype) -> int:
+    """The TensorProto data type of a numpy dtype."""
+    found = _TENSOR_DTYPES.get(dtype)
+    return found if found is not None else onnx.helper.np_dtype_to_tensor_dtype(dtype)
+
+
+_TENSOR_DTYPES = {np.dtype(d).newbyteorder("="): t for t, d in _RAW_DTYPES.items()}
+
+
+def _overwrite_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
+    """Give a tensor new contents of the same shape and dtype."""
+    if tensor.raw_data:  # the usual case: only the bytes change
+        tensor.raw_data = _little_endian_bytes(value)
+    else:
+        _fill_tensor(tensor, value)
+
+
 def _fill_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     """Overwrite a TensorProto's contents with `value` (raw little-endian bytes)."""
     name = tensor.name
     tensor.Clear()
     tensor.name = name
-    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    tensor.data_type = tensor_dtype(value.dtype)
     tensor.dims.extend(value.shape)
+    tensor.raw_data = _little_endian_bytes(value)
+
+
+def _little_endian_bytes(value: np.ndarray) -> bytes:
     little = value.dtype.newbyteorder("<")
-    tensor.raw_data = (value if value.dtype == little else value.astype(little)).tobytes()
+    return (value if value.dtype == little else value.astype(little)).tobytes()
 
 
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:

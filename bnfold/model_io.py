@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper, numpy_helper
 
 from .errors import InputError
-from .graph_view import node_label, outer_references, subgraphs
+from .graph_view import CONTROL_FLOW_OPS, node_label, outer_references, subgraphs
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph itself when deciding whether tensors fit in one protobuf.
@@ -31,11 +31,42 @@ INLINE_TENSOR_BUDGET = 1_800_000_000
 EXTERNAL_THRESHOLD = 1024  # tensors at least this big go to the data file
 
 
+def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor of the model: initializers and tensor attributes, in the main graph, its
+    subgraphs and the local functions (what `onnx.external_data_helper` walks, in one pass)."""
+    found: list[onnx.TensorProto] = []
+    _collect_tensors(model.graph, found, with_initializers=True)
+    for function in model.functions:
+        _collect_tensors(function, found, with_initializers=False)
+    return found
+
+
+def _collect_tensors(graph, found: list, with_initializers: bool) -> None:
+    if with_initializers:
+        found.extend(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            kind = attr.type
+            if kind == _TENSOR:
+                found.append(attr.t)
+            elif kind == _TENSORS:
+                found.extend(attr.tensors)
+            elif kind == _GRAPH:
+                _collect_tensors(attr.g, found, with_initializers=True)
+            elif kind == _GRAPHS:
+                for sub in attr.graphs:
+                    _collect_tensors(sub, found, with_initializers=True)
+
+
+_TENSOR, _TENSORS = onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS
+_GRAPH, _GRAPHS = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
+
+
 def tensor_data_size(model: onnx.ModelProto) -> int:
     """Bytes of tensor data in the model, from dims and dtypes (cheap: `ByteSize()` walks every
     byte of a big model, and reading `raw_data` copies it)."""
     total = 0
-    for tensor in external_data_helper._get_all_tensors(model):
+    for tensor in all_tensors(model):
         itemsize = _ITEMSIZE.get(tensor.data_type, 8)
         total += itemsize * math.prod(tensor.dims)
     return total
@@ -116,41 +147,61 @@ def _uses_default_domain(graph: onnx.GraphProto) -> bool:
 
 
 def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | None:
-    """A dangling name or a cycle, described; None if every read has a source.
+    """A dangling name, a duplicate definition, an initializer whose data does not match its
+    dims, or a cycle, described; None if every read has exactly one source.
 
     Graphs that are merely out of topological order are accepted (onnxruntime runs them)."""
-    defined = set(outer)
-    defined.update(i.name for i in graph.input)
-    defined.update(t.name for t in graph.initializer)
-    defined.update(t.values.name for t in graph.sparse_initializer)
-    so_far = set(defined)
-    problem = _duplicate_definition(graph) or _initializer_size_mismatch(graph)
+    nodes = graph.node
+    reads = [list(node.input) for node in nodes]
+    writes = [list(node.output) for node in nodes]
+    given = {i.name for i in graph.input}
+    given.update(t.name for t in graph.initializer)
+    problem = _duplicate_definition(graph, given, writes) or _initializer_size_mismatch(graph)
     if problem:
         return problem
-    defined.update(name for node in graph.node for name in node.output if name)
+    given.update(t.values.name for t in graph.sparse_initializer)
+    defined = given | outer
+    so_far = set(defined)
+    defined.update(name for names in writes for name in names if name)
     in_order = True
-    for node in graph.node:
-        for name in node.input:
-            if name not in so_far:
-                if name not in defined and name:
-                    return f"node '{node_label(node)}' reads '{name}', which nothing defines"
-                in_order = in_order and not name
-        for _, sub in subgraphs(node):
+    for index, names in enumerate(reads):
+        if not so_far.issuperset(names):
+            for name in names:
+                if name and name not in defined:
+                    label = node_label(nodes[index])
+                    return f"node '{label}' reads '{name}', which nothing defines"
+            in_order = in_order and so_far.issuperset(name for name in names if name)
+        so_far.update(writes[index])
+    for index in _nodes_with_subgraphs(nodes):
+        for _, sub in subgraphs(nodes[index]):
             problem = _first_undefined_input(sub, defined)
             if problem:
                 return problem
-        so_far.update(node.output)
     for output in graph.output:
         if output.name not in defined:
             return f"graph output '{output.name}' is not computed by the graph"
     return None if in_order else _cycle(graph)
 
 
-def _duplicate_definition(graph: onnx.GraphProto) -> str | None:
+def _nodes_with_subgraphs(nodes) -> list[int]:
+    """Positions of the nodes that may hold graphs (control flow, or any op of another domain)."""
+    return [
+        index
+        for index, node in enumerate(nodes)
+        if node.op_type in CONTROL_FLOW_OPS or node.domain not in ("", "ai.onnx")
+    ]
+
+
+def _duplicate_definition(
+    graph: onnx.GraphProto, given: set[str], writes: list[list[str]]
+) -> str | None:
     """A value defined twice in one graph (two nodes, or a node and an input or initializer)."""
-    seen = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        for name in node.output:
+    written = [name for names in writes for name in names if name]
+    if len(set(written)) == len(written) and given.isdisjoint(written):
+        return None
+    seen = set(given)
+    for node, names in zip(graph.node, writes, strict=True):
+        for name in names:
             if name and name in seen:
                 return f"value '{name}' is defined more than once (node '{node_label(node)}')"
             seen.add(name)
@@ -158,14 +209,16 @@ def _duplicate_definition(graph: onnx.GraphProto) -> str | None:
 
 
 def _initializer_size_mismatch(graph: onnx.GraphProto) -> str | None:
+    external = onnx.TensorProto.EXTERNAL
     for tensor in graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
-            continue
         itemsize = _ITEMSIZE.get(tensor.data_type)
-        if itemsize is not None and len(tensor.raw_data) != itemsize * math.prod(tensor.dims):
+        if itemsize is None or tensor.data_location == external:
+            continue
+        size = len(tensor.raw_data)
+        if (size or tensor.HasField("raw_data")) and size != itemsize * math.prod(tensor.dims):
             return (
                 f"initializer '{tensor.name}' declares shape {list(tensor.dims)} but holds "
-                f"{len(tensor.raw_data)} bytes"
+                f"{size} bytes"
             )
     return None
 
@@ -219,8 +272,9 @@ def _reads(node: onnx.NodeProto) -> set[str]:
 
 
 def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
+    external = onnx.TensorProto.EXTERNAL
+    for tensor in all_tensors(model):
+        if tensor.data_location == external:
             yield tensor
 
 
@@ -361,7 +415,7 @@ def _write_external_data(model: onnx.ModelProto, data_path: Path, location: str)
     """Move every tensor of at least EXTERNAL_THRESHOLD bytes into one data file."""
     with atomic_file(data_path) as handle:
         offset = 0
-        for tensor in external_data_helper._get_all_tensors(model):
+        for tensor in all_tensors(model):
             if tensor.ByteSize() < EXTERNAL_THRESHOLD:
                 continue
             if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw bytes

@@ -14,6 +14,7 @@ and rounding once adds at most half an ulp per weight.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -44,11 +45,11 @@ def batchnorm_affine(
     Raises `NotRepresentable` if √(σ² + ε) is not a positive finite number for some channel.
     """
     # epsilon is stored as float32 in the attribute; the runtimes add it in the data dtype.
-    with np.errstate(invalid="ignore"):
-        denom = np.sqrt(var.astype(np.float64) + np.float64(np.float32(epsilon)))
-    if not (np.isfinite(denom).all() and (denom > 0).all()):
+    radicand = var.astype(np.float64) + np.float64(np.float32(epsilon))
+    # NaN fails both comparisons; sqrt of a positive finite float64 is positive and finite
+    if radicand.size and not (radicand.min() > 0 and radicand.max() < math.inf):
         raise NotRepresentable("variance + epsilon is not a positive finite number")
-    scale = gamma.astype(np.float64) / denom
+    scale = gamma.astype(np.float64) / np.sqrt(radicand)
     shift = beta.astype(np.float64) - mean.astype(np.float64) * scale
     return ChannelAffine(scale, shift)
 
@@ -64,11 +65,15 @@ def multiply_exactly(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
     result for `round_to`.
     """
     with np.errstate(invalid="ignore", over="ignore"):
-        if array.dtype in NATIVE_FLOATS:
-            out = np.empty(array.shape, dtype=array.dtype)
-            np.multiply(array, factors, out=out, dtype=np.float64, casting="unsafe")
-            return out
-        return array.astype(np.float64) * factors
+        return _multiply_exactly(array, factors)
+
+
+def _multiply_exactly(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    if array.dtype in NATIVE_FLOATS:
+        out = np.empty(array.shape, dtype=array.dtype)
+        np.multiply(array, factors, out=out, dtype=np.float64, casting="unsafe")
+        return out
+    return array.astype(np.float64) * factors
 
 
 def scale_along(array: np.ndarray, factors: np.ndarray, axis: int) -> np.ndarray:
@@ -116,7 +121,14 @@ def round_to(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def is_float(dtype: np.dtype) -> bool:
     """float16/32/64 or bfloat16: the dtypes a fold can write."""
-    return np.dtype(dtype).kind == "f" or np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16)
+    return dtype in FOLDABLE_FLOATS or np.dtype(dtype) in FOLDABLE_FLOATS
+
+
+FOLDABLE_FLOATS = frozenset(
+    np.dtype(d).newbyteorder(order)
+    for d in (np.float16, np.float32, np.float64)
+    for order in "<>"
+) | {np.dtype(ml_dtypes.bfloat16)}
 
 
 def _finfo(dtype: np.dtype):

@@ -32,11 +32,12 @@ from .graph_view import (
 from .model_io import check_model_structure, default_opset, has_external_data, load_model
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
-from .producers.forward import plan_forward
+from .producers.forward import plan_forward, plan_forward_conv
 from .records import Folded, FoldResult, Skipped
 
 ONNX_DOMAINS = ("", "ai.onnx")
 LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
+FORWARD_CONVS = ("Conv", "ConvTranspose")  # ConvTranspose only to say why it is not folded
 # What malformed attributes or tensors raise while a fold is decided: then the node is not folded.
 ANALYSIS_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError)
 
@@ -240,7 +241,7 @@ def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset:
         return None
     consumer_index = view.sole_consumer(bn.output)
     if consumer_index is None:
-        return None
+        return _shared_forward_reason(view, bn_node)
     consumer = view.nodes[consumer_index]
     if consumer.domain not in ONNX_DOMAINS:
         return None
@@ -257,14 +258,30 @@ def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset:
             return "the layer after its Flatten does not take a whole block of features per channel"
         plan = plan_forward(linear, view, affine, opset, 2)  # Flatten's output is 2-D
         return plan if isinstance(plan, str) else (linear_index, plan, bn, consumer_index)
-    if consumer.op_type not in ("Gemm", "MatMul"):
+    if consumer.op_type not in ("Gemm", "MatMul", *FORWARD_CONVS):
         return None
     if consumer.input[0] != bn.output:
         return f"it feeds the weight side of {consumer.op_type} '{node_label(consumer)}'"
+    if consumer.op_type in FORWARD_CONVS:
+        plan = plan_forward_conv(consumer, view, bn.affine)
+        return plan if isinstance(plan, str) else (consumer_index, plan, bn, consumer_index)
     rank = view.rank(bn.input)
     rank = rank if rank is not None else view.rank(bn.output)
     plan = plan_forward(consumer, view, bn.affine, opset, rank)
     return plan if isinstance(plan, str) else (consumer_index, plan, bn, consumer_index)
+
+
+def _shared_forward_reason(view: GraphView, bn_node: onnx.NodeProto) -> str | None:
+    """Why a linear layer reading the BN output cannot absorb it when others read it too."""
+    output = bn_node.output[0]
+    readers = [view.nodes[i] for i in view.consumers.get(output, [])]
+    linear = [r.op_type for r in readers if r.op_type in ("Gemm", "MatMul", *FORWARD_CONVS)]
+    if not linear:
+        return None
+    if output in view.output_names:
+        return f"its output '{output}' is also a graph output"
+    times = len(readers)
+    return f"its output '{output}' is read {times} times, not only by the {linear[0]} after it"
 
 
 def _repeat_per_block(affine: ChannelAffine, linear: onnx.NodeProto, view: GraphView):

@@ -135,3 +135,31 @@ def _finfo(dtype: np.dtype):
     if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16):
         return ml_dtypes.finfo(ml_dtypes.bfloat16)
     return np.finfo(dtype)
+
+
+def scale_conv_inputs(weight: np.ndarray, factors: np.ndarray, group: int) -> np.ndarray:
+    """Scale a Conv weight `[C_out, C_in/group, k...]` per *input* channel (forward fold).
+
+    Input channel `c = g · (C_in/group) + j` is read only by the output channels of group g
+    (rows `g · (C_out/group) ...`), at column j. So the factors are laid out as
+    `[group, 1, C_in/group, 1...]` over the weight viewed as `[group, C_out/group, C_in/group,
+    k...]`. Each product is computed in float64 and rounded once (see `multiply_exactly`).
+    """
+    c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+    kernel = weight.shape[2:]
+    grouped = weight.reshape(group, c_out // group, c_in_per_group, *kernel)
+    laid = factors.reshape(group, 1, c_in_per_group, *([1] * len(kernel)))
+    return multiply_exactly(grouped, laid).reshape(weight.shape)
+
+
+def conv_input_shift(weight: np.ndarray, shift: np.ndarray, group: int) -> np.ndarray:
+    """What a per-input-channel shift `b` adds to each Conv output channel, in float64 `[C_out]`.
+
+    With no padding every output position reads every kernel tap from real input, so output
+    channel `o` of group `g` gains the constant `Σ_j Σ_k W[o, j, k] · b[g · (C_in/group) + j]`.
+    """
+    c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+    per_column = weight.astype(np.float64).reshape(group, c_out // group, c_in_per_group, -1)
+    per_column = per_column.sum(axis=3)  # [group, C_out/group, C_in/group]
+    shifts = shift.astype(np.float64).reshape(group, c_in_per_group)
+    return np.einsum("goj,gj->go", per_column, shifts).reshape(c_out)

@@ -371,10 +371,58 @@ def _first_line(exc: BaseException) -> str:
 
 def _run(session, feeds: dict[str, np.ndarray]):
     try:
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds), strict=True)), None
+        outputs = session.get_outputs()
+        values = session.run([o.name for o in outputs], feeds)
     except Exception as exc:
         return None, f"onnxruntime failed to run: {_first_line(exc)}"
+    arrays: dict[str, np.ndarray] = {}
+    for output, value in zip(outputs, values, strict=True):
+        arrays.update(as_arrays(output.name, value, _element_dtype(output.type)))
+    return arrays, None
+
+
+def as_arrays(name: str, value, dtype: np.dtype | None) -> dict[str, np.ndarray]:
+    """An output as arrays to compare. onnxruntime returns sequences as lists and maps as dicts
+    (e.g. ZipMap's `seq(map(string, float))`): a map's values are compared under `name` with the
+    tolerances of `dtype` (the innermost tensor type), its keys exactly under `name (keys)`."""
+    if isinstance(value, np.ndarray):
+        return {name: value}
+    if isinstance(value, dict):
+        keys = sorted(value)
+        return {
+            f"{name} (keys)": np.array(keys, dtype=object),
+            name: np.asarray([value[k] for k in keys], dtype=dtype),
+        }
+    if not isinstance(value, list):  # anything else onnxruntime might hand back: compare exactly
+        return {name: np.asarray(value, dtype=object)}
+    items = value
+    maps = bool(items) and all(isinstance(item, dict) for item in items)
+    if maps and len({len(item) for item in items}) == 1:  # maps of one size: 2-D arrays
+        keys = [sorted(item) for item in items]
+        values = [[item[k] for k in ks] for item, ks in zip(items, keys, strict=True)]
+        return {f"{name} (keys)": np.array(keys, dtype=object), name: np.asarray(values, dtype)}
+    tensors = all(isinstance(item, np.ndarray) for item in items)
+    if tensors and len({(item.shape, item.dtype) for item in items}) <= 1:  # one stacked array
+        return {name: np.stack(items) if items else np.empty(0, dtype=dtype)}
+    arrays: dict[str, np.ndarray] = {}
+    for index, item in enumerate(items):
+        arrays.update(as_arrays(f"{name}[{index}]", item, dtype))
+    return arrays
+
+
+def _element_dtype(type_name: str) -> np.dtype | None:
+    """The numpy dtype of the innermost tensor of an onnxruntime type like
+    `seq(map(string,tensor(float)))`, or None if unknown."""
+    start = type_name.rfind("tensor(")
+    if start < 0:
+        return None
+    element = type_name[start + len("tensor(") :].split(")")[0]
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(
+            onnx.TensorProto.DataType.Value(element.upper())
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 # ----- comparison ------------------------------------------------------------------------------

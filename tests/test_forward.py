@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 import bnfold
 from tests.builders import (
@@ -15,6 +15,7 @@ from tests.builders import (
     check_full,
     make_model,
     op_types,
+    symbolic,
     tensor,
     value_info,
 )
@@ -86,22 +87,6 @@ def test_bn_output_used_twice_is_not_folded_forward(rng):
     assert not result.folded
 
 
-def test_bn_before_conv_is_not_folded_forward(rng):
-    nodes = [
-        helper.make_node("Relu", ["x"], ["r"]),
-        bn_node("r", "n"),
-        helper.make_node("Conv", ["n", "W"], ["y"], pads=[1, 1, 1, 1]),
-    ]
-    model = make_model(
-        nodes,
-        [value_info("x", TensorProto.FLOAT, [1, K, 4, 4])],
-        [value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
-        [tensor("W", rng.normal(0, 1, [2, K, 3, 3]).astype(np.float32)), *bn_params(rng, K)],
-    )
-    result = bnfold.fold(model)
-    assert not result.folded and "follows Relu" in result.skipped[0].reason
-
-
 def test_mnist_style_bn_then_gemm_then_bn(rng):
     """Forward into a Gemm that is then the producer of another BN: both fold."""
     model = bn_then_linear(rng)
@@ -157,3 +142,214 @@ def test_bn_flatten_with_other_axis_is_not_folded(rng):
         [tensor("B", rng.normal(0, 1, [4, N]).astype(np.float32)), *bn_params(rng, 3)],
     )
     assert not bnfold.fold(model).folded
+
+
+# --- BN → Conv (forward) ---------------------------------------------------------------------
+
+
+def bn_then_conv(
+    rng,
+    *,
+    spatial=2,
+    c_in=4,
+    c_out=6,
+    group=1,
+    kernel=3,
+    bias=True,
+    relu=False,
+    size=7,
+    dtype=np.float32,
+    op="Conv",
+    **attrs,
+):
+    """x → [Relu] → BN(c_in) → Conv(W, [B]) → y; W `[c_out, c_in/group, k...]` (ConvTranspose:
+    `[c_in, c_out/group, k...]`)."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    kernel_shape = [kernel] * spatial
+    w_shape = (
+        [c_in, c_out // group, *kernel_shape]
+        if op == "ConvTranspose"
+        else [c_out, c_in // group, *kernel_shape]
+    )
+    inits = [tensor("W", rng.normal(0, 0.5, w_shape).astype(dtype)), *bn_params(rng, c_in, dtype)]
+    inputs = ["n", "W"]
+    if bias:
+        inits.append(tensor("B", rng.normal(0, 0.5, c_out).astype(dtype)))
+        inputs.append("B")
+    nodes = [helper.make_node("Relu", ["x"], ["r"])] if relu else []
+    nodes += [
+        bn_node("r" if relu else "x", "n"),
+        helper.make_node(op, inputs, ["y"], name="conv", group=group, **attrs),
+    ]
+    return make_model(
+        nodes,
+        [value_info("x", elem, [2, c_in, *[size] * spatial])],
+        [value_info("y", elem, symbolic(2 + spatial))],
+        inits,
+    )
+
+
+@pytest.mark.parametrize("spatial", [1, 2, 3])
+@pytest.mark.parametrize(("c_in", "c_out", "group"), [(4, 6, 1), (4, 6, 2), (4, 4, 4), (4, 8, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bn_then_conv_folds_forward(rng, spatial, c_in, c_out, group, bias):
+    model = bn_then_conv(rng, spatial=spatial, c_in=c_in, c_out=c_out, group=group, bias=bias)
+    result = bnfold.fold(model)
+    assert [(r.into, r.into_op) for r in result.folded] == [("conv", "Conv")], result.skipped
+    assert f"scaled {c_in} input channels (group={group})" in result.folded[0].how
+    assert op_types(result.model) == ["Conv"]
+    assert len(result.model.graph.node[0].input) == 3  # a bias was added where there was none
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"strides": [2, 2]},
+        {"dilations": [2, 1]},
+        {"strides": [2, 3], "dilations": [1, 2]},
+        {"auto_pad": "VALID", "strides": [2, 2]},
+        {"pads": [0, 0, 0, 0]},
+    ],
+)
+def test_strides_and_dilations_do_not_matter_without_padding(rng, attrs):
+    model = bn_then_conv(rng, relu=True, group=2, size=8, **attrs)
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1, result.skipped
+    assert op_types(result.model) == ["Relu", "Conv"]
+    assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize(("size", "stride"), [(7, 2), (8, 2), (6, 3), (5, 1)])
+def test_same_padding_with_a_1x1_kernel_pads_nothing(rng, auto_pad, size, stride):
+    model = bn_then_conv(rng, kernel=1, size=size, auto_pad=auto_pad, strides=[stride, stride])
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1, result.skipped
+    assert_same_function(model, result.model)
+
+
+def test_fp16_conv_forward_is_rounded_once(rng):
+    model = bn_then_conv(rng, group=2, bias=True, dtype=np.float16)
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1, result.skipped
+    weight = numpy_helper.to_array(result.model.graph.initializer[0])
+    assert weight.dtype == np.float16
+    check_full(result.model)
+    assert_same_function(model, result.model, rtol=5e-3)
+
+
+def test_fp16_overflow_is_skipped_with_its_reason(rng):
+    model = bn_then_conv(rng, dtype=np.float16)
+    gamma = next(t for t in model.graph.initializer if t.name == "bn_scale")
+    gamma.CopyFrom(tensor("bn_scale", np.full(4, 6e4, np.float16)))  # a ≈ 6e4 / √(σ² + ε)
+    result = bnfold.fold(model)
+    assert not result.folded
+    assert "not representable" in result.skipped[0].reason
+
+
+def test_conv_bn_conv_prefers_the_backward_fold(rng):
+    """Conv → BN → Conv: the BN goes into the Conv before it, the padded Conv after it is left."""
+    model = bn_then_conv(rng, pads=[1, 1, 1, 1])
+    model.graph.node.insert(0, helper.make_node("Conv", ["x", "W0"], ["r"], name="conv0"))
+    model.graph.node[1].input[0] = "r"
+    model.graph.initializer.append(
+        tensor("W0", rng.normal(0, 0.5, [4, 4, 1, 1]).astype(np.float32))
+    )
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded] == ["conv0"]
+    assert op_types(result.model) == ["Conv", "Conv"]
+    assert_same_function(model, result.model)
+
+
+def test_conv_with_shared_output_then_bn_then_conv_folds_forward(rng):
+    model = bn_then_conv(rng)
+    model.graph.node.insert(0, helper.make_node("Conv", ["x", "W0"], ["r"], name="conv0"))
+    model.graph.node[1].input[0] = "r"
+    model.graph.initializer.append(
+        tensor("W0", rng.normal(0, 0.5, [4, 4, 1, 1]).astype(np.float32))
+    )
+    model.graph.output.append(value_info("r", TensorProto.FLOAT, symbolic(4)))
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded] == ["conv"], result.skipped
+    assert "forward" in result.folded[0].how
+    assert_same_function(model, result.model)
+
+
+def test_bn_conv_bn_folds_both(rng):
+    """Forward into a Conv that is then the producer of another BN: both fold."""
+    model = bn_then_conv(rng, group=2)
+    model.graph.node[-1].output[0] = "c"
+    model.graph.initializer.extend(bn_params(rng, 6, prefix="bn2"))
+    model.graph.node.append(bn_node("c", "y", prefix="bn2"))
+    result = bnfold.fold(model)
+    assert len(result.folded) == 2 and op_types(result.model) == ["Conv"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+def skip_reason(model) -> str:
+    result = bnfold.fold(model)
+    assert not result.folded and len(result.skipped) == 1
+    assert op_types(result.model) == op_types(model)
+    return result.skipped[0].reason
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        ({"pads": [1, 1, 1, 1]}, "pads its input (pads=[1, 1, 1, 1]): at the border"),
+        ({"pads": [0, 0, 0, 1]}, "pads its input (pads=[0, 0, 0, 1])"),
+        ({"auto_pad": "SAME_UPPER"}, "pads its input (auto_pad=SAME_UPPER): at the border"),
+        ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, "pads its input (auto_pad=SAME_LOWER)"),
+    ],
+)
+def test_padded_conv_is_not_folded_forward(rng, attrs, expected):
+    reason = skip_reason(bn_then_conv(rng, relu=True, **attrs))
+    assert "follows Relu" in reason and f"forward: the Conv after it {expected}" in reason
+
+
+def test_bn_output_also_read_elsewhere_is_not_folded_into_conv(rng):
+    model = bn_then_conv(rng)
+    model.graph.node.append(helper.make_node("Neg", ["n"], ["z"]))
+    model.graph.output.append(value_info("z", TensorProto.FLOAT, symbolic(4)))
+    assert "forward: its output 'n' is read 2 times, not only by the Conv" in skip_reason(model)
+
+
+def test_bn_output_that_is_a_graph_output_is_not_folded_into_conv(rng):
+    model = bn_then_conv(rng)
+    model.graph.output.append(value_info("n", TensorProto.FLOAT, symbolic(4)))
+    assert "forward: its output 'n' is also a graph output" in skip_reason(model)
+
+
+def test_bn_feeding_the_conv_weight_is_not_folded(rng):
+    w = rng.normal(0, 0.5, [4, 4, 3, 3]).astype(np.float32)
+    nodes = [
+        bn_node("w_in", "n"),
+        helper.make_node("Conv", ["x", "n"], ["y"], name="conv"),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [value_info("y", TensorProto.FLOAT, symbolic(4))],
+        [tensor("w_in", w), *bn_params(rng, 4)],
+    )
+    reason = skip_reason(model)
+    assert "forward: it feeds the weight side of Conv 'conv'" in reason
+
+
+def test_conv_with_non_constant_weight_is_not_folded_forward(rng):
+    model = bn_then_conv(rng)
+    weight = model.graph.initializer[0]
+    model.graph.initializer.remove(weight)
+    model.graph.input.append(value_info("W", TensorProto.FLOAT, [6, 4, 3, 3]))
+    assert "forward: the weight of the Conv after it is not constant" in skip_reason(model)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"strides": [2, 2]}])
+def test_bn_before_conv_transpose_is_not_folded_forward(rng, attrs):
+    model = bn_then_conv(rng, op="ConvTranspose", group=2, **attrs)
+    reason = skip_reason(model)
+    assert "forward: the ConvTranspose after it is not folded forward" in reason
+    assert_same_function(model, bnfold.fold(model).model)

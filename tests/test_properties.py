@@ -282,3 +282,81 @@ def test_random_mul_add_after_conv(op, shape_kind, constant_first, seed):
     assert len(result.folded_affine) == (1 if foldable else 0)
     onnx.checker.check_model(result.model, full_check=True)
     assert_same_function(model, result.model, rtol=2e-5)
+
+
+@st.composite
+def forward_conv_case(draw):
+    spatial = draw(st.integers(1, 3))
+    group = draw(st.sampled_from([1, 2, 3]))
+    c_in = group * draw(st.integers(1, 2))
+    c_out = group * draw(st.integers(1, 3))
+    kernel = [draw(st.integers(1, 3)) for _ in range(spatial)]
+    attrs = {"group": group}
+    if draw(st.booleans()):
+        attrs["strides"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
+    if draw(st.booleans()):
+        attrs["dilations"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
+    padding = draw(st.sampled_from(["none", "none", "pads", "VALID", "SAME_UPPER", "SAME_LOWER"]))
+    if padding == "pads":
+        attrs["pads"] = [draw(st.integers(0, 1)) for _ in range(2 * spatial)]
+    elif padding != "none":
+        attrs["auto_pad"] = padding
+        if padding.startswith("SAME"):  # onnxruntime runs no dilated SAME convolution
+            attrs.pop("dilations", None)
+    pads_nothing = not any(attrs.get("pads", [])) and (
+        not padding.startswith("SAME") or all(k == 1 for k in kernel)
+    )
+    return {
+        "attrs": attrs,
+        "x_shape": [2, c_in, *([draw(st.integers(5, 7))] * spatial)],
+        "weight_shape": [c_out, c_in // group, *kernel],
+        "c_in": c_in,
+        "bias": draw(st.booleans()),
+        "relu": draw(st.booleans()),
+        "dtype": np.dtype(draw(st.sampled_from(["float32", "float16"]))),
+        "foldable": pads_nothing,
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@SETTINGS
+@given(forward_conv_case())
+def test_random_bn_before_conv_graphs(case):
+    """BN → Conv folds forward exactly when the Conv pads nothing; else it is skipped."""
+    rng = np.random.default_rng(case["seed"])
+    dtype, c = case["dtype"], case["c_in"]
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    inits = [tensor("W", rng.normal(0, 0.5, case["weight_shape"]).astype(dtype))]
+    for name, value in (
+        ("scale", rng.uniform(0.5, 1.5, c)),
+        ("bias", rng.normal(0, 0.3, c)),
+        ("mean", rng.normal(0, 0.5, c)),
+        ("var", rng.uniform(0.3, 2.0, c)),
+    ):
+        inits.append(tensor(name, value.astype(dtype)))
+    inputs = ["n", "W"]
+    if case["bias"]:
+        inits.append(tensor("B", rng.normal(0, 0.5, case["weight_shape"][0]).astype(dtype)))
+        inputs.append("B")
+    nodes = [helper.make_node("Relu", ["x"], ["r"])] if case["relu"] else []
+    source = "r" if case["relu"] else "x"
+    nodes += [
+        helper.make_node("BatchNormalization", [source, "scale", "bias", "mean", "var"], ["n"]),
+        helper.make_node("Conv", inputs, ["y"], **case["attrs"]),
+    ]
+    rank = len(case["x_shape"])
+    model = make_model(
+        nodes,
+        [value_info("x", elem, case["x_shape"])],
+        [value_info("y", elem, symbolic(rank))],
+        inits,
+    )
+    onnx.checker.check_model(model, full_check=True)
+    result = bnfold.fold(model)
+    assert len(result.folded) == (1 if case["foldable"] else 0), result.skipped
+    if not case["foldable"]:
+        assert "pads its input" in result.skipped[0].reason
+    onnx.checker.check_model(result.model, full_check=True)
+    rtol = {"float16": 5e-3, "float32": 2e-5}[dtype.name]
+    feeds = {"x": rng.standard_normal(case["x_shape"]).astype(dtype)}
+    assert_same_function(model, result.model, rtol=rtol, feeds=feeds)

@@ -156,3 +156,47 @@ def test_huge_declared_input_is_a_clean_error():
     )
     with pytest.raises(bnfold.InputError, match="smaller --input-shape"):
         validate(model, model, providers=["cpu"])
+
+
+def zipmap_model(rng, labels=("a", "b", "c", "d")):
+    """x → BN → Conv → Flatten → ZipMap: a `seq(map(string, float))` output (onnxruntime
+    returns it as a list of dicts)."""
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"]),
+        helper.make_node("Conv", ["n", "W"], ["c"], name="conv"),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node(
+            "ZipMap", ["f"], ["z"], domain="ai.onnx.ml", classlabels_strings=list(labels)
+        ),
+    ]
+    value_type = helper.make_tensor_type_proto(TensorProto.FLOAT, None)
+    z_type = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.STRING, value_type)
+    )
+    arrays = {
+        "W": rng.normal(0, 1, [4, 3, 4, 4]),
+        "s": rng.uniform(0.5, 1.5, 3),
+        "b": rng.normal(0, 1, 3),
+        "m": rng.normal(0, 1, 3),
+        "v": rng.uniform(0.5, 2, 3),
+    }
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_value_info("z", z_type)],
+        [onnx.numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()],
+    )
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+    return model
+
+
+def test_sequence_of_maps_compares_values_with_tolerance_and_keys_exactly(rng):
+    model = zipmap_model(rng)
+    report = validate(model, model, providers=["cpu"])
+    assert report.passed, report.lines()
+    assert [o.output for o in report.providers[0].outputs] == ["z (keys)", "z"]
+    report = validate(model, perturbed(model, 1.01), providers=["cpu"])
+    assert [o.passed for o in report.providers[0].outputs] == [True, False]
+    relabelled = zipmap_model(np.random.default_rng(0), labels=("a", "b", "c", "e"))
+    report = validate(relabelled, zipmap_model(np.random.default_rng(0)), providers=["cpu"])
+    assert not report.passed and report.providers[0].outputs[0].mismatches == 1

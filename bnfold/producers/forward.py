@@ -1,12 +1,21 @@
 """BatchNormalization *before* a linear layer (forward fold): BN → Gemm, BN → MatMul, i.e.
-BatchNorm1d in front of a Linear layer.
+BatchNorm1d in front of a Linear layer, and BN → Conv without padding.
 
 With `x̂ = a·x + b` per input feature k (the BN channel axis 1 of the 2-D input is the Gemm's
 reduction axis): `Y = α·x̂·B' + β·C = α·x·(diag(a)·B') + (β·C + α·b·B')`. So row k of B' (column k
 of B when transB=1) is scaled by a[k] and the bias becomes `β·C + α·b·B'` with β set to 1. Only
-`transA = 0` qualifies (with transA the BN channel axis is not the reduction axis). Convolutions
-are not folded forward: with padding, the border would see the BN's shift where the original saw
-zeros.
+`transA = 0` qualifies (with transA the BN channel axis is not the reduction axis).
+
+BN → Conv (weight `[C_out, C_in/group, k...]`, any group): without padding every output position
+reads every kernel tap from real input, so `Conv(W, a·x + b) = Conv(W', x) + s` where column j of
+the rows of group g is scaled by `a[g·(C_in/group) + j]` and output channel o of group g gains
+`s[o] = Σ_j Σ_k W[o, j, k] · b[g·(C_in/group) + j]` in its bias (`numerics.scale_conv_inputs`,
+`numerics.conv_input_shift`). Strides and dilations only choose which real positions are read.
+A padded Conv is not folded: it pads the BN's *output* with zeros, the folded one would pad x with
+zeros, so at the border the two differ by the shift (auto_pad SAME with a 1×1… kernel pads
+nothing, so it is folded). ConvTranspose is not folded forward: outputs
+near the border (and, with strides, between inputs) receive different numbers of kernel taps, so
+the shift does not add one constant per channel.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import numpy as np
 import onnx
 
 from ..graph_view import GraphView, attributes
-from ..numerics import ChannelAffine, scale_along
+from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
 from .base import FoldPlan, constant_input, rounded_updates
 
 
@@ -70,3 +79,75 @@ def plan_forward(
         new_attributes["broadcast"] = 1
     how = f"folded forward: scaled {affine.channels} input features; bias carries the shift"
     return FoldPlan(updates, how, "Gemm" if consumer.op_type == "MatMul" else None, new_attributes)
+
+
+def plan_forward_conv(
+    consumer: onnx.NodeProto, view: GraphView, affine: ChannelAffine
+) -> FoldPlan | str:
+    """How a Conv reading the BN output as its data input X absorbs it, or why not."""
+    if consumer.op_type == "ConvTranspose":
+        return (
+            "the ConvTranspose after it is not folded forward: its outputs near the border "
+            "receive fewer kernel taps, so the shift would not add one constant per channel"
+        )
+    attrs = attributes(consumer)
+    weight, problem = constant_input(consumer, 1, "weight of the Conv after it", view)
+    if problem:
+        return problem
+    if weight is None or weight.ndim < 3:
+        return "the Conv after it has no constant weight of rank 3 or more"
+    bias, problem = constant_input(consumer, 2, "bias of the Conv after it", view)
+    if problem:
+        return problem
+    group = int(attrs.get("group", 1))
+    c_out, c_in = weight.shape[0], weight.shape[1] * group
+    if group < 1 or c_out % group:
+        return f"the Conv weight {tuple(weight.shape)} after it does not fit group={group}"
+    if c_in != affine.channels:
+        return (
+            f"the Conv after it reads {c_in} input channels but the BatchNormalization "
+            f"has {affine.channels}"
+        )
+    if bias is not None and bias.shape != (c_out,):
+        return f"the Conv after it has a bias of shape {tuple(bias.shape)}, expected ({c_out},)"
+    problem = _padding_problem(attrs, weight.shape[2:])
+    if problem:
+        return problem
+    new_weight = scale_conv_inputs(weight, affine.scale, group)
+    carried = conv_input_shift(weight, affine.shift, group)
+    new_bias = carried if bias is None else bias.astype(np.float64) + carried
+    updates, problem = rounded_updates(
+        [
+            (1, new_weight, weight.dtype, "weight"),
+            (2, new_bias, weight.dtype if bias is None else bias.dtype, "bias"),
+        ]
+    )
+    if problem:
+        return problem
+    verb = "updated" if bias is not None else "added"
+    how = (
+        f"folded forward: scaled {c_in} input channels (group={group}); bias {verb} with the shift"
+    )
+    return FoldPlan(updates, how)
+
+
+def _padding_problem(attrs: dict, kernel: tuple[int, ...]) -> str | None:
+    """Why the Conv's padding makes a forward fold inexact, or None if it pads nothing.
+
+    The original pads the BN output with zeros; after folding the Conv would pad x with zeros,
+    which the BN would have mapped to its shift, not to zero.
+    """
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    pads = [int(p) for p in attrs.get("pads", [])]
+    where = "at the border the folded model would differ"
+    if any(pads):
+        return f"the Conv after it pads its input (pads={pads}): {where}"
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # SAME pads (ceil(L/s) - 1)·s + (k - 1)·d + 1 - L in total: never positive when k = 1.
+        if all(k == 1 for k in kernel):
+            return None
+        return f"the Conv after it pads its input (auto_pad={auto_pad}): {where}"
+    if auto_pad not in ("NOTSET", "VALID"):
+        return f"the Conv after it has an unknown auto_pad {auto_pad!r}"
+    return None

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from .affine import AFFINE_OPS, read_affine
+from .batched import fold_conv_batchnorm_pairs
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .errors import InputError
@@ -27,6 +28,7 @@ from .graph_view import (
     NameAllocator,
     attributes,
     node_label,
+    nodes_with_subgraphs,
     subgraphs,
 )
 from .model_io import check_model_structure, default_opset, has_external_data, load_model
@@ -63,9 +65,12 @@ def fold(model: onnx.ModelProto | str | os.PathLike) -> FoldResult:
     return fold_in_place(load_model(model))
 
 
-def fold_in_place(model: onnx.ModelProto) -> FoldResult:
-    """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it)."""
-    context = _Context(model)
+def fold_in_place(model: onnx.ModelProto, *, batched: bool = True) -> FoldResult:
+    """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it).
+
+    `batched=False` folds every pair one at a time, the reference the vectorised path of
+    `bnfold.batched` is tested against (same model, bit for bit)."""
+    context = _Context(model, batched=batched)
     nodes_before = count_nodes(model.graph)
     _fold_graph(model.graph, context, parent=None, path="")
     for function in model.functions:
@@ -91,7 +96,9 @@ def fold_in_place(model: onnx.ModelProto) -> FoldResult:
 
 def count_nodes(graph: onnx.GraphProto) -> int:
     """Nodes in a graph and, recursively, in its subgraphs."""
-    return sum(1 + sum(count_nodes(g) for _, g in subgraphs(n)) for n in graph.node)
+    nodes = graph.node
+    inner = (count_nodes(g) for i in nodes_with_subgraphs(nodes) for _, g in subgraphs(nodes[i]))
+    return len(nodes) + sum(inner)
 
 
 @dataclass
@@ -101,6 +108,7 @@ class _Context:
     skipped: list[Skipped] = field(default_factory=list)
     folded_affine: list[Folded] = field(default_factory=list)
     removed: int = 0  # nodes removed, all graphs
+    batched: bool = True  # plain Conv -> BatchNormalization pairs through `bnfold.batched`
 
     def __post_init__(self) -> None:
         self.opset = default_opset(self.model)
@@ -132,19 +140,26 @@ def _fold_graph(
     )
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
+    # The plain Conv -> BatchNormalization pairs, vectorised; the rest one by one, in node order.
+    batched = (
+        {}
+        if context.refusal or not context.batched
+        else fold_conv_batchnorm_pairs(view, context.opset, context.names, vanished, maybe_dead)
+    )
     for index, node in enumerate(view.nodes):
         if node.domain not in ONNX_DOMAINS:
             continue
         if node.op_type == "BatchNormalization":
-            record = _fold_one(view, index, context, vanished, maybe_dead)
+            record = batched.get(index) or _fold_one(view, index, context, vanished, maybe_dead)
             (context.folded if isinstance(record, Folded) else context.skipped).append(record)
         elif node.op_type in AFFINE_OPS and not context.refusal:
             record = _fold_affine(view, index, context, vanished, maybe_dead)
             if record is not None:
                 context.folded_affine.append(record)
-    for index, node in enumerate(view.nodes):
+    for index in nodes_with_subgraphs(view.nodes):
         if index in view.removed_nodes:
             continue
+        node = view.nodes[index]
         for attr_name, sub in subgraphs(node):
             sub_path = f"{path}/{node_label(node)}.{attr_name}".lstrip("/")
             if node.domain in ONNX_DOMAINS:

@@ -199,11 +199,11 @@ class GraphView:
 
     def _index_nodes(self) -> None:
         producer, consumers = self.producer, self.consumers
-        for index, node in enumerate(self.nodes):
-            for name in node.output:
-                producer[name] = index
-            for name in node.input:
-                consumers[name].append(index)
+        nodes = self.nodes
+        producer.update((name, index) for index, node in enumerate(nodes) for name in node.output)
+        reads = [(name, index) for index, node in enumerate(nodes) for name in node.input]
+        for name, index in reads:
+            consumers[name].append(index)
         producer.pop("", None)
         consumers.pop("", None)
         for index in nodes_with_subgraphs(self.nodes):

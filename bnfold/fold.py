@@ -26,6 +26,7 @@ from .model_io import check_model_structure, default_opset, has_external_data, l
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
 from .producers.forward import plan_forward
+from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
 from .records import Folded, FoldResult, Skipped
 
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -220,7 +221,7 @@ def _fold_one(
     into_op = _apply(plan, view, producer_index, context, maybe_dead)
     vanished.add(bn.input)
     maybe_dead.update(name for name in bn_node.input[1:] if name)
-    view.bypass(index, producer_index)
+    view.bypass(index, view.producer[bn.input])  # the producer, or the Reshape after it
     return Folded(label, output, into, into_op, plan.how, view.path)
 
 
@@ -293,6 +294,10 @@ def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
     if producer_index is None:
         return _no_producer_reason(view, bn.input)
     producer = view.nodes[producer_index]
+    if producer.domain in ONNX_DOMAINS and producer.op_type in LAYOUT_OPS:
+        through = plan_through_layout(view, bn.input, index, bn.affine, opset)
+        if through is not None:
+            return through if isinstance(through, str) else (*through, bn)
     if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
         return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
     if view.sole_consumer(bn.input) != index:
@@ -349,7 +354,8 @@ def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
 
 
 def _needs_ranks(graph: onnx.GraphProto) -> bool:
-    """Whether a BatchNormalization and a MatMul meet (the only rules that need ranks)."""
+    """Whether a BatchNormalization and a MatMul meet, directly or through Reshape/Transpose/
+    Identity (the only rules that need ranks)."""
     matmul_outputs: set[str] = set()
     bn_outputs: set[str] = set()
     for node in graph.node:
@@ -357,6 +363,8 @@ def _needs_ranks(graph: onnx.GraphProto) -> bool:
             matmul_outputs.update(node.output)
             if node.input and node.input[0] in bn_outputs:
                 return True
+        elif node.op_type in LAYOUT_OPS and node.input and node.input[0] in matmul_outputs:
+            matmul_outputs.update(node.output[:1])  # MatMul -> Reshape/Transpose -> BN
         elif node.op_type == "BatchNormalization" and node.input:
             bn_outputs.update(node.output[:1])
             if node.input[0] in matmul_outputs:

@@ -20,6 +20,7 @@ import onnx
 from .affine import AFFINE_OPS, read_affine
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
+from .element_types import inferred_element_types
 from .errors import InputError
 from .graph_view import GraphView, NameAllocator, attributes, node_label, subgraphs
 from .model_io import check_model_structure, default_opset, has_external_data, load_model
@@ -100,6 +101,7 @@ class _Context:
         self.names = NameAllocator(self.model)
         self.ranks = _shape_inference_ranks(self.model) if _needs_ranks(self.model.graph) else {}
         self.budget = EvaluationBudget()
+        self.types: dict[str, int] | None = None
         # Training bindings name initializers that a fold would rewrite or remove.
         self.refusal = (
             "the model carries training_info (training-time bindings of its initializers)"
@@ -109,6 +111,13 @@ class _Context:
 
     def inferred_ranks(self) -> dict[str, int]:
         return self.ranks
+
+    def inferred_types(self) -> dict[str, int]:
+        """Element types from shape inference, run on first use (a CastLike typed like a tensor
+        that nothing declares)."""
+        if self.types is None:
+            self.types = inferred_element_types(self.model)
+        return self.types
 
 
 def _fold_graph(
@@ -122,6 +131,7 @@ def _fold_graph(
         path=path,
         inferred_ranks=context.inferred_ranks,
         budget=context.budget,
+        inferred_types=context.inferred_types,
     )
     vanished: set[str] = set()
     maybe_dead: set[str] = set()

@@ -21,6 +21,7 @@ from .affine import AFFINE_OPS, read_affine
 from .batched import fold_conv_batchnorm_pairs
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
+from .element_types import inferred_element_types
 from .errors import InputError
 from .graph_view import (
     CONTROL_FLOW_OPS,
@@ -35,6 +36,7 @@ from .model_io import check_model_structure, default_opset, has_external_data, l
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
 from .producers.forward import plan_forward, plan_forward_conv
+from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
 from .records import Folded, FoldResult, Skipped
 
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -115,6 +117,7 @@ class _Context:
         self.names = NameAllocator(self.model)
         self.ranks = _shape_inference_ranks(self.model) if _needs_ranks(self.model.graph) else {}
         self.budget = EvaluationBudget()
+        self.types: dict[str, int] | None = None
         # Training bindings name initializers that a fold would rewrite or remove.
         self.refusal = (
             "the model carries training_info (training-time bindings of its initializers)"
@@ -124,6 +127,13 @@ class _Context:
 
     def inferred_ranks(self) -> dict[str, int]:
         return self.ranks
+
+    def inferred_types(self) -> dict[str, int]:
+        """Element types from shape inference, run on first use (a CastLike typed like a tensor
+        that nothing declares)."""
+        if self.types is None:
+            self.types = inferred_element_types(self.model)
+        return self.types
 
 
 def _fold_graph(
@@ -137,6 +147,7 @@ def _fold_graph(
         path=path,
         inferred_ranks=context.inferred_ranks,
         budget=context.budget,
+        inferred_types=context.inferred_types,
     )
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
@@ -243,7 +254,7 @@ def _fold_one(
     into_op = _apply(plan, view, producer_index, context, maybe_dead)
     vanished.add(bn.input)
     maybe_dead.update(name for name in bn_node.input[1:] if name)
-    view.bypass(index, producer_index)
+    view.bypass(index, view.producer[bn.input])  # the producer, or the Reshape after it
     return Folded(label, output, into, into_op, plan.how, view.path)
 
 
@@ -332,6 +343,10 @@ def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
     if producer_index is None:
         return _no_producer_reason(view, bn.input)
     producer = view.nodes[producer_index]
+    if producer.domain in ONNX_DOMAINS and producer.op_type in LAYOUT_OPS:
+        through = plan_through_layout(view, bn.input, index, bn.affine, opset)
+        if through is not None:
+            return through if isinstance(through, str) else (*through, bn)
     if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
         return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
     if view.sole_consumer(bn.input) != index:
@@ -388,7 +403,8 @@ def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
 
 
 def _needs_ranks(graph: onnx.GraphProto) -> bool:
-    """Whether a BatchNormalization and a MatMul meet (the only rules that need ranks)."""
+    """Whether a BatchNormalization and a MatMul meet, directly or through Reshape/Transpose/
+    Identity (the only rules that need ranks)."""
     op_types = {node.op_type for node in graph.node}
     if not op_types & CONTROL_FLOW_OPS and not {"MatMul", "BatchNormalization"} <= op_types:
         return False  # cheap answer for the usual graph; custom-domain holders are walked below
@@ -399,6 +415,8 @@ def _needs_ranks(graph: onnx.GraphProto) -> bool:
             matmul_outputs.update(node.output)
             if node.input and node.input[0] in bn_outputs:
                 return True
+        elif node.op_type in LAYOUT_OPS and node.input and node.input[0] in matmul_outputs:
+            matmul_outputs.update(node.output[:1])  # MatMul -> Reshape/Transpose -> BN
         elif node.op_type == "BatchNormalization" and node.input:
             bn_outputs.update(node.output[:1])
             if node.input[0] in matmul_outputs:

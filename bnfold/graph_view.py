@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from .constant_eval import EVALUATED_OPS, EvaluationBudget, evaluate
+from .element_types import castlike_target_problem, declared_element_types, type_witness
 
 # Default-domain ops with graph attributes; ops of other domains are always looked at.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
@@ -171,6 +172,7 @@ class GraphView:
         path: str = "",
         inferred_ranks: Callable[[], dict[str, int]] | None = None,
         budget: EvaluationBudget | None = None,
+        inferred_types: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.graph = graph
         self.parent = parent
@@ -196,6 +198,8 @@ class GraphView:
         self.removed_nodes: set[int] = set()
         self._inferred_ranks = inferred_ranks
         self._declared_ranks: dict[str, int] | None = None
+        self._inferred_types = inferred_types
+        self._declared_types: dict[str, int] | None = None
 
     def _index_nodes(self) -> None:
         producer, consumers = self.producer, self.consumers
@@ -258,6 +262,9 @@ class GraphView:
             inputs = [self.constant(name) if name else None for name in node.input]
         finally:
             budget.depth -= 1
+        castlike = node.op_type == "CastLike" and len(inputs) == 2
+        if castlike and inputs[0] is not None and inputs[1] is None:  # it reads only the type
+            inputs[1] = type_witness(self.element_type(node.input[1]))
         if any(value is None for name, value in zip(node.input, inputs, strict=True) if name):
             return None
         value = evaluate(node, inputs, self.opset, budget)
@@ -267,11 +274,12 @@ class GraphView:
 
     def why_not_constant(self, name: str) -> str:
         """A short phrase saying why `name` is not constant."""
-        for _ in range(self.budget.max_depth):  # follow Identity chains, iteratively
+        for _ in range(self.budget.max_depth):  # back through pure ops to a non-constant input
             node = self.nodes[self.producer[name]] if name in self.producer else None
-            if node is None or node.op_type != "Identity" or not node.input:
+            source = self._non_constant_input(node) if node is not None else None
+            if source is None:
                 break
-            name = node.input[0]
+            name = source
         if name in self.initializers and self.is_overridable(name):
             return f"'{name}' is an initializer that is also a graph input (can be overridden)"
         if name in self.input_names:
@@ -279,10 +287,38 @@ class GraphView:
         if name in self.producer:
             node = self.nodes[self.producer[name]]
             domain = f"{node.domain}:" if node.domain not in ("", "ai.onnx") else ""
-            return f"'{name}' is computed by {domain}{node.op_type} '{node_label(node)}'"
+            phrase = f"'{name}' is computed by {domain}{node.op_type} '{node_label(node)}'"
+            if node.op_type == "CastLike" and len(node.input) == 2 and not domain:
+                like = node.input[1]
+                problem = castlike_target_problem(self.element_type(like), like)
+                phrase = f"{phrase}, and {problem}" if problem else phrase
+            return phrase
         if self.parent is not None:
             return self.parent.why_not_constant(name)
         return f"'{name}' is not defined"
+
+    def _non_constant_input(self, node: onnx.NodeProto) -> str | None:
+        """The first input that keeps a pure op's output from being constant (of a CastLike,
+        only the first input: the second gives just a type)."""
+        if node.op_type not in EVALUATED_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        inputs = node.input[:1] if node.op_type == "CastLike" else node.input
+        return next((name for name in inputs if name and self.constant(name) is None), None)
+
+    def element_type(self, name: str) -> int | None:
+        """The element type (a TensorProto data type) of `name`: of its constant value, declared
+        here or in an enclosing graph, or found by shape inference; None if unknown."""
+        value = self.constant(name)
+        if value is not None:
+            return onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        if self._declared_types is None:  # built on first use: only CastLike asks
+            self._declared_types = declared_element_types(self.graph)
+        found = self._declared_types.get(name)
+        if found is None and self.parent is not None and name not in self.producer:
+            found = self.parent.element_type(name)
+        if found is None and self._inferred_types is not None:
+            found = self._inferred_types().get(name)
+        return found
 
     def sole_consumer(self, name: str) -> int | None:
         """The one node reading `name` once, if it is neither a graph output nor used elsewhere."""

@@ -69,6 +69,8 @@ def fold_counts(path: Path) -> tuple[int, int]:
         ("fuse-matmul-bn-directly-dont-fuse.onnx", 0),
         ("fuse-matmul-bn-only-reshape.onnx", 0),
         ("fuse-matmul-bn-only-transpose.onnx", 0),
+        ("fuse-matmul-bn-with-reshape.onnx", 1),  # [1, 5] -> [1, 1, 1, 5] -> [1, 5, 1, 1]
+        ("fuse-matmul-bn-non-ignorable-node.onnx", 1),  # an Identity between
     ],
 )
 def test_onnxruntime_fusion_cases(name, folded):
@@ -79,6 +81,13 @@ def test_onnxruntime_fusion_cases(name, folded):
         assert "BatchNormalization" not in op_types(result.model)
         original = onnx.load(path)
         assert_same_function(original, result.model)
+
+
+@pytest.mark.parametrize("kind", ["reshape", "transpose"])
+def test_onnxruntime_matmul_layout_cases_skipped_with_the_axis(kind):
+    """[1, 5] -> Reshape [-1, 1, 1, 5] or Transpose: the columns leave the channel axis."""
+    (record,) = bnfold.fold(FUSION / f"fuse-matmul-bn-only-{kind}.onnx").skipped
+    assert "columns of MatMul" in record.reason and "not on its channel axis 1" in record.reason
 
 
 def test_fp16_conv_bn_add_mul_still_six():

@@ -1,0 +1,235 @@
+"""MatMul or Gemm → Reshape / Transpose / Identity (any chain) → BatchNormalization, folded into
+the layer only where every element's BatchNormalization channel is provably its column. Identity
+nodes alone are transparent for every layer (Conv → Identity → BN folds as Conv → BN).
+
+The layer's output is `[N, C]` (a Gemm; a MatMul with 2-D operands): element (n, c) is row n,
+column c. A Reshape keeps the row-major order of the elements and a Transpose permutes axes, so the
+chain is followed symbolically as a `Layout`: which axis holds the C columns, which the N rows, all
+other axes having size 1. N stays a symbol (any batch size). A Reshape is followed only when its
+constant target provably keeps rows and columns on axes of their own, in their order (`[N, C]` →
+`[0, C, 1, 1]`, `[-1, C, 1, 1]`, `[-1, 1, 1, C]`); one that merges or splits them is refused.
+
+The fold is exact when the columns end on axis 1, the BatchNormalization's channel axis: for every
+element, `BN(x) = a[c]·x + b[c]` with c its column, which is what folding `a`, `b` into the layer's
+columns computes before the unchanged chain moves the values. The layer is folded as if the BN
+followed it directly (a MatMul becomes a Gemm) and the chain's last node takes over the BN's output
+tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+
+from ..graph_view import GraphView, attributes, node_label
+from ..numerics import ChannelAffine
+from . import PLANNERS
+from .base import FoldPlan
+
+LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
+LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
+ROWS = "N"  # the number of rows, unknown: a symbol in `Layout.dims`
+MAX_CHAIN = 16  # layout nodes followed between the layer and the BatchNormalization
+_ONNX_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the layer's rows and columns are in a tensor whose other axes all have size 1."""
+
+    dims: tuple[int | str, ...]  # sizes: ints, or ROWS while the row count is unknown
+    rows: int | None  # the axis of the rows; None when there is only one row
+    columns: int  # the axis of the columns
+
+
+def plan_through_layout(
+    view: GraphView, bn_input: str, bn_index: int, affine: ChannelAffine, opset: int
+) -> tuple[int, FoldPlan] | str | None:
+    """(layer index, plan) if the BatchNormalization at `bn_index` reads `bn_input` through
+    Identity nodes from a linear layer, or through layout nodes from a Gemm/MatMul whose columns
+    reach its channel axis; else the reason. None when `bn_input` is not the output of a layout
+    node."""
+    chain: list[int] = []  # layout nodes, from the BatchNormalization back
+    name, reader = bn_input, bn_index
+    for _ in range(MAX_CHAIN + 1):
+        index = view.producer.get(name)
+        node = view.nodes[index] if index is not None else None
+        if node is None or node.domain not in _ONNX_DOMAINS:
+            return None if not chain else _no_layer_reason(view, chain, name)
+        if node.op_type not in LAYOUT_OPS and node.op_type not in PLANNERS:
+            return None if not chain else _no_layer_reason(view, chain, name)
+        if view.sole_consumer(name) != reader:
+            return _shared_reason(view, name, node)
+        if node.op_type in PLANNERS:
+            return _plan(view, index, chain[::-1], affine, opset) if chain else None
+        chain.append(index)
+        name, reader = node.input[0], index
+    return f"more than {MAX_CHAIN} Reshape/Transpose/Identity nodes lead to it"
+
+
+def _plan(
+    view: GraphView, layer_index: int, chain: list[int], affine: ChannelAffine, opset: int
+) -> tuple[int, FoldPlan] | str:
+    layer = view.nodes[layer_index]
+    path = _describe(view, chain)
+    moves = any(view.nodes[index].op_type != "Identity" for index in chain)
+    if moves and layer.op_type not in LAYOUT_ROOTS:
+        return (
+            f"it follows {path} after {layer.op_type} '{node_label(layer)}'; only a Gemm or "
+            "MatMul is followed through a Reshape or Transpose"
+        )
+    if moves and layer.op_type == "MatMul":
+        rank = view.rank(layer.input[0])
+        if rank != 2:
+            shown = "unknown" if rank is None else str(rank)
+            return (
+                f"it follows {path} after MatMul '{node_label(layer)}', whose left operand has "
+                f"rank {shown}; only a 2-D one can become a Gemm with the folded bias"
+            )
+    plan = PLANNERS[layer.op_type](layer, view, affine, opset)
+    if isinstance(plan, str):
+        return plan
+    # The plan has checked that the layer has as many columns as the BN has channels. With one
+    # channel every element gets the same affine map, whatever the layout.
+    if moves and affine.channels > 1:
+        layout: Layout | str = Layout((ROWS, affine.channels), rows=0, columns=1)
+        for index in chain:
+            layout = follow(view.nodes[index], layout, view, opset)
+            if isinstance(layout, str):
+                return layout
+        if layout.columns != 1:
+            return (
+                f"the {affine.channels} columns of {layer.op_type} '{node_label(layer)}' reach it "
+                f"through {path} on axis {layout.columns}, not on its channel axis 1"
+            )
+    return layer_index, replace(plan, how=f"{plan.how}; through {path}, unchanged")
+
+
+def follow(node: onnx.NodeProto, layout: Layout, view: GraphView, opset: int) -> Layout | str:
+    """The layout after a layout node, or why it cannot be followed."""
+    if node.op_type == "Identity":
+        return layout
+    if node.op_type == "Transpose":
+        return _transpose(node, layout)
+    if opset < 5:  # Reshape-1: the target is an attribute
+        target = np.asarray(attributes(node).get("shape", []), dtype=np.int64)
+    else:
+        target = view.constant(node.input[1]) if len(node.input) > 1 else None
+    if target is None:
+        return f"the target shape of Reshape '{node_label(node)}' is not constant"
+    if target.ndim != 1 or target.dtype.kind not in "iu":
+        return f"Reshape '{node_label(node)}' has a target that is not a 1-D integer tensor"
+    allow_zero = bool(attributes(node).get("allowzero", 0))
+    result = reshape(layout, [int(v) for v in target], allow_zero)
+    if result is None:
+        columns = layout.dims[layout.columns]
+        return (
+            f"Reshape '{node_label(node)}' to {[int(v) for v in target]} does not provably keep "
+            f"the {columns} columns and the rows on axes of their own"
+        )
+    return result
+
+
+def _transpose(node: onnx.NodeProto, layout: Layout) -> Layout | str:
+    rank = len(layout.dims)
+    perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
+    if sorted(perm) != list(range(rank)):
+        return f"Transpose '{node_label(node)}' has perm {perm}, not a permutation of {rank} axes"
+    rows = perm.index(layout.rows) if layout.rows is not None else None
+    return Layout(tuple(layout.dims[p] for p in perm), rows, perm.index(layout.columns))
+
+
+def reshape(layout: Layout, target: list[int], allow_zero: bool) -> Layout | None:
+    """The layout after a Reshape to `target` (0 copies an input size unless `allow_zero`, -1 is
+    inferred), or None unless rows and columns provably stay on axes of their own, in order.
+
+    Every size is derived from the equation the Reshape itself enforces (same element count), so
+    the result holds for every row count with which the original model runs.
+    """
+    columns = layout.dims[layout.columns]
+    rows = layout.dims[layout.rows] if layout.rows is not None else 1
+    sizes: list[int | str | None] = []  # None: the -1 entry
+    for axis, entry in enumerate(target):
+        if entry == 0 and not allow_zero and axis < len(layout.dims):
+            sizes.append(layout.dims[axis])
+        elif entry == -1:
+            sizes.append(None)
+        elif entry > 0:
+            sizes.append(entry)
+        else:
+            return None
+    solved = _solve(sizes, rows, columns)
+    if solved is None:
+        return None
+    sizes, rows = solved
+    in_order = [("rows", rows), ("columns", columns)]
+    if layout.rows is not None and layout.rows > layout.columns:
+        in_order.reverse()
+    expected = [(role, size) for role, size in in_order if size != 1]
+    placed = [(axis, size) for axis, size in enumerate(sizes) if size != 1]
+    if [size for _, size in placed] != [size for _, size in expected]:
+        return None
+    axes = {role: axis for (role, _), (axis, _) in zip(expected, placed, strict=True)}
+    return Layout(tuple(sizes), axes.get("rows"), axes["columns"])
+
+
+def _solve(sizes: list, rows: int | str, columns: int) -> tuple[list, int | str] | None:
+    """(sizes with the -1 entry filled in, row count) from `product(sizes) = rows · columns`;
+    None if that does not determine them as sizes of whole rows and columns."""
+    symbols = sizes.count(ROWS)
+    known = math.prod(size for size in sizes if isinstance(size, int))
+    free = sizes.count(None)
+    if free > 1 or symbols > 1:
+        return None
+    if rows == ROWS and symbols == 1:  # N · known (· free) = N · C
+        value = columns // known if free and columns % known == 0 else None
+        if not free and known != columns:
+            return None
+    elif rows == ROWS:  # known (· free) = N · C
+        if free:
+            value = ROWS if known == columns else None
+        elif known % columns == 0:
+            return sizes, known // columns  # the row count is now known
+        else:
+            return None
+    else:  # rows known: plain numbers
+        total = rows * columns
+        value = total // known if free and total % known == 0 else None
+        if not free and known != total:
+            return None
+    if free:
+        if value is None:
+            return None
+        sizes = [value if size is None else size for size in sizes]
+    return sizes, rows
+
+
+def _describe(view: GraphView, chain: list[int]) -> str:
+    """The layout nodes, in the order the data flows through them."""
+    return " → ".join(f"{view.nodes[i].op_type} '{node_label(view.nodes[i])}'" for i in chain)
+
+
+def _no_layer_reason(view: GraphView, chain: list[int], name: str) -> str:
+    index = view.producer.get(name)
+    if index is not None:
+        node = view.nodes[index]
+        domain = f"{node.domain}:" if node.domain not in _ONNX_DOMAINS else ""
+        source = f"{domain}{node.op_type} '{node_label(node)}'"
+    elif name in view.input_names or name in view.initializers:
+        source = f"{'graph input' if name in view.input_names else 'initializer'} '{name}'"
+    else:
+        source = f"'{name}' of an enclosing graph"
+    moves = any(view.nodes[index].op_type != "Identity" for index in chain)
+    layers = "a Gemm or MatMul" if moves else "a Conv, ConvTranspose, Gemm or MatMul"
+    return f"it follows {_describe(view, chain[::-1])} after {source}, not {layers}"
+
+
+def _shared_reason(view: GraphView, name: str, node: onnx.NodeProto) -> str:
+    what = f"the output '{name}' of {node.op_type} '{node_label(node)}'"
+    if name in view.output_names:
+        return f"{what} is also a graph output"
+    others = len(view.consumers.get(name, [])) - 1
+    return f"{what} is also read by {others} other node{'s' if others != 1 else ''}"

@@ -1,0 +1,251 @@
+"""MatMul/Gemm → Reshape/Transpose/Identity → BatchNormalization: folded only where every
+element's channel is provably its column (bnfold/producers/through_reshape.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import bnfold
+from bnfold.producers.through_reshape import ROWS, Layout, reshape
+from tests.builders import (
+    TensorProto,
+    assert_same_function,
+    bn_node,
+    bn_params,
+    check_full,
+    make_model,
+    op_types,
+    random_feeds,
+    run,
+    symbolic,
+    tensor,
+    value_info,
+)
+
+K, C = 6, 4
+
+
+def layout_model(rng, chain, *, channels=C, a_shape=("N", K), op="MatMul", after=(), out_rank=4):
+    """a -> MatMul(W) -> m -> chain (list of (op, attrs, target or None)) -> BN -> y -> after."""
+    nodes = [helper.make_node(op, ["a", "W"], ["m"], name="linear")]
+    inits = [tensor("W", rng.normal(0, 0.5, [K, C]).astype(np.float32))]
+    inits += bn_params(rng, channels)
+    name = "m"
+    for i, (kind, attrs, target) in enumerate(chain):
+        inputs = [name]
+        if target is not None:
+            inits.append(tensor(f"shape{i}", np.array(target, np.int64)))
+            inputs.append(f"shape{i}")
+        nodes.append(helper.make_node(kind, inputs, [f"t{i}"], name=f"{kind.lower()}{i}", **attrs))
+        name = f"t{i}"
+    nodes.append(bn_node(name, "y"))
+    nodes.extend(after)
+    last = after[-1].output[0] if after else "y"
+    a = value_info("a", TensorProto.FLOAT, list(a_shape))
+    y = value_info(last, TensorProto.FLOAT, symbolic(out_rank))
+    return make_model(nodes, [a], [y], inits)
+
+
+def reshape_to(target):
+    return ("Reshape", {}, target)
+
+
+def assert_folded(model, ops):
+    result = bnfold.fold(model)
+    assert [r.into_op for r in result.folded] == ["Gemm"], result.skipped
+    assert op_types(result.model) == ops
+    assert result.model.graph.output[0].name == model.graph.output[0].name
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    assert bnfold.fold(result.model).model == result.model  # idempotent
+    return result.folded[0]
+
+
+def only_skip(model) -> str:
+    result = bnfold.fold(model)
+    assert not result.folded and len(result.skipped) == 1
+    return result.skipped[0].reason
+
+
+@pytest.mark.parametrize(
+    "target", [[0, C, 1, 1], [-1, C, 1, 1], [0, -1, 1, 1], [-1, C], [0, C, 1], [2, C, 1, 1]]
+)
+def test_reshape_that_appends_unit_axes_folds(rng, target):
+    model = layout_model(rng, [reshape_to(target)], out_rank=len(target))
+    record = assert_folded(model, ["Gemm", "Reshape"])
+    assert "through Reshape 'reshape0'" in record.how
+
+
+def test_reshape_then_transpose_columns_to_axis_1_folds(rng):
+    """onnxruntime's own test case, with a batch: [N, C] -> [N, 1, 1, C] -> [N, C, 1, 1]."""
+    chain = [reshape_to([-1, 1, 1, C]), ("Transpose", {"perm": [0, 3, 1, 2]}, None)]
+    assert_folded(layout_model(rng, chain), ["Gemm", "Reshape", "Transpose"])
+
+
+def test_identity_and_reshape_back_after_the_bn_fold(rng):
+    chain = [("Identity", {}, None), reshape_to([0, C, 1, 1])]
+    back = [
+        helper.make_node("Reshape", ["y", "back"], ["z"], name="back"),
+        helper.make_node("Relu", ["z"], ["r"]),
+    ]
+    model = layout_model(rng, chain, after=back, out_rank=2)
+    model.graph.initializer.append(tensor("back", np.array([0, C], np.int64)))
+    shapes = {"m": ["N", C], "t1": ["N", C, 1, 1], "y": ["N", C, 1, 1], "z": ["N", C]}
+    model.graph.value_info.extend(value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items())
+    check_full(model)
+    folded = bnfold.fold(model).model
+    assert_folded(model, ["Gemm", "Identity", "Reshape", "Reshape", "Relu"])
+    assert [v.name for v in folded.graph.value_info] == ["m", "y", "z"]  # t1 is gone
+
+
+def test_gemm_through_reshape_folds(rng):
+    model = layout_model(rng, [reshape_to([0, C, 1, 1])], op="Gemm")
+    assert_folded(model, ["Gemm", "Reshape"])
+
+
+def test_left_operand_rank_found_by_shape_inference(rng):
+    """Nothing declares the MatMul input's rank: shape inference runs because a Reshape links
+    the MatMul and the BN."""
+    model = layout_model(rng, [reshape_to([0, C, 1, 1])], a_shape=[3, K])
+    model.graph.node.insert(0, helper.make_node("Relu", ["a0"], ["a"]))
+    model.graph.input[0].name = "a0"
+    assert_folded(model, ["Relu", "Gemm", "Reshape"])
+
+
+def test_conv_through_identity_folds(rng):
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Identity", ["c"], ["i"], name="identity"),
+        bn_node("i", "y"),
+    ]
+    inits = [tensor("W", rng.normal(0, 0.5, [C, 3, 3, 3]).astype(np.float32)), *bn_params(rng, C)]
+    x = value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])
+    model = make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(4))], inits)
+    result = bnfold.fold(model)
+    assert [r.into_op for r in result.folded] == ["Conv"]
+    assert op_types(result.model) == ["Conv", "Identity"]
+    assert_same_function(model, result.model)
+    model.graph.node[1].op_type = "Reshape"
+    model.graph.node[1].input.append("shape")
+    model.graph.initializer.append(tensor("shape", np.array([0, C, 4, 4], np.int64)))
+    assert "only a Gemm or MatMul is followed through a Reshape" in only_skip(model)
+
+
+# ----- not provably the same function ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chain", "channels", "words"),
+    [
+        ([reshape_to([-1, 1, 1, C])], C, "on axis 3, not on its channel axis 1"),
+        ([("Transpose", {"perm": [1, 0]}, None)], C, "on axis 0"),
+        ([("Transpose", {}, None)], C, "on axis 0"),  # default perm reverses the axes
+        ([reshape_to([0, 2, 2])], 2, "has 4 output columns"),  # splits each row's columns
+        ([reshape_to([0, C // 2, 2])], C, "does not provably keep"),
+        ([reshape_to([C, -1])], C, "does not provably keep"),  # reinterprets [N, C] as [C, N]
+        ([reshape_to([-1, 2])], 2, "the MatMul has 4 output columns but the Batch"),
+    ],
+)
+def test_layout_that_moves_columns_off_the_channel_axis_is_skipped(rng, chain, channels, words):
+    model = layout_model(rng, chain, channels=channels, a_shape=[C, K])
+    assert words in only_skip(model)
+
+
+def test_runnable_inexact_reshape_is_skipped(rng):
+    """[N, 4] -> [N, 2, 2] -> BN(2 channels) runs, with channel = column // 2: the MatMul's 4
+    columns are not the BN's 2 channels."""
+    model = layout_model(rng, [reshape_to([0, 2, 2])], channels=2, out_rank=3)
+    run(model, random_feeds(model))  # the original runs
+    assert "output columns but the BatchNormalization has 2" in only_skip(model)
+
+
+def test_rows_split_across_the_channel_axis_is_skipped(rng):
+    """[8, 4] -> [2, 4, 4] runs and BN has 4 channels, but axis 1 holds row % 4, not the column."""
+    model = layout_model(rng, [reshape_to([2, C, C])], a_shape=[8, K], out_rank=3)
+    run(model, random_feeds(model))
+    assert "to [2, 4, 4] does not provably keep the 4 columns" in only_skip(model)
+
+
+@pytest.mark.parametrize(
+    "chain", [[reshape_to([-1, C])], [("Transpose", {"perm": [0, 2, 1]}, None)]]
+)
+def test_3d_matmul_left_operand_is_skipped(rng, chain):
+    """[B, T, K] · [K, C]: the columns may reach the channel axis, but the bias needs a Gemm."""
+    model = layout_model(rng, chain, a_shape=[2, 3, K])
+    assert "left operand has rank 3" in only_skip(model)
+
+
+def test_non_ignorable_node_between_is_skipped(rng):
+    model = layout_model(rng, [reshape_to([0, C, 1, 1])])
+    model.graph.node.insert(1, helper.make_node("Relu", ["m"], ["m_relu"], name="relu"))
+    model.graph.node[2].input[0] = "m_relu"
+    reason = only_skip(model)
+    assert reason.startswith("it follows Reshape 'reshape0' after Relu 'relu', not a Gemm")
+
+
+def test_reshape_output_read_elsewhere_is_skipped(rng):
+    extra = [helper.make_node("Relu", ["t0"], ["r"])]
+    model = layout_model(rng, [reshape_to([0, C, 1, 1])], after=extra)
+    model.graph.output.insert(0, value_info("y", TensorProto.FLOAT, symbolic(4)))
+    assert "'t0' of Reshape 'reshape0' is also read by 1 other node" in only_skip(model)
+
+
+def test_matmul_output_also_graph_output_is_skipped(rng):
+    model = layout_model(rng, [reshape_to([0, C, 1, 1])])
+    model.graph.output.append(value_info("m", TensorProto.FLOAT, symbolic(2)))
+    assert "'m' of MatMul 'linear' is also a graph output" in only_skip(model)
+
+
+def test_reshape_target_not_constant_is_skipped(rng):
+    model = layout_model(rng, [reshape_to([0, C, 1, 1])])
+    model.graph.input.append(value_info("shape0", TensorProto.INT64, [4]))  # overridable
+    assert "target shape of Reshape 'reshape0' is not constant" in only_skip(model)
+
+
+def test_graph_input_through_reshape_has_nothing_to_fold_into(rng):
+    model = layout_model(rng, [reshape_to([0, C, 1, 1])])
+    del model.graph.node[0]
+    model.graph.node[0].input[0] = "a"
+    model.graph.input[0].CopyFrom(value_info("a", TensorProto.FLOAT, ["N", C]))
+    assert "it follows Reshape 'reshape0' after graph input 'a', not a" in only_skip(model)
+
+
+# ----- the layout rule itself, checked against numpy ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "n", "rows", "columns"),
+    [
+        ([0, C, 1, 1], 3, 0, 1),
+        ([-1, C, 1, 1], 3, 0, 1),
+        ([0, -1, 1, 1], 3, 0, 1),
+        ([0, 0], 3, 0, 1),
+        ([-1, 1, 1, C], 3, 0, 3),
+        ([1, 3, C], 3, 1, 2),  # the row count becomes known: 3
+        ([1, C], 1, None, 1),  # then there is one row
+        ([C * 3], 3, None, None),  # rows and columns merged
+        ([-1], 3, None, None),
+        ([C, -1], 3, None, None),
+        ([3, -1], 3, None, None),  # 3 is not provably the row count
+        ([-1, -1], 3, None, None),
+        ([0, 2, 2], 3, None, None),
+    ],
+)
+def test_reshape_layout_matches_numpy(target, n, rows, columns):
+    result = reshape(Layout((ROWS, C), rows=0, columns=1), target, allow_zero=False)
+    if columns is None:
+        assert result is None
+        return
+    assert (result.rows, result.columns) == (rows, columns)
+    grid = np.arange(n * C).reshape(n, C)  # element (n, c) holds n·C + c
+    moved = grid.reshape([grid.shape[i] if t == 0 else t for i, t in enumerate(target)])
+    for index in np.ndindex(moved.shape):
+        row, column = divmod(int(moved[index]), C)
+        assert index[columns] == column
+        assert rows is None or index[rows] == row
+
+
+def test_reshape_with_allowzero_zero_is_refused():
+    assert reshape(Layout((ROWS, C), 0, 1), [0, C], allow_zero=True) is None

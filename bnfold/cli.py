@@ -171,6 +171,12 @@ class _DefaultDict(dict):
     type=click.IntRange(0, 2**32 - 1),
     help="Seed of the generated validation inputs.",
 )
+@click.option(
+    "--keep-functions",
+    is_flag=True,
+    help="Leave model-local functions as they are (by default calls of those holding a "
+    "BatchNormalization that could fold are inlined).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print more detail (timings, warnings).")
 @click.version_option(__version__, "--version", prog_name="bnfold", message="%(prog)s %(version)s")
@@ -187,6 +193,7 @@ def command(
     input_shape: tuple[str, ...],
     inputs_path: Path | None,
     seed: int,
+    keep_functions: bool,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -219,9 +226,11 @@ def command(
     console.detail(f"loaded in {time.perf_counter() - started:.2f} s")
     console.progress("folding")
     mark = time.perf_counter()
-    result = fold_in_place(loaded)
+    result = fold_in_place(loaded, inline_functions=not keep_functions)
     console.progress_done()
     console.detail(f"folded in {time.perf_counter() - mark:.2f} s")
+    for call in result.inlined:
+        console.out(_inlined_line(call))
     for record in result.records:
         console.out(_record_line(record))
     validation = None
@@ -307,6 +316,12 @@ def _record_line(record) -> str:
     return f"SKIPPED | {where}{record.batchnorm} | {record.reason}"
 
 
+def _inlined_line(call) -> str:
+    where = f"{call.graph}/" if call.graph else ""
+    count = f"{call.batchnorms} BatchNormalization" if call.batchnorms else "calls others"
+    return f"INLINED | {where}{call.call} | function {call.function} | {count}"
+
+
 def _summary(
     result: FoldResult, elapsed: float, validation: ValidationReport | None, dry_run: bool
 ) -> str:
@@ -316,6 +331,9 @@ def _summary(
     ]
     if result.folded_affine:
         parts[0] += f" (+ {len(result.folded_affine)} Mul/Add)"
+    if result.inlined:
+        calls = len(result.inlined)
+        parts.insert(1, f"inlined {calls} function call{'s' if calls != 1 else ''}")
     if validation is not None:
         parts.append("validated" if validation.passed else "validation FAILED")
     if dry_run:

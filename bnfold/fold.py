@@ -2,7 +2,8 @@
 
 Guarantees:
 - the model passed to `fold` is never modified; `FoldResult.model` is a new ModelProto;
-- every BatchNormalization (main graph, subgraphs, local functions) gets exactly one record;
+- every BatchNormalization (main graph, subgraphs, local functions) gets exactly one record; a
+  function's BatchNormalization inlined at two call sites is two BatchNormalizations;
 - a folded producer takes over the BatchNormalization's output tensor, so graph output names,
   node names, metadata, doc strings and opset imports survive;
 - weights read by anything else are never changed in place: the producer gets a new tensor;
@@ -23,6 +24,7 @@ from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .element_types import inferred_element_types
 from .errors import InputError
+from .functions import inline_batchnorm_functions
 from .graph_view import (
     CONTROL_FLOW_OPS,
     GraphView,
@@ -46,12 +48,17 @@ FORWARD_CONVS = ("Conv", "ConvTranspose")  # ConvTranspose only to say why it is
 ANALYSIS_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError)
 
 
-def fold(model: onnx.ModelProto | str | os.PathLike) -> FoldResult:
+def fold(
+    model: onnx.ModelProto | str | os.PathLike, *, inline_functions: bool = True
+) -> FoldResult:
     """Fold every BatchNormalization that an exact rule allows into its producing linear layer.
 
     `model` is an `onnx.ModelProto` (left unmodified) or the path of an ONNX file (read with its
     external data). Returns a `FoldResult` with the new model and one record per
     BatchNormalization: `folded` (into which node, how) or `skipped` (why).
+
+    Calls of model-local functions holding a BatchNormalization are inlined first where one could
+    fold (`FoldResult.inlined` lists them); `inline_functions=False` leaves functions unchanged.
     """
     if isinstance(model, onnx.ModelProto):
         if has_external_data(model):
@@ -63,36 +70,31 @@ def fold(model: onnx.ModelProto | str | os.PathLike) -> FoldResult:
         check_model_structure(model)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        return fold_in_place(copy)
-    return fold_in_place(load_model(model))
+        return fold_in_place(copy, inline_functions=inline_functions)
+    return fold_in_place(load_model(model), inline_functions=inline_functions)
 
 
-def fold_in_place(model: onnx.ModelProto, *, batched: bool = True) -> FoldResult:
+def fold_in_place(
+    model: onnx.ModelProto, *, inline_functions: bool = True, batched: bool = True
+) -> FoldResult:
     """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it).
 
     `batched=False` folds every pair one at a time, the reference the vectorised path of
     `bnfold.batched` is tested against (same model, bit for bit)."""
-    context = _Context(model, batched=batched)
     nodes_before = count_nodes(model.graph)
+    functions = inline_batchnorm_functions(model, enabled=inline_functions)
+    nodes_inlined = count_nodes(model.graph) if functions.inlined else nodes_before
+    context = _Context(model, batched=batched)
     _fold_graph(model.graph, context, parent=None, path="")
-    for function in model.functions:
-        for node in function.node:
-            if node.op_type == "BatchNormalization" and node.domain in ONNX_DOMAINS:
-                context.skipped.append(
-                    Skipped(
-                        node_label(node),
-                        node.output[0] if node.output else "",
-                        "inside a model-local function, which bnfold leaves unchanged",
-                        f"function {function.domain}:{function.name}",
-                    )
-                )
     return FoldResult(
         model,
-        context.folded,
-        context.skipped,
+        functions.annotate(context.folded),
+        functions.annotate(context.skipped) + functions.skipped,
         nodes_before,
-        nodes_before - context.removed,
+        nodes_inlined - context.removed,
         context.folded_affine,
+        functions.inlined,
+        functions.removed,
     )
 
 

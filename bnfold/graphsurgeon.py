@@ -15,17 +15,17 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 
-def fold_graph(graph: gs.Graph) -> FoldResult:
+def fold_graph(graph: gs.Graph, *, inline_functions: bool = True) -> FoldResult:
     """Fold the BatchNormalizations of an onnx-graphsurgeon graph, in place.
 
     Afterwards `graph` holds the folded graph (its nodes and tensors are new objects: keep no
     references to the old ones). Returns the same records as `bnfold.fold`; `FoldResult.model`
-    is the folded graph as a ModelProto.
+    is the folded graph as a ModelProto. `inline_functions` as in `bnfold.fold`.
     """
     import onnx_graphsurgeon as gs
 
     model = gs.export_onnx(graph, do_type_check=False)
-    result = fold_in_place(model)
+    result = fold_in_place(model, inline_functions=inline_functions)
     folded_graph = gs.import_onnx(result.model)
     for key, value in vars(folded_graph).items():
         setattr(graph, key, value)

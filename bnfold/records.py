@@ -21,6 +21,8 @@ class Folded:
     into_op: str  # its op type after the fold ("Conv", "Gemm", ...)
     how: str  # one readable sentence
     graph: str = ""  # "" for the main graph, else the path of the subgraph
+    # "domain:name at call site 'label'" when the BN came from an inlined model-local function
+    inlined_from: str = ""
 
     kind = "folded"
 
@@ -36,8 +38,25 @@ class Skipped:
     output: str
     reason: str
     graph: str = ""
+    inlined_from: str = ""  # as in `Folded`
 
     kind = "skipped"
+
+    def to_dict(self) -> dict:
+        return {"status": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Inlined:
+    """A call of a model-local function replaced by the function's body, so that the
+    BatchNormalizations inside it are folded like any other."""
+
+    call: str  # the call node's name, or "<op_type -> output>"
+    function: str  # "domain:name"
+    batchnorms: int  # BatchNormalizations in the body (not counting the functions it calls)
+    graph: str = ""  # where the call was: "" for the main graph, else the subgraph's path
+
+    kind = "inlined"
 
     def to_dict(self) -> dict:
         return {"status": self.kind, **asdict(self)}
@@ -58,6 +77,10 @@ class FoldResult:
     # Mul/Add by a per-channel constant right after a linear layer (a BatchNormalization written
     # as arithmetic), folded the same way; `batchnorm` then names the Mul/Add node.
     folded_affine: list[Folded] = field(default_factory=list)
+    # Calls of model-local functions inlined so that their BatchNormalizations could be folded,
+    # and the functions removed because no call of them was left.
+    inlined: list[Inlined] = field(default_factory=list)
+    functions_removed: list[str] = field(default_factory=list)
 
     @property
     def records(self) -> list[Folded | Skipped]:
@@ -76,4 +99,6 @@ class FoldResult:
             "batchnorm_folded": len(self.folded),
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
+            "inlined": [r.to_dict() for r in self.inlined],
+            "functions_removed": list(self.functions_removed),
         }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +47,9 @@ class _Pair:
 
     bn_index: int
     conv_index: int
-    params: list[onnx.TensorProto]  # scale, B, mean, var
+    source: str  # the Conv output the BatchNormalization reads
+    param_names: list[str]  # scale, B, mean, var
+    params: list[onnx.TensorProto]
     epsilon: float
     weight: onnx.TensorProto
     bias: onnx.TensorProto | None
@@ -71,15 +74,13 @@ def fold_conv_batchnorm_pairs(
     if not pairs:
         return {}
     pairs = _with_affines(pairs)
-    new_weights = _scaled_weights(pairs)
     new_biases = _folded_biases(pairs)
     records: dict[int, Folded] = {}
-    for pair in pairs:
-        weight, bias = new_weights.get(pair.bn_index), new_biases.get(pair.bn_index)
-        if weight is None or bias is None:
-            continue  # not representable: the general path will say why
-        records[pair.bn_index] = _apply(pair, view, names, weight, bias, vanished, maybe_dead)
-    return records
+    for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
+        for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
+            bias = new_biases[pair.bn_index]
+            records[pair.bn_index] = _apply(pair, view, names, weight, bias, vanished, maybe_dead)
+    return dict(sorted(records.items()))
 
 
 def _find_pairs(view: GraphView, opset: int):
@@ -92,34 +93,40 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     attrs = attributes(node)
     if mode_problem(node, opset, attrs):
         return None
-    source, *param_names = node.input
+    source, *param_names = node.input  # five names: mode_problem checked
     params = [_raw_initializer(view, name) for name in param_names]
-    if any(p is None for p in params):
+    if None in params:
         return None
     dtype = params[0].data_type
-    dims = list(params[0].dims)
+    dims = params[0].dims
     if len(dims) != 1 or dims[0] < 1:
         return None
-    if any(p.data_type != dtype or list(p.dims) != dims for p in params):
-        return None
+    channels = dims[0]
+    for param in params[1:]:
+        if param.data_type != dtype or param.dims != dims:
+            return None
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
         return None
     conv = view.nodes[conv_index]
-    if conv.op_type != "Conv" or conv.domain not in DEFAULT_DOMAINS or len(conv.input) < 2:
+    if conv.op_type != "Conv" or conv.domain not in DEFAULT_DOMAINS:
         return None
-    weight = _owned_raw_initializer(view, conv.input[1], conv_index)
-    if weight is None or len(weight.dims) < 3 or weight.dims[0] != dims[0]:
+    conv_inputs = conv.input
+    if len(conv_inputs) < 2:
         return None
-    if not math.prod(weight.dims):
+    weight = _owned_raw_initializer(view, conv_inputs[1], conv_index)
+    if weight is None:
+        return None
+    weight_dims = weight.dims
+    if len(weight_dims) < 3 or weight_dims[0] != channels or not math.prod(weight_dims):
         return None
     bias = None
-    if len(conv.input) > 2 and conv.input[2]:
-        bias = _owned_raw_initializer(view, conv.input[2], conv_index)
-        if bias is None or list(bias.dims) != dims:
+    if len(conv_inputs) > 2 and conv_inputs[2]:
+        bias = _owned_raw_initializer(view, conv_inputs[2], conv_index)
+        if bias is None or bias.dims != dims:
             return None
     epsilon = attrs.get("epsilon", 1e-5)
-    return _Pair(index, conv_index, params, epsilon, weight, bias, dims[0])
+    return _Pair(index, conv_index, source, param_names, params, epsilon, weight, bias, channels)
 
 
 def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
@@ -129,11 +136,14 @@ def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
         tensor is None
         or name in view.input_names
         or tensor.data_type not in RAW_FLOATS
-        or tensor.data_location == onnx.TensorProto.EXTERNAL
+        or tensor.data_location == _EXTERNAL
         or not tensor.HasField("raw_data")
     ):
         return None
     return tensor
+
+
+_EXTERNAL = onnx.TensorProto.EXTERNAL
 
 
 def _owned_raw_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:
@@ -178,54 +188,57 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
     return kept
 
 
-def _scaled_weights(pairs: list[_Pair]) -> dict[int, bytes]:
-    """`W'[c] = a[c]·W[c]` rounded once to W's dtype, as raw bytes, for the pairs where every
-    value is finite (`numerics.multiply_exactly`)."""
-    result: dict[int, bytes] = {}
-    for chunk in _weight_chunks(pairs):
+def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, bytes]]]:
+    """`W'[c] = a[c]·W[c]` rounded once to W's dtype, as raw bytes, a chunk at a time, for the
+    pairs where every value is finite (`numerics.multiply_exactly`)."""
+    for chunk, raws in _weight_chunks(pairs):
         dtype = RAW_FLOATS[chunk[0].weight.data_type]
-        weights = _concatenated([pair.weight for pair in chunk], dtype)
-        rows = [math.prod(pair.weight.dims[1:]) for pair in chunk]
+        weights = np.frombuffer(raws[0] if len(raws) == 1 else b"".join(raws), dtype=dtype)
+        sizes = [len(raw) // dtype.itemsize for raw in raws]
         if len(chunk) == 1:
             factors = chunk[0].scale.reshape(-1, 1)
-            weights = weights.reshape(chunk[0].channels, rows[0])
+            weights = weights.reshape(chunk[0].channels, -1)
         else:
             scales = np.concatenate([pair.scale for pair in chunk])
-            row_sizes = np.repeat(rows, [pair.channels for pair in chunk])
+            channels = [pair.channels for pair in chunk]
+            row_sizes = np.repeat([s // c for s, c in zip(sizes, channels, strict=True)], channels)
             factors = np.repeat(scales, row_sizes)
         scaled = np.empty(weights.shape, dtype=dtype)
         with np.errstate(invalid="ignore", over="ignore"):
             np.multiply(weights, factors, out=scaled, dtype=np.float64, casting="unsafe")
         scaled = scaled.reshape(-1)
-        sizes = [row * pair.channels for row, pair in zip(rows, chunk, strict=True)]
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         finite = np.logical_and.reduceat(np.isfinite(scaled), starts).tolist()
-        payload = scaled.tobytes()
+        if len(chunk) == 1:  # a big weight: no slicing, no second copy
+            yield [(chunk[0], scaled.tobytes())] if finite[0] else []
+            continue
+        payload = memoryview(scaled.tobytes())
         itemsize = dtype.itemsize
-        for pair, start, size, ok in zip(chunk, starts.tolist(), sizes, finite, strict=True):
-            if ok:
-                result[pair.bn_index] = payload[start * itemsize : (start + size) * itemsize]
-    return result
+        yield [
+            (pair, bytes(payload[start * itemsize : (start + size) * itemsize]))
+            for pair, start, size, ok in zip(chunk, starts.tolist(), sizes, finite, strict=True)
+            if ok
+        ]
 
 
 def _weight_chunks(pairs: list[_Pair]):
-    """Pairs grouped by weight dtype, in runs of at most CHUNK_BYTES of weights (a bigger weight
-    makes a run of its own)."""
+    """(pairs, their weights' raw bytes), grouped by weight dtype, in runs of at most CHUNK_BYTES
+    of weights (a bigger weight makes a run of its own)."""
     by_dtype: dict[int, list[_Pair]] = defaultdict(list)
     for pair in pairs:
         by_dtype[pair.weight.data_type].append(pair)
-    for code, group in by_dtype.items():
-        itemsize = RAW_FLOATS[code].itemsize
-        chunk, size = [], 0
+    for group in by_dtype.values():
+        chunk, raws, size = [], [], 0
         for pair in group:
-            nbytes = itemsize * math.prod(pair.weight.dims)
-            if chunk and size + nbytes > CHUNK_BYTES:
-                yield chunk
-                chunk, size = [], 0
+            raw = pair.weight.raw_data
+            if chunk and size + len(raw) > CHUNK_BYTES:
+                yield chunk, raws
+                chunk, raws, size = [], [], 0
             chunk.append(pair)
-            size += nbytes
+            raws.append(raw)
+            size += len(raw)
         if chunk:
-            yield chunk
+            yield chunk, raws
 
 
 def _folded_biases(pairs: list[_Pair]) -> dict[int, np.ndarray]:
@@ -274,11 +287,14 @@ def _apply(
     if pair.bias is not None:
         pair.bias.raw_data = bias.tobytes()
     else:
-        stem = conv.name or conv.output[0]
+        stem = conv.name or pair.source
         view.set_constant_input(pair.conv_index, 2, bias, f"{stem}_bnfold_bias", names)
-    vanished.add(bn_node.input[0])
-    maybe_dead.update(name for name in bn_node.input[1:] if name)
+    vanished.add(pair.source)
+    maybe_dead.update(pair.param_names)
     view.bypass(pair.bn_index, pair.conv_index)
     verb = "updated" if pair.bias is not None else "added"
     how = f"scaled {pair.channels} output channels; bias {verb}"
-    return Folded(node_label(bn_node), bn_node.output[0], into, "Conv", how, view.path)
+    output = conv.output[0]  # the BatchNormalization's output, now the Conv's
+    return Folded(
+        bn_node.name or f"<BatchNormalization -> {output}>", output, into, "Conv", how, view.path
+    )

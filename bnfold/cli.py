@@ -221,12 +221,15 @@ def command(
     }
     started = time.perf_counter()
     console.progress(f"loading {model} ({_size(model)})")
-    loaded, sources = load_model_and_sources(model)
+    loaded, sources = load_model_and_sources(model, check=False)  # fold_in_place checks
     _check_not_input(sources, output, report_path)
     console.detail(f"loaded in {time.perf_counter() - started:.2f} s")
     console.progress("folding")
     mark = time.perf_counter()
-    result = fold_in_place(loaded, inline_functions=not keep_functions)
+    try:
+        result = fold_in_place(loaded, inline_functions=not keep_functions)
+    except InputError as exc:  # a graph check failed: name the file
+        raise InputError(exc.path or model, exc.problem) from None
     console.progress_done()
     console.detail(f"folded in {time.perf_counter() - mark:.2f} s")
     for call in result.inlined:

@@ -34,7 +34,14 @@ from .graph_view import (
     nodes_with_subgraphs,
     subgraphs,
 )
-from .model_io import check_model_structure, default_opset, has_external_data, load_model
+from .model_io import (
+    check_model_opset,
+    check_model_structure,
+    default_opset,
+    has_external_data,
+    indexed_structure_problem,
+    load_model_and_sources,
+)
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
 from .producers.forward import plan_forward, plan_forward_conv
@@ -67,11 +74,14 @@ def fold(
                 "the model's external data is not loaded: pass its path, or load it with "
                 "onnx.load(path) (load_external_data=True)",
             )
-        check_model_structure(model)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return fold_in_place(copy, inline_functions=inline_functions)
-    return fold_in_place(load_model(model), inline_functions=inline_functions)
+    loaded = load_model_and_sources(model, check=False)[0]
+    try:
+        return fold_in_place(loaded, inline_functions=inline_functions)
+    except InputError as exc:  # the graph checks, made by fold_in_place, name no file
+        raise InputError(exc.path or model, exc.problem) from None
 
 
 def fold_in_place(
@@ -79,8 +89,13 @@ def fold_in_place(
 ) -> FoldResult:
     """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it).
 
+    Raises `InputError` (naming no file) if the model fails `check_model_structure`'s checks;
+    for the main graph they are answered from the pass's own index, without a second walk.
     `batched=False` folds every pair one at a time, the reference the vectorised path of
     `bnfold.batched` is tested against (same model, bit for bit)."""
+    check_model_opset(model)
+    if model.functions:  # the inliner edits the graph before the pass indexes it
+        check_model_structure(model)
     nodes_before = count_nodes(model.graph)
     functions = inline_batchnorm_functions(model, enabled=inline_functions)
     nodes_inlined = count_nodes(model.graph) if functions.inlined else nodes_before
@@ -151,6 +166,11 @@ def _fold_graph(
         budget=context.budget,
         inferred_types=context.inferred_types,
     )
+    if parent is None:  # the main graph, before any edit
+        problem = indexed_structure_problem(view)
+        if problem:
+            raise InputError(None, problem)
+        context.names.index(view)
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
     # The plain Conv -> BatchNormalization pairs, vectorised; the rest one by one, in node order.

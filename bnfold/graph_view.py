@@ -105,11 +105,19 @@ class NameAllocator:
     def __init__(self, model: onnx.ModelProto) -> None:
         self._model = model
         self._taken: set[str] | None = None
+        self._main: GraphView | None = None
+
+    def index(self, main: GraphView) -> None:
+        """Take the main graph's names from its view's index instead of walking it again."""
+        self._main = main
 
     def _collect(self) -> set[str]:
         model = self._model
         taken: set[str] = set()
-        _add_graph_names(model.graph, taken)
+        if self._main is None:
+            _add_graph_names(model.graph, taken)
+        else:
+            _add_indexed_names(self._main, taken)
         for function in model.functions:
             taken.update(function.input)
             taken.update(function.output)
@@ -142,6 +150,18 @@ def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
         node = nodes[index]
         taken.update(node.input)  # reads of the outer scope from inside stay visible
         for _, sub in subgraphs(node):
+            _add_graph_names(sub, taken)
+
+
+def _add_indexed_names(view: GraphView, taken: set[str]) -> None:
+    graph = view.graph
+    taken.update(view.producer, view.consumers, view.initializers, view.input_names)
+    taken.update(view.output_names)
+    taken.update(v.name for v in graph.value_info)
+    taken.update(t.values.name for t in graph.sparse_initializer)
+    taken.update(t.indices.name for t in graph.sparse_initializer)
+    for index in nodes_with_subgraphs(view.nodes):
+        for _, sub in subgraphs(view.nodes[index]):
             _add_graph_names(sub, taken)
 
 
@@ -180,7 +200,8 @@ class GraphView:
         self.ir_version = ir_version
         self.opset = opset
         self.nodes = list(graph.node)
-        self.initializers = {t.name: t for t in graph.initializer}
+        self._initializer_order = [t.name for t in graph.initializer]  # as in graph.initializer
+        self.initializers = dict(zip(self._initializer_order, graph.initializer, strict=True))
         self.input_names = {i.name for i in graph.input}
         self.output_names = {o.name for o in graph.output}
         # IR < 4: the main graph lists every initializer among its inputs; a subgraph follows
@@ -204,12 +225,15 @@ class GraphView:
     def _index_nodes(self) -> None:
         producer, consumers = self.producer, self.consumers
         nodes = self.nodes
-        producer.update((name, index) for index, node in enumerate(nodes) for name in node.output)
-        reads = [(name, index) for index, node in enumerate(nodes) for name in node.input]
+        writes = [(name, index) for index, node in enumerate(nodes) for name in node.output if name]
+        producer.update(writes)
+        reads = [(name, index) for index, node in enumerate(nodes) for name in node.input if name]
         for name, index in reads:
             consumers[name].append(index)
-        producer.pop("", None)
-        consumers.pop("", None)
+        # What `model_io.indexed_structure_problem` needs to vouch for the graph without a walk
+        self.defines_twice = len(producer) != len(writes)
+        position = producer.get
+        self.reads_in_order = all(position(name, -1) < index for name, index in reads)
         for index in nodes_with_subgraphs(self.nodes):
             for _, sub in subgraphs(self.nodes[index]):
                 for name in outer_references(sub):
@@ -368,7 +392,7 @@ class GraphView:
         node.input[slot] = name
         self.consumers[name].append(node_index)
         if old:
-            self.consumers[old].remove(node_index)
+            self._unread(old, node_index)
         return name
 
     def _home_for_new_constants(self) -> GraphView:
@@ -382,6 +406,7 @@ class GraphView:
     def _add_initializer(self, name: str, value: np.ndarray) -> None:
         tensor = self.graph.initializer.add()
         tensor.name = name
+        self._initializer_order.append(name)
         _fill_tensor(tensor, value)
         self.initializers[name] = tensor
         if self.lists_initializers_as_inputs:
@@ -407,15 +432,15 @@ class GraphView:
         """Remove a folded node (BatchNormalization, Mul, Add): its producer takes over its
         output tensor; its other inputs lose a reader."""
         bn = self.nodes[bn_index]
-        producer = self.nodes[producer_index]
-        old_output = producer.output[0]
-        producer.output[0] = bn.output[0]
-        self.producer[bn.output[0]] = producer_index
+        outputs = self.nodes[producer_index].output
+        old_output, new_output = outputs[0], bn.output[0]
+        outputs[0] = new_output
+        self.producer[new_output] = producer_index
         del self.producer[old_output]
         self.consumers.pop(old_output, None)
         for name in bn.input:
             if name and name != old_output:
-                self.consumers[name].remove(bn_index)
+                self._unread(name, bn_index)
         self.removed_nodes.add(bn_index)
 
     def absorb_into_consumer(self, bn_index: int, consumer_index: int) -> None:
@@ -424,23 +449,34 @@ class GraphView:
         consumer = self.nodes[consumer_index]
         source, output = bn.input[0], bn.output[0]
         consumer.input[0] = source
-        self.consumers[source].remove(bn_index)
+        self._unread(source, bn_index)
         self.consumers[source].append(consumer_index)
         for name in bn.input[1:]:
             if name:
-                self.consumers[name].remove(bn_index)
+                self._unread(name, bn_index)
         del self.producer[output]
         self.consumers.pop(output, None)
         self.removed_nodes.add(bn_index)
 
+    def _unread(self, name: str, index: int) -> None:
+        """Node `index` reads `name` once less. A name nothing reads leaves `consumers`, so the
+        unread names are a set difference away (`remove_dead`)."""
+        readers = self.consumers[name]
+        readers.remove(index)
+        if not readers:
+            del self.consumers[name]
+
     def remove_dead(self, candidates: set[str]) -> set[str]:
-        """Remove the initializers and Constant/Identity nodes among `candidates` (and their
+        """Remove the initializers and Constant/evaluated nodes among `candidates` (and their
         inputs, transitively) that nothing reads any more. Returns the names that disappeared."""
-        gone: set[str] = set()
-        pending = sorted(candidates)
+        unread = candidates - self.consumers.keys() - self.output_names
+        gone = unread & self.initializers.keys()  # set algebra: there may be 10^5 of them
+        if not self.lists_initializers_as_inputs:
+            gone -= self.input_names
+        pending = list(unread & self.producer.keys())
         while pending:
             name = pending.pop()
-            if self.consumers.get(name) or name in self.output_names or name in gone:
+            if name in self.consumers or name in self.output_names or name in gone:
                 continue
             if name in self.producer:
                 index = self.producer[name]
@@ -448,7 +484,7 @@ class GraphView:
                 removable = node.op_type == "Constant" or index in self.evaluated_nodes
                 if not removable or index in self.removed_nodes:
                     continue
-                if any(self.consumers.get(out) or out in self.output_names for out in node.output):
+                if any(out in self.consumers or out in self.output_names for out in node.output):
                     continue
                 self.removed_nodes.add(index)
                 for out in node.output:
@@ -456,7 +492,7 @@ class GraphView:
                     gone.add(out)
                 for source in node.input:
                     if source:
-                        self.consumers[source].remove(index)
+                        self._unread(source, index)
                         pending.append(source)
             elif name in self.initializers and (
                 name not in self.input_names or self.lists_initializers_as_inputs
@@ -468,9 +504,10 @@ class GraphView:
     def _drop_initializers(self, names: set[str]) -> None:
         if not names:
             return
-        _delete_flagged(self.graph.initializer, [t.name in names for t in self.graph.initializer])
-        for name in names:
-            del self.initializers[name]
+        order = self._initializer_order
+        _delete_flagged(self.graph.initializer, [name in names for name in order])
+        self._initializer_order = [name for name in order if name not in names]
+        self.initializers = {k: v for k, v in self.initializers.items() if k not in names}
         if self.lists_initializers_as_inputs:
             _delete_where(self.graph.input, lambda info: info.name in names)
             self.input_names -= names

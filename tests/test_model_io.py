@@ -104,7 +104,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(model_io.os, "fsync", explode)
+    monkeypatch.setattr(model_io.os, "replace", explode)
     with pytest.raises(bnfold.InputError, match="No space left"):
         bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx", external_data=True)
     assert list(tmp_path.iterdir()) == []

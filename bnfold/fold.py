@@ -189,7 +189,7 @@ def _fold_graph(
             record = _fold_affine(view, index, context, vanished, maybe_dead)
             if record is not None:
                 context.folded_affine.append(record)
-    for index in nodes_with_subgraphs(view.nodes):
+    for index in view.holders:
         if index in view.removed_nodes:
             continue
         node = view.nodes[index]

@@ -160,7 +160,7 @@ def _add_indexed_names(view: GraphView, taken: set[str]) -> None:
     taken.update(v.name for v in graph.value_info)
     taken.update(t.values.name for t in graph.sparse_initializer)
     taken.update(t.indices.name for t in graph.sparse_initializer)
-    for index in nodes_with_subgraphs(view.nodes):
+    for index in view.holders:
         for _, sub in subgraphs(view.nodes[index]):
             _add_graph_names(sub, taken)
 
@@ -234,7 +234,8 @@ class GraphView:
         self.defines_twice = len(producer) != len(writes)
         position = producer.get
         self.reads_in_order = all(position(name, -1) < index for name, index in reads)
-        for index in nodes_with_subgraphs(self.nodes):
+        self.holders = nodes_with_subgraphs(nodes)  # positions of nodes that may hold graphs
+        for index in self.holders:
             for _, sub in subgraphs(self.nodes[index]):
                 for name in outer_references(sub):
                     consumers[name].append(index)

@@ -159,9 +159,8 @@ def indexed_structure_problem(view) -> str | None:
     if suspect:
         return _first_undefined_input(graph, set())
     problem = _initializer_size_mismatch(graph)
-    nodes = graph.node
-    for index in nodes_with_subgraphs(nodes):
-        for _, sub in subgraphs(nodes[index]):
+    for index in view.holders:
+        for _, sub in subgraphs(view.nodes[index]):
             problem = problem or _first_undefined_input(sub, defined)
     return problem
 

@@ -12,7 +12,10 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,7 +103,8 @@ def fold_in_place(
     functions = inline_batchnorm_functions(model, enabled=inline_functions)
     nodes_inlined = count_nodes(model.graph) if functions.inlined else nodes_before
     context = _Context(model, batched=batched)
-    _fold_graph(model.graph, context, parent=None, path="")
+    with _collector_paused():
+        _fold_graph(model.graph, context, parent=None, path="")
     return FoldResult(
         model,
         functions.annotate(context.folded),
@@ -111,6 +115,20 @@ def fold_in_place(
         functions.inlined,
         functions.removed,
     )
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection during the pass: it makes objects by the hundred thousand
+    (index entries, records) and no cycles, and each collection would walk all of them again
+    (about 10% of the pass on a 48,000-node graph)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def count_nodes(graph: onnx.GraphProto) -> int:

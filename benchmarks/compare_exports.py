@@ -382,15 +382,16 @@ NOTES = [
     "- The exporters fold too: the TorchScript exporter's constant folding (on by default) and "
     "the dynamo exporter's `optimize=True` (onnxscript's optimizer) fuse Conv → BN, so default "
     "exports keep only the BN no backward fold can remove (after Concat, Add, pooling, ReLU).",
-    "- onnxruntime and onnxscript inline model-local functions; bnfold, onnxoptimizer, onnxsim "
-    "and onnxslim keep them.",
+    "- onnxruntime and onnxscript inline model-local functions; bnfold inlines the calls of "
+    "functions whose BN can fold (and says which); onnxoptimizer, onnxsim and onnxslim keep them.",
     "- onnxoptimizer's `fuse_bn_into_conv` leaves the new weights as a subgraph of "
     "Sqrt/Div/Mul/Sub/Unsqueeze/Cast nodes computed at run time (its larger node counts).",
     "- onnxruntime's optimized model is written for its CPU provider: for fp16 models it inserts "
     "Cast nodes around the ops it has no fp16 CPU kernel for.",
     "- Fewer nodes than bnfold with the same BN: onnxsim, onnxslim, onnxscript and onnxruntime "
     "also fold constants and remove other nodes (Constant, Clip bounds, the dynamo graph's "
-    "Shape/Expand/CastLike bias subgraphs); bnfold removes only BN and what they leave unused.",
+    "Shape/Expand/CastLike bias subgraphs); bnfold removes only BN (and Mul/Add folded like "
+    "one) and the constants and constant subgraphs they leave unused.",
 ]
 
 

@@ -16,6 +16,13 @@ so the results are bit for bit those of the general path (tests/test_batched.py 
 pair whose variance or result is not representable is not folded here: the general path then
 looks at it again and says why. Small weights are scaled together in chunks of `CHUNK_BYTES`,
 big ones one at a time, so the extra memory stays a few chunks whatever the model's size.
+
+Only the weights are written up front (nothing reads them before their BatchNormalization's turn:
+the Conv's output feeds only that BN, and a Conv fed by a BatchNormalization, which a forward fold
+could change first, is left to the general path). The rest of each fold (bias, rewiring, record,
+fresh names) happens when the pass reaches the BatchNormalization (`PendingFold.finish`), so
+names and order are those of the one-at-a-time path. A graph out of topological order is left
+entirely to the general path.
 """
 
 from __future__ import annotations
@@ -58,29 +65,52 @@ class _Pair:
     shift: np.ndarray = field(default=None, repr=False)
 
 
-def fold_conv_batchnorm_pairs(
-    view: GraphView,
-    opset: int,
-    names: NameAllocator,
-    vanished: set[str],
-    maybe_dead: set[str],
-) -> dict[int, Folded]:
-    """Fold every pair of the kind above; return their records by BatchNormalization position.
+@dataclass
+class PendingFold:
+    """A pair whose weight holds its folded values; `finish` completes the fold."""
 
-    Edits the graph as `fold._fold_one` does: the Conv takes over the BatchNormalization's output,
-    its weight and bias hold the folded values, the BatchNormalization is removed at commit.
-    """
+    pair: _Pair
+    bias: np.ndarray  # the folded bias, in its final dtype
+
+    def finish(
+        self, view: GraphView, names: NameAllocator, vanished: set[str], maybe_dead: set[str]
+    ) -> Folded:
+        """Write the bias, let the Conv take over the BatchNormalization's output, and say so
+        (as `fold._fold_one` does)."""
+        pair = self.pair
+        bn_node, conv = view.nodes[pair.bn_index], view.nodes[pair.conv_index]
+        into = node_label(conv)  # before the fold renames its output
+        if pair.bias is not None:
+            pair.bias.raw_data = self.bias.tobytes()
+        else:
+            stem = conv.name or pair.source
+            view.set_constant_input(pair.conv_index, 2, self.bias, f"{stem}_bnfold_bias", names)
+        vanished.add(pair.source)
+        maybe_dead.update(pair.param_names)
+        view.bypass(pair.bn_index, pair.conv_index)
+        verb = "updated" if pair.bias is not None else "added"
+        how = f"scaled {pair.channels} output channels; bias {verb}"
+        output = conv.output[0]  # the BatchNormalization's output, now the Conv's
+        label = bn_node.name or f"<BatchNormalization -> {output}>"
+        return Folded(label, output, into, "Conv", how, view.path)
+
+
+def fold_conv_batchnorm_weights(view: GraphView, opset: int) -> dict[int, PendingFold]:
+    """Write the folded weights of every pair of the kind above; return the pending folds by
+    BatchNormalization position (the pass calls `finish` on each when it gets there)."""
+    if not view.reads_in_order:
+        return {}
     pairs = [pair for pair in _find_pairs(view, opset) if pair is not None]
     if not pairs:
         return {}
     pairs = _with_affines(pairs)
     new_biases = _folded_biases(pairs)
-    records: dict[int, Folded] = {}
+    pending: dict[int, PendingFold] = {}
     for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
-            bias = new_biases[pair.bn_index]
-            records[pair.bn_index] = _apply(pair, view, names, weight, bias, vanished, maybe_dead)
-    return dict(sorted(records.items()))
+            pair.weight.raw_data = weight
+            pending[pair.bn_index] = PendingFold(pair, new_biases[pair.bn_index])
+    return pending
 
 
 def _find_pairs(view: GraphView, opset: int):
@@ -118,14 +148,19 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if weight is None:
         return None
     weight_dims = weight.dims
-    if len(weight_dims) < 3 or weight_dims[0] != channels or not math.prod(weight_dims):
+    if len(weight_dims) < 3 or weight_dims[0] != channels or min(weight_dims) < 1:
         return None
+    feeder = view.producer.get(conv_inputs[0])
+    if feeder is not None and view.nodes[feeder].op_type == "BatchNormalization":
+        return None  # a forward fold may change this Conv first, in node order
     bias = None
     if len(conv_inputs) > 2 and conv_inputs[2]:
         bias = _owned_raw_initializer(view, conv_inputs[2], conv_index)
         if bias is None or bias.dims != dims:
             return None
     epsilon = attrs.get("epsilon", 1e-5)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        return None  # malformed: the general path says why
     return _Pair(index, conv_index, source, param_names, params, epsilon, weight, bias, channels)
 
 
@@ -270,31 +305,3 @@ def _folded_biases(pairs: list[_Pair]) -> dict[int, np.ndarray]:
 
 def _lengths(pairs: list[_Pair]) -> list[int]:
     return [pair.channels for pair in pairs]
-
-
-def _apply(
-    pair: _Pair,
-    view: GraphView,
-    names: NameAllocator,
-    weight: bytes,
-    bias: np.ndarray,
-    vanished: set[str],
-    maybe_dead: set[str],
-) -> Folded:
-    bn_node, conv = view.nodes[pair.bn_index], view.nodes[pair.conv_index]
-    into = node_label(conv)  # before the fold renames its output
-    pair.weight.raw_data = weight
-    if pair.bias is not None:
-        pair.bias.raw_data = bias.tobytes()
-    else:
-        stem = conv.name or pair.source
-        view.set_constant_input(pair.conv_index, 2, bias, f"{stem}_bnfold_bias", names)
-    vanished.add(pair.source)
-    maybe_dead.update(pair.param_names)
-    view.bypass(pair.bn_index, pair.conv_index)
-    verb = "updated" if pair.bias is not None else "added"
-    how = f"scaled {pair.channels} output channels; bias {verb}"
-    output = conv.output[0]  # the BatchNormalization's output, now the Conv's
-    return Folded(
-        bn_node.name or f"<BatchNormalization -> {output}>", output, into, "Conv", how, view.path
-    )

@@ -255,7 +255,8 @@ def command(
     passed = validation is None or validation.passed
     if passed and output is not None and not dry_run:
         console.progress(f"saving {output}")
-        save_model(result.model, output, external_data=_external_data(sources, result))
+        # an input with external data keeps it (in OUT.data); otherwise only when over 2 GB
+        save_model(result.model, output, external_data=True if len(sources) > 1 else None)
         console.progress_done()
     elapsed = time.perf_counter() - started
     console.out(_summary(result, elapsed, validation, dry_run or output is None))
@@ -266,17 +267,6 @@ def command(
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
         first = next((line for line in validation.lines() if line.startswith("FAILED")), "")
         raise ValidationFailed(f"validation {what}; the folded model was not written: {first}")
-
-
-def _external_data(sources: set[Path], result: FoldResult) -> bool | None:
-    """An input with external data keeps it (in OUT.data). A single file under 1 GB stays one
-    file: folding adds only bias vectors (inlined functions could copy constants, so then
-    `save_model` measures)."""
-    if len(sources) > 1:
-        return True
-    (source,) = sources
-    small = source.stat().st_size < 1_000_000_000
-    return False if small and not result.inlined else None
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from .affine import AFFINE_OPS, read_affine
-from .batched import fold_conv_batchnorm_pairs
+from .batched import fold_conv_batchnorm_weights
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .element_types import inferred_element_types
@@ -191,17 +191,21 @@ def _fold_graph(
         context.names.index(view)
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
-    # The plain Conv -> BatchNormalization pairs, vectorised; the rest one by one, in node order.
-    batched = (
+    # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
+    # fold is completed (or decided, for the rest) one by one, in node order.
+    pending = (
         {}
         if context.refusal or not context.batched
-        else fold_conv_batchnorm_pairs(view, context.opset, context.names, vanished, maybe_dead)
+        else fold_conv_batchnorm_weights(view, context.opset)
     )
     for index, node in enumerate(view.nodes):
         if node.domain not in ONNX_DOMAINS:
             continue
         if node.op_type == "BatchNormalization":
-            record = batched.get(index) or _fold_one(view, index, context, vanished, maybe_dead)
+            if index in pending:
+                record = pending[index].finish(view, context.names, vanished, maybe_dead)
+            else:
+                record = _fold_one(view, index, context, vanished, maybe_dead)
             (context.folded if isinstance(record, Folded) else context.skipped).append(record)
         elif node.op_type in AFFINE_OPS and not context.refusal:
             record = _fold_affine(view, index, context, vanished, maybe_dead)

@@ -239,6 +239,8 @@ class GraphView:
             for _, sub in subgraphs(self.nodes[index]):
                 for name in outer_references(sub):
                     consumers[name].append(index)
+                    if position(name, -1) >= index:  # a subgraph's read counts as its holder's
+                        self.reads_in_order = False
 
     # ----- questions -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -151,6 +152,7 @@ def indexed_structure_problem(view) -> str | None:
     defined = given | view.producer.keys()
     suspect = (
         view.defines_twice
+        or len(view.initializers) != len(graph.initializer)  # a name given twice
         or not view.reads_in_order
         or not given.isdisjoint(view.producer)
         or not defined.issuperset(view.consumers)
@@ -199,7 +201,10 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
     so_far = set(defined)
     defined.update(name for names in writes for name in names if name)
     in_order = True
+    holders = set(nodes_with_subgraphs(nodes))
     for index, names in enumerate(reads):
+        if index in holders:  # what its subgraphs read of this graph is read here too
+            names = names + [n for _, sub in subgraphs(nodes[index]) for n in outer_references(sub)]
         if not so_far.issuperset(names):
             for name in names:
                 if name and name not in defined:
@@ -207,7 +212,7 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
                     return f"node '{label}' reads '{name}', which nothing defines"
             in_order = in_order and so_far.issuperset(name for name in names if name)
         so_far.update(writes[index])
-    for index in nodes_with_subgraphs(nodes):
+    for index in sorted(holders):
         for _, sub in subgraphs(nodes[index]):
             problem = _first_undefined_input(sub, defined)
             if problem:
@@ -221,7 +226,12 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
 def _duplicate_definition(
     graph: onnx.GraphProto, given: set[str], writes: list[list[str]]
 ) -> str | None:
-    """A value defined twice in one graph (two nodes, or a node and an input or initializer)."""
+    """A value defined twice in one graph (two nodes, a node and an input or initializer, or
+    two initializers: onnxruntime would take the first, a fold might rewrite the other)."""
+    initializers = [t.name for t in graph.initializer]
+    if len(set(initializers)) != len(initializers):
+        twice = next(name for name, n in Counter(initializers).items() if n > 1)
+        return f"initializer '{twice}' is defined more than once"
     written = [name for names in writes for name in names if name]
     if len(set(written)) == len(written) and given.isdisjoint(written):
         return None
@@ -237,6 +247,9 @@ def _duplicate_definition(
 def _initializer_size_mismatch(graph: onnx.GraphProto) -> str | None:
     external = onnx.TensorProto.EXTERNAL
     for tensor in graph.initializer:
+        dims = tensor.dims
+        if dims and min(dims) < 0:
+            return f"initializer '{tensor.name}' declares a negative dimension {list(dims)}"
         itemsize = _ITEMSIZE.get(tensor.data_type)
         if itemsize is None or tensor.data_location == external:
             continue

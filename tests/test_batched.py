@@ -129,3 +129,75 @@ def test_shared_weight_goes_to_the_general_path():
     weights = [n.input[1] for n in fast.model.graph.node if n.op_type == "Conv"]
     assert len(set(weights)) == 2  # the first fold gave its Conv a weight of its own
     assert_same_function(model, fast.model)
+
+
+def _plain_pair(prefix, rng, channels=4, dtype=np.float32, x="x", conv_name=None, out=None):
+    """Conv (no bias) → BN nodes and initializers; the BN writes `{prefix}_n`."""
+    out = out or f"{prefix}_c"
+    nodes = [
+        helper.make_node("Conv", [x, f"{prefix}_w"], [out], name=conv_name or ""),
+        bn_node(out, f"{prefix}_n", prefix=prefix),
+    ]
+    inits = [tensor(f"{prefix}_w", rng.normal(0, 1, [channels, channels, 1, 1]).astype(dtype))]
+    return nodes, inits + bn_params(rng, channels, dtype, prefix=prefix)
+
+
+def _model_of(nodes, inits, output, elem=TensorProto.FLOAT):
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", elem, [1, 4, 4, 4])],
+        [helper.make_tensor_value_info(output, elem, None)],
+        inits,
+    )
+
+
+def test_same_fresh_names_as_one_at_a_time_across_dtypes():
+    """Two new biases with one stem ('k': a Conv named k, an unnamed one writing k), an fp16 layer
+    between: the names go in node order, whatever order the weights were scaled in."""
+    rng = np.random.default_rng(3)
+    a, a_inits = _plain_pair("a", rng, conv_name="a")
+    b, b_inits = _plain_pair("b", rng, dtype=np.float16, x="h", conv_name="k")
+    c, c_inits = _plain_pair("c", rng, x="f", out="k")
+    casts = [
+        helper.make_node("Cast", ["a_n"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["b_n"], ["f"], to=TensorProto.FLOAT),
+    ]
+    model = _model_of(a + casts[:1] + b + casts[1:] + c, a_inits + b_inits + c_inits, "c_n")
+    fast, slow = _fold_both(model)
+    assert fast.model.SerializeToString() == slow.model.SerializeToString()
+    biases = [n.input[2] for n in fast.model.graph.node if n.op_type == "Conv"]
+    assert biases == ["a_bnfold_bias", "k_bnfold_bias", "k_bnfold_bias_2"]
+
+
+def test_forward_fold_into_the_conv_comes_first_as_in_node_order():
+    """BN0 → Conv → BN1: BN0 folds forward into the Conv before BN1 folds into it."""
+    rng = np.random.default_rng(4)
+    pair, inits = _plain_pair("p", rng, x="n0")
+    nodes = [bn_node("x", "n0", prefix="bn0"), *pair]
+    model = _model_of(nodes, inits + bn_params(rng, 4, prefix="bn0"), "p_n")
+    fast, slow = _fold_both(model)
+    assert len(fast.folded) == 2
+    assert fast.model.SerializeToString() == slow.model.SerializeToString()
+    assert_same_function(model, fast.model)
+
+
+def test_graph_out_of_order_goes_one_at_a_time():
+    """A Mul listed before the Conv → BN it reads (valid, onnxruntime runs it)."""
+    rng = np.random.default_rng(5)
+    pair, inits = _plain_pair("p", rng)
+    scale = tensor("k", rng.uniform(0.5, 2, [4, 1, 1]).astype(np.float32))
+    nodes = [helper.make_node("Mul", ["p_n", "k"], ["y"]), *pair]
+    model = _model_of(nodes, [*inits, scale], "y")
+    fast, slow = _fold_both(model)
+    assert fast.model.SerializeToString() == slow.model.SerializeToString()
+    assert_same_function(model, fast.model)
+
+
+def test_malformed_epsilon_is_left_to_the_general_path():
+    rng = np.random.default_rng(6)
+    pair, inits = _plain_pair("p", rng)
+    del pair[1].attribute[:]
+    pair[1].attribute.append(helper.make_attribute("epsilon", "tiny"))
+    result = bnfold.fold(_model_of(pair, inits, "p_n"))
+    (skipped,) = result.skipped
+    assert "could not be analysed" in skipped.reason

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 import bnfold
 from tests.builders import (
@@ -213,3 +213,62 @@ def test_ir3_fold_in_subgraph_keeps_the_subgraph_signature(rng):
     assert {t.name for t in main.initializer} <= {i.name for i in main.input}
     x = rng.standard_normal([1, 3, 2, 2]).astype(np.float32)
     assert_same_function(model, result.model, feeds={"x": x, "cond": np.array(True)})
+
+
+def _conv_bn_model(**changes):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, [4, 3, 3, 3]).astype(np.float32), "w")]
+    inits += [
+        numpy_helper.from_array(v.astype(np.float32), n)
+        for n, v in zip("sbmv", (np.ones(4), np.zeros(4), np.zeros(4), np.ones(4)), strict=True)
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def test_negative_dimension_in_an_initializer_is_refused():
+    model = _conv_bn_model()
+    model.graph.initializer[0].dims[:] = [4, -3, -3, 3]  # product and bytes still match
+    with pytest.raises(bnfold.InputError, match="negative dimension"):
+        bnfold.fold(model)
+
+
+def test_initializer_given_twice_is_refused():
+    """onnxruntime takes the first; a fold that rewrote the second would change the function."""
+    model = _conv_bn_model()
+    twin = onnx.TensorProto()
+    twin.CopyFrom(model.graph.initializer[0])
+    model.graph.initializer.append(twin)
+    with pytest.raises(bnfold.InputError, match="'w' is defined more than once"):
+        bnfold.fold(model)
+
+
+def test_cycle_through_a_subgraph_read_is_refused():
+    """If's branch reads y, and y is computed from the If's output."""
+    model = _conv_bn_model()
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["y"], ["r"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)],
+    )
+    graph = model.graph
+    graph.node[0].input[0] = "o"
+    graph.node.insert(
+        0, helper.make_node("If", ["cond"], ["o"], then_branch=branch, else_branch=branch)
+    )
+    graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    with pytest.raises(bnfold.InputError, match="cycle through node '<If -> o>'"):
+        bnfold.fold(model)

@@ -105,6 +105,7 @@ def fold_in_place(
     context = _Context(model, batched=batched)
     with _collector_paused():
         _fold_graph(model.graph, context, parent=None, path="")
+    context.names.index(None)  # let the main graph's index go now, not at the next collection
     return FoldResult(
         model,
         functions.annotate(context.folded),

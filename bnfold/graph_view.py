@@ -107,8 +107,9 @@ class NameAllocator:
         self._taken: set[str] | None = None
         self._main: GraphView | None = None
 
-    def index(self, main: GraphView) -> None:
-        """Take the main graph's names from its view's index instead of walking it again."""
+    def index(self, main: GraphView | None) -> None:
+        """Take the main graph's names from its view's index instead of walking it again (None:
+        walk it; the pass says so when it is done, so the index is not kept alive)."""
         self._main = main
 
     def _collect(self) -> set[str]:

@@ -387,9 +387,11 @@ def save_model(
     path = Path(path)
     _check_writable_target(path)
     payload = None
+    tensor_bytes = tensor_data_size(model)
+    streamed = not external_data and STREAM_THRESHOLD <= tensor_bytes <= INLINE_TENSOR_BUDGET
     if external_data is None:
-        external_data = not fits_in_one_protobuf(model)
-        if not external_data:
+        external_data = tensor_bytes > INLINE_TENSOR_BUDGET
+        if not external_data and not streamed:
             try:
                 payload = model.SerializeToString()
             except (EncodeError, ValueError):  # over 2 GB after all (e.g. huge graph)
@@ -399,7 +401,14 @@ def save_model(
         if external_data:
             data_name = f"{path.name}.data"
             written.append(_write_external_data(model, path.parent / data_name, data_name))
-        write_file_atomically(path, payload if payload is not None else model.SerializeToString())
+            write_file_atomically(path, model.SerializeToString())
+        elif streamed:
+            with atomic_file(path) as handle:
+                handle.writelines(serialized_in_pieces(model))
+        else:
+            write_file_atomically(
+                path, payload if payload is not None else model.SerializeToString()
+            )
         written.insert(0, path)
     except OSError as exc:
         for file in written:
@@ -409,6 +418,62 @@ def save_model(
     except (EncodeError, ValueError) as exc:  # protobuf refuses to serialize > 2 GB
         raise InputError(path, f"cannot be written ({exc})") from None
     return written
+
+
+def serialized_in_pieces(model: onnx.ModelProto) -> Iterator[bytes]:
+    """The model's protobuf encoding, an initializer at a time, so that no copy of all its
+    tensors is ever made (saving a 500 MB model otherwise holds the model and its 500 MB
+    encoding at once).
+
+    Protobuf merges repeated occurrences of an embedded message field: the graph is written once
+    without its initializers, then once per initializer holding only it. `onnx.load`,
+    onnxruntime and every protobuf parser read this as the one model, initializers in order;
+    only the byte order differs from `SerializeToString()`.
+    """
+    yield _copy_except(model, onnx.ModelProto(), "graph").SerializeToString()
+    rest = _copy_except(model.graph, onnx.GraphProto(), "initializer").SerializeToString()
+    yield _field_header(MODEL_GRAPH_FIELD, len(rest))
+    yield rest
+    for tensor in model.graph.initializer:
+        encoded = tensor.SerializeToString()
+        inner = _field_header(GRAPH_INITIALIZER_FIELD, len(encoded))
+        yield _field_header(MODEL_GRAPH_FIELD, len(inner) + len(encoded))
+        yield inner
+        yield encoded
+
+
+MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+GRAPH_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+STREAM_THRESHOLD = 64 * 2**20  # models with less tensor data are encoded in one piece
+
+
+def _copy_except(source, target, skipped: str):
+    """`target` with every field of `source` set, except `skipped` (messages are copied)."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skipped:
+            continue
+        repeated = getattr(descriptor, "is_repeated", None)  # `label` in older protobuf
+        if repeated if repeated is not None else descriptor.label == descriptor.LABEL_REPEATED:
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+    return target
+
+
+def _field_header(number: int, length: int) -> bytes:
+    """Tag and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _check_writable_target(path: Path) -> None:

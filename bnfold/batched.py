@@ -36,15 +36,11 @@ import numpy as np
 import onnx
 
 from .batchnorm import mode_problem
-from .graph_view import GraphView, NameAllocator, attributes, node_label
+from .graph_view import RAW_DTYPES, GraphView, NameAllocator, attributes, node_label
 from .records import Folded
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
-RAW_FLOATS = {
-    onnx.TensorProto.FLOAT: np.dtype("<f4"),
-    onnx.TensorProto.FLOAT16: np.dtype("<f2"),
-    onnx.TensorProto.DOUBLE: np.dtype("<f8"),
-}
+RAW_FLOATS = {code: dtype for code, dtype in RAW_DTYPES.items() if dtype.kind == "f"}
 CHUNK_BYTES = 1 << 22  # weights smaller than this are scaled together, up to this much at once
 
 

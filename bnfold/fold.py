@@ -47,6 +47,7 @@ from .model_io import (
 )
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
+from .producers.base import shared_output_reason
 from .producers.forward import plan_forward, plan_forward_conv
 from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
 from .records import Folded, FoldResult, Skipped
@@ -395,7 +396,7 @@ def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
     if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
         return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
     if view.sole_consumer(bn.input) != index:
-        return _shared_output_reason(view, bn.input, producer)
+        return shared_output_reason(view, bn.input, producer)
     plan = PLANNERS[producer.op_type](producer, view, bn.affine, opset)
     if isinstance(plan, str):
         return plan
@@ -410,14 +411,6 @@ def _no_producer_reason(view: GraphView, name: str) -> str:
     else:
         where = "a value of the enclosing graph"
     return f"its input '{name}' is {where}: no layer before it to fold into"
-
-
-def _shared_output_reason(view: GraphView, name: str, producer: onnx.NodeProto) -> str:
-    what = f"the output '{name}' of {producer.op_type} '{node_label(producer)}'"
-    if name in view.output_names:
-        return f"{what} is also a graph output"
-    others = len(view.consumers.get(name, [])) - 1
-    return f"{what} is also read by {others} other node{'s' if others != 1 else ''}"
 
 
 def _apply(

@@ -67,7 +67,7 @@ def attributes(node: onnx.NodeProto) -> dict:
 def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
     """`numpy_helper.to_array`, with a fast path for the common raw little-endian tensors
     (a read-only view of the bytes; callers never write into it)."""
-    dtype = _RAW_DTYPES.get(tensor.data_type)
+    dtype = RAW_DTYPES.get(tensor.data_type)
     if dtype is not None and tensor.data_location != onnx.TensorProto.EXTERNAL:
         raw = tensor.raw_data
         if raw:
@@ -78,7 +78,7 @@ def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(tensor)
 
 
-_RAW_DTYPES = {
+RAW_DTYPES = {  # TensorProto types whose raw_data numpy reads as is
     onnx.TensorProto.FLOAT: np.dtype("<f4"),
     onnx.TensorProto.FLOAT16: np.dtype("<f2"),
     onnx.TensorProto.DOUBLE: np.dtype("<f8"),
@@ -138,13 +138,18 @@ class NameAllocator:
         return name
 
 
-def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
+def _add_declared_names(graph: onnx.GraphProto, taken: set[str]) -> None:
+    """Names a graph declares outside its nodes: inputs, outputs, initializers, value_info."""
     taken.update(i.name for i in graph.input)
     taken.update(o.name for o in graph.output)
     taken.update(t.name for t in graph.initializer)
     taken.update(v.name for v in graph.value_info)
     taken.update(t.values.name for t in graph.sparse_initializer)
     taken.update(t.indices.name for t in graph.sparse_initializer)
+
+
+def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
+    _add_declared_names(graph, taken)
     nodes = graph.node
     taken.update(name for node in nodes for name in node.output)
     for index in nodes_with_subgraphs(nodes):
@@ -155,12 +160,8 @@ def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
 
 
 def _add_indexed_names(view: GraphView, taken: set[str]) -> None:
-    graph = view.graph
-    taken.update(view.producer, view.consumers, view.initializers, view.input_names)
-    taken.update(view.output_names)
-    taken.update(v.name for v in graph.value_info)
-    taken.update(t.values.name for t in graph.sparse_initializer)
-    taken.update(t.indices.name for t in graph.sparse_initializer)
+    _add_declared_names(view.graph, taken)
+    taken.update(view.producer, view.consumers)  # node outputs, and what nodes read
     for index in view.holders:
         for _, sub in subgraphs(view.nodes[index]):
             _add_graph_names(sub, taken)
@@ -513,7 +514,7 @@ class GraphView:
         self._initializer_order = [name for name in order if name not in names]
         self.initializers = {k: v for k, v in self.initializers.items() if k not in names}
         if self.lists_initializers_as_inputs:
-            _delete_where(self.graph.input, lambda info: info.name in names)
+            _delete_flagged(self.graph.input, [info.name in names for info in self.graph.input])
             self.input_names -= names
 
     def commit(self, vanished: set[str]) -> None:
@@ -522,7 +523,8 @@ class GraphView:
             removed = self.removed_nodes
             _delete_flagged(self.graph.node, [i in removed for i in range(len(self.nodes))])
         if vanished:
-            _delete_where(self.graph.value_info, lambda info: info.name in vanished)
+            infos = self.graph.value_info
+            _delete_flagged(infos, [info.name in vanished for info in infos])
 
 
 def _delete_flagged(repeated, flags: list[bool]) -> None:
@@ -537,19 +539,13 @@ def _delete_flagged(repeated, flags: list[bool]) -> None:
     del repeated[len(flags) - doomed :]
 
 
-def _delete_where(repeated, predicate) -> None:
-    for index in range(len(repeated) - 1, -1, -1):
-        if predicate(repeated[index]):
-            del repeated[index]
-
-
 def tensor_dtype(dtype: np.dtype) -> int:
     """The TensorProto data type of a numpy dtype."""
     found = _TENSOR_DTYPES.get(dtype)
     return found if found is not None else onnx.helper.np_dtype_to_tensor_dtype(dtype)
 
 
-_TENSOR_DTYPES = {np.dtype(d).newbyteorder("="): t for t, d in _RAW_DTYPES.items()}
+_TENSOR_DTYPES = {np.dtype(d).newbyteorder("="): t for t, d in RAW_DTYPES.items()}
 
 
 def _overwrite_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:

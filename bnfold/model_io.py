@@ -386,16 +386,17 @@ def save_model(
     """
     path = Path(path)
     _check_writable_target(path)
-    payload = None
-    tensor_bytes = tensor_data_size(model)
-    streamed = not external_data and STREAM_THRESHOLD <= tensor_bytes <= INLINE_TENSOR_BUDGET
-    if external_data is None:
+    chosen_here = external_data is None
+    tensor_bytes = 0 if external_data else tensor_data_size(model)
+    if chosen_here:
         external_data = tensor_bytes > INLINE_TENSOR_BUDGET
-        if not external_data and not streamed:
-            try:
-                payload = model.SerializeToString()
-            except (EncodeError, ValueError):  # over 2 GB after all (e.g. huge graph)
-                external_data = True
+    streamed = not external_data and STREAM_THRESHOLD <= tensor_bytes <= INLINE_TENSOR_BUDGET
+    payload = None
+    if chosen_here and not external_data and not streamed:
+        try:
+            payload = model.SerializeToString()
+        except (EncodeError, ValueError):  # over 2 GB after all (e.g. huge graph)
+            external_data = True
     written: list[Path] = []
     try:
         if external_data:

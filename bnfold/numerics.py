@@ -65,15 +65,11 @@ def multiply_exactly(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
     result for `round_to`.
     """
     with np.errstate(invalid="ignore", over="ignore"):
-        return _multiply_exactly(array, factors)
-
-
-def _multiply_exactly(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    if array.dtype in NATIVE_FLOATS:
-        out = np.empty(array.shape, dtype=array.dtype)
-        np.multiply(array, factors, out=out, dtype=np.float64, casting="unsafe")
-        return out
-    return array.astype(np.float64) * factors
+        if array.dtype in NATIVE_FLOATS:
+            out = np.empty(array.shape, dtype=array.dtype)
+            np.multiply(array, factors, out=out, dtype=np.float64, casting="unsafe")
+            return out
+        return array.astype(np.float64) * factors
 
 
 def scale_along(array: np.ndarray, factors: np.ndarray, axis: int) -> np.ndarray:

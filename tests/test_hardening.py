@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import bnfold
 from tests.builders import (
@@ -215,27 +215,15 @@ def test_ir3_fold_in_subgraph_keeps_the_subgraph_signature(rng):
     assert_same_function(model, result.model, feeds={"x": x, "cond": np.array(True)})
 
 
-def _conv_bn_model(**changes):
+def _conv_bn_model():
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 1, [4, 3, 3, 3]).astype(np.float32), "w")]
-    inits += [
-        numpy_helper.from_array(v.astype(np.float32), n)
-        for n, v in zip("sbmv", (np.ones(4), np.zeros(4), np.zeros(4), np.ones(4)), strict=True)
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"]),
-        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
+    weight = tensor("w", rng.normal(0, 1, [4, 3, 3, 3]).astype(np.float32))
+    return make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), bn_node("c", "y")],
+        [value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [value_info("y", TensorProto.FLOAT, None)],
+        [weight, *bn_params(rng, 4)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    return model
 
 
 def test_negative_dimension_in_an_initializer_is_refused():

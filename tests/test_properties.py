@@ -18,8 +18,9 @@ SETTINGS = settings(
 )
 
 
-@st.composite
-def conv_case(draw, transpose: bool):
+def conv_geometry(draw):
+    """Spatial rank, group, channels in and out, kernel, and attributes (group, maybe strides and
+    dilations) of a random convolution."""
     spatial = draw(st.integers(1, 3))
     group = draw(st.sampled_from([1, 2, 3]))
     c_in = group * draw(st.integers(1, 2))
@@ -30,6 +31,12 @@ def conv_case(draw, transpose: bool):
         attrs["strides"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
     if draw(st.booleans()):
         attrs["dilations"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
+    return spatial, group, c_in, c_out, kernel, attrs
+
+
+@st.composite
+def conv_case(draw, transpose: bool):
+    spatial, group, c_in, c_out, kernel, attrs = conv_geometry(draw)
     if draw(st.booleans()):
         attrs["pads"] = [draw(st.integers(0, 1)) for _ in range(2 * spatial)]
     if transpose and "strides" in attrs and draw(st.booleans()):
@@ -286,16 +293,7 @@ def test_random_mul_add_after_conv(op, shape_kind, constant_first, seed):
 
 @st.composite
 def forward_conv_case(draw):
-    spatial = draw(st.integers(1, 3))
-    group = draw(st.sampled_from([1, 2, 3]))
-    c_in = group * draw(st.integers(1, 2))
-    c_out = group * draw(st.integers(1, 3))
-    kernel = [draw(st.integers(1, 3)) for _ in range(spatial)]
-    attrs = {"group": group}
-    if draw(st.booleans()):
-        attrs["strides"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
-    if draw(st.booleans()):
-        attrs["dilations"] = [draw(st.integers(1, 2)) for _ in range(spatial)]
+    spatial, group, c_in, c_out, kernel, attrs = conv_geometry(draw)
     padding = draw(st.sampled_from(["none", "none", "pads", "VALID", "SAME_UPPER", "SAME_LOWER"]))
     if padding == "pads":
         attrs["pads"] = [draw(st.integers(0, 1)) for _ in range(2 * spatial)]

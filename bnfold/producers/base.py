@@ -6,14 +6,21 @@ string when it may not. The pass (`bnfold.fold`) applies plans; rules never edit
 
 from __future__ import annotations
 
-__all__ = ["ConstantUpdate", "FoldPlan", "attributes", "constant_input", "rounded_updates"]
+__all__ = [
+    "ConstantUpdate",
+    "FoldPlan",
+    "attributes",
+    "constant_input",
+    "rounded_updates",
+    "shared_output_reason",
+]
 
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from ..graph_view import GraphView, attributes
+from ..graph_view import GraphView, attributes, node_label
 from ..numerics import NotRepresentable, is_float, round_to
 
 
@@ -57,3 +64,12 @@ def rounded_updates(pairs: list[tuple[int, np.ndarray, np.dtype, str]]):
         except NotRepresentable as exc:
             return None, f"the folded {role} is not representable: {exc}"
     return tuple(updates), None
+
+
+def shared_output_reason(view: GraphView, name: str, producer: onnx.NodeProto) -> str:
+    """Why `producer` cannot absorb a fold: its output `name` is needed unchanged elsewhere."""
+    what = f"the output '{name}' of {producer.op_type} '{node_label(producer)}'"
+    if name in view.output_names:
+        return f"{what} is also a graph output"
+    others = len(view.consumers.get(name, [])) - 1
+    return f"{what} is also read by {others} other node{'s' if others != 1 else ''}"

@@ -27,7 +27,7 @@ import onnx
 from ..graph_view import GraphView, attributes, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
-from .base import FoldPlan
+from .base import FoldPlan, shared_output_reason
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
@@ -62,7 +62,7 @@ def plan_through_layout(
         if node.op_type not in LAYOUT_OPS and node.op_type not in PLANNERS:
             return None if not chain else _no_layer_reason(view, chain, name)
         if view.sole_consumer(name) != reader:
-            return _shared_reason(view, name, node)
+            return shared_output_reason(view, name, node)
         if node.op_type in PLANNERS:
             return _plan(view, index, chain[::-1], affine, opset) if chain else None
         chain.append(index)
@@ -225,11 +225,3 @@ def _no_layer_reason(view: GraphView, chain: list[int], name: str) -> str:
     moves = any(view.nodes[index].op_type != "Identity" for index in chain)
     layers = "a Gemm or MatMul" if moves else "a Conv, ConvTranspose, Gemm or MatMul"
     return f"it follows {_describe(view, chain[::-1])} after {source}, not {layers}"
-
-
-def _shared_reason(view: GraphView, name: str, node: onnx.NodeProto) -> str:
-    what = f"the output '{name}' of {node.op_type} '{node_label(node)}'"
-    if name in view.output_names:
-        return f"{what} is also a graph output"
-    others = len(view.consumers.get(name, [])) - 1
-    return f"{what} is also read by {others} other node{'s' if others != 1 else ''}"

@@ -23,6 +23,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper, numpy_helper
 
+from .encoding import Encoding
 from .errors import InputError
 from .graph_view import node_label, nodes_with_subgraphs, outer_references, subgraphs
 
@@ -380,36 +381,30 @@ def save_model(
 ) -> list[Path]:
     """Write `model` to `path` atomically; return the files written.
 
-    `external_data=None` chooses: tensors go to `<name>.data` next to the output when the model
-    would not fit in one 2 GB protobuf. With external data the model's large tensors are moved
-    out of `model` (its raw bytes are cleared), so pass a model you own.
+    The file holds exactly `model.SerializeToString()`, written a few MB at a time
+    (`bnfold.encoding`), so no second copy of the model is made. `external_data=None` chooses:
+    tensors go to `<name>.data` next to the output when the model would not fit in one 2 GB
+    protobuf. With external data the model's large tensors are moved out of `model` (its raw
+    bytes are cleared), so pass a model you own.
     """
     path = Path(path)
     _check_writable_target(path)
-    chosen_here = external_data is None
-    tensor_bytes = 0 if external_data else tensor_data_size(model)
-    if chosen_here:
-        external_data = tensor_bytes > INLINE_TENSOR_BUDGET
-    streamed = not external_data and STREAM_THRESHOLD <= tensor_bytes <= INLINE_TENSOR_BUDGET
-    payload = None
-    if chosen_here and not external_data and not streamed:
-        try:
-            payload = model.SerializeToString()
-        except (EncodeError, ValueError):  # over 2 GB after all (e.g. huge graph)
-            external_data = True
+    encoding = None
+    if not external_data:
+        encoding = _encoding(model)
+        if external_data is None:
+            external_data = encoding is None or encoding.size > PROTOBUF_LIMIT
+        elif encoding is None or encoding.size > PROTOBUF_LIMIT:
+            raise InputError(path, "cannot be written: the model is over 2 GB (use external data)")
     written: list[Path] = []
     try:
         if external_data:
             data_name = f"{path.name}.data"
             written.append(_write_external_data(model, path.parent / data_name, data_name))
             write_file_atomically(path, model.SerializeToString())
-        elif streamed:
-            with atomic_file(path) as handle:
-                handle.writelines(serialized_in_pieces(model))
         else:
-            write_file_atomically(
-                path, payload if payload is not None else model.SerializeToString()
-            )
+            with atomic_file(path) as handle:
+                handle.writelines(encoding.pieces())
         written.insert(0, path)
     except OSError as exc:
         for file in written:
@@ -421,60 +416,12 @@ def save_model(
     return written
 
 
-def serialized_in_pieces(model: onnx.ModelProto) -> Iterator[bytes]:
-    """The model's protobuf encoding, an initializer at a time, so that no copy of all its
-    tensors is ever made (saving a 500 MB model otherwise holds the model and its 500 MB
-    encoding at once).
-
-    Protobuf merges repeated occurrences of an embedded message field: the graph is written once
-    without its initializers, then once per initializer holding only it. `onnx.load`,
-    onnxruntime and every protobuf parser read this as the one model, initializers in order;
-    only the byte order differs from `SerializeToString()`.
-    """
-    yield _copy_except(model, onnx.ModelProto(), "graph").SerializeToString()
-    rest = _copy_except(model.graph, onnx.GraphProto(), "initializer").SerializeToString()
-    yield _field_header(MODEL_GRAPH_FIELD, len(rest))
-    yield rest
-    for tensor in model.graph.initializer:
-        encoded = tensor.SerializeToString()
-        inner = _field_header(GRAPH_INITIALIZER_FIELD, len(encoded))
-        yield _field_header(MODEL_GRAPH_FIELD, len(inner) + len(encoded))
-        yield inner
-        yield encoded
-
-
-MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-GRAPH_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-STREAM_THRESHOLD = 64 * 2**20  # models with less tensor data are encoded in one piece
-
-
-def _copy_except(source, target, skipped: str):
-    """`target` with every field of `source` set, except `skipped` (messages are copied)."""
-    for descriptor, value in source.ListFields():
-        if descriptor.name == skipped:
-            continue
-        repeated = getattr(descriptor, "is_repeated", None)  # `label` in older protobuf
-        if repeated if repeated is not None else descriptor.label == descriptor.LABEL_REPEATED:
-            getattr(target, descriptor.name).extend(value)
-        elif descriptor.type == descriptor.TYPE_MESSAGE:
-            getattr(target, descriptor.name).CopyFrom(value)
-        else:
-            setattr(target, descriptor.name, value)
-    return target
-
-
-def _field_header(number: int, length: int) -> bytes:
-    """Tag and length of a length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(length)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+def _encoding(model: onnx.ModelProto) -> Encoding | None:
+    """The model's `Encoding`, or None if protobuf cannot encode a part of it (over 2 GB)."""
+    try:
+        return Encoding(model)
+    except (EncodeError, ValueError):
+        return None
 
 
 def _check_writable_target(path: Path) -> None:

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import bnfold
-from bnfold import model_io
+from bnfold import encoding, model_io
 from tests.builders import MODELS, assert_same_function, run
 
 RESNET = MODELS / "resnet_tiny.onnx"
@@ -61,7 +61,7 @@ def test_save_with_external_data_writes_one_file_named_after_output(tmp_path):
 
 
 def test_external_data_chosen_automatically_over_the_protobuf_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_io, "INLINE_TENSOR_BUDGET", 1000)  # stands in for 2 GB
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # stands in for 2 GB
     bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx")
     assert (tmp_path / "o.onnx.data").exists()
 
@@ -135,15 +135,22 @@ def test_out_of_order_graph_is_accepted():
     np.testing.assert_array_equal(run(model, {"x": np.array([-1, 2], np.float32)})[0], [1, 2])
 
 
-def test_big_models_are_written_an_initializer_at_a_time(tmp_path, monkeypatch):
-    """No copy of all tensors at once: the encoding comes in pieces that read back as the model."""
-    monkeypatch.setattr(model_io, "STREAM_THRESHOLD", 0)
+def test_models_are_written_in_pieces_exactly_as_serialized(tmp_path, monkeypatch):
+    """No copy of all tensors at once, and the file is the canonical encoding (readers that do
+    not merge repeated messages, like Netron's, see the whole model)."""
+    monkeypatch.setattr(encoding, "CHUNK_BYTES", 1 << 12)
     folded = bnfold.fold(RESNET).model
-    pieces = list(model_io.serialized_in_pieces(folded))
-    assert len(pieces) > 3 * len(folded.graph.initializer)  # one tensor per piece, plus headers
+    pieces = list(encoding.Encoding(folded).pieces())
+    assert len(pieces) > 10
     assert max(map(len, pieces)) < len(folded.SerializeToString()) / 2
     (written,) = bnfold.save_model(folded, tmp_path / "o.onnx")
-    again = onnx.load(written)
-    assert again.SerializeToString() == folded.SerializeToString()  # same message, field by field
+    assert written.read_bytes() == folded.SerializeToString()
     onnx.checker.check_model(str(written), full_check=True)
-    assert_same_function(onnx.load(RESNET), again)
+    assert_same_function(onnx.load(RESNET), onnx.load(written))
+
+
+def test_inline_output_refused_when_over_the_protobuf_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # stands in for 2 GB
+    with pytest.raises(bnfold.InputError, match="over 2 GB"):
+        bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx", external_data=False)
+    assert not list(tmp_path.iterdir())

@@ -36,15 +36,15 @@ import numpy as np
 import onnx
 
 from .batchnorm import mode_problem
-from .graph_view import RAW_DTYPES, GraphView, NameAllocator, attributes, node_label
+from .graph_view import RAW_DTYPES, GraphView, NameAllocator, attributes
 from .records import Folded
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 RAW_FLOATS = {code: dtype for code, dtype in RAW_DTYPES.items() if dtype.kind == "f"}
-CHUNK_BYTES = 1 << 22  # weights smaller than this are scaled together, up to this much at once
+CHUNK_BYTES = 1 << 20  # weights smaller than this are scaled together, up to this much at once
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pair:
     """One Conv → BatchNormalization fold, and its per-channel factors once computed."""
 
@@ -57,11 +57,12 @@ class _Pair:
     weight: onnx.TensorProto
     bias: onnx.TensorProto | None
     channels: int
+    row: int  # weight elements per output channel
     scale: np.ndarray = field(default=None, repr=False)  # float64 [C]
     shift: np.ndarray = field(default=None, repr=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingFold:
     """A pair whose weight holds its folded values; `finish` completes the fold."""
 
@@ -75,11 +76,12 @@ class PendingFold:
         (as `fold._fold_one` does)."""
         pair = self.pair
         bn_node, conv = view.nodes[pair.bn_index], view.nodes[pair.conv_index]
-        into = node_label(conv)  # before the fold renames its output
+        conv_name = conv.name
+        into = conv_name or f"<Conv -> {pair.source}>"  # `node_label`, before the renaming
         if pair.bias is not None:
             pair.bias.raw_data = self.bias.tobytes()
         else:
-            stem = conv.name or pair.source
+            stem = conv_name or pair.source
             view.set_constant_input(pair.conv_index, 2, self.bias, f"{stem}_bnfold_bias", names)
         vanished.add(pair.source)
         maybe_dead.update(pair.param_names)
@@ -157,7 +159,10 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     epsilon = attrs.get("epsilon", 1e-5)
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
         return None  # malformed: the general path says why
-    return _Pair(index, conv_index, source, param_names, params, epsilon, weight, bias, channels)
+    row = math.prod(weight_dims[1:])
+    return _Pair(
+        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
+    )
 
 
 def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
@@ -222,54 +227,43 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
 def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, bytes]]]:
     """`W'[c] = a[c]·W[c]` rounded once to W's dtype, as raw bytes, a chunk at a time, for the
     pairs where every value is finite (`numerics.multiply_exactly`)."""
-    for chunk, raws in _weight_chunks(pairs):
-        dtype = RAW_FLOATS[chunk[0].weight.data_type]
-        weights = np.frombuffer(raws[0] if len(raws) == 1 else b"".join(raws), dtype=dtype)
-        sizes = [len(raw) // dtype.itemsize for raw in raws]
-        if len(chunk) == 1:
-            factors = chunk[0].scale.reshape(-1, 1)
-            weights = weights.reshape(chunk[0].channels, -1)
-        else:
-            scales = np.concatenate([pair.scale for pair in chunk])
-            channels = [pair.channels for pair in chunk]
-            row_sizes = np.repeat([s // c for s, c in zip(sizes, channels, strict=True)], channels)
-            factors = np.repeat(scales, row_sizes)
-        scaled = np.empty(weights.shape, dtype=dtype)
+    for chunk in _weight_chunks(pairs):
+        first = chunk[0]
+        dtype = RAW_FLOATS[first.weight.data_type]
+        raw = b"".join([pair.weight.raw_data for pair in chunk])  # one weight: no copy
+        rows = np.frombuffer(raw, dtype=dtype).reshape(-1, first.row)  # a row per output channel
+        scales = first.scale if len(chunk) == 1 else np.concatenate([p.scale for p in chunk])
+        scaled = np.empty(rows.shape, dtype=dtype)
         with np.errstate(invalid="ignore", over="ignore"):
-            np.multiply(weights, factors, out=scaled, dtype=np.float64, casting="unsafe")
-        scaled = scaled.reshape(-1)
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        finite = np.logical_and.reduceat(np.isfinite(scaled), starts).tolist()
-        if len(chunk) == 1:  # a big weight: no slicing, no second copy
-            yield [(chunk[0], scaled.tobytes())] if finite[0] else []
-            continue
-        payload = memoryview(scaled.tobytes())
-        itemsize = dtype.itemsize
+            np.multiply(rows, scales[:, None], out=scaled, dtype=np.float64, casting="unsafe")
+        del raw, rows
+        starts = np.cumsum([0, *(p.channels for p in chunk)])
+        finite = np.logical_and.reduceat(np.isfinite(scaled).all(axis=1), starts[:-1]).tolist()
         yield [
-            (pair, bytes(payload[start * itemsize : (start + size) * itemsize]))
-            for pair, start, size, ok in zip(chunk, starts.tolist(), sizes, finite, strict=True)
+            (pair, scaled[start:stop].tobytes())
+            for pair, start, stop, ok in zip(chunk, starts[:-1], starts[1:], finite, strict=True)
             if ok
         ]
 
 
-def _weight_chunks(pairs: list[_Pair]):
-    """(pairs, their weights' raw bytes), grouped by weight dtype, in runs of at most CHUNK_BYTES
-    of weights (a bigger weight makes a run of its own)."""
-    by_dtype: dict[int, list[_Pair]] = defaultdict(list)
+def _weight_chunks(pairs: list[_Pair]) -> Iterator[list[_Pair]]:
+    """Pairs whose weights share a dtype and a row length (elements per output channel), in
+    runs of at most CHUNK_BYTES of weights (a bigger weight makes a run of its own)."""
+    groups: dict[tuple[int, int], list[_Pair]] = defaultdict(list)
     for pair in pairs:
-        by_dtype[pair.weight.data_type].append(pair)
-    for group in by_dtype.values():
-        chunk, raws, size = [], [], 0
+        groups[pair.weight.data_type, pair.row].append(pair)
+    for (code, row), group in groups.items():
+        row_bytes = row * RAW_FLOATS[code].itemsize
+        chunk, size = [], 0
         for pair in group:
-            raw = pair.weight.raw_data
-            if chunk and size + len(raw) > CHUNK_BYTES:
-                yield chunk, raws
-                chunk, raws, size = [], [], 0
+            weight_bytes = pair.channels * row_bytes
+            if chunk and size + weight_bytes > CHUNK_BYTES:
+                yield chunk
+                chunk, size = [], 0
             chunk.append(pair)
-            raws.append(raw)
-            size += len(raw)
+            size += weight_bytes
         if chunk:
-            yield chunk, raws
+            yield chunk
 
 
 def _folded_biases(pairs: list[_Pair]) -> dict[int, np.ndarray]:

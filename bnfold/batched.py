@@ -58,8 +58,18 @@ class _Pair:
     bias: onnx.TensorProto | None
     channels: int
     row: int  # weight elements per output channel
-    scale: np.ndarray = field(default=None, repr=False)  # float64 [C]
-    shift: np.ndarray = field(default=None, repr=False)
+    # `a` and `b` of all pairs with this pair's parameter dtype (float64), and where its own
+    # C values start: one array for thousands of pairs, not two small arrays each
+    factors: tuple[np.ndarray, np.ndarray] = field(default=None, repr=False)
+    start: int = 0
+
+    @property
+    def scale(self) -> np.ndarray:
+        return self.factors[0][self.start : self.start + self.channels]
+
+    @property
+    def shift(self) -> np.ndarray:
+        return self.factors[1][self.start : self.start + self.channels]
 
 
 @dataclass(slots=True)
@@ -67,7 +77,12 @@ class PendingFold:
     """A pair whose weight holds its folded values; `finish` completes the fold."""
 
     pair: _Pair
-    bias: np.ndarray  # the folded bias, in its final dtype
+    biases: np.ndarray  # the folded biases of many pairs, in this pair's bias dtype
+    start: int  # where this pair's C values start in `biases`
+
+    @property
+    def bias(self) -> np.ndarray:
+        return self.biases[self.start : self.start + self.pair.channels]
 
     def finish(
         self, view: GraphView, names: NameAllocator, vanished: set[str], maybe_dead: set[str]
@@ -107,7 +122,7 @@ def fold_conv_batchnorm_weights(view: GraphView, opset: int) -> dict[int, Pendin
     for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
             pair.weight.raw_data = weight
-            pending[pair.bn_index] = PendingFold(pair, new_biases[pair.bn_index])
+            pending[pair.bn_index] = PendingFold(pair, *new_biases[pair.bn_index])
     return pending
 
 
@@ -185,7 +200,7 @@ _EXTERNAL = onnx.TensorProto.EXTERNAL
 def _owned_raw_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:
     """`_raw_initializer`, read by `reader` only and not a graph output (so it can be rewritten)."""
     tensor = _raw_initializer(view, name)
-    if tensor is None or view.consumers.get(name) != [reader] or name in view.output_names:
+    if tensor is None or view.consumers.only(name) != reader or name in view.output_names:
         return None
     return tensor
 
@@ -215,10 +230,10 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
         with np.errstate(invalid="ignore", divide="ignore"):
             scale = gamma / np.sqrt(radicand)
         shift = beta - mean * scale
+        factors = (scale, shift)
         for pair, start, ok in zip(group, starts.tolist(), good.tolist(), strict=True):
             if ok:
-                stop = start + pair.channels
-                pair.scale, pair.shift = scale[start:stop], shift[start:stop]
+                pair.factors, pair.start = factors, start
                 kept.append(pair)
     kept.sort(key=lambda pair: pair.bn_index)
     return kept
@@ -266,13 +281,14 @@ def _weight_chunks(pairs: list[_Pair]) -> Iterator[list[_Pair]]:
             yield chunk
 
 
-def _folded_biases(pairs: list[_Pair]) -> dict[int, np.ndarray]:
+def _folded_biases(pairs: list[_Pair]) -> dict[int, tuple[np.ndarray, int]]:
     """`B' = a·B + b` (an absent B counts as zero: `B' = b`) rounded once to B's dtype (W's when
-    B is absent), for the pairs where every value is finite (`numerics.folded_bias`)."""
+    B is absent), for the pairs where every value is finite (`numerics.folded_bias`): by
+    BatchNormalization position, the array holding the pair's values and where they start."""
     by_dtype: dict[int, list[_Pair]] = defaultdict(list)
     for pair in pairs:
         by_dtype[(pair.bias or pair.weight).data_type].append(pair)
-    result: dict[int, np.ndarray] = {}
+    result: dict[int, tuple[np.ndarray, int]] = {}
     for code, group in by_dtype.items():
         dtype = RAW_FLOATS[code]
         scale = np.concatenate([pair.scale for pair in group])
@@ -289,7 +305,7 @@ def _folded_biases(pairs: list[_Pair]) -> dict[int, np.ndarray]:
         finite = np.logical_and.reduceat(np.isfinite(rounded), starts).tolist()
         for pair, start, ok in zip(group, starts.tolist(), finite, strict=True):
             if ok:
-                result[pair.bn_index] = rounded[start : start + pair.channels]
+                result[pair.bn_index] = rounded, start
     return result
 
 

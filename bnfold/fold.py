@@ -346,7 +346,7 @@ def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset:
 def _shared_forward_reason(view: GraphView, bn_node: onnx.NodeProto) -> str | None:
     """Why a linear layer reading the BN output cannot absorb it when others read it too."""
     output = bn_node.output[0]
-    readers = [view.nodes[i] for i in view.consumers.get(output, [])]
+    readers = [view.nodes[i] for i in view.consumers.of(output)]
     linear = [r.op_type for r in readers if r.op_type in ("Gemm", "MatMul", *FORWARD_CONVS)]
     if not linear:
         return None

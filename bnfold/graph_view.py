@@ -8,8 +8,10 @@ cost of a fold is the cost of the index plus the edits, not of copying the model
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+import operator
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from itertools import repeat
 
 import numpy as np
 import onnx
@@ -176,6 +178,73 @@ def nodes_with_subgraphs(nodes) -> list[int]:
     ]
 
 
+def _flattened(name_lists: list) -> tuple[list[str], list[int]]:
+    """The names of `name_lists` (nodes' inputs or outputs) in one list, and beside each the
+    position of the node it belongs to."""
+    names: list[str] = []
+    positions: list[int] = []
+    for index, listed in enumerate(name_lists):
+        names.extend(listed)
+        positions.extend([index] * len(listed))
+    return names, positions
+
+
+class Readers(dict):
+    """Which nodes read each tensor: `{name: position}` for a tensor one node reads once (the
+    usual case, kept as a bare int: a list per tensor would be a third of the index's memory),
+    `{name: [positions]}` in node order when it is read more often. A name nothing reads is not
+    a key, so unread names are a set difference away."""
+
+    def of(self, name: str) -> list[int]:
+        """The positions of the nodes reading `name`, once per read."""
+        found = self.get(name)
+        if found is None:
+            return []
+        return [found] if type(found) is int else list(found)
+
+    def only(self, name: str) -> int | None:
+        """The node reading `name`, if exactly one node reads it exactly once."""
+        found = self.get(name)
+        return found if type(found) is int else None
+
+    def add(self, name: str, index: int) -> None:
+        found = self.get(name)
+        if found is None:
+            self[name] = index
+        elif type(found) is int:
+            self[name] = [found, index]
+        else:
+            found.append(index)
+
+    def remove(self, name: str, index: int) -> None:
+        """Node `index` reads `name` once less."""
+        found = self[name]
+        if type(found) is int:
+            if found != index:
+                raise ValueError(f"node {index} does not read '{name}'")
+            del self[name]
+            return
+        found.remove(index)
+        if len(found) == 1:
+            self[name] = found[0]
+
+    @classmethod
+    def of_reads(cls, names: list[str], positions: list[int]) -> Readers:
+        """The readers of every name in `names` (read by the node at the same place in
+        `positions`, in node order); empty names are absent inputs, not reads."""
+        readers = cls(zip(names, positions, strict=True))  # the last reader of each name
+        readers.pop("", None)
+        if len(readers) != len(names) - names.count(""):  # some names are read more than once
+            repeated = Counter(names)
+            several = {name for name, count in repeated.items() if count > 1 and name}
+            lists = defaultdict(list)
+            for name, index in zip(names, positions, strict=True):
+                if name in several:
+                    lists[name].append(index)
+            readers.update(lists)
+        return readers
+
+
 class GraphView:
     """Producer/consumer index and constant lookup for one graph.
 
@@ -213,7 +282,7 @@ class GraphView:
             or (bool(self.initializers) and self.initializers.keys() <= self.input_names)
         )
         self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = defaultdict(list)
+        self.consumers = Readers()
         self._index_nodes()
         self._constants: dict[str, np.ndarray | None] = {}
         self.budget = budget if budget is not None else EvaluationBudget()
@@ -225,22 +294,21 @@ class GraphView:
         self._declared_types: dict[str, int] | None = None
 
     def _index_nodes(self) -> None:
-        producer, consumers = self.producer, self.consumers
         nodes = self.nodes
-        writes = [(name, index) for index, node in enumerate(nodes) for name in node.output if name]
-        producer.update(writes)
-        reads = [(name, index) for index, node in enumerate(nodes) for name in node.input if name]
-        for name, index in reads:
-            consumers[name].append(index)
+        written, writers = _flattened([node.output for node in nodes])
+        self.producer = producer = dict(zip(written, writers, strict=True))
+        producer.pop("", None)
+        read, readers = _flattened([node.input for node in nodes])
+        self.consumers = Readers.of_reads(read, readers)
         # What `model_io.indexed_structure_problem` needs to vouch for the graph without a walk
-        self.defines_twice = len(producer) != len(writes)
+        self.defines_twice = len(producer) != len(written) - written.count("")
         position = producer.get
-        self.reads_in_order = all(position(name, -1) < index for name, index in reads)
+        self.reads_in_order = all(map(operator.lt, map(position, read, repeat(-1)), readers))
         self.holders = nodes_with_subgraphs(nodes)  # positions of nodes that may hold graphs
         for index in self.holders:
             for _, sub in subgraphs(self.nodes[index]):
                 for name in outer_references(sub):
-                    consumers[name].append(index)
+                    self.consumers.add(name, index)
                     if position(name, -1) >= index:  # a subgraph's read counts as its holder's
                         self.reads_in_order = False
 
@@ -351,10 +419,9 @@ class GraphView:
 
     def sole_consumer(self, name: str) -> int | None:
         """The one node reading `name` once, if it is neither a graph output nor used elsewhere."""
-        readers = self.consumers.get(name, [])
-        if len(readers) != 1 or name in self.output_names:
+        if name in self.output_names:
             return None
-        return readers[0]
+        return self.consumers.only(name)
 
     def rank(self, name: str) -> int | None:
         """The rank of a tensor if declared, constant, or found by shape inference; else None."""
@@ -396,9 +463,9 @@ class GraphView:
             inputs[slot] = name
         else:
             inputs.extend([""] * (slot - len(inputs)) + [name])
-        self.consumers[name].append(node_index)
+        self.consumers.add(name, node_index)
         if old:
-            self._unread(old, node_index)
+            self.consumers.remove(old, node_index)
         return name
 
     def _home_for_new_constants(self) -> GraphView:
@@ -430,7 +497,7 @@ class GraphView:
             tensor is not None
             and tuple(tensor.dims) == value.shape
             and tensor.data_type == tensor_dtype(value.dtype)
-            and self.consumers.get(name) == [node_index]
+            and self.consumers.only(name) == node_index
             and name not in self.output_names
             and name not in self.input_names
         )
@@ -449,10 +516,7 @@ class GraphView:
         consumers.pop(old_output, None)
         for name in bn.input:
             if name and name != old_output:
-                readers = consumers[name]  # `_unread`, inline: 10^5 calls on big graphs
-                readers.remove(bn_index)
-                if not readers:
-                    del consumers[name]
+                consumers.remove(name, bn_index)
         self.removed_nodes.add(bn_index)
 
     def absorb_into_consumer(self, bn_index: int, consumer_index: int) -> None:
@@ -461,22 +525,14 @@ class GraphView:
         consumer = self.nodes[consumer_index]
         source, output = bn.input[0], bn.output[0]
         consumer.input[0] = source
-        self._unread(source, bn_index)
-        self.consumers[source].append(consumer_index)
+        self.consumers.remove(source, bn_index)
+        self.consumers.add(source, consumer_index)
         for name in bn.input[1:]:
             if name:
-                self._unread(name, bn_index)
+                self.consumers.remove(name, bn_index)
         del self.producer[output]
         self.consumers.pop(output, None)
         self.removed_nodes.add(bn_index)
-
-    def _unread(self, name: str, index: int) -> None:
-        """Node `index` reads `name` once less. A name nothing reads leaves `consumers`, so the
-        unread names are a set difference away (`remove_dead`)."""
-        readers = self.consumers[name]
-        readers.remove(index)
-        if not readers:
-            del self.consumers[name]
 
     def remove_dead(self, candidates: set[str]) -> set[str]:
         """Remove the initializers and Constant/evaluated nodes among `candidates` (and their
@@ -504,7 +560,7 @@ class GraphView:
                     gone.add(out)
                 for source in node.input:
                     if source:
-                        self._unread(source, index)
+                        self.consumers.remove(source, index)
                         pending.append(source)
             elif name in self.initializers and (
                 name not in self.input_names or self.lists_initializers_as_inputs

@@ -71,5 +71,5 @@ def shared_output_reason(view: GraphView, name: str, producer: onnx.NodeProto) -
     what = f"the output '{name}' of {producer.op_type} '{node_label(producer)}'"
     if name in view.output_names:
         return f"{what} is also a graph output"
-    others = len(view.consumers.get(name, [])) - 1
+    others = len(view.consumers.of(name)) - 1
     return f"{what} is also read by {others} other node{'s' if others != 1 else ''}"

@@ -1,0 +1,69 @@
+"""The index a GraphView builds once: producers, readers (one int per tensor read once), order."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from bnfold.graph_view import GraphView, Readers
+
+
+def view_of(text: str) -> GraphView:
+    model = onnx.parser.parse_model(text)
+    return GraphView(model.graph, ir_version=model.ir_version, opset=17)
+
+
+def test_readers_keep_an_int_for_one_read_and_a_list_for_more():
+    readers = Readers.of_reads(["a", "b", "a", "", "c", "a"], [0, 0, 1, 1, 2, 2])
+    assert readers == {"a": [0, 1, 2], "b": 0, "c": 2}  # "" is an absent input, not a read
+    assert readers.of("a") == [0, 1, 2] and readers.of("b") == [0] and readers.of("z") == []
+    assert readers.only("b") == 0 and readers.only("a") is None and readers.only("z") is None
+    readers.remove("a", 1)
+    readers.remove("a", 0)
+    assert readers["a"] == 2 and readers.only("a") == 2  # back to one reader: a bare int
+    readers.remove("a", 2)
+    assert "a" not in readers
+    readers.add("b", 5)
+    assert readers["b"] == [0, 5]
+    readers.add("new", 3)
+    assert readers.only("new") == 3
+    with pytest.raises(ValueError):
+        readers.remove("new", 4)
+
+
+def test_a_node_reading_a_tensor_twice_is_two_reads():
+    view = view_of(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) { y = Add(x, x) }"""
+    )
+    assert view.consumers.of("x") == [0, 0]
+    assert view.sole_consumer("x") is None  # read twice: not a sole reader
+    view.consumers.remove("x", 0)
+    assert view.sole_consumer("x") == 0
+
+
+def test_index_producers_order_and_subgraph_reads():
+    view = view_of(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x, bool c) => (float[2] y) {
+            a = Abs(x)
+            y = If(c) <then_branch = g1 () => (float[2] t) { t = Neg(a) },
+                       else_branch = g2 () => (float[2] e) { e = Relu(x) }>
+        }"""
+    )
+    assert view.producer == {"a": 0, "y": 1}
+    assert view.consumers.of("a") == [1]  # read inside a branch: counts as the If's read
+    assert view.consumers.of("x") == [0, 1] and view.consumers.of("c") == [1]
+    assert view.reads_in_order and not view.defines_twice and view.holders == [1]
+
+
+def test_out_of_order_reads_and_double_definitions_are_noticed():
+    view = view_of(
+        """<ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) {
+            y = Relu(a)
+            a = Abs(x)
+            a = Neg(x)
+        }"""
+    )
+    assert not view.reads_in_order and view.defines_twice

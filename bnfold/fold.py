@@ -204,8 +204,8 @@ def _fold_graph(
         if node.domain not in ONNX_DOMAINS:
             continue
         if node.op_type == "BatchNormalization":
-            if index in pending:
-                record = pending[index].finish(view, context.names, vanished, maybe_dead)
+            if index in pending:  # (popped: each pair's memory goes as its fold completes)
+                record = pending.pop(index).finish(view, context.names, vanished, maybe_dead)
             else:
                 record = _fold_one(view, index, context, vanished, maybe_dead)
             (context.folded if isinstance(record, Folded) else context.skipped).append(record)

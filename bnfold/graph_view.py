@@ -97,11 +97,15 @@ def node_label(node: onnx.NodeProto) -> str:
 
 
 class NameAllocator:
-    """Hands out tensor names unused anywhere in the model.
+    """Hands out tensor names that no tensor of the model has.
 
-    The taken names are collected on the first request (many models never need one). Every name
-    a node reads is defined somewhere in a model that passed `check_model_structure`, so the
-    definitions (inputs, initializers, node outputs, graph outputs, value_info) are all the names.
+    Taken are the names every graph and local function of the model defines or reads (inputs,
+    outputs, initializers, node outputs and inputs, value_info, sparse initializers; in a model
+    that passed `check_model_structure` every name read is defined) and every name handed out.
+    They are collected on the first request (many models never need one). With the main graph's
+    index (`index`), its node and initializer names are looked up there, not copied: a name the
+    pass has removed from the graph may then be handed out again, which is safe, since nothing
+    refers to it any more and the value_info of removed tensors is dropped (`GraphView.commit`).
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -110,8 +114,11 @@ class NameAllocator:
         self._main: GraphView | None = None
 
     def index(self, main: GraphView | None) -> None:
-        """Take the main graph's names from its view's index instead of walking it again (None:
-        walk it; the pass says so when it is done, so the index is not kept alive)."""
+        """Look the main graph's names up in its view's index instead of walking it (None: walk
+        it; the pass says so when it is done, so the index is not kept alive)."""
+        if main is not self._main:
+            self._taken = None  # collected again on the next request (names handed out are in
+            # the model by then)
         self._main = main
 
     def _collect(self) -> set[str]:
@@ -120,7 +127,10 @@ class NameAllocator:
         if self._main is None:
             _add_graph_names(model.graph, taken)
         else:
-            _add_indexed_names(self._main, taken)
+            _add_declared_names(model.graph, taken, with_initializers=False)
+            for index in self._main.holders:
+                for _, sub in subgraphs(self._main.nodes[index]):
+                    _add_graph_names(sub, taken)
         for function in model.functions:
             taken.update(function.input)
             taken.update(function.output)
@@ -129,22 +139,33 @@ class NameAllocator:
                 taken.update(node.output)
         return taken
 
+    def _is_taken(self, name: str) -> bool:
+        if name in self._taken:
+            return True
+        main = self._main
+        return main is not None and (
+            name in main.producer or name in main.consumers or name in main.initializers
+        )
+
     def fresh(self, base: str) -> str:
         if self._taken is None:
             self._taken = self._collect()
         name, n = base, 1
-        while name in self._taken:
+        while self._is_taken(name):
             n += 1
             name = f"{base}_{n}"
         self._taken.add(name)
         return name
 
 
-def _add_declared_names(graph: onnx.GraphProto, taken: set[str]) -> None:
+def _add_declared_names(
+    graph: onnx.GraphProto, taken: set[str], *, with_initializers: bool = True
+) -> None:
     """Names a graph declares outside its nodes: inputs, outputs, initializers, value_info."""
     taken.update(i.name for i in graph.input)
     taken.update(o.name for o in graph.output)
-    taken.update(t.name for t in graph.initializer)
+    if with_initializers:
+        taken.update(t.name for t in graph.initializer)
     taken.update(v.name for v in graph.value_info)
     taken.update(t.values.name for t in graph.sparse_initializer)
     taken.update(t.indices.name for t in graph.sparse_initializer)
@@ -158,14 +179,6 @@ def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
         node = nodes[index]
         taken.update(node.input)  # reads of the outer scope from inside stay visible
         for _, sub in subgraphs(node):
-            _add_graph_names(sub, taken)
-
-
-def _add_indexed_names(view: GraphView, taken: set[str]) -> None:
-    _add_declared_names(view.graph, taken)
-    taken.update(view.producer, view.consumers)  # node outputs, and what nodes read
-    for index in view.holders:
-        for _, sub in subgraphs(view.nodes[index]):
             _add_graph_names(sub, taken)
 
 

@@ -5,8 +5,9 @@ when installed, and the effect of folding on onnxruntime inference. One run, rat
     python benchmarks/bench.py --quick    # small models, seconds
 
 Writes `docs/benchmark.md` (table, machine, versions) and `docs/benchmark.png` (needs matplotlib).
-Every tool runs as its own process; time is wall-clock of the whole process (median of --repeat
-runs), memory its peak RSS.
+Every tool runs as its own process; time is wall-clock of the whole process, memory its peak RSS.
+bnfold (`bnfold IN -o OUT --no-validate`) and `onnx.load` + `onnx.save` run --repeat times each,
+alternating, and the medians are compared; the other tools run once.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ TOOLS = {
 
 def command(tool: str, source: Path, target: Path) -> list[str]:
     if tool == "bnfold":
-        return [PY, "-m", "bnfold", str(source), "-o", str(target), "--no-validate", "-q"]
+        return [PY, "-m", "bnfold", str(source), "-o", str(target), "--no-validate"]
     return [PY, "-c", TOOLS[tool][1], str(source), str(target)]
 
 
@@ -191,7 +192,12 @@ def benchmark_models(quick: bool) -> dict[str, callable]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models only")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per tool and model (median)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="runs of bnfold and of load+save per model, alternating (median)",
+    )
     parser.add_argument(
         "--tools", nargs="*", help="other tools to include (default: all installed)"
     )
@@ -215,15 +221,19 @@ def main() -> None:
             onnx.save(build(), source)
             size_mb = source.stat().st_size / 1e6
             baseline = None
+            # bnfold and its baseline alternate, so that a slow spell of the machine weighs on
+            # both alike; the other tools run once (they take minutes where bnfold takes seconds)
+            paired = {tool: [] for tool in ("load+save", "bnfold")}
+            for _ in range(args.repeat):
+                for tool, runs in paired.items():
+                    runs.append(measure(command(tool, source, tmp / f"{tool}.onnx"), args.timeout))
             for tool in tools:
                 target = tmp / f"{tool}.onnx"
                 family = label.split()[0]
                 if (family, tool) in timed_out:
                     rows.append(_not_run(label, size_mb, tool))
                     continue
-                # Other tools run once: they take minutes where bnfold takes seconds.
-                repeat = args.repeat if tool in ("load+save", "bnfold") else 1
-                runs = [measure(command(tool, source, target), args.timeout) for _ in range(repeat)]
+                runs = paired.get(tool) or [measure(command(tool, source, target), args.timeout)]
                 seconds = statistics.median(r[0] for r in runs)
                 memory = max(r[1] for r in runs)
                 error = next((r[2] for r in runs if r[2]), "")
@@ -300,8 +310,9 @@ def write_report(folder: Path, rows, effects, args) -> None:
         f"{platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}. "
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         "",
-        "Whole process, file to file; load+save and bnfold: median of "
-        f"{args.repeat} runs, other tools one run, stopped after {args.timeout:.0f} s (and then "
+        "Whole process, file to file (bnfold: `bnfold IN -o OUT --no-validate`); load+save and "
+        f"bnfold: median of {args.repeat} runs each, alternating; other tools one run, "
+        f"stopped after {args.timeout:.0f} s (and then "
         "not run on the bigger models of the same family); ratios against `onnx.load` + "
         "`onnx.save` of the same file. Peak memory is the process's maximum resident set size.",
         "",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph_view import GraphView, attributes
+from .graph_view import ONNX_DOMAINS, GraphView, attributes
 from .numerics import ChannelAffine, is_float
 
 AFFINE_OPS = ("Mul", "Add")
@@ -59,7 +59,7 @@ def read_affine(
         if producer_index is None:
             continue
         producer = view.nodes[producer_index]
-        if producer.domain not in ("", "ai.onnx") or producer.op_type not in producers:
+        if producer.domain not in ONNX_DOMAINS or producer.op_type not in producers:
             continue
         constant = view.constant(other)
         if constant is None or not is_float(constant.dtype):

@@ -36,10 +36,9 @@ import numpy as np
 import onnx
 
 from .batchnorm import mode_problem
-from .graph_view import RAW_DTYPES, GraphView, NameAllocator, attributes
+from .graph_view import ONNX_DOMAINS, RAW_DTYPES, GraphView, NameAllocator, attributes
 from .records import Folded
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 RAW_FLOATS = {code: dtype for code, dtype in RAW_DTYPES.items() if dtype.kind == "f"}
 CHUNK_BYTES = 1 << 20  # weights smaller than this are scaled together, up to this much at once
 
@@ -100,10 +99,9 @@ class PendingFold:
             view.set_constant_input(pair.conv_index, 2, self.bias, f"{stem}_bnfold_bias", names)
         vanished.add(pair.source)
         maybe_dead.update(pair.param_names)
-        view.bypass(pair.bn_index, pair.conv_index)
+        output = view.bypass(pair.bn_index, pair.conv_index, pair.param_names)
         verb = "updated" if pair.bias is not None else "added"
         how = f"scaled {pair.channels} output channels; bias {verb}"
-        output = conv.output[0]  # the BatchNormalization's output, now the Conv's
         label = bn_node.name or f"<BatchNormalization -> {output}>"
         return Folded(label, output, into, "Conv", how, view.path)
 
@@ -127,9 +125,10 @@ def fold_conv_batchnorm_weights(view: GraphView, opset: int) -> dict[int, Pendin
 
 
 def _find_pairs(view: GraphView, opset: int):
-    for index, node in enumerate(view.nodes):
-        if node.op_type == "BatchNormalization" and node.domain in DEFAULT_DOMAINS:
-            yield _pair(view, index, node, opset)
+    nodes, domains = view.nodes, view.domains
+    for index, op_type in enumerate(view.op_types):
+        if op_type == "BatchNormalization" and domains[index] in ONNX_DOMAINS:
+            yield _pair(view, index, nodes[index], opset)
 
 
 def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pair | None:
@@ -151,10 +150,9 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
         return None
-    conv = view.nodes[conv_index]
-    if conv.op_type != "Conv" or conv.domain not in DEFAULT_DOMAINS:
+    if view.op_types[conv_index] != "Conv" or view.domains[conv_index] not in ONNX_DOMAINS:
         return None
-    conv_inputs = conv.input
+    conv_inputs = view.nodes[conv_index].input
     if len(conv_inputs) < 2:
         return None
     weight = _owned_raw_initializer(view, conv_inputs[1], conv_index)
@@ -164,7 +162,7 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if len(weight_dims) < 3 or weight_dims[0] != channels or min(weight_dims) < 1:
         return None
     feeder = view.producer.get(conv_inputs[0])
-    if feeder is not None and view.nodes[feeder].op_type == "BatchNormalization":
+    if feeder is not None and view.op_types[feeder] == "BatchNormalization":
         return None  # a forward fold may change this Conv first, in node order
     bias = None
     if len(conv_inputs) > 2 and conv_inputs[2]:

@@ -34,7 +34,8 @@ class BatchNorm:
 def mode_problem(node: onnx.NodeProto, opset: int, attrs: dict | None = None) -> str | None:
     """Why this BatchNormalization is not an inference-mode per-channel one, or None."""
     attrs = attributes(node) if attrs is None else attrs
-    extra_outputs = [name for name in node.output[1:] if name]
+    outputs, inputs = node.output, node.input
+    extra_outputs = [name for name in outputs[1:] if name]
     if opset < 7 and not attrs.get("is_test", 0):
         return f"training mode (opset {opset} BatchNormalization without is_test=1)"
     if opset >= 14 and attrs.get("training_mode", 0):
@@ -44,10 +45,10 @@ def mode_problem(node: onnx.NodeProto, opset: int, attrs: dict | None = None) ->
     if extra_outputs:
         listed = ", ".join(f"'{n}'" for n in extra_outputs)
         return f"its optional outputs ({listed}) are used, which only training mode computes"
-    if not node.output or not node.output[0]:
+    if not outputs or not outputs[0]:
         return "its output has no name (the result is unused)"
-    if len(node.input) != 5 or not all(node.input):
-        return f"it has {sum(1 for i in node.input if i)} inputs, expected 5"
+    if len(inputs) != 5 or not all(inputs):
+        return f"it has {sum(1 for i in inputs if i)} inputs, expected 5"
     return None
 
 

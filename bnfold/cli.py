@@ -49,6 +49,13 @@ class _Console:
         if not self.quiet:
             click.echo(_printable(line))
 
+    def out_lines(self, lines) -> None:
+        """Many lines in one write (one `echo` per line costs ~15 µs: 0.25 s on 16,000 records)."""
+        if not self.quiet:
+            text = "\n".join(_printable(line) for line in lines)
+            if text:
+                click.echo(text)
+
     def detail(self, line: str) -> None:
         if self.verbose and not self.quiet:
             click.echo(_printable(line))
@@ -232,10 +239,8 @@ def command(
         raise InputError(exc.path or model, exc.problem) from None
     console.progress_done()
     console.detail(f"folded in {time.perf_counter() - mark:.2f} s")
-    for call in result.inlined:
-        console.out(_inlined_line(call))
-    for record in result.records:
-        console.out(_record_line(record))
+    console.out_lines(_inlined_line(call) for call in result.inlined)
+    console.out_lines(_record_line(record) for record in result.records)
     validation = None
     if not no_validate and not (result.folded or result.folded_affine):
         console.detail("nothing folded: the output is the input model; validation not needed")

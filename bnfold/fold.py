@@ -30,6 +30,7 @@ from .errors import InputError
 from .functions import inline_batchnorm_functions
 from .graph_view import (
     CONTROL_FLOW_OPS,
+    ONNX_DOMAINS,
     GraphView,
     NameAllocator,
     attributes,
@@ -52,7 +53,6 @@ from .producers.forward import plan_forward, plan_forward_conv
 from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
 from .records import Folded, FoldResult, Skipped
 
-ONNX_DOMAINS = ("", "ai.onnx")
 LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
 FORWARD_CONVS = ("Conv", "ConvTranspose")  # ConvTranspose only to say why it is not folded
 # What malformed attributes or tensors raise while a fold is decided: then the node is not folded.
@@ -98,20 +98,21 @@ def fold_in_place(
     `batched=False` folds every pair one at a time, the reference the vectorised path of
     `bnfold.batched` is tested against (same model, bit for bit)."""
     check_model_opset(model)
+    nodes_before = None  # without functions to inline, counted from the pass's index
     if model.functions:  # the inliner edits the graph before the pass indexes it
         check_model_structure(model)
-    nodes_before = count_nodes(model.graph)
+        nodes_before = count_nodes(model.graph)
     functions = inline_batchnorm_functions(model, enabled=inline_functions)
-    nodes_inlined = count_nodes(model.graph) if functions.inlined else nodes_before
     context = _Context(model, batched=batched)
     with _collector_paused():
         _fold_graph(model.graph, context, parent=None, path="")
     context.names.index(None)  # let the main graph's index go now, not at the next collection
+    nodes_inlined = context.nodes_indexed
     return FoldResult(
         model,
         functions.annotate(context.folded),
         functions.annotate(context.skipped) + functions.skipped,
-        nodes_before,
+        nodes_inlined if nodes_before is None else nodes_before,
         nodes_inlined - context.removed,
         context.folded_affine,
         functions.inlined,
@@ -147,6 +148,7 @@ class _Context:
     skipped: list[Skipped] = field(default_factory=list)
     folded_affine: list[Folded] = field(default_factory=list)
     removed: int = 0  # nodes removed, all graphs
+    nodes_indexed: int = 0  # nodes of the main graph and its subgraphs, before the pass
     batched: bool = True  # plain Conv -> BatchNormalization pairs through `bnfold.batched`
 
     def __post_init__(self) -> None:
@@ -191,6 +193,8 @@ def _fold_graph(
         if problem:
             raise InputError(None, problem)
         context.names.index(view)
+        inner = (g for i in view.holders for _, g in subgraphs(view.nodes[i]))
+        context.nodes_indexed = len(view.nodes) + sum(map(count_nodes, inner))
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
     # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
@@ -200,16 +204,14 @@ def _fold_graph(
         if context.refusal or not context.batched
         else fold_conv_batchnorm_weights(view, context.opset)
     )
-    for index, node in enumerate(view.nodes):
-        if node.domain not in ONNX_DOMAINS:
-            continue
-        if node.op_type == "BatchNormalization":
+    for index in _visited_positions(view):
+        if view.op_types[index] == "BatchNormalization":
             if index in pending:  # (popped: each pair's memory goes as its fold completes)
                 record = pending.pop(index).finish(view, context.names, vanished, maybe_dead)
             else:
                 record = _fold_one(view, index, context, vanished, maybe_dead)
             (context.folded if isinstance(record, Folded) else context.skipped).append(record)
-        elif node.op_type in AFFINE_OPS and not context.refusal:
+        elif not context.refusal:
             record = _fold_affine(view, index, context, vanished, maybe_dead)
             if record is not None:
                 context.folded_affine.append(record)
@@ -230,6 +232,17 @@ def _fold_graph(
     vanished |= view.remove_dead(maybe_dead)
     view.commit(vanished)
     context.removed += len(view.removed_nodes)
+
+
+def _visited_positions(view: GraphView) -> list[int]:
+    """Positions of the default-domain BatchNormalization, Mul and Add nodes, in node order
+    (a fold never turns a node into one of these or one of these into something else)."""
+    wanted = ("BatchNormalization", *AFFINE_OPS)
+    return [
+        index
+        for index, (op_type, domain) in enumerate(zip(view.op_types, view.domains, strict=True))
+        if op_type in wanted and domain in ONNX_DOMAINS
+    ]
 
 
 def _fold_affine(
@@ -425,7 +438,7 @@ def _apply(
             producer_index, update.slot, update.value, f"{stem}_bnfold_{update.role}", context.names
         )
     if plan.new_op_type:
-        producer.op_type = plan.new_op_type
+        producer.op_type = view.op_types[producer_index] = plan.new_op_type
     for name, value in plan.new_attributes.items():
         _set_attribute(producer, name, value)
     return producer.op_type

@@ -28,11 +28,17 @@ from dataclasses import dataclass, field, replace
 import onnx
 
 from .batchnorm import PARAMETER_NAMES
-from .graph_view import GraphView, NameAllocator, node_label, outer_references, subgraphs
+from .graph_view import (
+    ONNX_DOMAINS,
+    GraphView,
+    NameAllocator,
+    node_label,
+    outer_references,
+    subgraphs,
+)
 from .model_io import default_opset
 from .records import Inlined, Skipped
 
-ONNX_DOMAINS = ("", "ai.onnx")
 KEEP_REASON = (
     "inside a model-local function, left unchanged (--keep-functions / inline_functions=False)"
 )

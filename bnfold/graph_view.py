@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from itertools import repeat
@@ -22,11 +23,12 @@ from .element_types import castlike_target_problem, declared_element_types, type
 
 # Default-domain ops with graph attributes; ops of other domains are always looked at.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+ONNX_DOMAINS = ("", "ai.onnx")
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
     """The graphs held in a node's attributes (If branches, Loop/Scan bodies, ...)."""
-    if node.op_type not in CONTROL_FLOW_OPS and node.domain in ("", "ai.onnx"):
+    if node.op_type not in CONTROL_FLOW_OPS and node.domain in ONNX_DOMAINS:
         return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -187,8 +189,12 @@ def nodes_with_subgraphs(nodes) -> list[int]:
     return [
         index
         for index, node in enumerate(nodes)
-        if node.op_type in CONTROL_FLOW_OPS or node.domain not in ("", "ai.onnx")
+        if node.op_type in CONTROL_FLOW_OPS or node.domain not in ONNX_DOMAINS
     ]
+
+
+_OP_TYPE = operator.attrgetter("op_type")
+_DOMAIN = operator.attrgetter("domain")
 
 
 def _flattened(name_lists: list) -> tuple[list[str], list[int]]:
@@ -317,7 +323,17 @@ class GraphView:
         self.defines_twice = len(producer) != len(written) - written.count("")
         position = producer.get
         self.reads_in_order = all(map(operator.lt, map(position, read, repeat(-1)), readers))
-        self.holders = nodes_with_subgraphs(nodes)  # positions of nodes that may hold graphs
+        # Each node's op type and domain, read once for the pass's loops (each distinct value
+        # kept once, not once per node; protobuf gives bytes for a string that is not UTF-8)
+        op_types, domains = list(map(_OP_TYPE, nodes)), list(map(_DOMAIN, nodes))
+        distinct = {}
+        self.op_types = list(map(distinct.setdefault, op_types, op_types))
+        self.domains = list(map(distinct.setdefault, domains, domains))
+        self.holders = [  # positions of nodes that may hold graphs (`nodes_with_subgraphs`)
+            index
+            for index, (op_type, domain) in enumerate(zip(self.op_types, self.domains, strict=True))
+            if op_type in CONTROL_FLOW_OPS or domain not in ONNX_DOMAINS
+        ]
         for index in self.holders:
             for _, sub in subgraphs(self.nodes[index]):
                 for name in outer_references(sub):
@@ -351,7 +367,7 @@ class GraphView:
     def _find_constant(self, name: str) -> np.ndarray | None:
         if name in self.producer:
             node = self.nodes[self.producer[name]]
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            if node.op_type == "Constant" and node.domain in ONNX_DOMAINS:
                 return constant_node_value(node)
             return self._evaluate(self.producer[name], node)
         if name in self.input_names:
@@ -396,7 +412,7 @@ class GraphView:
             return f"'{name}' is a graph input"
         if name in self.producer:
             node = self.nodes[self.producer[name]]
-            domain = f"{node.domain}:" if node.domain not in ("", "ai.onnx") else ""
+            domain = f"{node.domain}:" if node.domain not in ONNX_DOMAINS else ""
             phrase = f"'{name}' is computed by {domain}{node.op_type} '{node_label(node)}'"
             if node.op_type == "CastLike" and len(node.input) == 2 and not domain:
                 like = node.input[1]
@@ -410,7 +426,7 @@ class GraphView:
     def _non_constant_input(self, node: onnx.NodeProto) -> str | None:
         """The first input that keeps a pure op's output from being constant (of a CastLike,
         only the first input: the second gives just a type)."""
-        if node.op_type not in EVALUATED_OPS or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in EVALUATED_OPS or node.domain not in ONNX_DOMAINS:
             return None
         inputs = node.input[:1] if node.op_type == "CastLike" else node.input
         return next((name for name in inputs if name and self.constant(name) is None), None)
@@ -515,9 +531,10 @@ class GraphView:
             and name not in self.input_names
         )
 
-    def bypass(self, bn_index: int, producer_index: int) -> None:
+    def bypass(self, bn_index: int, producer_index: int, inputs: list[str] | None = None) -> str:
         """Remove a folded node (BatchNormalization, Mul, Add): its producer takes over its
-        output tensor; its other inputs lose a reader."""
+        output tensor; its other inputs lose a reader. `inputs`: the node's inputs, when the
+        caller has them. Returns the output taken over."""
         bn = self.nodes[bn_index]
         outputs = self.nodes[producer_index].output
         old_output, new_output = outputs[0], bn.output[0]
@@ -527,10 +544,11 @@ class GraphView:
         del producer[old_output]
         consumers = self.consumers
         consumers.pop(old_output, None)
-        for name in bn.input:
+        for name in bn.input if inputs is None else inputs:
             if name and name != old_output:
                 consumers.remove(name, bn_index)
         self.removed_nodes.add(bn_index)
+        return new_output
 
     def absorb_into_consumer(self, bn_index: int, consumer_index: int) -> None:
         """Remove a BatchNormalization folded forward: its consumer reads the BN's input."""
@@ -643,8 +661,10 @@ def _fill_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
 
 
 def _little_endian_bytes(value: np.ndarray) -> bytes:
-    little = value.dtype.newbyteorder("<")
-    return (value if value.dtype == little else value.astype(little)).tobytes()
+    order = value.dtype.byteorder
+    if order == "<" or order == "|" or (order == "=" and sys.byteorder == "little"):
+        return value.tobytes()
+    return value.astype(value.dtype.newbyteorder("<")).tobytes()
 
 
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:

@@ -25,7 +25,7 @@ from onnx import external_data_helper, numpy_helper
 
 from .encoding import Encoding
 from .errors import InputError
-from .graph_view import node_label, nodes_with_subgraphs, outer_references, subgraphs
+from .graph_view import ONNX_DOMAINS, node_label, nodes_with_subgraphs, outer_references, subgraphs
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph itself when deciding whether tensors fit in one protobuf.
@@ -82,7 +82,7 @@ def fits_in_one_protobuf(model: onnx.ModelProto) -> bool:
 def default_opset(model: onnx.ModelProto) -> int:
     """The model's opset version for the default ONNX domain (0 if it imports none)."""
     for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
+        if entry.domain in ONNX_DOMAINS:
             return int(entry.version)
     return 0
 
@@ -181,7 +181,7 @@ def check_model_opset(model: onnx.ModelProto, path: Path | None = None) -> None:
 
 
 def _uses_default_domain(graph: onnx.GraphProto) -> bool:
-    return any(node.domain in ("", "ai.onnx") for node in graph.node)
+    return any(node.domain in ONNX_DOMAINS for node in graph.node)
 
 
 def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | None:
@@ -246,6 +246,8 @@ def _duplicate_definition(
 
 
 def _initializer_size_mismatch(graph: onnx.GraphProto) -> str | None:
+    """An initializer with a negative dimension, or whose raw data is not the size its dims and
+    type make, described (tensors whose data is still in an external file are not read)."""
     external = onnx.TensorProto.EXTERNAL
     for tensor in graph.initializer:
         dims = tensor.dims
@@ -255,11 +257,8 @@ def _initializer_size_mismatch(graph: onnx.GraphProto) -> str | None:
         if itemsize is None or tensor.data_location == external:
             continue
         size = len(tensor.raw_data)
-        if (size or tensor.HasField("raw_data")) and size != itemsize * math.prod(tensor.dims):
-            return (
-                f"initializer '{tensor.name}' declares shape {list(tensor.dims)} but holds "
-                f"{size} bytes"
-            )
+        if size != itemsize * math.prod(dims) and (size or tensor.HasField("raw_data")):
+            return f"initializer '{tensor.name}' declares shape {list(dims)} but holds {size} bytes"
     return None
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Folded:
     """A BatchNormalization removed by folding it into a neighbouring linear layer."""
 
@@ -30,7 +30,7 @@ class Folded:
         return {"status": self.kind, **asdict(self)}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Skipped:
     """A BatchNormalization left in place, with the reason it could not be folded exactly."""
 
@@ -46,7 +46,7 @@ class Skipped:
         return {"status": self.kind, **asdict(self)}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inlined:
     """A call of a model-local function replaced by the function's body, so that the
     BatchNormalizations inside it are folded like any other."""

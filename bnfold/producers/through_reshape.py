@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from ..graph_view import GraphView, attributes, node_label
+from ..graph_view import ONNX_DOMAINS, GraphView, attributes, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
@@ -33,7 +33,6 @@ LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
 ROWS = "N"  # the number of rows, unknown: a symbol in `Layout.dims`
 MAX_CHAIN = 16  # layout nodes followed between the layer and the BatchNormalization
-_ONNX_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def plan_through_layout(
     for _ in range(MAX_CHAIN + 1):
         index = view.producer.get(name)
         node = view.nodes[index] if index is not None else None
-        if node is None or node.domain not in _ONNX_DOMAINS:
+        if node is None or node.domain not in ONNX_DOMAINS:
             return None if not chain else _no_layer_reason(view, chain, name)
         if node.op_type not in LAYOUT_OPS and node.op_type not in PLANNERS:
             return None if not chain else _no_layer_reason(view, chain, name)
@@ -216,7 +215,7 @@ def _no_layer_reason(view: GraphView, chain: list[int], name: str) -> str:
     index = view.producer.get(name)
     if index is not None:
         node = view.nodes[index]
-        domain = f"{node.domain}:" if node.domain not in _ONNX_DOMAINS else ""
+        domain = f"{node.domain}:" if node.domain not in ONNX_DOMAINS else ""
         source = f"{domain}{node.op_type} '{node_label(node)}'"
     elif name in view.input_names or name in view.initializers:
         source = f"{'graph input' if name in view.input_names else 'initializer'} '{name}'"

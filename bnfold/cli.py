@@ -9,6 +9,8 @@ Exit statuses (also in `--help` and the README):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
@@ -21,7 +23,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, ValidationFailed
-from .fold import fold_in_place
+from .fold import collector_paused, fold_in_place
 from .model_io import load_model_and_sources, save_model, write_file_atomically
 from .records import FoldResult
 from .validation import ValidationReport, load_inputs, resolve_providers, validate
@@ -386,8 +388,13 @@ def _printable(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to one line on stderr and the documented exit status."""
+    # A run makes hundreds of thousands of objects and no cycles worth the collector's passes.
+    # Called from the console (argv None), the process ends with the command: the collector
+    # stays off (turning it back on would walk everything still alive once more).
+    paused = collector_paused() if argv is not None else contextlib.nullcontext(gc.disable())
     try:
-        command.main(args=argv, prog_name="bnfold", standalone_mode=False)
+        with paused:
+            command.main(args=argv, prog_name="bnfold", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

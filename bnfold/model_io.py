@@ -25,7 +25,14 @@ from onnx import external_data_helper, numpy_helper
 
 from .encoding import Encoding
 from .errors import InputError
-from .graph_view import ONNX_DOMAINS, node_label, nodes_with_subgraphs, outer_references, subgraphs
+from .graph_view import (
+    CONTROL_FLOW_OPS,
+    ONNX_DOMAINS,
+    node_label,
+    nodes_with_subgraphs,
+    outer_references,
+    subgraphs,
+)
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave room for the graph itself when deciding whether tensors fit in one protobuf.
@@ -35,7 +42,12 @@ EXTERNAL_THRESHOLD = 1024  # tensors at least this big go to the data file
 
 def all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     """Every tensor of the model: initializers and tensor attributes, in the main graph, its
-    subgraphs and the local functions (what `onnx.external_data_helper` walks, in one pass)."""
+    subgraphs and the local functions (what `onnx.external_data_helper` walks, in one pass).
+
+    The attributes of a default-domain node are looked at only if its operator's schema has
+    tensor or graph attributes (`TENSOR_ATTRIBUTE_OPS`): any other default-domain node that
+    carried one would be refused by onnxruntime and `onnx.checker` alike (unrecognized
+    attribute), and reading every node's attributes would cost more than the rest of loading."""
     found: list[onnx.TensorProto] = []
     _collect_tensors(model.graph, found, with_initializers=True)
     for function in model.functions:
@@ -47,6 +59,8 @@ def _collect_tensors(graph, found: list, with_initializers: bool) -> None:
     if with_initializers:
         found.extend(graph.initializer)
     for node in graph.node:
+        if node.op_type not in TENSOR_ATTRIBUTE_OPS and node.domain in ONNX_DOMAINS:
+            continue
         for attr in node.attribute:
             kind = attr.type
             if kind == _TENSOR:
@@ -60,6 +74,9 @@ def _collect_tensors(graph, found: list, with_initializers: bool) -> None:
                     _collect_tensors(sub, found, with_initializers=True)
 
 
+# The default-domain operators whose schema (in some version) has a tensor or graph attribute;
+# tests/test_model_io.py checks this against onnx.defs
+TENSOR_ATTRIBUTE_OPS = CONTROL_FLOW_OPS | {"Constant", "ConstantOfShape"}
 _TENSOR, _TENSORS = onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS
 _GRAPH, _GRAPHS = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
 

@@ -154,3 +154,61 @@ def test_inline_output_refused_when_over_the_protobuf_limit(tmp_path, monkeypatc
     with pytest.raises(bnfold.InputError, match="over 2 GB"):
         bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx", external_data=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_tensor_attribute_ops_are_those_whose_schema_has_such_attributes():
+    holding = {"TENSOR", "TENSORS", "GRAPH", "GRAPHS"}
+    expected = {
+        schema.name
+        for schema in onnx.defs.get_all_schemas_with_history()
+        if schema.domain == "" and any(a.type.name in holding for a in schema.attributes.values())
+    }
+    assert expected == model_io.TENSOR_ATTRIBUTE_OPS
+
+
+def test_external_tensors_in_constant_attributes_are_loaded(tmp_path):
+    """Constant values (also inside an If branch) saved as external data come back in memory."""
+    big = np.arange(64, dtype=np.float32)
+    then_graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["t"], value=onnx.numpy_helper.from_array(big))],
+        "then",
+        [],
+        [onnx.helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [64])],
+    )
+    else_graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["e"], value=onnx.numpy_helper.from_array(-big))],
+        "else",
+        [],
+        [onnx.helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [64])],
+    )
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Constant", [], ["k"], value=onnx.numpy_helper.from_array(big)),
+            onnx.helper.make_node("If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph),
+            onnx.helper.make_node("Add", ["y", "k"], ["z"]),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [64])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save(
+        model,
+        folder / "m.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+        convert_attribute=True,
+    )
+    on_disk = onnx.load(folder / "m.onnx", load_external_data=False)
+    assert len(list(model_io._external_tensors(on_disk))) == 3
+    loaded = bnfold.load_model(folder / "m.onnx")
+    tensors = model_io.all_tensors(loaded)
+    assert len(tensors) == 3
+    for tensor in tensors:
+        assert tensor.data_location == onnx.TensorProto.DEFAULT
+        assert np.array_equal(np.abs(onnx.numpy_helper.to_array(tensor)), big)

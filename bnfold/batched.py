@@ -27,6 +27,7 @@ entirely to the general path.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterator
@@ -51,12 +52,14 @@ class _Pair:
     conv_index: int
     source: str  # the Conv output the BatchNormalization reads
     param_names: list[str]  # scale, B, mean, var
-    params: list[onnx.TensorProto]
+    param_dtype: int  # their TensorProto data type
+    param_raw: list[bytes] | None  # their data, until the factors are computed
     epsilon: float
     weight: onnx.TensorProto
     bias: onnx.TensorProto | None
     channels: int
     row: int  # weight elements per output channel
+    tensor_names: tuple[str, ...]  # the initializers read (parameters, weight, bias)
     # `a` and `b` of all pairs with this pair's parameter dtype (float64), and where its own
     # C values start: one array for thousands of pairs, not two small arrays each
     factors: tuple[np.ndarray, np.ndarray] = field(default=None, repr=False)
@@ -106,12 +109,22 @@ class PendingFold:
         return Folded(label, output, into, "Conv", how, view.path)
 
 
-def fold_conv_batchnorm_weights(view: GraphView, opset: int) -> dict[int, PendingFold]:
-    """Write the folded weights of every pair of the kind above; return the pending folds by
-    BatchNormalization position (the pass calls `finish` on each when it gets there)."""
+def find_pairs(view: GraphView, opset: int) -> list[_Pair]:
+    """The pairs of the kind above, in node order. Only reads the graph; the data of every
+    tensor a pair reads is checked to be the size its dims and type make (`checked_names`)."""
     if not view.reads_in_order:
-        return {}
-    pairs = [pair for pair in _find_pairs(view, opset) if pair is not None]
+        return []
+    return [pair for pair in _candidates(view, opset) if pair is not None]
+
+
+def checked_names(pairs: list[_Pair]) -> set[str]:
+    """The initializers `find_pairs` checked for `pairs` (positive dims, data of that size)."""
+    return {name for pair in pairs for name in pair.tensor_names}
+
+
+def fold_conv_batchnorm_weights(pairs: list[_Pair]) -> dict[int, PendingFold]:
+    """Write the folded weights of `pairs` (from `find_pairs`); return the pending folds by
+    BatchNormalization position (the pass calls `finish` on each when it gets there)."""
     if not pairs:
         return {}
     pairs = _with_affines(pairs)
@@ -124,7 +137,7 @@ def fold_conv_batchnorm_weights(view: GraphView, opset: int) -> dict[int, Pendin
     return pending
 
 
-def _find_pairs(view: GraphView, opset: int):
+def _candidates(view: GraphView, opset: int):
     nodes, domains = view.nodes, view.domains
     for index, op_type in enumerate(view.op_types):
         if op_type == "BatchNormalization" and domains[index] in ONNX_DOMAINS:
@@ -135,6 +148,9 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     attrs = attributes(node)
     if mode_problem(node, opset, attrs):
         return None
+    epsilon = attrs.get("epsilon", 1e-5)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+        return None  # malformed: the general path says why
     source, *param_names = node.input  # five names: mode_problem checked
     params = [_raw_initializer(view, name) for name in param_names]
     if None in params:
@@ -147,6 +163,9 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     for param in params[1:]:
         if param.data_type != dtype or param.dims != dims:
             return None
+    param_raw = [param.raw_data for param in params]
+    if not _all_sized(param_raw, channels * RAW_FLOATS[dtype].itemsize):
+        return None
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
         return None
@@ -161,32 +180,51 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     weight_dims = weight.dims
     if len(weight_dims) < 3 or weight_dims[0] != channels or min(weight_dims) < 1:
         return None
+    row = math.prod(weight_dims[1:])
+    if not _all_sized([weight.raw_data], channels * row * RAW_FLOATS[weight.data_type].itemsize):
+        return None
     feeder = view.producer.get(conv_inputs[0])
     if feeder is not None and view.op_types[feeder] == "BatchNormalization":
         return None  # a forward fold may change this Conv first, in node order
     bias = None
+    tensor_names = (*param_names, conv_inputs[1])
     if len(conv_inputs) > 2 and conv_inputs[2]:
         bias = _owned_raw_initializer(view, conv_inputs[2], conv_index)
         if bias is None or bias.dims != dims:
             return None
-    epsilon = attrs.get("epsilon", 1e-5)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-        return None  # malformed: the general path says why
-    row = math.prod(weight_dims[1:])
+        if not _all_sized([bias.raw_data], channels * RAW_FLOATS[bias.data_type].itemsize):
+            return None
+        tensor_names += (conv_inputs[2],)
     return _Pair(
-        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
+        index,
+        conv_index,
+        source,
+        param_names,
+        dtype,
+        param_raw,
+        epsilon,
+        weight,
+        bias,
+        channels,
+        row,
+        tensor_names,
     )
 
 
+def _all_sized(raw: list[bytes], size: int) -> bool:
+    """Whether each tensor's raw data is `size` bytes (empty: its data is in a typed field)."""
+    return all(len(data) == size for data in raw)
+
+
 def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
-    """An initializer of this graph, not a graph input, holding raw float data in memory."""
+    """An initializer of this graph, not a graph input, of a float type, its data in memory
+    (the caller checks that it is raw data, by its size)."""
     tensor = view.initializers.get(name)
     if (
         tensor is None
         or name in view.input_names
         or tensor.data_type not in RAW_FLOATS
         or tensor.data_location == _EXTERNAL
-        or not tensor.HasField("raw_data")
     ):
         return None
     return tensor
@@ -212,14 +250,18 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
     pairs whose σ²+ε is positive and finite on every channel."""
     by_dtype: dict[int, list[_Pair]] = defaultdict(list)
     for pair in pairs:
-        by_dtype[pair.params[0].data_type].append(pair)
+        by_dtype[pair.param_dtype].append(pair)
     kept = []
     for code, group in by_dtype.items():
         dtype = RAW_FLOATS[code]
         gamma, beta, mean, var = (
-            _concatenated([pair.params[role] for pair in group], dtype).astype(np.float64)
+            np.frombuffer(b"".join([pair.param_raw[role] for pair in group]), dtype).astype(
+                np.float64
+            )
             for role in range(4)
         )
+        for pair in group:
+            pair.param_raw = None
         lengths = np.array([pair.channels for pair in group])
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         epsilons = np.array([pair.epsilon for pair in group], dtype=np.float32)
@@ -245,7 +287,7 @@ def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, bytes]]]:
         dtype = RAW_FLOATS[first.weight.data_type]
         raw = b"".join([pair.weight.raw_data for pair in chunk])  # one weight: no copy
         rows = np.frombuffer(raw, dtype=dtype).reshape(-1, first.row)  # a row per output channel
-        scales = first.scale if len(chunk) == 1 else np.concatenate([p.scale for p in chunk])
+        scales = _joined(chunk, 0)
         scaled = np.empty(rows.shape, dtype=dtype)
         with np.errstate(invalid="ignore", over="ignore"):
             np.multiply(rows, scales[:, None], out=scaled, dtype=np.float64, casting="unsafe")
@@ -289,8 +331,7 @@ def _folded_biases(pairs: list[_Pair]) -> dict[int, tuple[np.ndarray, int]]:
     result: dict[int, tuple[np.ndarray, int]] = {}
     for code, group in by_dtype.items():
         dtype = RAW_FLOATS[code]
-        scale = np.concatenate([pair.scale for pair in group])
-        shift = np.concatenate([pair.shift for pair in group])
+        scale, shift = _joined(group, 0), _joined(group, 1)
         with_bias = [pair for pair in group if pair.bias is not None]
         folded = shift.copy()
         if with_bias:
@@ -305,6 +346,22 @@ def _folded_biases(pairs: list[_Pair]) -> dict[int, tuple[np.ndarray, int]]:
             if ok:
                 result[pair.bn_index] = rounded, start
     return result
+
+
+def _joined(pairs: list[_Pair], role: int) -> np.ndarray:
+    """The `a` (role 0) or `b` (role 1) values of `pairs`, end to end: a view of the array they
+    share when they lie there end to end in this order (the usual case), else a copy."""
+    first = pairs[0]
+    shared = first.factors
+    if all(
+        pair.factors is shared and pair.start == before.start + before.channels
+        for before, pair in itertools.pairwise(pairs)
+    ):
+        last = pairs[-1]
+        return shared[role][first.start : last.start + last.channels]
+    return np.concatenate(
+        [pair.factors[role][pair.start : pair.start + pair.channels] for pair in pairs]
+    )
 
 
 def _lengths(pairs: list[_Pair]) -> list[int]:

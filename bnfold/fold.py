@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from .affine import AFFINE_OPS, read_affine
-from .batched import fold_conv_batchnorm_weights
+from .batched import checked_names, find_pairs, fold_conv_batchnorm_weights
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .element_types import inferred_element_types
@@ -190,8 +190,11 @@ def _fold_graph(
         budget=context.budget,
         inferred_types=context.inferred_types,
     )
+    # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
+    # fold is completed (or decided, for the rest) one by one, in node order.
+    pairs = [] if context.refusal or not context.batched else find_pairs(view, context.opset)
     if parent is None:  # the main graph, before any edit
-        problem = indexed_structure_problem(view)
+        problem = indexed_structure_problem(view, checked_names(pairs))
         if problem:
             raise InputError(None, problem)
         context.names.index(view)
@@ -199,13 +202,8 @@ def _fold_graph(
         context.nodes_indexed = len(view.nodes) + sum(map(count_nodes, inner))
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
-    # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
-    # fold is completed (or decided, for the rest) one by one, in node order.
-    pending = (
-        {}
-        if context.refusal or not context.batched
-        else fold_conv_batchnorm_weights(view, context.opset)
-    )
+    pending = fold_conv_batchnorm_weights(pairs)
+    del pairs
     for index in _visited_positions(view):
         if view.op_types[index] == "BatchNormalization":
             if index in pending:  # (popped: each pair's memory goes as its fold completes)

@@ -7,6 +7,7 @@ cost of a fold is the cost of the index plus the edits, not of copying the model
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import sys
@@ -194,6 +195,7 @@ def nodes_with_subgraphs(nodes) -> list[int]:
 
 
 _OP_TYPE = operator.attrgetter("op_type")
+_NAME = operator.attrgetter("name")
 _DOMAIN = operator.attrgetter("domain")
 
 
@@ -290,8 +292,9 @@ class GraphView:
         self.ir_version = ir_version
         self.opset = opset
         self.nodes = list(graph.node)
-        self._initializer_order = [t.name for t in graph.initializer]  # as in graph.initializer
-        self.initializers = dict(zip(self._initializer_order, graph.initializer, strict=True))
+        tensors = list(graph.initializer)  # one wrapper per tensor, made once
+        # by name, in the order of graph.initializer (new ones are appended to both)
+        self.initializers = dict(zip(map(_NAME, tensors), tensors, strict=True))
         self.input_names = {i.name for i in graph.input}
         self.output_names = {o.name for o in graph.output}
         # IR < 4: the main graph lists every initializer among its inputs; a subgraph follows
@@ -510,7 +513,6 @@ class GraphView:
         tensor = self.graph.initializer.add(
             name=name, data_type=data_type, dims=value.shape, raw_data=_little_endian_bytes(value)
         )
-        self._initializer_order.append(name)
         self.initializers[name] = tensor
         if self.lists_initializers_as_inputs:
             self.graph.input.append(
@@ -603,10 +605,15 @@ class GraphView:
     def _drop_initializers(self, names: set[str]) -> None:
         if not names:
             return
-        order = self._initializer_order
-        _delete_flagged(self.graph.initializer, [name in names for name in order])
-        self._initializer_order = [name for name in order if name not in names]
-        self.initializers = {k: v for k, v in self.initializers.items() if k not in names}
+        repeated = self.graph.initializer
+        # the index lists each initializer once, in order (a name given twice, refused by the
+        # structure checks, would leave it shorter: then the names are read again)
+        order = self.initializers
+        if len(order) != len(repeated):
+            order = map(_NAME, repeated)
+        _delete_flagged(repeated, [name in names for name in order])
+        for name in names:
+            del self.initializers[name]
         if self.lists_initializers_as_inputs:
             _delete_flagged(self.graph.input, [info.name in names for info in self.graph.input])
             self.input_names -= names
@@ -628,8 +635,8 @@ def _delete_flagged(repeated, flags: list[bool]) -> None:
     doomed = sum(flags)
     if not doomed:
         return
-    order = iter(flags)
-    repeated.sort(key=lambda _: next(order))  # the key is called once per item, in order
+    # the key is called once per item, in order: `next(flags, item)` gives the item's flag
+    repeated.sort(key=functools.partial(next, iter(flags)))
     del repeated[len(flags) - doomed :]
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -160,10 +160,11 @@ def check_model_structure(model: onnx.ModelProto, path: Path | None = None) -> N
         raise InputError(path, problem)
 
 
-def indexed_structure_problem(view) -> str | None:
+def indexed_structure_problem(view, checked: Collection[str] = ()) -> str | None:
     """`check_model_structure`'s answer for a main graph, from the index a `GraphView` built
     (so a big graph is not walked twice); the full check runs only to describe a problem, and on
-    the subgraphs."""
+    the subgraphs. The initializers named in `checked` are taken to have positive dims and data
+    of their size (the caller has read them: `bnfold.batched.find_pairs`)."""
     graph = view.graph
     given = view.input_names | view.initializers.keys()
     given.update(t.values.name for t in graph.sparse_initializer)
@@ -178,7 +179,8 @@ def indexed_structure_problem(view) -> str | None:
     )
     if suspect:
         return _first_undefined_input(graph, set())
-    problem = _initializer_size_mismatch(graph)
+    unchecked = (t for name, t in view.initializers.items() if name not in checked)
+    problem = _initializer_size_mismatch(unchecked)
     for index in view.holders:
         for _, sub in subgraphs(view.nodes[index]):
             problem = problem or _first_undefined_input(sub, defined)
@@ -211,7 +213,8 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
     writes = [list(node.output) for node in nodes]
     given = {i.name for i in graph.input}
     given.update(t.name for t in graph.initializer)
-    problem = _duplicate_definition(graph, given, writes) or _initializer_size_mismatch(graph)
+    problem = _duplicate_definition(graph, given, writes)
+    problem = problem or _initializer_size_mismatch(graph.initializer)
     if problem:
         return problem
     given.update(t.values.name for t in graph.sparse_initializer)
@@ -262,11 +265,11 @@ def _duplicate_definition(
     return None
 
 
-def _initializer_size_mismatch(graph: onnx.GraphProto) -> str | None:
+def _initializer_size_mismatch(initializers: Iterable[onnx.TensorProto]) -> str | None:
     """An initializer with a negative dimension, or whose raw data is not the size its dims and
     type make, described (tensors whose data is still in an external file are not read)."""
     external = onnx.TensorProto.EXTERNAL
-    for tensor in graph.initializer:
+    for tensor in initializers:
         dims = tensor.dims
         if dims and min(dims) < 0:
             return f"initializer '{tensor.name}' declares a negative dimension {list(dims)}"

@@ -184,7 +184,9 @@ def test_external_tensors_in_constant_attributes_are_loaded(tmp_path):
     graph = onnx.helper.make_graph(
         [
             onnx.helper.make_node("Constant", [], ["k"], value=onnx.numpy_helper.from_array(big)),
-            onnx.helper.make_node("If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph),
+            onnx.helper.make_node(
+                "If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph
+            ),
             onnx.helper.make_node("Add", ["y", "k"], ["z"]),
         ],
         "g",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,14 +53,12 @@ class _Pair:
     conv_index: int
     source: str  # the Conv output the BatchNormalization reads
     param_names: list[str]  # scale, B, mean, var
-    param_dtype: int  # their TensorProto data type
-    param_raw: list[bytes] | None  # their data, until the factors are computed
+    params: list[onnx.TensorProto]
     epsilon: float
     weight: onnx.TensorProto
     bias: onnx.TensorProto | None
     channels: int
     row: int  # weight elements per output channel
-    tensor_names: tuple[str, ...]  # the initializers read (parameters, weight, bias)
     # `a` and `b` of all pairs with this pair's parameter dtype (float64), and where its own
     # C values start: one array for thousands of pairs, not two small arrays each
     factors: tuple[np.ndarray, np.ndarray] = field(default=None, repr=False)
@@ -119,7 +118,10 @@ def find_pairs(view: GraphView, opset: int) -> list[_Pair]:
 
 def checked_names(pairs: list[_Pair]) -> set[str]:
     """The initializers `find_pairs` checked for `pairs` (positive dims, data of that size)."""
-    return {name for pair in pairs for name in pair.tensor_names}
+    names = {name for pair in pairs for name in pair.param_names}
+    names.update(pair.weight.name for pair in pairs)
+    names.update(pair.bias.name for pair in pairs if pair.bias is not None)
+    return names
 
 
 def fold_conv_batchnorm_weights(pairs: list[_Pair]) -> dict[int, PendingFold]:
@@ -152,20 +154,21 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
         return None  # malformed: the general path says why
     source, *param_names = node.input  # five names: mode_problem checked
-    params = [_raw_initializer(view, name) for name in param_names]
-    if None in params:
+    params = list(map(view.initializers.get, param_names))
+    if None in params or not view.input_names.isdisjoint(param_names):
         return None
-    dtype = params[0].data_type
+    dtypes = set(map(_DATA_TYPE, params))
+    dtype = dtypes.pop()
+    if dtypes or dtype not in RAW_FLOATS or any(map(_DATA_LOCATION, params)):
+        return None  # several types, not a float type, or data in an external file
     dims = params[0].dims
     if len(dims) != 1 or dims[0] < 1:
         return None
-    channels = dims[0]
-    for param in params[1:]:
-        if param.data_type != dtype or param.dims != dims:
-            return None
-    param_raw = [param.raw_data for param in params]
-    if not _all_sized(param_raw, channels * RAW_FLOATS[dtype].itemsize):
+    if not all(map(operator.eq, itertools.repeat(dims), map(_DIMS, params))):
         return None
+    channels = dims[0]
+    if set(map(len, map(_RAW_DATA, params))) != {channels * RAW_FLOATS[dtype].itemsize}:
+        return None  # (empty: the data is in a typed field)
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
         return None
@@ -181,39 +184,30 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if len(weight_dims) < 3 or weight_dims[0] != channels or min(weight_dims) < 1:
         return None
     row = math.prod(weight_dims[1:])
-    if not _all_sized([weight.raw_data], channels * row * RAW_FLOATS[weight.data_type].itemsize):
+    if len(weight.raw_data) != channels * row * RAW_FLOATS[weight.data_type].itemsize:
         return None
     feeder = view.producer.get(conv_inputs[0])
     if feeder is not None and view.op_types[feeder] == "BatchNormalization":
         return None  # a forward fold may change this Conv first, in node order
     bias = None
-    tensor_names = (*param_names, conv_inputs[1])
     if len(conv_inputs) > 2 and conv_inputs[2]:
         bias = _owned_raw_initializer(view, conv_inputs[2], conv_index)
         if bias is None or bias.dims != dims:
             return None
-        if not _all_sized([bias.raw_data], channels * RAW_FLOATS[bias.data_type].itemsize):
+        if len(bias.raw_data) != channels * RAW_FLOATS[bias.data_type].itemsize:
             return None
-        tensor_names += (conv_inputs[2],)
     return _Pair(
         index,
         conv_index,
         source,
         param_names,
-        dtype,
-        param_raw,
+        params,
         epsilon,
         weight,
         bias,
         channels,
         row,
-        tensor_names,
     )
-
-
-def _all_sized(raw: list[bytes], size: int) -> bool:
-    """Whether each tensor's raw data is `size` bytes (empty: its data is in a typed field)."""
-    return all(len(data) == size for data in raw)
 
 
 def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
@@ -231,6 +225,8 @@ def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
 
 
 _EXTERNAL = onnx.TensorProto.EXTERNAL
+_DATA_TYPE, _DATA_LOCATION = operator.attrgetter("data_type"), operator.attrgetter("data_location")
+_DIMS, _RAW_DATA = operator.attrgetter("dims"), operator.attrgetter("raw_data")
 
 
 def _owned_raw_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:
@@ -250,18 +246,14 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
     pairs whose σ²+ε is positive and finite on every channel."""
     by_dtype: dict[int, list[_Pair]] = defaultdict(list)
     for pair in pairs:
-        by_dtype[pair.param_dtype].append(pair)
+        by_dtype[pair.params[0].data_type].append(pair)
     kept = []
     for code, group in by_dtype.items():
         dtype = RAW_FLOATS[code]
         gamma, beta, mean, var = (
-            np.frombuffer(b"".join([pair.param_raw[role] for pair in group]), dtype).astype(
-                np.float64
-            )
+            _concatenated([pair.params[role] for pair in group], dtype).astype(np.float64)
             for role in range(4)
         )
-        for pair in group:
-            pair.param_raw = None
         lengths = np.array([pair.channels for pair in group])
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         epsilons = np.array([pair.epsilon for pair in group], dtype=np.float32)

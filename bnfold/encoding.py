@@ -18,6 +18,7 @@ end of their message) is encoded in one piece, since those could not be placed e
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 
 import numpy as np
@@ -98,7 +99,7 @@ def _runs(number: int, items) -> list[tuple[int, int, int, int]]:
     count = len(items)
     if not count:
         return []
-    sizes = np.fromiter((item.ByteSize() for item in items), dtype=np.int64, count=count)
+    sizes = np.fromiter(map(_BYTE_SIZE, items), dtype=np.int64, count=count)
     records = sizes + len(_varint(number << 3 | 2)) + _varint_lengths(sizes)
     starts = np.cumsum(records) - records
     big = records > CHUNK_BYTES
@@ -121,19 +122,35 @@ def _runs_encoded(graph: onnx.GraphProto, runs) -> Iterator[bytes]:
     """Each run's records: its items encoded one by one (no copy into a holder message), each
     after its tag and length."""
     for number, start, stop, _ in runs:
-        tag = _varint(number << 3 | 2)
+        headers = _Headers(_varint(number << 3 | 2))
         items = getattr(graph, GRAPH_RUNS[number])[start:stop]
-        encoded = [item.SerializeToString() for item in items]
+        encoded = list(map(_SERIALIZED, items))
         del items
         if len(encoded) == 1:  # a big item: not copied again by a join
-            yield tag + _varint(len(encoded[0]))
+            yield headers[len(encoded[0])]
             yield encoded.pop()
             continue
-        records: list[bytes] = [tag] * (2 * len(encoded))
-        records[0::2] = [tag + _varint(len(item)) for item in encoded]
+        records: list[bytes] = [b""] * (2 * len(encoded))
+        records[0::2] = map(headers.__getitem__, map(len, encoded))
         records[1::2] = encoded
         del encoded
         yield b"".join(records)
+
+
+class _Headers(dict):
+    """Tag and length of a record, by length (items of a run mostly share a few lengths)."""
+
+    def __init__(self, tag: bytes) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def __missing__(self, length: int) -> bytes:
+        header = self[length] = self.tag + _varint(length)
+        return header
+
+
+_BYTE_SIZE = operator.methodcaller("ByteSize")
+_SERIALIZED = operator.methodcaller("SerializeToString")
 
 
 def _fields_encoded(message, wanted) -> bytes:

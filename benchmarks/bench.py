@@ -409,6 +409,8 @@ def plot(path: Path, rows, timeout: float) -> None:
             x = j + i * width
             if not row["error"]:
                 ax.bar(x, row["time_ratio"], width, color=color)
+                if tool == "bnfold" and "work_ratio" in row:
+                    ax.plot(x, row["work_ratio"], marker="_", markersize=14, color="black")
             elif row["error"].startswith("timeout"):
                 ax.bar(x, timeout / baseline[model], width, color=color, hatch="//", alpha=0.5)
         ax.bar(np.nan, np.nan, width, color=color, label=tool)  # legend entry
@@ -421,6 +423,7 @@ def plot(path: Path, rows, timeout: float) -> None:
         hatch="//",
         label=f"timed out ({timeout:.0f} s): at least",
     )
+    ax.plot(np.nan, np.nan, "_", markersize=14, color="black", label="bnfold, work only (× work)")
     ax.axhline(1.5, color="grey", linestyle="--", linewidth=1, label="target 1.5× (big models)")
     ax.axhline(2.0, color="grey", linestyle=":", linewidth=1, label="target 2× (48k-node chain)")
     ax.set_xticks(np.arange(len(model_names)) + width * (len(tools) - 1) / 2, model_names)

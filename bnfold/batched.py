@@ -9,7 +9,11 @@ decide, and does their arithmetic with a handful of numpy calls over all of them
 - the BatchNormalization in inference mode (`batchnorm.mode_problem`), its four parameters
   initializers of this graph, not graph inputs, raw float16/32/64 data, 1-D, one length C ≥ 1;
 - the Conv weight such an initializer read by this Conv only, rank ≥ 3, C output channels; its
-  bias absent or such an initializer of shape [C].
+  bias absent or such an initializer of shape [C];
+- every one of those tensors' raw data exactly the size its dims and type make.
+
+`find_pairs` only reads the graph, and it runs before the pass checks the main graph's
+initializers: the tensors it has read and checked (`checked_names`) are not read again there.
 
 The arithmetic is `numerics`' operation for operation (float64, one rounding to the stored dtype),
 so the results are bit for bit those of the general path (tests/test_batched.py compares them). A

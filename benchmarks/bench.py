@@ -3,6 +3,8 @@ when installed, and the effect of folding on onnxruntime inference. One run, rat
 
     python benchmarks/bench.py            # full: 12k/24k/48k-node chains, ResNet-152, WRN-101-2
     python benchmarks/bench.py --quick    # small models, seconds
+    python benchmarks/bench.py --big      # and a 2.2 GB model with external data (minutes more)
+    python benchmarks/bench.py --tools none   # bnfold and load+save only
 
 Writes `docs/benchmark.md` (table, machine, versions) and `docs/benchmark.png` (needs matplotlib).
 Every tool runs as its own process; time is wall-clock of the whole process, memory its peak RSS.
@@ -42,11 +44,13 @@ _TIMED = (
 )
 # Each tool: (python module that must be importable, script reading argv[1], writing argv[2]).
 TOOLS = {
-    "load+save": (
+    "load+save": (  # external data stays external (in OUT.data), as bnfold does
         None,
         _TIMED.format(
-            imports="import onnx",
-            work="onnx.save(onnx.load(sys.argv[1]), sys.argv[2])",
+            imports="import onnx, os",
+            work="onnx.save(onnx.load(sys.argv[1]), sys.argv[2], "
+            "save_as_external_data=os.path.exists(sys.argv[1] + '.data'), "
+            "location=os.path.basename(sys.argv[2]) + '.data')",
             marker=WORK,
         ),
     ),
@@ -200,7 +204,11 @@ def available_tools(selected: list[str] | None) -> list[str]:
     return names
 
 
-def benchmark_models(quick: bool) -> dict[str, callable]:
+BIG = "WRN-like, 2.2 GB, external data"  # --big: too slow for every run
+EFFECT_MODEL = "WRN-101-2 (500 MB)"  # whose inference in onnxruntime is timed, folded or not
+
+
+def benchmark_models(quick: bool, big: bool = False) -> dict[str, callable]:
     if quick:
         return {
             "chain 6k nodes": lambda: models.chain(2000),
@@ -212,13 +220,27 @@ def benchmark_models(quick: bool) -> dict[str, callable]:
         "chain 24k nodes": lambda: models.chain(8000),
         "chain 48k nodes": lambda: models.chain(16000),
         "ResNet-152 (230 MB)": lambda: models.resnet_like(64, (3, 8, 36, 3)),
-        "WRN-101-2 (500 MB)": lambda: models.resnet_like(128, (3, 4, 23, 3)),
+        EFFECT_MODEL: lambda: models.resnet_like(128, (3, 4, 23, 3)),
+        **({BIG: lambda: models.resnet_like(300, (3, 4, 23, 3))} if big else {}),
     }
+
+
+def save_source(model: onnx.ModelProto, label: str, path: Path) -> float:
+    """Write a benchmark model (the big one with its tensors in `path`.data); its size in MB."""
+    if label != BIG:
+        onnx.save(model, path)
+        return path.stat().st_size / 1e6
+    data = path.with_name(path.name + ".data")
+    onnx.save(model, path, save_as_external_data=True, location=data.name)
+    return (path.stat().st_size + data.stat().st_size) / 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models only")
+    parser.add_argument(
+        "--big", action="store_true", help=f"also a model over 2 GB ({BIG}; minutes more)"
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -243,10 +265,9 @@ def main() -> None:
     timed_out: set[tuple[str, str]] = set()
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         tmp = Path(tmp)
-        for label, build in benchmark_models(args.quick).items():
+        for label, build in benchmark_models(args.quick, args.big).items():
             source = tmp / "in.onnx"
-            onnx.save(build(), source)
-            size_mb = source.stat().st_size / 1e6
+            size_mb = save_source(build(), label, source)
             baseline = None
             # bnfold and its baseline alternate, so that a slow spell of the machine weighs on
             # both alike; the other tools run once (they take minutes where bnfold takes seconds)
@@ -285,13 +306,11 @@ def main() -> None:
                     row.update(outcome(source, target))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                if (
-                    tool == "bnfold"
-                    and not error
-                    and label == list(benchmark_models(args.quick))[-1]
-                ):
+                effect_model = EFFECT_MODEL if not args.quick else list(benchmark_models(True))[-1]
+                if tool == "bnfold" and not error and label == effect_model:
                     effects[label] = inference_effect(source, target, runs=20)
                 target.unlink(missing_ok=True)
+                target.with_name(target.name + ".data").unlink(missing_ok=True)
     write_report(args.out, rows, effects, args)
 
 

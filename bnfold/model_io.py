@@ -282,6 +282,7 @@ def _initializer_size_mismatch(initializers: Iterable[onnx.TensorProto]) -> str 
     return None
 
 
+_STRING = onnx.TensorProto.STRING
 _ITEMSIZE = {
     onnx.TensorProto.FLOAT: 4,
     onnx.TensorProto.FLOAT16: 2,
@@ -484,11 +485,17 @@ def write_file_atomically(path: Path, payload: bytes) -> None:
 
 
 def _write_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> Path:
-    """Move every tensor of at least EXTERNAL_THRESHOLD bytes into one data file."""
+    """Move every tensor of at least EXTERNAL_THRESHOLD bytes (by its dims and type: measuring
+    its encoding would copy its data once more) into one data file. String tensors stay in the
+    model (external data holds raw bytes, which strings have not)."""
     with atomic_file(data_path) as handle:
         offset = 0
         for tensor in all_tensors(model):
-            if tensor.ByteSize() < EXTERNAL_THRESHOLD:
+            kind = tensor.data_type
+            if (
+                kind == _STRING
+                or _ITEMSIZE.get(kind, 1) * math.prod(tensor.dims) < EXTERNAL_THRESHOLD
+            ):
                 continue
             if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw bytes
                 tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))

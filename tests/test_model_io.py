@@ -214,3 +214,33 @@ def test_external_tensors_in_constant_attributes_are_loaded(tmp_path):
     for tensor in tensors:
         assert tensor.data_location == onnx.TensorProto.DEFAULT
         assert np.array_equal(np.abs(onnx.numpy_helper.to_array(tensor)), big)
+
+
+def test_external_data_keeps_string_tensors_inline_and_typed_ones_exact(tmp_path):
+    """Strings have no raw bytes to move out (they stay in the model); float_data becomes raw."""
+    words = np.array([f"label-{i:04d}" for i in range(200)], dtype=object)  # over 1 KB
+    floats = np.linspace(-1, 1, 512, dtype=np.float32)
+    typed = onnx.helper.make_tensor("f", onnx.TensorProto.FLOAT, [512], floats.tolist())
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Identity", ["s"], ["s_out"]),
+            onnx.helper.make_node("Identity", ["f"], ["f_out"]),
+        ],
+        "g",
+        [],
+        [
+            onnx.helper.make_tensor_value_info("s_out", onnx.TensorProto.STRING, [200]),
+            onnx.helper.make_tensor_value_info("f_out", onnx.TensorProto.FLOAT, [512]),
+        ],
+        [onnx.numpy_helper.from_array(words, "s"), typed],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out = tmp_path / "m.onnx"
+    bnfold.save_model(model, out, external_data=True)
+    on_disk = onnx.load(out, load_external_data=False)
+    kinds = {t.name: t.data_location for t in on_disk.graph.initializer}
+    assert kinds == {"s": onnx.TensorProto.DEFAULT, "f": onnx.TensorProto.EXTERNAL}
+    back = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    assert list(back["s"]) == [w.encode() for w in words] or list(back["s"]) == list(words)
+    assert np.array_equal(back["f"], floats)

@@ -355,7 +355,7 @@ def write_report(folder: Path, rows, effects, args) -> None:
     lines = [
         "# Benchmark",
         "",
-        f"`python benchmarks/bench.py{' --quick' if args.quick else ''}` on "
+        f"`python benchmarks/bench.py{' --quick' * args.quick}{' --big' * args.big}` on "
         f"{platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}. "
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         "",
@@ -445,7 +445,8 @@ def plot(path: Path, rows, timeout: float) -> None:
     ax.plot(np.nan, np.nan, "_", markersize=14, color="black", label="bnfold, work only (× work)")
     ax.axhline(1.5, color="grey", linestyle="--", linewidth=1, label="target 1.5× (big models)")
     ax.axhline(2.0, color="grey", linestyle=":", linewidth=1, label="target 2× (48k-node chain)")
-    ax.set_xticks(np.arange(len(model_names)) + width * (len(tools) - 1) / 2, model_names)
+    labels = [name.replace(" (", "\n(").replace(", ", "\n") for name in model_names]
+    ax.set_xticks(np.arange(len(model_names)) + width * (len(tools) - 1) / 2, labels)
     ax.set_ylabel("time / (onnx.load + onnx.save)")
     ax.set_yscale("log")
     ax.set_title("Folding time relative to reading and writing the model (lower is better)")

@@ -263,6 +263,7 @@ def main() -> None:
     effects = {}
     # a tool that timed out is not run on the bigger models of the same family
     timed_out: set[tuple[str, str]] = set()
+    effect_model = list(benchmark_models(True))[-1] if args.quick else EFFECT_MODEL
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         tmp = Path(tmp)
         for label, build in benchmark_models(args.quick, args.big).items():
@@ -306,7 +307,6 @@ def main() -> None:
                     row.update(outcome(source, target))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                effect_model = EFFECT_MODEL if not args.quick else list(benchmark_models(True))[-1]
                 if tool == "bnfold" and not error and label == effect_model:
                     effects[label] = inference_effect(source, target, runs=20)
                 target.unlink(missing_ok=True)
@@ -394,10 +394,7 @@ def write_report(folder: Path, rows, effects, args) -> None:
             lines.append(f"| {key} | {value['create_s']:.3f} | {value['latency_ms']:.2f} |")
     (folder / "benchmark.md").write_text("\n".join(lines) + "\n")
     (folder / "benchmark.json").write_text(
-        json.dumps(
-            {"rows": rows, "inference": effects, "timeout": args.timeout},
-            indent=1,
-        )
+        json.dumps({"rows": rows, "inference": effects, "timeout": args.timeout}, indent=1)
     )
     plot(folder / "benchmark.png", rows, args.timeout)
 

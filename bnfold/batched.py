@@ -68,13 +68,9 @@ class _Pair:
     factors: tuple[np.ndarray, np.ndarray] = field(default=None, repr=False)
     start: int = 0
 
-    @property
-    def scale(self) -> np.ndarray:
-        return self.factors[0][self.start : self.start + self.channels]
-
-    @property
-    def shift(self) -> np.ndarray:
-        return self.factors[1][self.start : self.start + self.channels]
+    def factor(self, role: int) -> np.ndarray:
+        """This pair's `a` (role 0) or `b` (role 1), a view of the shared array."""
+        return self.factors[role][self.start : self.start + self.channels]
 
 
 @dataclass(slots=True)
@@ -158,17 +154,13 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
         return None  # malformed: the general path says why
     source, *param_names = node.input  # five names: mode_problem checked
-    params = list(map(view.initializers.get, param_names))
-    if None in params or not view.input_names.isdisjoint(param_names):
+    params = [_raw_initializer(view, name) for name in param_names]
+    if None in params:
         return None
-    dtypes = set(map(_DATA_TYPE, params))
-    dtype = dtypes.pop()
-    if dtypes or dtype not in RAW_FLOATS or any(map(_DATA_LOCATION, params)):
-        return None  # several types, not a float type, or data in an external file
-    dims = params[0].dims
+    dtype, dims = params[0].data_type, params[0].dims
     if len(dims) != 1 or dims[0] < 1:
         return None
-    if not all(map(operator.eq, itertools.repeat(dims), map(_DIMS, params))):
+    if any(param.data_type != dtype or param.dims != dims for param in params[1:]):
         return None
     channels = dims[0]
     if set(map(len, map(_RAW_DATA, params))) != {channels * RAW_FLOATS[dtype].itemsize}:
@@ -201,16 +193,7 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
         if len(bias.raw_data) != channels * RAW_FLOATS[bias.data_type].itemsize:
             return None
     return _Pair(
-        index,
-        conv_index,
-        source,
-        param_names,
-        params,
-        epsilon,
-        weight,
-        bias,
-        channels,
-        row,
+        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
     )
 
 
@@ -229,8 +212,7 @@ def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
 
 
 _EXTERNAL = onnx.TensorProto.EXTERNAL
-_DATA_TYPE, _DATA_LOCATION = operator.attrgetter("data_type"), operator.attrgetter("data_location")
-_DIMS, _RAW_DATA = operator.attrgetter("dims"), operator.attrgetter("raw_data")
+_RAW_DATA = operator.attrgetter("raw_data")
 
 
 def _owned_raw_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:
@@ -359,9 +341,7 @@ def _joined(pairs: list[_Pair], role: int) -> np.ndarray:
     ):
         last = pairs[-1]
         return shared[role][first.start : last.start + last.channels]
-    return np.concatenate(
-        [pair.factors[role][pair.start : pair.start + pair.channels] for pair in pairs]
-    )
+    return np.concatenate([pair.factor(role) for pair in pairs])
 
 
 def _lengths(pairs: list[_Pair]) -> list[int]:

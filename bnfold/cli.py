@@ -391,7 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     # A run makes hundreds of thousands of objects and no cycles worth the collector's passes.
     # Called from the console (argv None), the process ends with the command: the collector
     # stays off (turning it back on would walk everything still alive once more).
-    paused = collector_paused() if argv is not None else contextlib.nullcontext(gc.disable())
+    paused = collector_paused() if argv is not None else contextlib.nullcontext()
+    if argv is None:
+        gc.disable()
     try:
         with paused:
             command.main(args=argv, prog_name="bnfold", standalone_mode=False)

@@ -27,9 +27,15 @@ CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 ONNX_DOMAINS = ("", "ai.onnx")
 
 
+def may_hold_graphs(op_type: str, domain: str) -> bool:
+    """Whether a node of this op type and domain may hold graphs (control flow, or any op of
+    another domain)."""
+    return op_type in CONTROL_FLOW_OPS or domain not in ONNX_DOMAINS
+
+
 def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
     """The graphs held in a node's attributes (If branches, Loop/Scan bodies, ...)."""
-    if node.op_type not in CONTROL_FLOW_OPS and node.domain in ONNX_DOMAINS:
+    if not may_hold_graphs(node.op_type, node.domain):
         return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -186,12 +192,8 @@ def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
 
 
 def nodes_with_subgraphs(nodes) -> list[int]:
-    """Positions of the nodes that may hold graphs (control flow, or any op of another domain)."""
-    return [
-        index
-        for index, node in enumerate(nodes)
-        if node.op_type in CONTROL_FLOW_OPS or node.domain not in ONNX_DOMAINS
-    ]
+    """Positions of the nodes that may hold graphs (`may_hold_graphs`)."""
+    return [index for index, node in enumerate(nodes) if may_hold_graphs(node.op_type, node.domain)]
 
 
 _OP_TYPE = operator.attrgetter("op_type")
@@ -334,8 +336,8 @@ class GraphView:
         self.domains = list(map(distinct.setdefault, domains, domains))
         self.holders = [  # positions of nodes that may hold graphs (`nodes_with_subgraphs`)
             index
-            for index, (op_type, domain) in enumerate(zip(self.op_types, self.domains, strict=True))
-            if op_type in CONTROL_FLOW_OPS or domain not in ONNX_DOMAINS
+            for index, holds in enumerate(map(may_hold_graphs, self.op_types, self.domains))
+            if holds
         ]
         for index in self.holders:
             for _, sub in subgraphs(self.nodes[index]):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,8 +41,9 @@ import numpy as np
 import onnx
 
 from .batchnorm import mode_problem
-from .graph_view import ONNX_DOMAINS, RAW_DTYPES, GraphView, NameAllocator, attributes
+from .graph_view import ONNX_DOMAINS, GraphView, NameAllocator, attributes
 from .records import Folded
+from .tensor_data import RAW_DTYPES, data_size, is_on_disk, raw_bytes, set_raw_data
 
 RAW_FLOATS = {code: dtype for code, dtype in RAW_DTYPES.items() if dtype.kind == "f"}
 CHUNK_BYTES = 1 << 20  # weights smaller than this are scaled together, up to this much at once
@@ -95,7 +95,7 @@ class PendingFold:
         conv_name = conv.name
         into = conv_name or f"<Conv -> {pair.source}>"  # `node_label`, before the renaming
         if pair.bias is not None:
-            pair.bias.raw_data = self.bias.tobytes()
+            set_raw_data(pair.bias, self.bias.tobytes())
         else:
             stem = conv_name or pair.source
             view.set_constant_input(pair.conv_index, 2, self.bias, f"{stem}_bnfold_bias", names)
@@ -134,7 +134,7 @@ def fold_conv_batchnorm_weights(pairs: list[_Pair]) -> dict[int, PendingFold]:
     pending: dict[int, PendingFold] = {}
     for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
-            pair.weight.raw_data = weight
+            set_raw_data(pair.weight, weight)
             pending[pair.bn_index] = PendingFold(pair, *new_biases[pair.bn_index])
     return pending
 
@@ -163,7 +163,7 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if any(param.data_type != dtype or param.dims != dims for param in params[1:]):
         return None
     channels = dims[0]
-    if set(map(len, map(_RAW_DATA, params))) != {channels * RAW_FLOATS[dtype].itemsize}:
+    if set(map(data_size, params)) != {channels * RAW_FLOATS[dtype].itemsize}:
         return None  # (empty: the data is in a typed field)
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
@@ -180,7 +180,7 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if len(weight_dims) < 3 or weight_dims[0] != channels or min(weight_dims) < 1:
         return None
     row = math.prod(weight_dims[1:])
-    if len(weight.raw_data) != channels * row * RAW_FLOATS[weight.data_type].itemsize:
+    if data_size(weight) != channels * row * RAW_FLOATS[weight.data_type].itemsize:
         return None
     feeder = view.producer.get(conv_inputs[0])
     if feeder is not None and view.op_types[feeder] == "BatchNormalization":
@@ -190,7 +190,7 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
         bias = _owned_raw_initializer(view, conv_inputs[2], conv_index)
         if bias is None or bias.dims != dims:
             return None
-        if len(bias.raw_data) != channels * RAW_FLOATS[bias.data_type].itemsize:
+        if data_size(bias) != channels * RAW_FLOATS[bias.data_type].itemsize:
             return None
     return _Pair(
         index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
@@ -198,21 +198,20 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
 
 
 def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
-    """An initializer of this graph, not a graph input, of a float type, its data in memory
-    (the caller checks that it is raw data, by its size)."""
+    """An initializer of this graph, not a graph input, of a float type, its data in memory or
+    on disk (the caller checks that it is raw data, by its size)."""
     tensor = view.initializers.get(name)
     if (
         tensor is None
         or name in view.input_names
         or tensor.data_type not in RAW_FLOATS
-        or tensor.data_location == _EXTERNAL
+        or (tensor.data_location == _EXTERNAL and not is_on_disk(tensor))
     ):
         return None
     return tensor
 
 
 _EXTERNAL = onnx.TensorProto.EXTERNAL
-_RAW_DATA = operator.attrgetter("raw_data")
 
 
 def _owned_raw_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:
@@ -224,7 +223,7 @@ def _owned_raw_initializer(view: GraphView, name: str, reader: int) -> onnx.Tens
 
 
 def _concatenated(tensors: list[onnx.TensorProto], dtype: np.dtype) -> np.ndarray:
-    return np.frombuffer(b"".join(t.raw_data for t in tensors), dtype=dtype)
+    return np.frombuffer(b"".join(map(raw_bytes, tensors)), dtype=dtype)
 
 
 def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
@@ -263,7 +262,7 @@ def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, bytes]]]:
     for chunk in _weight_chunks(pairs):
         first = chunk[0]
         dtype = RAW_FLOATS[first.weight.data_type]
-        raw = b"".join([pair.weight.raw_data for pair in chunk])  # one weight: no copy
+        raw = b"".join([raw_bytes(pair.weight) for pair in chunk])  # one weight: no copy
         rows = np.frombuffer(raw, dtype=dtype).reshape(-1, first.row)  # a row per output channel
         scales = _joined(chunk, 0)
         scaled = np.empty(rows.shape, dtype=dtype)

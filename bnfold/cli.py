@@ -24,7 +24,7 @@ import click
 from . import __version__
 from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, ValidationFailed
 from .fold import collector_paused, fold_in_place
-from .model_io import load_model_and_sources, save_model, write_file_atomically
+from .model_io import data_file_for, load_model_and_sources, save_model, write_file_atomically
 from .records import FoldResult
 from .validation import ValidationReport, load_inputs, resolve_providers, validate
 
@@ -230,7 +230,8 @@ def command(
     }
     started = time.perf_counter()
     console.progress(f"loading {model} ({_size(model)})")
-    loaded, sources = load_model_and_sources(model, check=False)  # fold_in_place checks
+    # fold_in_place makes the graph checks; external data stays in its files until needed
+    loaded, sources = load_model_and_sources(model, check=False, lazy=True)
     _check_not_input(sources, output, report_path)
     console.detail(f"loaded in {time.perf_counter() - started:.2f} s")
     console.progress("folding")
@@ -290,6 +291,12 @@ def _check_not_input(sources, output: Path | None, report_path: Path | None) -> 
             raise InputError(
                 path, f"is the input model or one of its data files; give the {what} another path"
             )
+    if output is not None and data_file_for(output.resolve()) in protected:
+        raise InputError(
+            output,
+            f"its data file {data_file_for(output).name} would replace the input's; "
+            "give the output another path",
+        )
 
 
 def _given(value) -> bool:

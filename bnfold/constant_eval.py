@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from .tensor_data import tensor_to_array
 
 MAX_ELEMENTS = 1 << 24  # 16 Mi elements per evaluated tensor
 MAX_TOTAL_ELEMENTS = 1 << 26  # 64 Mi elements evaluated per model, all tensors together
@@ -149,7 +150,7 @@ def _evaluate_directly(node: onnx.NodeProto, inputs: list[np.ndarray | None]):
         return inputs[0]
     if op == "ConstantOfShape":
         value = _attribute(node, "value")
-        fill = numpy_helper.to_array(value).reshape(-1) if value is not None else None
+        fill = tensor_to_array(value).reshape(-1) if value is not None else None
         if fill is None or fill.size == 0:
             fill = np.zeros(1, dtype=np.float32)
         shape = tuple(int(d) for d in inputs[0].reshape(-1))

@@ -43,7 +43,7 @@ from .model_io import (
     check_model_opset,
     check_model_structure,
     default_opset,
-    has_external_data,
+    has_unread_external_data,
     indexed_structure_problem,
     load_model_and_sources,
 )
@@ -73,7 +73,7 @@ def fold(
     fold (`FoldResult.inlined` lists them); `inline_functions=False` leaves functions unchanged.
     """
     if isinstance(model, onnx.ModelProto):
-        if has_external_data(model):
+        if has_unread_external_data(model):
             raise InputError(
                 None,
                 "the model's external data is not loaded: pass its path, or load it with "

@@ -8,7 +8,6 @@ cost of a fold is the cost of the index plus the edits, not of copying the model
 from __future__ import annotations
 
 import functools
-import math
 import operator
 import sys
 from collections import Counter, defaultdict
@@ -17,10 +16,10 @@ from itertools import repeat
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .constant_eval import EVALUATED_OPS, EvaluationBudget, evaluate
 from .element_types import castlike_target_problem, declared_element_types, type_witness
+from .tensor_data import RAW_DTYPES, is_on_disk, tensor_to_array
 
 # Default-domain ops with graph attributes; ops of other domains are always looked at.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
@@ -73,28 +72,6 @@ def attributes(node: onnx.NodeProto) -> dict:
         else:
             values[attr.name] = onnx.helper.get_attribute_value(attr)
     return values
-
-
-def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """`numpy_helper.to_array`, with a fast path for the common raw little-endian tensors
-    (a read-only view of the bytes; callers never write into it)."""
-    dtype = RAW_DTYPES.get(tensor.data_type)
-    if dtype is not None and tensor.data_location != onnx.TensorProto.EXTERNAL:
-        raw = tensor.raw_data
-        if raw:
-            shape = tuple(tensor.dims)
-            data = np.frombuffer(raw, dtype=dtype)
-            if data.size == math.prod(shape):
-                return data.reshape(shape)
-    return numpy_helper.to_array(tensor)
-
-
-RAW_DTYPES = {  # TensorProto types whose raw_data numpy reads as is
-    onnx.TensorProto.FLOAT: np.dtype("<f4"),
-    onnx.TensorProto.FLOAT16: np.dtype("<f2"),
-    onnx.TensorProto.DOUBLE: np.dtype("<f8"),
-    onnx.TensorProto.INT64: np.dtype("<i8"),
-}
 
 
 def node_label(node: onnx.NodeProto) -> str:
@@ -360,7 +337,9 @@ class GraphView:
         """
         tensor = self.initializers.get(name)
         if tensor is not None:  # read afresh: caching would hold a copy of every weight
-            if self.is_overridable(name) or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            if self.is_overridable(name) or (
+                tensor.data_location == onnx.TensorProto.EXTERNAL and not is_on_disk(tensor)
+            ):
                 return None
             return tensor_to_array(tensor)
         if name in self._constants:
@@ -653,7 +632,7 @@ _TENSOR_DTYPES = {np.dtype(d).newbyteorder("="): t for t, d in RAW_DTYPES.items(
 
 def _overwrite_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     """Give a tensor new contents of the same shape and dtype."""
-    if tensor.raw_data:  # the usual case: only the bytes change
+    if tensor.HasField("raw_data"):  # the usual case: only the bytes change
         tensor.raw_data = _little_endian_bytes(value)
     else:
         _fill_tensor(tensor, value)

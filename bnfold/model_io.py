@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import tempfile
 from collections import Counter
@@ -21,8 +22,9 @@ from typing import BinaryIO
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
-from onnx import external_data_helper, numpy_helper
+from onnx import numpy_helper
 
+from . import tensor_data
 from .encoding import Encoding
 from .errors import InputError
 from .graph_view import (
@@ -110,12 +112,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def load_model_and_sources(
-    path: str | os.PathLike, *, check: bool = True
+    path: str | os.PathLike, *, check: bool = True, lazy: bool = False
 ) -> tuple[onnx.ModelProto, set[Path]]:
     """`load_model`, plus the resolved paths of every file read (the model, its data files).
 
     `check=False` leaves the graph checks to the caller (`fold_in_place` makes them from its
-    index); the file, protobuf and external-data checks are always made."""
+    index); the file, protobuf and external-data checks are always made. `lazy=True` checks
+    external data but leaves it in its files (`bnfold.tensor_data`: the model's tensors are then
+    "on disk" and the model must be saved with `save_model`, which copies them)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
@@ -134,7 +138,7 @@ def load_model_and_sources(
     model = parse_model(data, path)
     if check:
         check_model_structure(model, path)
-    sources = load_external_data(model, path)
+    sources = load_external_data(model, path, lazy=lazy)
     return model, {path.resolve(), *sources}
 
 
@@ -338,16 +342,25 @@ def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             yield tensor
 
 
-def has_external_data(model: onnx.ModelProto) -> bool:
-    return next(_external_tensors(model), None) is not None
+def has_unread_external_data(model: onnx.ModelProto) -> bool:
+    """Whether some tensor's data is in an external file this process has not read or checked
+    (on-disk tensors of a lazy load do not count)."""
+    return any(not tensor_data.is_on_disk(tensor) for tensor in _external_tensors(model))
 
 
-def load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
+def holds_data_on_disk(model: onnx.ModelProto) -> bool:
+    """Whether some tensor of the model is on disk (left in its file by a lazy load)."""
+    return tensor_data.has_data_on_disk(all_tensors(model))
+
+
+def load_external_data(model: onnx.ModelProto, path: Path, *, lazy: bool = False) -> set[Path]:
     """Read external tensor data that lies inside the model's folder; refuse anything else.
-    Returns the data files read."""
+    Returns the data files read. Each tensor's bytes must be there, as many as its dims and type
+    make. `lazy=True` leaves them in the files: the tensors are then on disk
+    (`bnfold.tensor_data`)."""
     base = path.resolve().parent
     files: set[Path] = set()
-    for tensor in _external_tensors(model):
+    for tensor in list(_external_tensors(model)):
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         data_path = _safe_data_path(base, location, path, tensor.name)
@@ -363,13 +376,29 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
             raise InputError(
                 path, f"external data of tensor '{tensor.name}' lies beyond the end of {location}"
             )
-        with open(data_path, "rb") as handle:
-            handle.seek(offset)
-            tensor.raw_data = handle.read(available if length is None else length)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        files.add(data_path.resolve())
+        length = available if length is None else length
+        data_path = data_path.resolve()
+        _check_external_size(tensor, length, path)
+        if lazy:
+            tensor_data.point_to_file(tensor, str(data_path), offset, length)
+        else:
+            tensor_data.set_raw_data(tensor, tensor_data.read(str(data_path), offset, length))
+        files.add(data_path)
     return files
+
+
+def _check_external_size(tensor: onnx.TensorProto, length: int, path: Path) -> None:
+    """Refuse external data whose size is not what the tensor's dims and type make."""
+    dims = tensor.dims
+    if dims and min(dims) < 0:
+        raise InputError(path, f"tensor '{tensor.name}' declares a negative dimension {list(dims)}")
+    itemsize = _ITEMSIZE.get(tensor.data_type)
+    if itemsize is not None and length != itemsize * math.prod(dims):
+        raise InputError(
+            path,
+            f"tensor '{tensor.name}' declares shape {list(dims)} but its external data holds "
+            f"{length} bytes",
+        )
 
 
 def _safe_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
@@ -406,9 +435,18 @@ def save_model(
     tensors go to `<name>.data` next to the output when the model would not fit in one 2 GB
     protobuf. With external data the model's large tensors are moved out of `model` (its raw
     bytes are cleared), so pass a model you own.
+
+    Tensors left on disk by a lazy load (`bnfold.tensor_data`) are copied from their files into
+    the data file; a lazily loaded model goes out with external data unless
+    `external_data=False`, which first reads them into the model.
     """
     path = Path(path)
     _check_writable_target(path)
+    if external_data is not True and _initializers_on_disk(model.graph):
+        if external_data is None:
+            external_data = True
+        else:
+            tensor_data.load_into_model(all_tensors(model))
     encoding = None
     if not external_data:
         encoding = _encoding(model)
@@ -419,8 +457,8 @@ def save_model(
     written: list[Path] = []
     try:
         if external_data:
-            data_name = f"{path.name}.data"
-            written.append(_write_external_data(model, path.parent / data_name, data_name))
+            data_path = data_file_for(path)
+            written.append(_write_external_data(model, data_path, data_path.name))
             write_file_atomically(path, model.SerializeToString())
         else:
             with atomic_file(path) as handle:
@@ -434,6 +472,22 @@ def save_model(
     except (EncodeError, ValueError) as exc:  # protobuf refuses to serialize > 2 GB
         raise InputError(path, f"cannot be written ({exc})") from None
     return written
+
+
+def data_file_for(path: Path) -> Path:
+    """The data file `save_model` writes beside `path` when tensors go to external data."""
+    return path.parent / f"{path.name}.data"
+
+
+def _initializers_on_disk(graph: onnx.GraphProto) -> bool:
+    """Whether some initializer of the main graph is on disk (a lazily loaded model: checked
+    there only, since walking every tensor of a big graph costs more than the rest of a save)."""
+    if not any(map(_DATA_LOCATION, graph.initializer)):  # all DEFAULT (0): the usual case
+        return False
+    return tensor_data.has_data_on_disk(graph.initializer)
+
+
+_DATA_LOCATION = operator.attrgetter("data_location")
 
 
 def _encoding(model: onnx.ModelProto) -> Encoding | None:
@@ -487,7 +541,8 @@ def write_file_atomically(path: Path, payload: bytes) -> None:
 def _write_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> Path:
     """Move every tensor of at least EXTERNAL_THRESHOLD bytes (by its dims and type: measuring
     its encoding would copy its data once more) into one data file. String tensors stay in the
-    model (external data holds raw bytes, which strings have not)."""
+    model (external data holds raw bytes, which strings have not). Smaller tensors left on disk
+    by a lazy load are read into the model."""
     with atomic_file(data_path) as handle:
         offset = 0
         for tensor in all_tensors(model):
@@ -496,18 +551,21 @@ def _write_external_data(model: onnx.ModelProto, data_path: Path, location: str)
                 kind == _STRING
                 or _ITEMSIZE.get(kind, 1) * math.prod(tensor.dims) < EXTERNAL_THRESHOLD
             ):
+                tensor_data.load_into_model([tensor])
                 continue
-            if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw bytes
-                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
             padding = -offset % 4096  # page-aligned, so runtimes can map it
             handle.write(b"\0" * padding)
             offset += padding
-            data = tensor.raw_data
-            handle.write(data)
-            external_data_helper.set_external_data(
-                tensor, location=location, offset=offset, length=len(data)
-            )
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            tensor.ClearField("raw_data")
-            offset += len(data)
+            if tensor_data.is_on_disk(tensor):
+                length = tensor_data.copy_into(tensor, handle, offset)
+            else:
+                if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw
+                    raw = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
+                    tensor.CopyFrom(raw)
+                data = tensor.raw_data
+                handle.write(data)
+                length = len(data)
+                del data
+            tensor_data.point_to_file(tensor, location, offset, length)
+            offset += length
     return data_path

@@ -30,7 +30,7 @@ from google.protobuf.message import EncodeError
 
 from .errors import InputError
 from .graph_view import subgraphs
-from .model_io import fits_in_one_protobuf, load_model, save_model
+from .model_io import fits_in_one_protobuf, holds_data_on_disk, load_model, save_model
 
 CPU = "cpu"
 CUDA = "cuda"
@@ -313,7 +313,7 @@ class _SessionMaker:
     def source(self, model: onnx.ModelProto | Path) -> bytes | str:
         if isinstance(model, Path):
             return str(model)
-        if fits_in_one_protobuf(model):
+        if fits_in_one_protobuf(model) and not holds_data_on_disk(model):
             try:
                 return model.SerializeToString()
             except (EncodeError, ValueError):  # over 2 GB after all: go through a file

@@ -1,0 +1,185 @@
+"""A tensor's data, as numpy reads it, whether in the model or left in its external data file.
+
+`tensor_to_array` reads any tensor; the rest is about tensors "on disk".
+
+A model whose tensors live in external data files can be loaded without reading them
+(`bnfold.model_io.load_model_and_sources(path, lazy=True)`, what the CLI does): each external
+tensor then keeps its `external_data` entries, with `location` replaced by the data file's absolute,
+already checked path (a file on disk never has one: the loader refuses absolute locations), and
+`length` always set and checked against the tensor's dims. Such a tensor is "on disk":
+
+- readers ask `raw_bytes` / `data_size` (the bytes, whether in `raw_data` or on disk);
+- a fold that rewrites it calls `set_raw_data`, which puts the new bytes in the model and drops
+  the reference to the file;
+- saving copies the bytes of every tensor still on disk straight from file to file
+  (`copy_into`), without them passing through Python when the kernel can copy them.
+
+So a fold holds in memory only the tensors it rewrites, and reads each once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import InputError
+
+_EXTERNAL = onnx.TensorProto.EXTERNAL
+_DEFAULT = onnx.TensorProto.DEFAULT
+_COPY_STEP = 64 << 20  # bytes per read/write when the kernel cannot copy file to file
+
+
+def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """`numpy_helper.to_array`, with a fast path for the common raw little-endian tensors
+    (a read-only view of the bytes; callers never write into it), and read from its file for
+    a tensor on disk."""
+    dtype = RAW_DTYPES.get(tensor.data_type)
+    on_disk = tensor.data_location == _EXTERNAL and is_on_disk(tensor)
+    if dtype is not None and (on_disk or tensor.data_location != _EXTERNAL):
+        raw = raw_bytes(tensor)
+        if raw:
+            shape = tuple(tensor.dims)
+            data = np.frombuffer(raw, dtype=dtype)
+            if data.size == math.prod(shape):
+                return data.reshape(shape)
+    if on_disk:  # another type: numpy_helper decodes it from a copy holding the bytes
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        set_raw_data(copy, raw_bytes(tensor))
+        tensor = copy
+    return numpy_helper.to_array(tensor)
+
+
+RAW_DTYPES = {  # TensorProto types whose raw_data numpy reads as is
+    onnx.TensorProto.FLOAT: np.dtype("<f4"),
+    onnx.TensorProto.FLOAT16: np.dtype("<f2"),
+    onnx.TensorProto.DOUBLE: np.dtype("<f8"),
+    onnx.TensorProto.INT64: np.dtype("<i8"),
+}
+
+
+def is_on_disk(tensor: onnx.TensorProto) -> bool:
+    """Whether the tensor's data is still in a data file this process checked (see above)."""
+    if tensor.data_location != _EXTERNAL:
+        return False
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            return os.path.isabs(entry.value)
+    return False
+
+
+def has_data_on_disk(tensors) -> bool:
+    """Whether any of `tensors` is on disk."""
+    return any(map(is_on_disk, tensors))
+
+
+def point_to_file(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make `tensor` external data: `length` bytes at `offset` of the file `location` (which,
+    absolute and checked by the caller, makes it an on-disk tensor). Any bytes it held in the
+    model are dropped."""
+    tensor.ClearField("raw_data")
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
+    tensor.data_location = _EXTERNAL
+
+
+def disk_span(tensor: onnx.TensorProto) -> tuple[str, int, int]:
+    """(absolute path, offset, length) of an on-disk tensor."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    return info["location"], int(info["offset"]), int(info["length"])
+
+
+def data_size(tensor: onnx.TensorProto) -> int:
+    """Bytes of raw data the tensor holds, in the model or on disk (0 for typed fields)."""
+    if tensor.data_location == _EXTERNAL and is_on_disk(tensor):
+        return disk_span(tensor)[2]
+    return len(tensor.raw_data)
+
+
+def raw_bytes(tensor: onnx.TensorProto) -> bytes:
+    """The tensor's raw data, from the model or read from its file (b"" for typed fields)."""
+    if tensor.data_location == _EXTERNAL and is_on_disk(tensor):
+        return read(*disk_span(tensor))
+    return tensor.raw_data
+
+
+def read(path: str, offset: int, length: int) -> bytes:
+    """`length` bytes at `offset` of `path`, read into one new buffer (no intermediate copy).
+    Raises `InputError` naming the file if they are not there (it changed since it was
+    checked)."""
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) != length:
+        raise _changed(path, offset, length)
+    return data
+
+
+def _changed(path: str, offset: int, length: int) -> InputError:
+    return InputError(
+        path, f"changed while bnfold used it: {length} bytes expected at offset {offset}"
+    )
+
+
+def set_raw_data(tensor: onnx.TensorProto, data: bytes) -> None:
+    """Give the tensor new raw bytes in the model (an on-disk tensor stops referring to its
+    file)."""
+    if tensor.data_location == _EXTERNAL:
+        del tensor.external_data[:]
+        tensor.data_location = _DEFAULT
+    tensor.raw_data = data
+
+
+def load_into_model(tensors) -> None:
+    """Read every on-disk tensor of `tensors` into its `raw_data` (for writing one protobuf)."""
+    for tensor in tensors:
+        if is_on_disk(tensor):
+            set_raw_data(tensor, read(*disk_span(tensor)))
+
+
+def copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
+    """Copy an on-disk tensor's bytes to `handle` at offset `at` (its current end); return the
+    bytes copied. The kernel copies file to file where it can (no pass through memory)."""
+    path, offset, length = disk_span(tensor)
+    handle.flush()
+    try:
+        source = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    with source:
+        copied = _kernel_copy(source.fileno(), handle.fileno(), offset, at, length)
+        source.seek(offset + copied)
+        handle.seek(at + copied)
+        while copied < length:
+            piece = source.read(min(_COPY_STEP, length - copied))
+            if not piece:
+                raise _changed(path, offset, length)
+            handle.write(piece)
+            copied += len(piece)
+    handle.seek(at + length)
+    return length
+
+
+def _kernel_copy(source: int, target: int, offset: int, at: int, length: int) -> int:
+    """Bytes copied with `os.copy_file_range` (0 where it is missing or refuses these files)."""
+    copy = getattr(os, "copy_file_range", None)
+    done = 0
+    while copy is not None and done < length:
+        try:
+            step = copy(source, target, length - done, offset + done, at + done)
+        except OSError:  # another file system, an old kernel, ...: copy through memory
+            break
+        if step == 0:
+            break
+        done += step
+    return done

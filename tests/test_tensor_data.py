@@ -1,0 +1,198 @@
+"""Tensors left in their external data file by a lazy load (what the CLI does): read when a fold
+needs them, copied file to file when it does not, and the same folded model as an eager load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import bnfold
+from bnfold import model_io, tensor_data
+from bnfold.errors import InputError
+from bnfold.fold import fold_in_place
+from tests.builders import MODELS, assert_same_function
+from tests.test_model_io import save_with_external_data
+
+SHIPPED = sorted(MODELS.glob("*.onnx"))
+
+
+def lazy_and_eager(path):
+    lazy = model_io.load_model_and_sources(path, lazy=True)[0]
+    eager = model_io.load_model(path)
+    return lazy, eager
+
+
+def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: tensor_data.tensor_to_array(t) for t in model_io.all_tensors(model)}
+
+
+def test_lazy_load_leaves_every_external_tensor_on_disk(tmp_path):
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
+    lazy, eager = lazy_and_eager(source)
+    tensors = model_io.all_tensors(lazy)
+    assert tensors and all(map(tensor_data.is_on_disk, tensors))
+    assert not any(t.HasField("raw_data") for t in tensors)
+    assert model_io.holds_data_on_disk(lazy)
+    assert not model_io.has_unread_external_data(lazy)
+    path, _, _ = tensor_data.disk_span(tensors[0])
+    assert path == str((tmp_path / "weights.bin").resolve())
+    expected = arrays(eager)
+    for name, value in arrays(lazy).items():
+        assert np.array_equal(value, expected[name])
+        assert value.dtype == expected[name].dtype
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_folding_a_lazy_load_gives_the_eager_result_bit_for_bit(tmp_path, path, batched):
+    source = save_with_external_data(onnx.load(path), tmp_path / "in")
+    lazy, eager = lazy_and_eager(source)
+    from_lazy = fold_in_place(lazy, batched=batched)
+    from_eager = fold_in_place(eager, batched=batched)
+    assert from_lazy.records == from_eager.records
+    assert from_lazy.folded
+    assert [n.SerializeToString() for n in lazy.graph.node] == [
+        n.SerializeToString() for n in eager.graph.node
+    ]
+    folded = arrays(eager)
+    assert arrays(lazy).keys() == folded.keys()
+    for name, value in arrays(lazy).items():
+        assert value.tobytes() == folded[name].tobytes(), name
+    # the tensors a fold rewrote are in the model now; the others are still on disk
+    rewritten = [t for t in lazy.graph.initializer if not tensor_data.is_on_disk(t)]
+    assert rewritten and len(rewritten) < len(lazy.graph.initializer)
+
+
+@pytest.mark.parametrize("external_data", [None, True, False])
+def test_a_lazy_model_saves_whole_and_self_contained(tmp_path, external_data):
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
+    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    fold_in_place(lazy)
+    out = tmp_path / "out" / "folded.onnx"
+    out.parent.mkdir()
+    written = bnfold.save_model(lazy, out, external_data=external_data)
+    assert written[0] == out
+    assert (len(written) == 2) == (external_data is not False)  # lazily loaded: external if free
+    on_disk = onnx.load(out, load_external_data=False)
+    for tensor in model_io.all_tensors(on_disk):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                assert entry.value == "folded.onnx.data"  # nothing points into the input folder
+    onnx.checker.check_model(str(out))
+    assert_same_function(onnx.load(MODELS / "resnet_tiny.onnx"), onnx.load(out))
+
+
+def test_small_tensors_on_disk_come_back_into_the_model(tmp_path):
+    """The input put every tensor in its data file (threshold 0); the output keeps those under
+    1 KB in the model, like any other."""
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
+    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    out = tmp_path / "o.onnx"
+    bnfold.save_model(lazy, out, external_data=True)
+    on_disk = onnx.load(out, load_external_data=False)
+    sizes = {t.name: t.data_location for t in on_disk.graph.initializer}
+    for tensor in on_disk.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        small = itemsize * np.prod(tensor.dims) < model_io.EXTERNAL_THRESHOLD
+        assert (tensor.data_location == onnx.TensorProto.DEFAULT) == small, tensor.name
+    assert len(set(sizes.values())) == 2  # some of each
+    assert_same_function(onnx.load(source), onnx.load(out))
+
+
+@pytest.mark.parametrize("kernel", ["refuses", "copies part, then refuses", "missing"])
+def test_copy_through_memory_where_the_kernel_will_not(tmp_path, monkeypatch, kernel):
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
+    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    real = os.copy_file_range
+    calls = []
+
+    def copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if kernel == "copies part, then refuses" and len(calls) % 2:
+            return real(src, dst, min(count, 100), offset_src, offset_dst)
+        raise OSError(18, "Invalid cross-device link")
+
+    if kernel == "missing":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+        monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(tensor_data, "_COPY_STEP", 1000)  # several pieces per tensor
+    out = tmp_path / "o.onnx"
+    bnfold.save_model(lazy, out, external_data=True)
+    assert bool(calls) == (kernel != "missing")
+    expected = arrays(onnx.load(source))
+    for name, value in arrays(onnx.load(out)).items():
+        assert value.tobytes() == expected[name].tobytes(), name
+
+
+def test_external_data_of_the_wrong_size_is_refused_by_a_lazy_load(tmp_path):
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
+    model = onnx.load(source, load_external_data=False)
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    for entry in weight.external_data:
+        if entry.key == "length":
+            entry.value = str(int(entry.value) - 4)
+    onnx.save(model, source)
+    with pytest.raises(InputError, match=f"'{weight.name}' declares shape .* holds"):
+        model_io.load_model_and_sources(source, lazy=True)
+    with pytest.raises(InputError, match="declares shape"):  # the eager load says so too
+        model_io.load_model(source)
+
+
+def test_a_data_file_that_changes_after_loading_is_a_clean_error(tmp_path):
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
+    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    os.truncate(tmp_path / "weights.bin", 100)
+    with pytest.raises(InputError, match=r"weights\.bin: changed while bnfold used it"):
+        fold_in_place(lazy)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(InputError, match=r"weights\.bin: cannot be read"):
+        bnfold.save_model(lazy, tmp_path / "o.onnx", external_data=True)
+    assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "o.onnx.data").exists()
+
+
+def test_other_tensor_types_on_disk_read_through_numpy_helper(tmp_path):
+    values = np.arange(-300, 300, dtype=np.int32)
+    tensor = onnx.numpy_helper.from_array(values, "v")
+    path = tmp_path / "v.bin"
+    path.write_bytes(b"\0" * 8 + tensor.raw_data)
+    tensor_data.point_to_file(tensor, str(path.resolve()), 8, values.nbytes)
+    assert tensor_data.is_on_disk(tensor)
+    assert np.array_equal(tensor_data.tensor_to_array(tensor), values)
+    assert tensor_data.data_size(tensor) == values.nbytes
+    assert tensor_data.is_on_disk(tensor)  # reading leaves it on disk
+
+
+def test_fold_accepts_a_lazily_loaded_model(tmp_path):
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
+    lazy, eager = lazy_and_eager(source)
+    result = bnfold.fold(lazy)
+    assert len(result.folded) == len(bnfold.fold(eager).folded) > 0
+    assert model_io.holds_data_on_disk(lazy)  # `fold` left its argument alone
+    unread = onnx.load(source, load_external_data=False)
+    with pytest.raises(InputError, match="external data is not loaded"):
+        bnfold.fold(unread)
+
+
+def test_output_whose_data_file_is_the_inputs_is_refused(tmp_path):
+    source = save_with_external_data(
+        onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path, name="a.onnx", location="b.onnx.data"
+    )
+    before = (tmp_path / "b.onnx.data").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(source), "-o", str(tmp_path / "b.onnx")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        "its data file b.onnx.data would replace the input's; give the output another path"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "b.onnx").exists()
+    assert (tmp_path / "b.onnx.data").read_bytes() == before

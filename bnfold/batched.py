@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -153,73 +154,83 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     epsilon = attrs.get("epsilon", 1e-5)
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
         return None  # malformed: the general path says why
-    source, *param_names = node.input  # five names: mode_problem checked
-    params = [_raw_initializer(view, name) for name in param_names]
-    if None in params:
+    source, *param_names = node.input[:]  # five names: mode_problem checked
+    params = list(map(view.initializers.get, param_names))
+    if None in params or not view.input_names.isdisjoint(param_names):
         return None
-    dtype, dims = params[0].data_type, params[0].dims
-    if len(dims) != 1 or dims[0] < 1:
+    dtype = params[0].data_type
+    if dtype not in RAW_FLOATS or set(map(_DATA_TYPE, params)) != {dtype}:
         return None
-    if any(param.data_type != dtype or param.dims != dims for param in params[1:]):
+    shapes = [param.dims[:] for param in params]  # lists: a slice is the quick way out
+    dims = shapes[0]
+    if len(dims) != 1 or dims[0] < 1 or shapes.count(dims) != len(shapes):
         return None
     channels = dims[0]
-    if set(map(data_size, params)) != {channels * RAW_FLOATS[dtype].itemsize}:
-        return None  # (empty: the data is in a typed field)
+    if not _hold_bytes(params, channels * RAW_FLOATS[dtype].itemsize):
+        return None  # (or the data is in a typed field, or in a file not read)
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
         return None
     if view.op_types[conv_index] != "Conv" or view.domains[conv_index] not in ONNX_DOMAINS:
         return None
-    conv_inputs = view.nodes[conv_index].input
+    conv_inputs = view.nodes[conv_index].input[:]
     if len(conv_inputs) < 2:
         return None
-    weight = _owned_raw_initializer(view, conv_inputs[1], conv_index)
+    weight = _owned_float_initializer(view, conv_inputs[1], conv_index)
     if weight is None:
         return None
-    weight_dims = weight.dims
+    weight_dims = weight.dims[:]
     if len(weight_dims) < 3 or weight_dims[0] != channels or min(weight_dims) < 1:
         return None
     row = math.prod(weight_dims[1:])
-    if data_size(weight) != channels * row * RAW_FLOATS[weight.data_type].itemsize:
+    if not _hold_bytes([weight], channels * row * RAW_FLOATS[weight.data_type].itemsize):
         return None
     feeder = view.producer.get(conv_inputs[0])
     if feeder is not None and view.op_types[feeder] == "BatchNormalization":
         return None  # a forward fold may change this Conv first, in node order
     bias = None
     if len(conv_inputs) > 2 and conv_inputs[2]:
-        bias = _owned_raw_initializer(view, conv_inputs[2], conv_index)
-        if bias is None or bias.dims != dims:
+        bias = _owned_float_initializer(view, conv_inputs[2], conv_index)
+        if bias is None or bias.dims[:] != dims:
             return None
-        if data_size(bias) != channels * RAW_FLOATS[bias.data_type].itemsize:
+        if not _hold_bytes([bias], channels * RAW_FLOATS[bias.data_type].itemsize):
             return None
     return _Pair(
         index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
     )
 
 
-def _raw_initializer(view: GraphView, name: str) -> onnx.TensorProto | None:
-    """An initializer of this graph, not a graph input, of a float type, its data in memory or
-    on disk (the caller checks that it is raw data, by its size)."""
+def _owned_float_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:
+    """An initializer of this graph of a float type, not a graph input or output, read by
+    `reader` only (so it can be rewritten)."""
     tensor = view.initializers.get(name)
     if (
         tensor is None
-        or name in view.input_names
         or tensor.data_type not in RAW_FLOATS
-        or (tensor.data_location == _EXTERNAL and not is_on_disk(tensor))
+        or name in view.input_names
+        or view.consumers.only(name) != reader
+        or name in view.output_names
     ):
         return None
     return tensor
 
 
+def _hold_bytes(tensors: list[onnx.TensorProto], size: int) -> bool:
+    """Whether each tensor holds exactly `size` bytes of raw data, in the model or on disk
+    (not in a typed field such as float_data, nor in an external file that was not read)."""
+    if not any(map(_DATA_LOCATION, tensors)):  # all in the model: the usual case
+        return set(map(len, map(_RAW_DATA, tensors))) == {size}
+    for tensor in tensors:
+        external = tensor.data_location == _EXTERNAL
+        if (external and not is_on_disk(tensor)) or data_size(tensor) != size:
+            return False
+    return True
+
+
+_DATA_TYPE = operator.attrgetter("data_type")
+_DATA_LOCATION = operator.attrgetter("data_location")
+_RAW_DATA = operator.attrgetter("raw_data")
 _EXTERNAL = onnx.TensorProto.EXTERNAL
-
-
-def _owned_raw_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:
-    """`_raw_initializer`, read by `reader` only and not a graph output (so it can be rewritten)."""
-    tensor = _raw_initializer(view, name)
-    if tensor is None or view.consumers.only(name) != reader or name in view.output_names:
-        return None
-    return tensor
 
 
 def _concatenated(tensors: list[onnx.TensorProto], dtype: np.dtype) -> np.ndarray:

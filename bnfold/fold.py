@@ -156,7 +156,7 @@ class _Context:
     def __post_init__(self) -> None:
         self.opset = default_opset(self.model)
         self.names = NameAllocator(self.model)
-        self.ranks = _shape_inference_ranks(self.model) if _needs_ranks(self.model.graph) else {}
+        self.ranks: dict[str, int] = {}  # set by `find_ranks`, before the main graph changes
         self.budget = EvaluationBudget()
         self.types: dict[str, int] | None = None
         # Training bindings name initializers that a fold would rewrite or remove.
@@ -168,6 +168,11 @@ class _Context:
 
     def inferred_ranks(self) -> dict[str, int]:
         return self.ranks
+
+    def find_ranks(self, main: GraphView) -> None:
+        """Run onnx's shape inference on the model as it is, if a rule will need ranks."""
+        if _needs_ranks(self.model.graph, set(main.op_types)):
+            self.ranks = _shape_inference_ranks(self.model)
 
     def inferred_types(self) -> dict[str, int]:
         """Element types from shape inference, run on first use (a CastLike typed like a tensor
@@ -197,6 +202,7 @@ def _fold_graph(
         problem = indexed_structure_problem(view, checked_names(pairs))
         if problem:
             raise InputError(None, problem)
+        context.find_ranks(view)
         context.names.index(view)
         inner = (g for i in view.holders for _, g in subgraphs(view.nodes[i]))
         context.nodes_indexed = len(view.nodes) + sum(map(count_nodes, inner))
@@ -453,10 +459,11 @@ def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
     node.attribute.append(new)
 
 
-def _needs_ranks(graph: onnx.GraphProto) -> bool:
+def _needs_ranks(graph: onnx.GraphProto, op_types: set[str] | None = None) -> bool:
     """Whether a BatchNormalization and a MatMul meet, directly or through Reshape/Transpose/
-    Identity (the only rules that need ranks)."""
-    op_types = set(map(operator.attrgetter("op_type"), graph.node))
+    Identity (the only rules that need ranks). `op_types`: the graph's, when known."""
+    if op_types is None:
+        op_types = set(map(operator.attrgetter("op_type"), graph.node))
     if not op_types & CONTROL_FLOW_OPS and not {"MatMul", "BatchNormalization"} <= op_types:
         return False  # cheap answer for the usual graph; custom-domain holders are walked below
     matmul_outputs: set[str] = set()

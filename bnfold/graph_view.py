@@ -61,7 +61,7 @@ def outer_references(graph: onnx.GraphProto) -> set[str]:
 def attributes(node: onnx.NodeProto) -> dict:
     """A node's attributes as Python values (ints, floats, strings, lists, tensors)."""
     values = {}
-    for attr in node.attribute:
+    for attr in node.attribute[:]:  # (see `_ALL`)
         kind = attr.type
         if kind == onnx.AttributeProto.INT:
             values[attr.name] = attr.i
@@ -176,6 +176,12 @@ def nodes_with_subgraphs(nodes) -> list[int]:
 _OP_TYPE = operator.attrgetter("op_type")
 _NAME = operator.attrgetter("name")
 _DOMAIN = operator.attrgetter("domain")
+_INPUT = operator.attrgetter("input")
+_OUTPUT = operator.attrgetter("output")
+# `field[:]` copies a repeated protobuf field into a list in one call; iterating the field instead
+# goes item by item until protobuf raises IndexError, and formatting that error's message costs
+# more than reading a short field (a node's inputs, outputs, attributes; a tensor's dims)
+_ALL = operator.itemgetter(slice(None))
 
 
 def _flattened(name_lists: list) -> tuple[list[str], list[int]]:
@@ -296,10 +302,10 @@ class GraphView:
 
     def _index_nodes(self) -> None:
         nodes = self.nodes
-        written, writers = _flattened([node.output for node in nodes])
+        written, writers = _flattened(list(map(_ALL, map(_OUTPUT, nodes))))
         self.producer = producer = dict(zip(written, writers, strict=True))
         producer.pop("", None)
-        read, readers = _flattened([node.input for node in nodes])
+        read, readers = _flattened(list(map(_ALL, map(_INPUT, nodes))))
         self.consumers = Readers.of_reads(read, readers)
         # What `model_io.indexed_structure_problem` needs to vouch for the graph without a walk
         self.defines_twice = len(producer) != len(written) - written.count("")
@@ -527,7 +533,7 @@ class GraphView:
         del producer[old_output]
         consumers = self.consumers
         consumers.pop(old_output, None)
-        for name in bn.input if inputs is None else inputs:
+        for name in bn.input[:] if inputs is None else inputs:
             if name and name != old_output:
                 consumers.remove(name, bn_index)
         self.removed_nodes.add(bn_index)

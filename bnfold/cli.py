@@ -217,6 +217,10 @@ def command(
     _check_target(report_path)
     if output is not None and report_path is not None and _same(output, report_path):
         raise InputError(report_path, "is also the output model; give the report another path")
+    if output is not None and report_path is not None and _same(data_file_for(output), report_path):
+        raise InputError(
+            report_path, "is the output model's data file name; give the report another path"
+        )
     _check_not_input(model.resolve() if model.exists() else None, output, report_path)
     provider_list = resolve_providers(providers)[0] if providers != "auto" else "auto"
     options = {

@@ -115,7 +115,7 @@ def read(path: str, offset: int, length: int) -> bytes:
     Raises `InputError` naming the file if they are not there (it changed since it was
     checked)."""
     try:
-        with open(path, "rb", buffering=0) as handle:
+        with open(path, "rb") as handle:  # (buffered: its read(n) reads until n or the end)
             handle.seek(offset)
             data = handle.read(length)
     except OSError as exc:
@@ -123,6 +123,22 @@ def read(path: str, offset: int, length: int) -> bytes:
     if len(data) != length:
         raise _changed(path, offset, length)
     return data
+
+
+def read_into(tensor: onnx.TensorProto, buffer: memoryview) -> None:
+    """Fill `buffer` (exactly the tensor's size) with an on-disk tensor's bytes, or raise
+    `InputError` as `read` does."""
+    path, offset, length = disk_span(tensor)
+    if len(buffer) != length:
+        raise ValueError(f"a buffer of {len(buffer)} bytes for {length} bytes")
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            got = handle.readinto(buffer)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if got != length:
+        raise _changed(path, offset, length)
 
 
 def _changed(path: str, offset: int, length: int) -> InputError:

@@ -192,10 +192,12 @@ def test_report_or_output_over_the_input_is_refused(tmp_path):
         ["-o", tmp_path / "o.onnx", "--report", source],
         ["--dry-run", "--report", source],
         ["-o", tmp_path / "o.onnx", "--report", tmp_path / "o.onnx"],
+        ["-o", tmp_path / "o.onnx", "--report", tmp_path / "o.onnx.data"],
     ):
         proc = bnfold(source, *args)
         assert proc.returncode == 2, proc.stderr
         assert source.read_bytes() == RESNET.read_bytes()
+    assert "data file name; give the report another path" in proc.stderr
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -44,7 +44,15 @@ import onnx
 from .batchnorm import mode_problem
 from .graph_view import ONNX_DOMAINS, GraphView, NameAllocator, attributes
 from .records import Folded
-from .tensor_data import RAW_DTYPES, data_size, is_on_disk, raw_bytes, read_into, set_raw_data
+from .tensor_data import (
+    RAW_DTYPES,
+    SpillFile,
+    data_size,
+    is_on_disk,
+    raw_bytes,
+    read_into,
+    set_raw_data,
+)
 
 RAW_FLOATS = {code: dtype for code, dtype in RAW_DTYPES.items() if dtype.kind == "f"}
 CHUNK_BYTES = 1 << 20  # weights smaller than this are scaled together, up to this much at once
@@ -125,9 +133,12 @@ def checked_names(pairs: list[_Pair]) -> set[str]:
     return names
 
 
-def fold_conv_batchnorm_weights(pairs: list[_Pair]) -> dict[int, PendingFold]:
+def fold_conv_batchnorm_weights(
+    pairs: list[_Pair], spill: SpillFile | None = None
+) -> dict[int, PendingFold]:
     """Write the folded weights of `pairs` (from `find_pairs`); return the pending folds by
-    BatchNormalization position (the pass calls `finish` on each when it gets there)."""
+    BatchNormalization position (the pass calls `finish` on each when it gets there). A weight
+    on disk goes to `spill` when one is given (it stays on disk), any other into the model."""
     if not pairs:
         return {}
     pairs = _with_affines(pairs)
@@ -135,7 +146,10 @@ def fold_conv_batchnorm_weights(pairs: list[_Pair]) -> dict[int, PendingFold]:
     pending: dict[int, PendingFold] = {}
     for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
-            set_raw_data(pair.weight, weight)
+            if spill is not None and is_on_disk(pair.weight):
+                spill.put(pair.weight, weight)
+            else:
+                set_raw_data(pair.weight, weight.tobytes())
             pending[pair.bn_index] = PendingFold(pair, *new_biases[pair.bn_index])
     return pending
 
@@ -267,9 +281,10 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
     return kept
 
 
-def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, bytes]]]:
-    """`W'[c] = a[c]·W[c]` rounded once to W's dtype, as raw bytes, a chunk at a time, for the
-    pairs where every value is finite (`numerics.multiply_exactly`)."""
+def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, np.ndarray]]]:
+    """`W'[c] = a[c]·W[c]` rounded once to W's dtype, a chunk at a time, for the pairs where
+    every value is finite (`numerics.multiply_exactly`). The arrays are views of a buffer the
+    next chunk reuses: use them before asking for it."""
     buffers = _Buffers()
     for chunk in _weight_chunks(pairs):
         first = chunk[0]
@@ -287,7 +302,7 @@ def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, bytes]]]:
             finite = np.logical_and.reduceat(np.isfinite(scaled).all(axis=1), starts[:-1])
             finite = finite.tolist()
         yield [
-            (pair, scaled[start:stop].tobytes())
+            (pair, scaled[start:stop])
             for pair, start, stop, ok in zip(chunk, starts[:-1], starts[1:], finite, strict=True)
             if ok
         ]

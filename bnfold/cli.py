@@ -26,6 +26,7 @@ from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, ValidationFailed
 from .fold import collector_paused, fold_in_place
 from .model_io import data_file_for, load_model_and_sources, save_model, write_file_atomically
 from .records import FoldResult
+from .tensor_data import SpillFile
 from .validation import ValidationReport, load_inputs, resolve_providers, validate
 
 EXIT_INTERNAL = 3
@@ -238,38 +239,44 @@ def command(
     loaded, sources = load_model_and_sources(model, check=False, lazy=True)
     _check_not_input(sources, output, report_path)
     console.detail(f"loaded in {time.perf_counter() - started:.2f} s")
-    console.progress("folding")
-    mark = time.perf_counter()
-    try:
-        result = fold_in_place(loaded, inline_functions=not keep_functions)
-    except InputError as exc:  # a graph check failed: name the file
-        raise InputError(exc.path or model, exc.problem) from None
-    console.progress_done()
-    console.detail(f"folded in {time.perf_counter() - mark:.2f} s")
-    console.out_lines(_inlined_line(call) for call in result.inlined)
-    console.out_lines(_record_line(record) for record in result.records)
-    validation = None
-    if not no_validate and not (result.folded or result.folded_affine):
-        console.detail("nothing folded: the output is the input model; validation not needed")
-    elif not no_validate:
-        console.progress("validating in onnxruntime")
+    # folded weights of an input with external data go to a temporary file next to OUT (they
+    # are not held in memory), deleted when OUT is written or on any failure
+    spilling = output is not None and not dry_run and len(sources) > 1
+    with SpillFile(output.parent) if spilling else contextlib.nullcontext() as spill:
+        console.progress("folding")
         mark = time.perf_counter()
         try:
-            validation = validate(model.resolve(), result.model, **options)
-        except InputError as exc:  # an input the model declares cannot be generated
+            result = fold_in_place(loaded, inline_functions=not keep_functions, spill=spill)
+        except InputError as exc:  # a graph check failed: name the file
             raise InputError(exc.path or model, exc.problem) from None
         console.progress_done()
-        console.detail(f"validated in {time.perf_counter() - mark:.2f} s")
-        for line in validation.lines():
-            console.out(line)
-    elif any(_given(v) for k, v in options.items() if k not in ("seed",)) or providers != "auto":
-        console.out("WARNING | validation options have no effect with --no-validate")
-    passed = validation is None or validation.passed
-    if passed and output is not None and not dry_run:
-        console.progress(f"saving {output}")
-        # an input with external data keeps it (in OUT.data); otherwise only when over 2 GB
-        save_model(result.model, output, external_data=True if len(sources) > 1 else None)
-        console.progress_done()
+        console.detail(f"folded in {time.perf_counter() - mark:.2f} s")
+        console.out_lines(_inlined_line(call) for call in result.inlined)
+        console.out_lines(_record_line(record) for record in result.records)
+        validation = None
+        if not no_validate and not (result.folded or result.folded_affine):
+            console.detail("nothing folded: the output is the input model; validation not needed")
+        elif not no_validate:
+            console.progress("validating in onnxruntime")
+            mark = time.perf_counter()
+            try:
+                validation = validate(model.resolve(), result.model, **options)
+            except InputError as exc:  # an input the model declares cannot be generated
+                raise InputError(exc.path or model, exc.problem) from None
+            console.progress_done()
+            console.detail(f"validated in {time.perf_counter() - mark:.2f} s")
+            for line in validation.lines():
+                console.out(line)
+        elif (
+            any(_given(v) for k, v in options.items() if k not in ("seed",)) or providers != "auto"
+        ):
+            console.out("WARNING | validation options have no effect with --no-validate")
+        passed = validation is None or validation.passed
+        if passed and output is not None and not dry_run:
+            console.progress(f"saving {output}")
+            # an input with external data keeps it (in OUT.data); otherwise only when over 2 GB
+            save_model(result.model, output, external_data=True if len(sources) > 1 else None)
+            console.progress_done()
     elapsed = time.perf_counter() - started
     console.out(_summary(result, elapsed, validation, dry_run or output is None))
     if report_path is not None:

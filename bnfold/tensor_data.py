@@ -12,15 +12,21 @@ already checked path (a file on disk never has one: the loader refuses absolute 
 - a fold that rewrites it calls `set_raw_data`, which puts the new bytes in the model and drops
   the reference to the file;
 - saving copies the bytes of every tensor still on disk straight from file to file
-  (`copy_into`), without them passing through Python when the kernel can copy them.
+  (`copy_into`), without them passing through Python when the kernel can copy them;
+- a fold given a `SpillFile` writes the new values of an on-disk tensor there (next to where
+  the output goes), and the tensor stays on disk, now in that file.
 
-So a fold holds in memory only the tensors it rewrites, and reads each once.
+So a fold reads each tensor it rewrites once, and holds in memory only the rewritten tensors
+it has no spill file for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -199,3 +205,45 @@ def _kernel_copy(source: int, target: int, offset: int, at: int, length: int) ->
             break
         done += step
     return done
+
+
+class SpillFile:
+    """A temporary data file for the tensors a fold rewrites (`put`), in a given folder (the
+    output's, so that saving copies them within one file system). Deleted by `close`, or at the
+    end of a `with` block; only the process that made it reads it."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        try:
+            self._handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed by `close`)
+                dir=self.folder, prefix=".bnfold-", suffix=".spill", delete=False
+            )
+        except OSError as exc:
+            raise InputError(self.folder, f"cannot be written ({exc.strerror or exc})") from None
+        self.path = os.path.abspath(self._handle.name)
+        self._end = 0
+
+    def put(self, tensor: onnx.TensorProto, values: np.ndarray) -> None:
+        """Write `values` (the tensor's new contents, C-contiguous, little-endian) to the file
+        and make the tensor an on-disk tensor reading them there."""
+        data = memoryview(values).cast("B")
+        padding = -self._end % 4096
+        try:
+            self._handle.write(b"\0" * padding)
+            self._handle.write(data)
+            self._handle.flush()  # readers open the file by its path
+        except OSError as exc:
+            raise InputError(self.folder, f"cannot be written ({exc.strerror or exc})") from None
+        point_to_file(tensor, self.path, self._end + padding, len(data))
+        self._end += padding + len(data)
+
+    def close(self) -> None:
+        self._handle.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def __enter__(self) -> SpillFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -196,3 +196,54 @@ def test_output_whose_data_file_is_the_inputs_is_refused(tmp_path):
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "b.onnx").exists()
     assert (tmp_path / "b.onnx.data").read_bytes() == before
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_folded_weights_on_disk_go_to_the_spill_file(tmp_path, path):
+    source = save_with_external_data(onnx.load(path), tmp_path / "in")
+    lazy, eager = lazy_and_eager(source)
+    fold_in_place(eager)
+    with tensor_data.SpillFile(tmp_path) as spill:
+        result = fold_in_place(lazy, spill=spill)
+        spilled = [
+            t
+            for t in lazy.graph.initializer
+            if tensor_data.is_on_disk(t) and tensor_data.disk_span(t)[0] == spill.path
+        ]
+        # folded Conv weights, read from the input's data file, written there (the generator's
+        # ConvTranspose folds go through the general path, which writes into the model)
+        assert bool(spilled) == any(r.into_op == "Conv" for r in result.folded)
+        assert not any(t.HasField("raw_data") for t in spilled)
+        expected = arrays(eager)
+        for name, value in arrays(lazy).items():
+            assert value.tobytes() == expected[name].tobytes(), name
+        out = tmp_path / "out.onnx"
+        bnfold.save_model(lazy, out, external_data=True)
+    assert not list(tmp_path.glob(".bnfold-*"))  # the spill file is gone
+    for name, value in arrays(onnx.load(out)).items():
+        assert value.tobytes() == expected[name].tobytes(), name
+
+
+@pytest.mark.parametrize("args", [[], ["--no-validate"], ["--providers", "cuda"]])
+def test_the_command_leaves_no_spill_file_behind(tmp_path, args):
+    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
+    out = tmp_path / "out" / "folded.onnx"
+    out.parent.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(source), "-o", str(out), *args],
+        capture_output=True,
+        text=True,
+    )
+    cuda = "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()
+    failed = args == ["--providers", "cuda"] and not cuda
+    assert proc.returncode == (1 if failed else 0), proc.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == (
+        [] if failed else ["folded.onnx", "folded.onnx.data"]
+    )
+    if not failed:
+        assert_same_function(onnx.load(MODELS / "resnet_tiny.onnx"), onnx.load(out))
+
+
+def test_a_spill_file_that_cannot_be_made_is_a_clean_error(tmp_path):
+    with pytest.raises(InputError, match="no-such-folder: cannot be written"):
+        tensor_data.SpillFile(tmp_path / "no-such-folder")

@@ -46,7 +46,7 @@ from .graph_view import ONNX_DOMAINS, GraphView, NameAllocator, attributes
 from .records import Folded
 from .tensor_data import (
     RAW_DTYPES,
-    SpillFile,
+    DataFile,
     data_size,
     is_on_disk,
     raw_bytes,
@@ -134,7 +134,7 @@ def checked_names(pairs: list[_Pair]) -> set[str]:
 
 
 def fold_conv_batchnorm_weights(
-    pairs: list[_Pair], spill: SpillFile | None = None
+    pairs: list[_Pair], spill: DataFile | None = None
 ) -> dict[int, PendingFold]:
     """Write the folded weights of `pairs` (from `find_pairs`); return the pending folds by
     BatchNormalization position (the pass calls `finish` on each when it gets there). A weight

@@ -26,7 +26,7 @@ from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, ValidationFailed
 from .fold import collector_paused, fold_in_place
 from .model_io import data_file_for, load_model_and_sources, save_model, write_file_atomically
 from .records import FoldResult
-from .tensor_data import SpillFile
+from .tensor_data import DataFile
 from .validation import ValidationReport, load_inputs, resolve_providers, validate
 
 EXIT_INTERNAL = 3
@@ -239,10 +239,10 @@ def command(
     loaded, sources = load_model_and_sources(model, check=False, lazy=True)
     _check_not_input(sources, output, report_path)
     console.detail(f"loaded in {time.perf_counter() - started:.2f} s")
-    # folded weights of an input with external data go to a temporary file next to OUT (they
-    # are not held in memory), deleted when OUT is written or on any failure
+    # folded weights of an input with external data go straight to OUT's data file, being
+    # written next to it (not into memory); it is deleted if OUT is not written
     spilling = output is not None and not dry_run and len(sources) > 1
-    with SpillFile(output.parent) if spilling else contextlib.nullcontext() as spill:
+    with DataFile(output.parent) if spilling else contextlib.nullcontext() as spill:
         console.progress("folding")
         mark = time.perf_counter()
         try:
@@ -275,7 +275,8 @@ def command(
         if passed and output is not None and not dry_run:
             console.progress(f"saving {output}")
             # an input with external data keeps it (in OUT.data); otherwise only when over 2 GB
-            save_model(result.model, output, external_data=True if len(sources) > 1 else None)
+            external = True if len(sources) > 1 else None
+            save_model(result.model, output, external_data=external, data_file=spill)
             console.progress_done()
     elapsed = time.perf_counter() - started
     console.out(_summary(result, elapsed, validation, dry_run or output is None))

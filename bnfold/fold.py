@@ -53,7 +53,7 @@ from .producers.base import shared_output_reason
 from .producers.forward import plan_forward, plan_forward_conv
 from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
 from .records import Folded, FoldResult, Skipped
-from .tensor_data import SpillFile
+from .tensor_data import DataFile
 
 LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
 FORWARD_CONVS = ("Conv", "ConvTranspose")  # ConvTranspose only to say why it is not folded
@@ -95,16 +95,17 @@ def fold_in_place(
     *,
     inline_functions: bool = True,
     batched: bool = True,
-    spill: SpillFile | None = None,
+    spill: DataFile | None = None,
 ) -> FoldResult:
     """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it).
 
     Raises `InputError` (naming no file) if the model fails `check_model_structure`'s checks;
     for the main graph they are answered from the pass's own index, without a second walk.
     `batched=False` folds every pair one at a time, the reference the vectorised path of
-    `bnfold.batched` is tested against (same model, bit for bit). `spill`: where the new values
-    of weights left on disk by a lazy load go (`bnfold.tensor_data`); the model then reads them
-    there until it is saved, so `spill` must stay open until then."""
+    `bnfold.batched` is tested against (same model, bit for bit). `spill`: a `DataFile` where
+    the new values of weights left on disk by a lazy load go (`bnfold.tensor_data`); the model
+    reads them there until it is saved (pass it to `save_model` to make it the output's data
+    file), so it must stay open until then."""
     check_model_opset(model)
     nodes_before = None  # without functions to inline, counted from the pass's index
     if model.functions:  # the inliner edits the graph before the pass indexes it
@@ -159,7 +160,7 @@ class _Context:
     removed: int = 0  # nodes removed, all graphs
     nodes_indexed: int = 0  # nodes of the main graph and its subgraphs, before the pass
     batched: bool = True  # plain Conv -> BatchNormalization pairs through `bnfold.batched`
-    spill: SpillFile | None = None  # where folded weights that were on disk go
+    spill: DataFile | None = None  # where folded weights that were on disk go
 
     def __post_init__(self) -> None:
         self.opset = default_opset(self.model)

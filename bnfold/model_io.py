@@ -426,7 +426,11 @@ def _safe_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
 
 
 def save_model(
-    model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    data_file: tensor_data.DataFile | None = None,
 ) -> list[Path]:
     """Write `model` to `path` atomically; return the files written.
 
@@ -438,7 +442,9 @@ def save_model(
 
     Tensors left on disk by a lazy load (`bnfold.tensor_data`) are copied from their files into
     the data file; a lazily loaded model goes out with external data unless
-    `external_data=False`, which first reads them into the model.
+    `external_data=False`, which first reads them into the model. `data_file`: the `DataFile`
+    a fold put tensors in (`fold_in_place(spill=...)`), made in `path`'s folder; it becomes the
+    data file when the model goes out with external data.
     """
     path = Path(path)
     _check_writable_target(path)
@@ -457,8 +463,7 @@ def save_model(
     written: list[Path] = []
     try:
         if external_data:
-            data_path = data_file_for(path)
-            written.append(_write_external_data(model, data_path, data_path.name))
+            written.append(_write_external_data(model, data_file_for(path), data_file))
             write_file_atomically(path, model.SerializeToString())
         else:
             with atomic_file(path) as handle:
@@ -518,7 +523,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
     )
     try:
-        os.fchmod(descriptor, 0o666 & ~_umask())
+        os.fchmod(descriptor, 0o666 & ~tensor_data.umask())
         with os.fdopen(descriptor, "wb") as handle:
             yield handle
         os.replace(temporary, path)
@@ -527,45 +532,35 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             os.unlink(temporary)
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def write_file_atomically(path: Path, payload: bytes) -> None:
     with atomic_file(path) as handle:
         handle.write(payload)
 
 
-def _write_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> Path:
+def _write_external_data(
+    model: onnx.ModelProto, data_path: Path, data_file: tensor_data.DataFile | None = None
+) -> Path:
     """Move every tensor of at least EXTERNAL_THRESHOLD bytes (by its dims and type: measuring
-    its encoding would copy its data once more) into one data file. String tensors stay in the
-    model (external data holds raw bytes, which strings have not). Smaller tensors left on disk
-    by a lazy load are read into the model."""
-    with atomic_file(data_path) as handle:
-        offset = 0
+    its encoding would copy its data once more) into one data file, `data_path`: `data_file`,
+    if the fold already put tensors there, else a new one. String tensors stay in the model
+    (external data holds raw bytes, which strings have not); smaller tensors left on disk by a
+    lazy load are read into the model."""
+    location = data_path.name
+    with contextlib.ExitStack() as stack:
+        if data_file is None:
+            data_file = stack.enter_context(tensor_data.DataFile(data_path.parent))
         for tensor in all_tensors(model):
             kind = tensor.data_type
             if (
                 kind == _STRING
-                or _ITEMSIZE.get(kind, 1) * math.prod(tensor.dims) < EXTERNAL_THRESHOLD
+                or _ITEMSIZE.get(kind, 1) * math.prod(tensor.dims[:]) < EXTERNAL_THRESHOLD
             ):
                 tensor_data.load_into_model([tensor])
                 continue
-            padding = -offset % 4096  # page-aligned, so runtimes can map it
-            handle.write(b"\0" * padding)
-            offset += padding
-            if tensor_data.is_on_disk(tensor):
-                length = tensor_data.copy_into(tensor, handle, offset)
-            else:
-                if not tensor.HasField("raw_data"):  # typed fields (float_data, ...) -> raw
-                    raw = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
-                    tensor.CopyFrom(raw)
-                data = tensor.raw_data
-                handle.write(data)
-                length = len(data)
-                del data
+            if not tensor.HasField("raw_data") and not tensor_data.is_on_disk(tensor):
+                # typed fields (float_data, ...) -> raw bytes
+                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+            offset, length = data_file.take(tensor)
             tensor_data.point_to_file(tensor, location, offset, length)
-            offset += length
+        data_file.publish(data_path)
     return data_path

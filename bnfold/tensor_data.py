@@ -13,11 +13,11 @@ already checked path (a file on disk never has one: the loader refuses absolute 
   the reference to the file;
 - saving copies the bytes of every tensor still on disk straight from file to file
   (`copy_into`), without them passing through Python when the kernel can copy them;
-- a fold given a `SpillFile` writes the new values of an on-disk tensor there (next to where
-  the output goes), and the tensor stays on disk, now in that file.
+- a fold given a `DataFile` (the output's data file, being written) puts the new values of an
+  on-disk tensor there, and the tensor stays on disk, now in that file.
 
 So a fold reads each tensor it rewrites once, and holds in memory only the rewritten tensors
-it has no spill file for.
+it has no data file for.
 """
 
 from __future__ import annotations
@@ -207,43 +207,103 @@ def _kernel_copy(source: int, target: int, offset: int, at: int, length: int) ->
     return done
 
 
-class SpillFile:
-    """A temporary data file for the tensors a fold rewrites (`put`), in a given folder (the
-    output's, so that saving copies them within one file system). Deleted by `close`, or at the
-    end of a `with` block; only the process that made it reads it."""
+class DataFile:
+    """An external data file being written: a temporary file in the folder it will end in,
+    where tensors are appended, each page-aligned (so runtimes can map it), until `publish`
+    renames it into place; `close` (or leaving a `with` block) deletes it if it was not
+    published. Only this process reads it before that.
+
+    A fold given one (`fold_in_place(spill=...)`) `put`s there the new values of the weights it
+    rewrites, which stay on disk; saving the model then `take`s every tensor: those already
+    there stay where they are, the others are appended. So a folded weight is written once."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         try:
-            self._handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed by `close`)
-                dir=self.folder, prefix=".bnfold-", suffix=".spill", delete=False
-            )
+            descriptor, path = tempfile.mkstemp(dir=self.folder, prefix=".bnfold-", suffix=".tmp")
+            os.fchmod(descriptor, 0o666 & ~umask())  # what a new file gets, once in place
+            self._handle = os.fdopen(descriptor, "wb")
         except OSError as exc:
-            raise InputError(self.folder, f"cannot be written ({exc.strerror or exc})") from None
-        self.path = os.path.abspath(self._handle.name)
+            raise self._cannot_write(exc) from None
+        self.path = os.path.abspath(path)
         self._end = 0
+        self._published = False
 
-    def put(self, tensor: onnx.TensorProto, values: np.ndarray) -> None:
-        """Write `values` (the tensor's new contents, C-contiguous, little-endian) to the file
-        and make the tensor an on-disk tensor reading them there."""
-        data = memoryview(values).cast("B")
-        padding = -self._end % 4096
+    def holds(self, tensor: onnx.TensorProto) -> bool:
+        """Whether the tensor's bytes are in this file."""
+        return is_on_disk(tensor) and disk_span(tensor)[0] == self.path
+
+    def put(self, tensor: onnx.TensorProto, values: np.ndarray | bytes) -> None:
+        """Append `values` (the tensor's new contents: C-contiguous, little-endian) and make the
+        tensor an on-disk tensor reading them here."""
+        offset, length = self._append(memoryview(values).cast("B"))
+        self._write(None)  # flushed: readers open the file by its path
+        point_to_file(tensor, self.path, offset, length)
+
+    def take(self, tensor: onnx.TensorProto) -> tuple[int, int]:
+        """(offset, length) of the tensor's raw bytes in this file, appended unless they are
+        here already (copied file to file for an on-disk tensor). The caller points the tensor
+        at its place."""
+        if self.holds(tensor):
+            return disk_span(tensor)[1:]
+        if is_on_disk(tensor):
+            self._pad()
+            try:
+                length = copy_into(tensor, self._handle, self._end)
+            except OSError as exc:
+                raise self._cannot_write(exc) from None
+            offset, self._end = self._end, self._end + length
+            return offset, length
+        return self._append(tensor.raw_data)
+
+    def publish(self, target: Path) -> None:
+        """Put the file in place as `target` (replacing any file there)."""
         try:
-            self._handle.write(b"\0" * padding)
-            self._handle.write(data)
-            self._handle.flush()  # readers open the file by its path
+            self._handle.close()
+            os.replace(self.path, target)
         except OSError as exc:
-            raise InputError(self.folder, f"cannot be written ({exc.strerror or exc})") from None
-        point_to_file(tensor, self.path, self._end + padding, len(data))
-        self._end += padding + len(data)
+            raise InputError(target, f"cannot be written ({exc.strerror or exc})") from None
+        self._published = True
 
     def close(self) -> None:
         self._handle.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        if not self._published:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
-    def __enter__(self) -> SpillFile:
+    def __enter__(self) -> DataFile:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    def _pad(self) -> None:
+        padding = -self._end % 4096
+        self._write(b"\0" * padding)
+        self._end += padding
+
+    def _append(self, data) -> tuple[int, int]:
+        self._pad()
+        self._write(data)
+        offset, self._end = self._end, self._end + len(data)
+        return offset, len(data)
+
+    def _write(self, data) -> None:
+        """Write `data` at the end (None: flush what is buffered)."""
+        try:
+            if data is None:
+                self._handle.flush()
+            else:
+                self._handle.write(data)
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
+
+    def _cannot_write(self, exc: OSError) -> InputError:
+        return InputError(self.folder, f"cannot be written ({exc.strerror or exc})")
+
+
+def umask() -> int:
+    """The process's file creation mask."""
+    current = os.umask(0)
+    os.umask(current)
+    return current

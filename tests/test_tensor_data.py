@@ -203,7 +203,7 @@ def test_folded_weights_on_disk_go_to_the_spill_file(tmp_path, path):
     source = save_with_external_data(onnx.load(path), tmp_path / "in")
     lazy, eager = lazy_and_eager(source)
     fold_in_place(eager)
-    with tensor_data.SpillFile(tmp_path) as spill:
+    with tensor_data.DataFile(tmp_path) as spill:
         result = fold_in_place(lazy, spill=spill)
         spilled = [
             t
@@ -217,11 +217,17 @@ def test_folded_weights_on_disk_go_to_the_spill_file(tmp_path, path):
         expected = arrays(eager)
         for name, value in arrays(lazy).items():
             assert value.tobytes() == expected[name].tobytes(), name
-        out = tmp_path / "out.onnx"
-        bnfold.save_model(lazy, out, external_data=True)
-    assert not list(tmp_path.glob(".bnfold-*"))  # the spill file is gone
-    for name, value in arrays(onnx.load(out)).items():
-        assert value.tobytes() == expected[name].tobytes(), name
+        copied = tmp_path / "copied" / "out.onnx"  # another folder: the tensors are copied
+        copied.parent.mkdir()
+        copy = onnx.ModelProto()
+        copy.CopyFrom(lazy)  # (saving with external data moves a model's tensors out)
+        bnfold.save_model(copy, copied, external_data=True)
+        out = tmp_path / "out.onnx"  # the spill file becomes out.onnx.data
+        bnfold.save_model(lazy, out, external_data=True, data_file=spill)
+    assert not list(tmp_path.glob(".bnfold-*"))  # nothing temporary left
+    for saved in (copied, out):
+        for name, value in arrays(onnx.load(saved)).items():
+            assert value.tobytes() == expected[name].tobytes(), name
 
 
 @pytest.mark.parametrize("args", [[], ["--no-validate"], ["--providers", "cuda"]])
@@ -246,4 +252,4 @@ def test_the_command_leaves_no_spill_file_behind(tmp_path, args):
 
 def test_a_spill_file_that_cannot_be_made_is_a_clean_error(tmp_path):
     with pytest.raises(InputError, match="no-such-folder: cannot be written"):
-        tensor_data.SpillFile(tmp_path / "no-such-folder")
+        tensor_data.DataFile(tmp_path / "no-such-folder")

@@ -448,6 +448,8 @@ def save_model(
     """
     path = Path(path)
     _check_writable_target(path)
+    if data_file is not None and data_file.folder.resolve() != path.parent.resolve():
+        raise ValueError(f"the data file is made in {data_file.folder}, not in {path.parent}")
     if external_data is not True and _initializers_on_disk(model.graph):
         if external_data is None:
             external_data = True

@@ -11,8 +11,8 @@ already checked path (a file on disk never has one: the loader refuses absolute 
 - readers ask `raw_bytes` / `data_size` (the bytes, whether in `raw_data` or on disk);
 - a fold that rewrites it calls `set_raw_data`, which puts the new bytes in the model and drops
   the reference to the file;
-- saving copies the bytes of every tensor still on disk straight from file to file
-  (`copy_into`), without them passing through Python when the kernel can copy them;
+- saving (`DataFile.take`) copies the bytes of every tensor still on disk straight from file
+  to file, without them passing through Python when the kernel can copy them;
 - a fold given a `DataFile` (the output's data file, being written) puts the new values of an
   on-disk tensor there, and the tensor stays on disk, now in that file.
 
@@ -49,7 +49,7 @@ def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
     if dtype is not None and (on_disk or tensor.data_location != _EXTERNAL):
         raw = raw_bytes(tensor)
         if raw:
-            shape = tuple(tensor.dims)
+            shape = tensor.dims[:]
             data = np.frombuffer(raw, dtype=dtype)
             if data.size == math.prod(shape):
                 return data.reshape(shape)
@@ -169,7 +169,7 @@ def load_into_model(tensors) -> None:
             set_raw_data(tensor, read(*disk_span(tensor)))
 
 
-def copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
+def _copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
     """Copy an on-disk tensor's bytes to `handle` at offset `at` (its current end); return the
     bytes copied. The kernel copies file to file where it can (no pass through memory)."""
     path, offset, length = disk_span(tensor)
@@ -249,7 +249,7 @@ class DataFile:
         if is_on_disk(tensor):
             self._pad()
             try:
-                length = copy_into(tensor, self._handle, self._end)
+                length = _copy_into(tensor, self._handle, self._end)
             except OSError as exc:
                 raise self._cannot_write(exc) from None
             offset, self._end = self._end, self._end + length

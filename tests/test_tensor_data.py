@@ -253,3 +253,11 @@ def test_the_command_leaves_no_spill_file_behind(tmp_path, args):
 def test_a_spill_file_that_cannot_be_made_is_a_clean_error(tmp_path):
     with pytest.raises(InputError, match="no-such-folder: cannot be written"):
         tensor_data.DataFile(tmp_path / "no-such-folder")
+
+
+def test_a_data_file_from_another_folder_is_a_usage_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    with tensor_data.DataFile(tmp_path / "a") as data, pytest.raises(ValueError, match="made in"):
+        bnfold.save_model(
+            onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "o.onnx", data_file=data
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import onnx
+import pytest
 
 import bnfold
 from tests.builders import ROOT, assert_same_function
@@ -29,3 +30,31 @@ def test_resnet_like_model_folds_every_batchnorm():
     result = bnfold.fold(model)
     assert not result.skipped and len(result.folded) == 1 + 4 * 4
     assert_same_function(model, result.model)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's, for the fake CUDA
+def test_inference_effect_times_each_provider_and_says_why_one_cannot_run(tmp_path, monkeypatch):
+    import bench
+    import onnxruntime as ort
+
+    model = benchmark_models.chain(2)
+    original, folded = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(model, original)
+    onnx.save(bnfold.fold(model).model, folded)
+    available = ort.get_available_providers()
+    # CUDA listed as available (as on a GPU machine); where it is not usable, a row says why
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: [*available, "CUDAExecutionProvider"]
+    )
+    effect = bench.inference_effect(original, folded, runs=2)
+    levels = [
+        f"{level}/{which}"
+        for level in ("disable_all", "default")
+        for which in ("original", "folded")
+    ]
+    assert list(effect) == [f"cpu/{key}" for key in levels] + [f"cuda/{key}" for key in levels]
+    for key in levels:
+        assert effect[f"cpu/{key}"]["latency_ms"] > 0 and effect[f"cpu/{key}"]["create_s"] > 0
+        cuda = effect[f"cuda/{key}"]
+        if "CUDAExecutionProvider" not in available:
+            assert "error" in cuda

@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .affine import AFFINE_OPS
 from .batchnorm import mode_problem
+from .constant_eval import EVALUATED_OPS
 from .graph_view import ONNX_DOMAINS, GraphView, NameAllocator, attributes
 from .records import Folded
 from .tensor_data import (
@@ -72,6 +74,7 @@ class _Pair:
     bias: onnx.TensorProto | None
     channels: int
     row: int  # weight elements per output channel
+    final: bool  # no Mul, Add or BatchNormalization reads the BN's output (to fold in later)
     # `a` and `b` of all pairs with this pair's parameter dtype (float64), and where its own
     # C values start: one array for thousands of pairs, not two small arrays each
     factors: tuple[np.ndarray, np.ndarray] = field(default=None, repr=False)
@@ -138,7 +141,8 @@ def fold_conv_batchnorm_weights(
 ) -> dict[int, PendingFold]:
     """Write the folded weights of `pairs` (from `find_pairs`); return the pending folds by
     BatchNormalization position (the pass calls `finish` on each when it gets there). A weight
-    on disk goes to `spill` when one is given (it stays on disk), any other into the model."""
+    on disk goes to `spill` when one is given (it stays on disk) unless a later fold may
+    rewrite it again (it would leave unused bytes there); any other into the model."""
     if not pairs:
         return {}
     pairs = _with_affines(pairs)
@@ -146,7 +150,7 @@ def fold_conv_batchnorm_weights(
     pending: dict[int, PendingFold] = {}
     for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
-            if spill is not None and is_on_disk(pair.weight):
+            if spill is not None and pair.final and is_on_disk(pair.weight):
                 spill.put(pair.weight, weight)
             else:
                 set_raw_data(pair.weight, weight.tobytes())
@@ -209,9 +213,31 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
             return None
         if not _hold_bytes([bias], channels * RAW_FLOATS[bias.data_type].itemsize):
             return None
+    final = not _may_fold_again(view, node.output[0])
     return _Pair(
-        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
+        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row, final
     )
+
+
+def _may_fold_again(view: GraphView, output: str) -> bool:
+    """Whether something reading the BatchNormalization's output may fold into the same Conv
+    afterwards (rewriting its weight again): another BatchNormalization, or a Mul/Add whose
+    other operand may be constant (a residual Add of two branches is not)."""
+    for reader in view.consumers.of(output):
+        op_type = view.op_types[reader]
+        if op_type == "BatchNormalization":
+            return True
+        if op_type in AFFINE_OPS:
+            for name in view.nodes[reader].input[:]:
+                producer = view.producer.get(name)
+                if name != output and (
+                    producer is None or view.op_types[producer] in _CONSTANT_MAKERS
+                ):
+                    return True  # an initializer, an input, an outer value or a constant
+    return False
+
+
+_CONSTANT_MAKERS = frozenset({"Constant", *EVALUATED_OPS})
 
 
 def _owned_float_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:

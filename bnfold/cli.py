@@ -303,7 +303,8 @@ def _check_not_input(sources, output: Path | None, report_path: Path | None) -> 
             raise InputError(
                 path, f"is the input model or one of its data files; give the {what} another path"
             )
-    if output is not None and data_file_for(output.resolve()) in protected:
+    # (an OUT that is a symbolic link is replaced, not followed: its data file is beside it)
+    if output is not None and data_file_for(output.parent.resolve() / output.name) in protected:
         raise InputError(
             output,
             f"its data file {data_file_for(output).name} would replace the input's; "

@@ -350,41 +350,64 @@ def has_unread_external_data(model: onnx.ModelProto) -> bool:
 
 def holds_data_on_disk(model: onnx.ModelProto) -> bool:
     """Whether some tensor of the model is on disk (left in its file by a lazy load)."""
-    return tensor_data.has_data_on_disk(all_tensors(model))
+    return _initializers_on_disk(model.graph)
 
 
 def load_external_data(model: onnx.ModelProto, path: Path, *, lazy: bool = False) -> set[Path]:
     """Read external tensor data that lies inside the model's folder; refuse anything else.
     Returns the data files read. Each tensor's bytes must be there, as many as its dims and type
-    make. `lazy=True` leaves them in the files: the tensors are then on disk
-    (`bnfold.tensor_data`)."""
+    make. `lazy=True` leaves those of the main graph's initializers of at least `LAZY_BYTES` in
+    the files: they are then on disk (`bnfold.tensor_data`); smaller tensors (shapes, axes, BN
+    statistics, which shape inference and the rules read) and tensors elsewhere (attributes,
+    subgraphs, functions) are read as usual."""
     base = path.resolve().parent
+    tensors = all_tensors(model)
+    main_initializers = len(model.graph.initializer)  # (all_tensors lists them first)
     files: set[Path] = set()
-    for tensor in list(_external_tensors(model)):
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        data_path = _safe_data_path(base, location, path, tensor.name)
-        try:
-            offset = int(info.get("offset", 0) or 0)
-            length = int(info["length"]) if info.get("length") else None
-        except ValueError:
-            raise InputError(
-                path, f"external data of tensor '{tensor.name}' has a malformed offset or length"
-            ) from None
-        available = data_path.stat().st_size - offset
-        if offset < 0 or available < 0 or (length is not None and length > available):
-            raise InputError(
-                path, f"external data of tensor '{tensor.name}' lies beyond the end of {location}"
-            )
-        length = available if length is None else length
-        data_path = data_path.resolve()
-        _check_external_size(tensor, length, path)
-        if lazy:
-            tensor_data.point_to_file(tensor, str(data_path), offset, length)
-        else:
-            tensor_data.set_raw_data(tensor, tensor_data.read(str(data_path), offset, length))
-        files.add(data_path)
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, BinaryIO] = {}
+        for index, tensor in enumerate(tensors):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            data_path, offset, length = _external_span(tensor, base, path)
+            _check_external_size(tensor, length, path)
+            files.add(data_path)
+            if lazy and index < main_initializers and length >= LAZY_BYTES:
+                tensor_data.point_to_file(tensor, str(data_path), offset, length)
+                continue
+            if data_path not in handles:
+                handles[data_path] = stack.enter_context(open(data_path, "rb"))
+            handle = handles[data_path]
+            handle.seek(offset)
+            data = handle.read(length)
+            if len(data) != length:  # the file changed since it was measured
+                raise InputError(data_path, f"ends before the data of tensor '{tensor.name}'")
+            tensor_data.set_raw_data(tensor, data)
     return files
+
+
+LAZY_BYTES = 1 << 16  # external initializers of at least this size stay on disk in a lazy load
+
+
+def _external_span(tensor: onnx.TensorProto, base: Path, path: Path) -> tuple[Path, int, int]:
+    """(resolved data file, offset, length) of an external tensor, checked to lie inside the
+    model's folder and inside the file."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    data_path = _safe_data_path(base, location, path, tensor.name)
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise InputError(
+            path, f"external data of tensor '{tensor.name}' has a malformed offset or length"
+        ) from None
+    available = data_path.stat().st_size - offset
+    if offset < 0 or available < 0 or (length is not None and length > available):
+        raise InputError(
+            path, f"external data of tensor '{tensor.name}' lies beyond the end of {location}"
+        )
+    return data_path.resolve(), offset, available if length is None else length
 
 
 def _check_external_size(tensor: onnx.TensorProto, length: int, path: Path) -> None:
@@ -487,8 +510,8 @@ def data_file_for(path: Path) -> Path:
 
 
 def _initializers_on_disk(graph: onnx.GraphProto) -> bool:
-    """Whether some initializer of the main graph is on disk (a lazily loaded model: checked
-    there only, since walking every tensor of a big graph costs more than the rest of a save)."""
+    """Whether some initializer of the main graph is on disk: a lazily loaded model (only those
+    are left on disk by `load_external_data`, and a fold's `DataFile` takes only those)."""
     if not any(map(_DATA_LOCATION, graph.initializer)):  # all DEFAULT (0): the usual case
         return False
     return tensor_data.has_data_on_disk(graph.initializer)

@@ -2,22 +2,26 @@
 
 `tensor_to_array` reads any tensor; the rest is about tensors "on disk".
 
-A model whose tensors live in external data files can be loaded without reading them
-(`bnfold.model_io.load_model_and_sources(path, lazy=True)`, what the CLI does): each external
-tensor then keeps its `external_data` entries, with `location` replaced by the data file's absolute,
-already checked path (a file on disk never has one: the loader refuses absolute locations), and
-`length` always set and checked against the tensor's dims. Such a tensor is "on disk":
+A model whose tensors live in external data files can be loaded without reading its big
+initializers (`bnfold.model_io.load_model_and_sources(path, lazy=True)`, what the CLI does): each
+initializer of the main graph of at least `model_io.LAZY_BYTES` keeps its `external_data`
+entries, with `location` replaced by the data file's absolute, already checked path (a file on
+disk never has one: the loader refuses absolute locations), and `length` always set and checked
+against the tensor's dims. Such a tensor is "on disk"; every other tensor is read as usual (so
+shape inference and the rules see small tensors such as shapes, axes and BN statistics).
 
-- readers ask `raw_bytes` / `data_size` (the bytes, whether in `raw_data` or on disk);
+- readers ask `tensor_to_array`, `raw_bytes` or `data_size` (in `raw_data` or on disk alike);
 - a fold that rewrites it calls `set_raw_data`, which puts the new bytes in the model and drops
   the reference to the file;
 - saving (`DataFile.take`) copies the bytes of every tensor still on disk straight from file
   to file, without them passing through Python when the kernel can copy them;
-- a fold given a `DataFile` (the output's data file, being written) puts the new values of an
-  on-disk tensor there, and the tensor stays on disk, now in that file.
+- a fold given a `DataFile` (the output's data file, being written) puts there the new values
+  of a Conv weight that was on disk and that no later fold can change again, and the tensor
+  stays on disk, now in that file.
 
-So a fold reads each tensor it rewrites once, and holds in memory only the rewritten tensors
-it has no data file for.
+So the batched Conv → BatchNormalization folds of such a model read each weight once and write
+it once, and hold none of them in memory; weights that other rules rewrite (and those of a fold
+without a `DataFile`) are held in the model until it is saved.
 """
 
 from __future__ import annotations
@@ -183,7 +187,10 @@ def _copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
         source.seek(offset + copied)
         handle.seek(at + copied)
         while copied < length:
-            piece = source.read(min(_COPY_STEP, length - copied))
+            try:
+                piece = source.read(min(_COPY_STEP, length - copied))
+            except OSError as exc:
+                raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
             if not piece:
                 raise _changed(path, offset, length)
             handle.write(piece)
@@ -213,17 +220,23 @@ class DataFile:
     renames it into place; `close` (or leaving a `with` block) deletes it if it was not
     published. Only this process reads it before that.
 
-    A fold given one (`fold_in_place(spill=...)`) `put`s there the new values of the weights it
+    A fold given one (`fold_in_place(spill=...)`) `put`s there the new values of weights it
     rewrites, which stay on disk; saving the model then `take`s every tensor: those already
-    there stay where they are, the others are appended. So a folded weight is written once."""
+    there stay where they are, the others are appended."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         try:
             descriptor, path = tempfile.mkstemp(dir=self.folder, prefix=".bnfold-", suffix=".tmp")
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
+        try:
             os.fchmod(descriptor, 0o666 & ~umask())  # what a new file gets, once in place
             self._handle = os.fdopen(descriptor, "wb")
         except OSError as exc:
+            os.close(descriptor)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise self._cannot_write(exc) from None
         self.path = os.path.abspath(path)
         self._end = 0
@@ -266,7 +279,8 @@ class DataFile:
         self._published = True
 
     def close(self) -> None:
-        self._handle.close()
+        with contextlib.suppress(OSError):  # (what is left to flush is thrown away anyway)
+            self._handle.close()
         if not self._published:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)

@@ -15,10 +15,66 @@ import bnfold
 from bnfold import model_io, tensor_data
 from bnfold.errors import InputError
 from bnfold.fold import fold_in_place
-from tests.builders import MODELS, assert_same_function
+from tests.builders import (
+    MODELS,
+    assert_same_function,
+    bn_node,
+    bn_params,
+    make_model,
+    tensor,
+    value_info,
+)
 from tests.test_model_io import save_with_external_data
 
 SHIPPED = sorted(MODELS.glob("*.onnx"))
+
+
+@pytest.fixture
+def all_lazy(monkeypatch):
+    """Every external initializer of the main graph stays on disk, however small (the shipped
+    models' tensors are all under `model_io.LAZY_BYTES`)."""
+    monkeypatch.setattr(model_io, "LAZY_BYTES", 0)
+
+
+def save_external(model, folder, location="m.onnx.data"):
+    """`model` saved as exporters do: tensors of 1 KB and more in one data file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "m.onnx", save_as_external_data=True, location=location)
+    return folder / "m.onnx"
+
+
+def big_model(tail: str = "Relu") -> onnx.ModelProto:
+    """x → Conv(64×32×3×3, 73 KB) → BN → Relu → Conv(64×64×3×3, 147 KB) → BN → `tail`; a
+    Reshape shape and BN statistics that stay small."""
+    rng = np.random.default_rng(5)
+    inits = [
+        tensor("w0", rng.normal(0, 0.2, (64, 32, 3, 3)).astype(np.float32)),
+        tensor("w1", rng.normal(0, 0.1, (64, 64, 3, 3)).astype(np.float32)),
+        tensor("shape", np.array([1, 32, 8, 8], dtype=np.int64)),
+        *bn_params(rng, 64, prefix="bn0"),
+        *bn_params(rng, 64, prefix="bn1"),
+    ]
+    nodes = [
+        onnx.helper.make_node("Reshape", ["x", "shape"], ["x4"]),
+        onnx.helper.make_node("Conv", ["x4", "w0"], ["c0"], pads=[1] * 4, name="conv0"),
+        bn_node("c0", "b0", prefix="bn0"),
+        onnx.helper.make_node("Relu", ["b0"], ["r0"]),
+        onnx.helper.make_node("Conv", ["r0", "w1"], ["c1"], pads=[1] * 4, name="conv1"),
+        bn_node("c1", "b1", prefix="bn1"),
+    ]
+    if tail == "Mul":  # a per-channel Mul that folds into conv1 after bn1 did
+        inits.append(tensor("k", rng.uniform(0.5, 2, (1, 64, 1, 1)).astype(np.float32)))
+        nodes.append(onnx.helper.make_node("Mul", ["b1", "k"], ["y"]))
+    elif tail == "residual":  # an Add of two branches: nothing to fold into conv1
+        nodes.append(onnx.helper.make_node("Add", ["b1", "r0"], ["y"]))
+    else:
+        nodes.append(onnx.helper.make_node(tail, ["b1"], ["y"]))
+    return make_model(
+        nodes,
+        [value_info("x", onnx.TensorProto.FLOAT, [1, 2048])],
+        [value_info("y", onnx.TensorProto.FLOAT, [1, 64, 8, 8])],
+        inits,
+    )
 
 
 def lazy_and_eager(path):
@@ -31,11 +87,62 @@ def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: tensor_data.tensor_to_array(t) for t in model_io.all_tensors(model)}
 
 
-def test_lazy_load_leaves_every_external_tensor_on_disk(tmp_path):
+def test_lazy_load_leaves_big_initializers_on_disk_and_reads_the_rest(tmp_path):
+    source = save_with_external_data(big_model(), tmp_path)  # every tensor in the data file
+    lazy, eager = lazy_and_eager(source)
+    on_disk = {t.name for t in model_io.all_tensors(lazy) if tensor_data.is_on_disk(t)}
+    assert on_disk == {"w0", "w1"}  # at least LAZY_BYTES; the shape and statistics are read
+    assert model_io.holds_data_on_disk(lazy) and not model_io.has_unread_external_data(lazy)
+    expected = arrays(eager)
+    for name, value in arrays(lazy).items():
+        assert value.tobytes() == expected[name].tobytes()
+
+
+def test_tensors_outside_the_main_graphs_initializers_are_read(tmp_path, all_lazy):
+    """Constant values (and an If branch's) come back into the model even when everything
+    else may stay on disk: saving relies on only main-graph initializers being on disk."""
+    big = np.arange(64, dtype=np.float32)
+    branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["t"], value=onnx.numpy_helper.from_array(big))],
+        "branch",
+        [],
+        [value_info("t", onnx.TensorProto.FLOAT, [64])],
+        [tensor("unused", big)],
+    )
+    model = make_model(
+        [
+            onnx.helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch),
+            onnx.helper.make_node("Add", ["y", "k"], ["z"]),
+        ],
+        [value_info("c", onnx.TensorProto.BOOL, [])],
+        [value_info("z", onnx.TensorProto.FLOAT, [64])],
+        [tensor("k", big)],
+    )
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save(
+        model,
+        folder / "m.onnx",
+        save_as_external_data=True,
+        size_threshold=0,
+        location="w.bin",
+        convert_attribute=True,
+    )
+    lazy = model_io.load_model_and_sources(folder / "m.onnx", lazy=True)[0]
+    on_disk = [t.name for t in model_io.all_tensors(lazy) if tensor_data.is_on_disk(t)]
+    assert on_disk == ["k"]
+    out = tmp_path / "o.onnx"
+    bnfold.save_model(lazy, out, external_data=False)  # one protobuf: "k" read in first
+    saved = onnx.load(out, load_external_data=False)
+    assert not model_io.has_unread_external_data(saved)
+    assert np.array_equal(onnx.numpy_helper.to_array(saved.graph.initializer[0]), big)
+
+
+def test_lazy_load_of_tiny_tensors_leaves_them_on_disk_when_asked(tmp_path, all_lazy):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
     lazy, eager = lazy_and_eager(source)
     tensors = model_io.all_tensors(lazy)
-    assert tensors and all(map(tensor_data.is_on_disk, tensors))
+    assert tensors and all(map(tensor_data.is_on_disk, tensors))  # (all initializers)
     assert not any(t.HasField("raw_data") for t in tensors)
     assert model_io.holds_data_on_disk(lazy)
     assert not model_io.has_unread_external_data(lazy)
@@ -49,7 +156,7 @@ def test_lazy_load_leaves_every_external_tensor_on_disk(tmp_path):
 
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_folding_a_lazy_load_gives_the_eager_result_bit_for_bit(tmp_path, path, batched):
+def test_folding_a_lazy_load_gives_the_eager_result_bit_for_bit(all_lazy, tmp_path, path, batched):
     source = save_with_external_data(onnx.load(path), tmp_path / "in")
     lazy, eager = lazy_and_eager(source)
     from_lazy = fold_in_place(lazy, batched=batched)
@@ -69,7 +176,7 @@ def test_folding_a_lazy_load_gives_the_eager_result_bit_for_bit(tmp_path, path, 
 
 
 @pytest.mark.parametrize("external_data", [None, True, False])
-def test_a_lazy_model_saves_whole_and_self_contained(tmp_path, external_data):
+def test_a_lazy_model_saves_whole_and_self_contained(all_lazy, tmp_path, external_data):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
     lazy = model_io.load_model_and_sources(source, lazy=True)[0]
     fold_in_place(lazy)
@@ -79,15 +186,15 @@ def test_a_lazy_model_saves_whole_and_self_contained(tmp_path, external_data):
     assert written[0] == out
     assert (len(written) == 2) == (external_data is not False)  # lazily loaded: external if free
     on_disk = onnx.load(out, load_external_data=False)
-    for tensor in model_io.all_tensors(on_disk):
-        for entry in tensor.external_data:
+    for saved in model_io.all_tensors(on_disk):
+        for entry in saved.external_data:
             if entry.key == "location":
                 assert entry.value == "folded.onnx.data"  # nothing points into the input folder
     onnx.checker.check_model(str(out))
     assert_same_function(onnx.load(MODELS / "resnet_tiny.onnx"), onnx.load(out))
 
 
-def test_small_tensors_on_disk_come_back_into_the_model(tmp_path):
+def test_small_tensors_on_disk_come_back_into_the_model(all_lazy, tmp_path):
     """The input put every tensor in its data file (threshold 0); the output keeps those under
     1 KB in the model, like any other."""
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
@@ -96,16 +203,16 @@ def test_small_tensors_on_disk_come_back_into_the_model(tmp_path):
     bnfold.save_model(lazy, out, external_data=True)
     on_disk = onnx.load(out, load_external_data=False)
     sizes = {t.name: t.data_location for t in on_disk.graph.initializer}
-    for tensor in on_disk.graph.initializer:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        small = itemsize * np.prod(tensor.dims) < model_io.EXTERNAL_THRESHOLD
-        assert (tensor.data_location == onnx.TensorProto.DEFAULT) == small, tensor.name
+    for saved in on_disk.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(saved.data_type).itemsize
+        small = itemsize * np.prod(saved.dims) < model_io.EXTERNAL_THRESHOLD
+        assert (saved.data_location == onnx.TensorProto.DEFAULT) == small, saved.name
     assert len(set(sizes.values())) == 2  # some of each
     assert_same_function(onnx.load(source), onnx.load(out))
 
 
 @pytest.mark.parametrize("kernel", ["refuses", "copies part, then refuses", "missing"])
-def test_copy_through_memory_where_the_kernel_will_not(tmp_path, monkeypatch, kernel):
+def test_copy_through_memory_where_the_kernel_will_not(all_lazy, tmp_path, monkeypatch, kernel):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
     lazy = model_io.load_model_and_sources(source, lazy=True)[0]
     real = os.copy_file_range
@@ -130,7 +237,7 @@ def test_copy_through_memory_where_the_kernel_will_not(tmp_path, monkeypatch, ke
         assert value.tobytes() == expected[name].tobytes(), name
 
 
-def test_external_data_of_the_wrong_size_is_refused_by_a_lazy_load(tmp_path):
+def test_external_data_of_the_wrong_size_is_refused_by_a_lazy_load(all_lazy, tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
     model = onnx.load(source, load_external_data=False)
     weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
@@ -144,7 +251,7 @@ def test_external_data_of_the_wrong_size_is_refused_by_a_lazy_load(tmp_path):
         model_io.load_model(source)
 
 
-def test_a_data_file_that_changes_after_loading_is_a_clean_error(tmp_path):
+def test_a_data_file_that_changes_after_loading_is_a_clean_error(all_lazy, tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
     lazy = model_io.load_model_and_sources(source, lazy=True)[0]
     os.truncate(tmp_path / "weights.bin", 100)
@@ -168,7 +275,7 @@ def test_other_tensor_types_on_disk_read_through_numpy_helper(tmp_path):
     assert tensor_data.is_on_disk(tensor)  # reading leaves it on disk
 
 
-def test_fold_accepts_a_lazily_loaded_model(tmp_path):
+def test_fold_accepts_a_lazily_loaded_model(all_lazy, tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
     lazy, eager = lazy_and_eager(source)
     result = bnfold.fold(lazy)
@@ -199,7 +306,7 @@ def test_output_whose_data_file_is_the_inputs_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_folded_weights_on_disk_go_to_the_spill_file(tmp_path, path):
+def test_folded_weights_on_disk_go_to_the_spill_file(all_lazy, tmp_path, path):
     source = save_with_external_data(onnx.load(path), tmp_path / "in")
     lazy, eager = lazy_and_eager(source)
     fold_in_place(eager)
@@ -230,9 +337,12 @@ def test_folded_weights_on_disk_go_to_the_spill_file(tmp_path, path):
             assert value.tobytes() == expected[name].tobytes(), name
 
 
+@pytest.mark.parametrize("tail", ["Relu", "Mul", "residual"])
 @pytest.mark.parametrize("args", [[], ["--no-validate"], ["--providers", "cuda"]])
-def test_the_command_leaves_no_spill_file_behind(tmp_path, args):
-    source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
+def test_the_command_writes_each_weight_once_and_leaves_nothing_behind(tmp_path, args, tail):
+    """With a Mul after the last BN, that Conv's weight changes twice: it is not put in OUT.data
+    before its last change (no unused bytes); a failed validation leaves no file at all."""
+    source = save_external(big_model(tail), tmp_path / "in")
     out = tmp_path / "out" / "folded.onnx"
     out.parent.mkdir()
     proc = subprocess.run(
@@ -246,8 +356,66 @@ def test_the_command_leaves_no_spill_file_behind(tmp_path, args):
     assert sorted(p.name for p in out.parent.iterdir()) == (
         [] if failed else ["folded.onnx", "folded.onnx.data"]
     )
-    if not failed:
-        assert_same_function(onnx.load(MODELS / "resnet_tiny.onnx"), onnx.load(out))
+    if failed:
+        return
+    assert "folded 2 of 2 BatchNormalization" in proc.stdout
+    assert_same_function(big_model(tail), onnx.load(out))
+    spans = [
+        tensor_data.disk_span(t)[1:]
+        for t in onnx.load(out, load_external_data=False).graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    assert sorted(spans) == [(0, 64 * 32 * 9 * 4), (73728, 64 * 64 * 9 * 4)]  # w0, then w1
+    assert (out.parent / "folded.onnx.data").stat().st_size == 73728 + 64 * 64 * 9 * 4
+
+
+def test_small_tensors_are_read_for_shape_inference(tmp_path):
+    """A Reshape's shape in the data file, with everything else: the MatMul after it still gets
+    its rank from onnx's shape inference, which reads no external data."""
+    rng = np.random.default_rng(2)
+    model = make_model(
+        [
+            onnx.helper.make_node("Reshape", ["x", "shape"], ["x2"]),
+            onnx.helper.make_node("MatMul", ["x2", "w"], ["m"]),
+            bn_node("m", "y"),
+        ],
+        [value_info("x", onnx.TensorProto.FLOAT, [3, 4, 4])],
+        [value_info("y", onnx.TensorProto.FLOAT, [3, 8])],
+        [
+            tensor("shape", np.array([3, -1], dtype=np.int64)),
+            tensor("w", rng.normal(0, 1, (16, 8)).astype(np.float32)),
+            *bn_params(rng, 8),
+        ],
+    )
+    expected = onnx.ModelProto()
+    expected.CopyFrom(model)
+    source = save_with_external_data(model, tmp_path / "in")
+    out = tmp_path / "o.onnx"
+    proc = subprocess.run(  # (onnxruntime cannot run a Reshape whose shape is external data)
+        [sys.executable, "-m", "bnfold", str(source), "-o", str(out), "--no-validate"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "folded 1 of 1" in proc.stdout
+    assert_same_function(expected, onnx.load(out))
+
+
+def test_an_output_linked_elsewhere_cannot_replace_the_inputs_data(tmp_path):
+    """OUT is a symbolic link: it is replaced, not followed, so its data file is beside it."""
+    folder, elsewhere = tmp_path / "f", tmp_path / "g"
+    elsewhere.mkdir()
+    source = save_external(big_model(), folder, location="sym.onnx.data")
+    (folder / "sym.onnx").symlink_to(elsewhere / "o.onnx")
+    before = (folder / "sym.onnx.data").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnfold", str(source), "-o", str(folder / "sym.onnx")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "would replace the input's" in proc.stderr
+    assert (folder / "sym.onnx.data").read_bytes() == before
 
 
 def test_a_spill_file_that_cannot_be_made_is_a_clean_error(tmp_path):
@@ -261,3 +429,14 @@ def test_a_data_file_from_another_folder_is_a_usage_error(tmp_path):
         bnfold.save_model(
             onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "o.onnx", data_file=data
         )
+
+
+@pytest.mark.parametrize(("tail", "spilled"), [("Relu", True), ("residual", True), ("Mul", False)])
+def test_a_weight_that_may_change_again_is_not_put_in_the_data_file(tmp_path, tail, spilled):
+    source = save_external(big_model(tail), tmp_path / "in")
+    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    with tensor_data.DataFile(tmp_path) as data:
+        fold_in_place(lazy, spill=data)
+        weights = {t.name: t for t in lazy.graph.initializer}
+        assert data.holds(weights["w0"])  # a Relu follows its BN
+        assert data.holds(weights["w1"]) == spilled

@@ -74,7 +74,6 @@ class _Pair:
     bias: onnx.TensorProto | None
     channels: int
     row: int  # weight elements per output channel
-    final: bool  # no Mul, Add or BatchNormalization reads the BN's output (to fold in later)
     # `a` and `b` of all pairs with this pair's parameter dtype (float64), and where its own
     # C values start: one array for thousands of pairs, not two small arrays each
     factors: tuple[np.ndarray, np.ndarray] = field(default=None, repr=False)
@@ -137,7 +136,7 @@ def checked_names(pairs: list[_Pair]) -> set[str]:
 
 
 def fold_conv_batchnorm_weights(
-    pairs: list[_Pair], spill: DataFile | None = None
+    view: GraphView, pairs: list[_Pair], spill: DataFile | None = None
 ) -> dict[int, PendingFold]:
     """Write the folded weights of `pairs` (from `find_pairs`); return the pending folds by
     BatchNormalization position (the pass calls `finish` on each when it gets there). A weight
@@ -150,7 +149,7 @@ def fold_conv_batchnorm_weights(
     pending: dict[int, PendingFold] = {}
     for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
-            if spill is not None and pair.final and is_on_disk(pair.weight):
+            if spill is not None and is_on_disk(pair.weight) and not _may_fold_again(view, pair):
                 spill.put(pair.weight, weight)
             else:
                 set_raw_data(pair.weight, weight.tobytes())
@@ -213,16 +212,16 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
             return None
         if not _hold_bytes([bias], channels * RAW_FLOATS[bias.data_type].itemsize):
             return None
-    final = not _may_fold_again(view, node.output[0])
     return _Pair(
-        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row, final
+        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
     )
 
 
-def _may_fold_again(view: GraphView, output: str) -> bool:
+def _may_fold_again(view: GraphView, pair: _Pair) -> bool:
     """Whether something reading the BatchNormalization's output may fold into the same Conv
     afterwards (rewriting its weight again): another BatchNormalization, or a Mul/Add whose
     other operand may be constant (a residual Add of two branches is not)."""
+    output = view.nodes[pair.bn_index].output[0]
     for reader in view.consumers.of(output):
         op_type = view.op_types[reader]
         if op_type == "BatchNormalization":

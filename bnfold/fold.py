@@ -217,7 +217,7 @@ def _fold_graph(
         context.nodes_indexed = len(view.nodes) + sum(map(count_nodes, inner))
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
-    pending = fold_conv_batchnorm_weights(pairs, context.spill)
+    pending = fold_conv_batchnorm_weights(view, pairs, context.spill)
     del pairs
     for index in _visited_positions(view):
         if view.op_types[index] == "BatchNormalization":

@@ -259,17 +259,12 @@ def _hold_bytes(tensors: list[onnx.TensorProto], size: int) -> bool:
     (not in a typed field such as float_data, nor in an external file that was not read)."""
     if not any(map(_DATA_LOCATION, tensors)):  # all in the model: the usual case
         return set(map(len, map(_RAW_DATA, tensors))) == {size}
-    for tensor in tensors:
-        external = tensor.data_location == _EXTERNAL
-        if (external and not is_on_disk(tensor)) or data_size(tensor) != size:
-            return False
-    return True
+    return set(map(data_size, tensors)) == {size}
 
 
 _DATA_TYPE = operator.attrgetter("data_type")
 _DATA_LOCATION = operator.attrgetter("data_location")
 _RAW_DATA = operator.attrgetter("raw_data")
-_EXTERNAL = onnx.TensorProto.EXTERNAL
 
 
 def _concatenated(tensors: list[onnx.TensorProto], dtype: np.dtype) -> np.ndarray:

@@ -274,15 +274,28 @@ def _initializer_size_mismatch(initializers: Iterable[onnx.TensorProto]) -> str 
     type make, described (tensors whose data is still in an external file are not read)."""
     external = onnx.TensorProto.EXTERNAL
     for tensor in initializers:
-        dims = tensor.dims
-        if dims and min(dims) < 0:
-            return f"initializer '{tensor.name}' declares a negative dimension {list(dims)}"
-        itemsize = _ITEMSIZE.get(tensor.data_type)
-        if itemsize is None or tensor.data_location == external:
-            continue
-        size = len(tensor.raw_data)
-        if size != itemsize * math.prod(dims) and (size or tensor.HasField("raw_data")):
-            return f"initializer '{tensor.name}' declares shape {list(dims)} but holds {size} bytes"
+        size = None  # not known: a type of no fixed size, typed fields or external data
+        if tensor.data_type in _ITEMSIZE and tensor.data_location != external:
+            size = len(tensor.raw_data)
+            if not size and not tensor.HasField("raw_data"):
+                size = None
+        problem = _shape_problem(tensor, size, "initializer", "holds")
+        if problem:
+            return problem
+    return None
+
+
+def _shape_problem(
+    tensor: onnx.TensorProto, size: int | None, what: str, holder: str
+) -> str | None:
+    """A negative dimension, or `size` bytes of data (None: not known) that are not what the
+    tensor's dims and type make, described as `what` 'name' ... `holder` N bytes."""
+    dims = tensor.dims[:]
+    if dims and min(dims) < 0:
+        return f"{what} '{tensor.name}' declares a negative dimension {dims}"
+    itemsize = _ITEMSIZE.get(tensor.data_type)
+    if size is not None and itemsize is not None and size != itemsize * math.prod(dims):
+        return f"{what} '{tensor.name}' declares shape {dims} but {holder} {size} bytes"
     return None
 
 
@@ -349,8 +362,16 @@ def has_unread_external_data(model: onnx.ModelProto) -> bool:
 
 
 def holds_data_on_disk(model: onnx.ModelProto) -> bool:
-    """Whether some tensor of the model is on disk (left in its file by a lazy load)."""
-    return _initializers_on_disk(model.graph)
+    """Whether some tensor of the model is on disk: a lazily loaded model. Only the main graph's
+    initializers are looked at: only those are left on disk by `load_external_data`, and a
+    fold's `DataFile` takes only those."""
+    initializers = model.graph.initializer
+    if not any(map(_DATA_LOCATION, initializers)):  # all DEFAULT (0): the usual case
+        return False
+    return any(map(tensor_data.is_on_disk, initializers))
+
+
+_DATA_LOCATION = operator.attrgetter("data_location")
 
 
 def load_external_data(model: onnx.ModelProto, path: Path, *, lazy: bool = False) -> set[Path]:
@@ -412,16 +433,9 @@ def _external_span(tensor: onnx.TensorProto, base: Path, path: Path) -> tuple[Pa
 
 def _check_external_size(tensor: onnx.TensorProto, length: int, path: Path) -> None:
     """Refuse external data whose size is not what the tensor's dims and type make."""
-    dims = tensor.dims
-    if dims and min(dims) < 0:
-        raise InputError(path, f"tensor '{tensor.name}' declares a negative dimension {list(dims)}")
-    itemsize = _ITEMSIZE.get(tensor.data_type)
-    if itemsize is not None and length != itemsize * math.prod(dims):
-        raise InputError(
-            path,
-            f"tensor '{tensor.name}' declares shape {list(dims)} but its external data holds "
-            f"{length} bytes",
-        )
+    problem = _shape_problem(tensor, length, "tensor", "its external data holds")
+    if problem:
+        raise InputError(path, problem)
 
 
 def _safe_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
@@ -473,7 +487,7 @@ def save_model(
     _check_writable_target(path)
     if data_file is not None and data_file.folder.resolve() != path.parent.resolve():
         raise ValueError(f"the data file is made in {data_file.folder}, not in {path.parent}")
-    if external_data is not True and _initializers_on_disk(model.graph):
+    if external_data is not True and holds_data_on_disk(model):
         if external_data is None:
             external_data = True
         else:
@@ -507,17 +521,6 @@ def save_model(
 def data_file_for(path: Path) -> Path:
     """The data file `save_model` writes beside `path` when tensors go to external data."""
     return path.parent / f"{path.name}.data"
-
-
-def _initializers_on_disk(graph: onnx.GraphProto) -> bool:
-    """Whether some initializer of the main graph is on disk: a lazily loaded model (only those
-    are left on disk by `load_external_data`, and a fold's `DataFile` takes only those)."""
-    if not any(map(_DATA_LOCATION, graph.initializer)):  # all DEFAULT (0): the usual case
-        return False
-    return tensor_data.has_data_on_disk(graph.initializer)
-
-
-_DATA_LOCATION = operator.attrgetter("data_location")
 
 
 def _encoding(model: onnx.ModelProto) -> Encoding | None:

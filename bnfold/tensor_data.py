@@ -83,11 +83,6 @@ def is_on_disk(tensor: onnx.TensorProto) -> bool:
     return False
 
 
-def has_data_on_disk(tensors) -> bool:
-    """Whether any of `tensors` is on disk."""
-    return any(map(is_on_disk, tensors))
-
-
 def point_to_file(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     """Make `tensor` external data: `length` bytes at `offset` of the file `location` (which,
     absolute and checked by the caller, makes it an on-disk tensor). Any bytes it held in the
@@ -107,9 +102,10 @@ def disk_span(tensor: onnx.TensorProto) -> tuple[str, int, int]:
 
 
 def data_size(tensor: onnx.TensorProto) -> int:
-    """Bytes of raw data the tensor holds, in the model or on disk (0 for typed fields)."""
-    if tensor.data_location == _EXTERNAL and is_on_disk(tensor):
-        return disk_span(tensor)[2]
+    """Bytes of raw data the tensor holds, in the model or on disk (0 for typed fields, and for
+    data in an external file this process has not checked)."""
+    if tensor.data_location == _EXTERNAL:
+        return disk_span(tensor)[2] if is_on_disk(tensor) else 0
     return len(tensor.raw_data)
 
 
@@ -129,7 +125,7 @@ def read(path: str, offset: int, length: int) -> bytes:
             handle.seek(offset)
             data = handle.read(length)
     except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise _unreadable(path, exc) from None
     if len(data) != length:
         raise _changed(path, offset, length)
     return data
@@ -146,9 +142,13 @@ def read_into(tensor: onnx.TensorProto, buffer: memoryview) -> None:
             handle.seek(offset)
             got = handle.readinto(buffer)
     except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise _unreadable(path, exc) from None
     if got != length:
         raise _changed(path, offset, length)
+
+
+def _unreadable(path: str, exc: OSError) -> InputError:
+    return InputError(path, f"cannot be read ({exc.strerror or exc})")
 
 
 def _changed(path: str, offset: int, length: int) -> InputError:
@@ -181,7 +181,7 @@ def _copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
     try:
         source = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
     except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise _unreadable(path, exc) from None
     with source:
         copied = _kernel_copy(source.fileno(), handle.fileno(), offset, at, length)
         source.seek(offset + copied)
@@ -190,7 +190,7 @@ def _copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
             try:
                 piece = source.read(min(_COPY_STEP, length - copied))
             except OSError as exc:
-                raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+                raise _unreadable(path, exc) from None
             if not piece:
                 raise _changed(path, offset, length)
             handle.write(piece)

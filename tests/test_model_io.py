@@ -17,7 +17,8 @@ from tests.builders import MODELS, assert_same_function, run
 RESNET = MODELS / "resnet_tiny.onnx"
 
 
-def save_with_external_data(model, folder, name="m.onnx", location="weights.bin"):
+def save_with_external_data(model, folder, name="m.onnx", location="weights.bin", **options):
+    """`model` saved with every tensor in one data file (`options`: more of `onnx.save`'s)."""
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(
         model,
@@ -26,6 +27,7 @@ def save_with_external_data(model, folder, name="m.onnx", location="weights.bin"
         all_tensors_to_one_file=True,
         location=location,
         size_threshold=0,
+        **options,
     )
     return folder / name
 
@@ -196,16 +198,7 @@ def test_external_tensors_in_constant_attributes_are_loaded(tmp_path):
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
     folder = tmp_path / "m"
-    folder.mkdir()
-    onnx.save(
-        model,
-        folder / "m.onnx",
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location="w.bin",
-        size_threshold=0,
-        convert_attribute=True,
-    )
+    save_with_external_data(model, folder, location="w.bin", convert_attribute=True)
     on_disk = onnx.load(folder / "m.onnx", load_external_data=False)
     assert len(list(model_io._external_tensors(on_disk))) == 3
     loaded = bnfold.load_model(folder / "m.onnx")

@@ -4,8 +4,6 @@ needs them, copied file to file when it does not, and the same folded model as a
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -24,6 +22,8 @@ from tests.builders import (
     tensor,
     value_info,
 )
+from tests.test_cli import assert_clean_failure
+from tests.test_cli import bnfold as run_bnfold
 from tests.test_model_io import save_with_external_data
 
 SHIPPED = sorted(MODELS.glob("*.onnx"))
@@ -118,17 +118,8 @@ def test_tensors_outside_the_main_graphs_initializers_are_read(tmp_path, all_laz
         [value_info("z", onnx.TensorProto.FLOAT, [64])],
         [tensor("k", big)],
     )
-    folder = tmp_path / "m"
-    folder.mkdir()
-    onnx.save(
-        model,
-        folder / "m.onnx",
-        save_as_external_data=True,
-        size_threshold=0,
-        location="w.bin",
-        convert_attribute=True,
-    )
-    lazy = model_io.load_model_and_sources(folder / "m.onnx", lazy=True)[0]
+    source = save_with_external_data(model, tmp_path / "m", convert_attribute=True)
+    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
     on_disk = [t.name for t in model_io.all_tensors(lazy) if tensor_data.is_on_disk(t)]
     assert on_disk == ["k"]
     out = tmp_path / "o.onnx"
@@ -291,12 +282,8 @@ def test_output_whose_data_file_is_the_inputs_is_refused(tmp_path):
         onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path, name="a.onnx", location="b.onnx.data"
     )
     before = (tmp_path / "b.onnx.data").read_bytes()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnfold", str(source), "-o", str(tmp_path / "b.onnx")],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
+    proc = run_bnfold(source, "-o", tmp_path / "b.onnx")
+    assert_clean_failure(proc, 2, mentions="would replace the input's")
     assert proc.stderr.strip().endswith(
         "its data file b.onnx.data would replace the input's; give the output another path"
     )
@@ -345,11 +332,7 @@ def test_the_command_writes_each_weight_once_and_leaves_nothing_behind(tmp_path,
     source = save_external(big_model(tail), tmp_path / "in")
     out = tmp_path / "out" / "folded.onnx"
     out.parent.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnfold", str(source), "-o", str(out), *args],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_bnfold(source, "-o", out, *args)
     cuda = "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()
     failed = args == ["--providers", "cuda"] and not cuda
     assert proc.returncode == (1 if failed else 0), proc.stderr
@@ -391,11 +374,8 @@ def test_small_tensors_are_read_for_shape_inference(tmp_path):
     expected.CopyFrom(model)
     source = save_with_external_data(model, tmp_path / "in")
     out = tmp_path / "o.onnx"
-    proc = subprocess.run(  # (onnxruntime cannot run a Reshape whose shape is external data)
-        [sys.executable, "-m", "bnfold", str(source), "-o", str(out), "--no-validate"],
-        capture_output=True,
-        text=True,
-    )
+    # (onnxruntime cannot run a Reshape whose shape is external data)
+    proc = run_bnfold(source, "-o", out, "--no-validate")
     assert proc.returncode == 0, proc.stderr
     assert "folded 1 of 1" in proc.stdout
     assert_same_function(expected, onnx.load(out))
@@ -408,13 +388,8 @@ def test_an_output_linked_elsewhere_cannot_replace_the_inputs_data(tmp_path):
     source = save_external(big_model(), folder, location="sym.onnx.data")
     (folder / "sym.onnx").symlink_to(elsewhere / "o.onnx")
     before = (folder / "sym.onnx.data").read_bytes()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnfold", str(source), "-o", str(folder / "sym.onnx")],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert "would replace the input's" in proc.stderr
+    proc = run_bnfold(source, "-o", folder / "sym.onnx")
+    assert_clean_failure(proc, 2, mentions="would replace the input's")
     assert (folder / "sym.onnx.data").read_bytes() == before
 
 

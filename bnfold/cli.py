@@ -27,7 +27,7 @@ from .fold import collector_paused, fold_in_place
 from .model_io import data_file_for, load_model_and_sources, save_model, write_file_atomically
 from .records import FoldResult
 from .tensor_data import DataFile
-from .validation import ValidationReport, load_inputs, resolve_providers, validate
+from .validation import ProviderRequest, ValidationReport, parse_provider_options, validate
 
 EXIT_INTERNAL = 3
 
@@ -120,12 +120,6 @@ class _DefaultDict(dict):
         super().__init__(values)
         self.default = default
 
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __getitem__(self, key: str) -> float:
-        return dict.get(self, key, self.default)
-
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
@@ -146,15 +140,30 @@ class _DefaultDict(dict):
     "--providers",
     default="auto",
     show_default=True,
-    help="cpu, cuda or cpu,cuda; auto = CPU plus CUDA when usable. "
-    "A provider named explicitly is required.",
+    help="Comma-separated: cpu, cuda, tensorrt, openvino, dml, rocm, migraphx, coreml, qnn or "
+    "full ...ExecutionProvider names. auto = the CPU plus every other provider that can run "
+    "here. A provider named explicitly is required.",
 )
-@click.option("--tf32", is_flag=True, help="Allow TF32 on CUDA (tolerances scale with it).")
+@click.option(
+    "--provider-option",
+    multiple=True,
+    metavar="NAME:KEY=VALUE",
+    help="An option for one provider, e.g. cuda:device_id=1 (repeatable).",
+)
+@click.option(
+    "--ep-library",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A plugin execution provider library to register (repeatable); installed "
+    "onnxruntime_ep_* packages are registered by themselves.",
+)
+@click.option("--tf32", is_flag=True, help="Allow TF32 on CUDA (the limit calibrates to it).")
 @click.option(
     "--rtol",
     multiple=True,
     metavar="[NAME:]VALUE",
-    help="Relative tolerance, global or per output (repeatable).",
+    help="Relative tolerance, global or per output (repeatable); replaces the calibrated "
+    "limit for the outputs it covers.",
 )
 @click.option(
     "--atol",
@@ -172,7 +181,7 @@ class _DefaultDict(dict):
     "--inputs",
     "inputs_path",
     type=click.Path(path_type=Path),
-    help="Validate on real data: .npz of input name -> array.",
+    help="Validate on real data: .npz of input name -> array, or .npy for a one-input model.",
 )
 @click.option(
     "--seed",
@@ -180,6 +189,24 @@ class _DefaultDict(dict):
     show_default=True,
     type=click.IntRange(0, 2**32 - 1),
     help="Seed of the generated validation inputs.",
+)
+@click.option(
+    "--samples",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Validate on this many generated input sets (seeds SEED, SEED+1, ...); one batch "
+    "when every input's first dim is free.",
+)
+@click.option(
+    "--save-inputs",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the validation inputs in DIR (inputs-K.npz), to reproduce a failure.",
+)
+@click.option(
+    "--save-outputs",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep every run's outputs in DIR (PROVIDER-ROLE-K.npz).",
 )
 @click.option(
     "--keep-functions",
@@ -197,12 +224,17 @@ def command(
     report_path: Path | None,
     no_validate: bool,
     providers: str,
+    provider_option: tuple[str, ...],
+    ep_library: tuple[Path, ...],
     tf32: bool,
     rtol: tuple[str, ...],
     atol: tuple[str, ...],
     input_shape: tuple[str, ...],
     inputs_path: Path | None,
     seed: int,
+    samples: int,
+    save_inputs: Path | None,
+    save_outputs: Path | None,
     keep_functions: bool,
     quiet: bool,
     verbose: bool,
@@ -223,15 +255,24 @@ def command(
             report_path, "is the output model's data file name; give the report another path"
         )
     _check_not_input(model.resolve() if model.exists() else None, output, report_path)
-    provider_list = resolve_providers(providers)[0] if providers != "auto" else "auto"
+    ProviderRequest.parse(providers)  # a bad name is a usage error before any work
+    if inputs_path is not None and not inputs_path.is_file():
+        raise InputError(
+            inputs_path, "no such file" if not inputs_path.exists() else "is not a file"
+        )
     options = {
-        "providers": None if provider_list == "auto" else provider_list,
+        "providers": providers,
+        "provider_options": parse_provider_options(provider_option),
+        "plugin_libraries": [str(p) for p in ep_library],
         "rtol": _parse_tolerance(rtol, "--rtol"),
         "atol": _parse_tolerance(atol, "--atol"),
         "input_shapes": _parse_shapes(input_shape),
-        "inputs": load_inputs(inputs_path) if inputs_path else None,
+        "inputs": inputs_path,
         "seed": seed,
+        "samples": samples,
         "tf32": tf32,
+        "save_inputs": save_inputs,
+        "save_outputs": save_outputs,
     }
     started = time.perf_counter()
     console.progress(f"loading {model} ({_size(model)})")
@@ -265,10 +306,10 @@ def command(
                 raise InputError(exc.path or model, exc.problem) from None
             console.progress_done()
             console.detail(f"validated in {time.perf_counter() - mark:.2f} s")
-            for line in validation.lines():
+            for line in validation.lines(verbose=console.verbose):
                 console.out(line)
-        elif (
-            any(_given(v) for k, v in options.items() if k not in ("seed",)) or providers != "auto"
+        elif any(_given(v) for k, v in options.items() if k not in ("seed", "samples")) or (
+            samples != 1 or providers != "auto"
         ):
             console.out("WARNING | validation options have no effect with --no-validate")
         passed = validation is None or validation.passed
@@ -280,8 +321,9 @@ def command(
             console.progress_done()
     elapsed = time.perf_counter() - started
     console.out(_summary(result, elapsed, validation, dry_run or output is None))
+    written = passed and output is not None and not dry_run
     if report_path is not None:
-        _write_report(report_path, model, output, result, validation, elapsed, dry_run)
+        _write_report(report_path, model, output, result, validation, elapsed, written)
     if not passed:
         ran = any(p.outputs for p in validation.providers)
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
@@ -313,7 +355,9 @@ def _check_not_input(sources, output: Path | None, report_path: Path | None) -> 
 
 
 def _given(value) -> bool:
-    return value not in (None, {}, False, "auto")
+    if isinstance(value, (dict, list, tuple)):
+        return bool(value)
+    return value not in (None, False, "auto")
 
 
 def _check_target(path: Path | None) -> None:
@@ -372,11 +416,12 @@ def _summary(
     return " | ".join(parts)
 
 
-def _write_report(path, model, output, result, validation, elapsed, dry_run) -> None:
+def _write_report(path, model, output, result, validation, elapsed, written: bool) -> None:
     report = {
         "bnfold": __version__,
         "input": str(model),
-        "output": None if dry_run or output is None else str(output),
+        "output": None if output is None else str(output),
+        "written": written,
         **result.to_dict(),
         "seconds": round(elapsed, 4),
         "validation": None if validation is None else validation.to_dict(),

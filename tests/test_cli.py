@@ -249,6 +249,14 @@ def test_zero_sized_inputs_do_not_count_as_validated(tmp_path):
 
 def test_report_is_strict_json(tmp_path):
     report = tmp_path / "r.json"
-    proc = bnfold(RESNET, "--dry-run", "--report", report, "--atol", "input:0")
-    assert proc.returncode == 0, proc.stderr
-    json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    proc = bnfold(RESNET, "--dry-run", "--report", report, "--atol", "logits:0", "--rtol", "0")
+    assert proc.returncode == 1, proc.stderr  # any difference is over a zero limit: inf × it
+    data = json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert data["validation"]["providers"][0]["outputs"][0]["limit_used"] == "inf"
+    assert data["written"] is False
+
+
+def test_tolerance_for_an_output_the_model_lacks_is_a_usage_error():
+    proc = bnfold(RESNET, "--dry-run", "--atol", "input:0")
+    assert proc.returncode == 2
+    assert "'input', which is not an output of the model (its outputs: logits)" in proc.stderr

@@ -1,0 +1,402 @@
+"""Export real-architecture ONNX models with trained-looking BatchNorm statistics (no downloads).
+
+Every model is built with its default random initialisation (no pretrained weights; seeded), put
+in eval mode, and each BatchNorm module gets statistics that look trained, from a
+`torch.Generator` seeded per model: running_mean = 0.5·N(0,1), running_var = 0.2 + 2·U(0,1),
+weight (γ) = 1 + 0.3·N(0,1), bias (β) = 0.2·N(0,1). Export: the TorchScript exporter
+(`dynamo=False`), opset 17, `do_constant_folding=True`, static shapes; the dynamo exporter
+(`optimize=False`) only if that fails. A model that fails is skipped with its reason.
+
+In eval mode the TorchScript exporter's constant folding fuses Conv → BatchNormalization away, so
+the export is made with `training=TrainingMode.PRESERVE` on the eval-mode model: constants are still
+folded, but every BatchNormalization node stays (inference form, running statistics);
+`--fuse-bn` exports in plain eval mode instead. The ONNX IR version is capped at 10.
+
+Every export is then loaded in onnxruntime (CPU, ORT_DISABLE_ALL), run on an N(0,1) input and
+compared with PyTorch; a `manifest.json` in --out lists each file with its input, BN count and
+opset, and the models that failed with why.
+
+torch, torchvision and timm are not bnfold dependencies: use a virtual environment outside the
+repository:
+
+    python3 -m venv /work/torchenv
+    /work/torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    /work/torchenv/bin/pip install timm onnx onnxruntime onnxscript
+    /work/torchenv/bin/python benchmarks/export_real_models.py  # all, into /work/realmodels
+    /work/torchenv/bin/python benchmarks/export_real_models.py --models resnet18 yolo_head
+
+`--keras` exports a Keras MobileNetV2 (NHWC input) through tf2onnx instead, twice: with
+tf2onnx's default optimizers (its remove_back_to_back fuses Conv → BN: no BN left) and with
+`optimizers={}` (every BN kept, Transposes around them). It needs a TensorFlow environment with
+Keras 2 (TF 2.15) and an onnx that works with TF's ml_dtypes 0.3:
+
+    python3 -m venv /work/tfenv
+    /work/tfenv/bin/pip install tensorflow-cpu==2.15.1 tf2onnx onnxruntime onnx==1.17.0
+    /work/tfenv/bin/python benchmarks/export_real_models.py --keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+MAX_IR_VERSION = 10
+OPSET = 17
+SIZE_LIMIT_MB = 120
+
+
+# --------------------------------------------------------------------------- torch models
+
+
+def _torchvision(name: str, **kwargs):
+    def build():
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, **kwargs)
+
+    return build
+
+
+def _timm(name: str):
+    def build():
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+
+    return build
+
+
+def _yolo_head():
+    """A small YOLO-like detector: Conv-BN-SiLU backbone, three levels (strides 8, 16, 32),
+    per-level box and class branches; output [1, 4 + 80, 8400] at 640×640: decoded boxes
+    (cx, cy, w, h in pixels, up to ~1e3) concatenated along axis 1 with sigmoid class scores in
+    [0, 1]."""
+    import torch
+    from torch import nn
+
+    def cbs(c_in, c_out, k=3, s=1):
+        return nn.Sequential(
+            nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False), nn.BatchNorm2d(c_out), nn.SiLU()
+        )
+
+    class Head(nn.Module):
+        def __init__(self, c_in, stride, size, classes=80):
+            super().__init__()
+            self.stride = stride
+            self.box = nn.Sequential(cbs(c_in, 64), cbs(64, 64), nn.Conv2d(64, 4, 1))
+            self.cls = nn.Sequential(cbs(c_in, 96), cbs(96, 96), nn.Conv2d(96, classes, 1))
+            n = size // stride
+            ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+            grid = torch.stack([xs, ys]).reshape(1, 2, n * n).float() + 0.5
+            self.register_buffer("grid", grid, persistent=False)
+
+        def forward(self, x):
+            b = self.box(x).flatten(2)  # [1, 4, n*n]
+            xy = (self.grid + 2 * torch.tanh(b[:, :2])) * self.stride
+            wh = nn.functional.softplus(b[:, 2:]) * self.stride * 4
+            return torch.cat([xy, wh], 1), torch.sigmoid(self.cls(x).flatten(2))
+
+    class YoloHead(nn.Module):
+        def __init__(self, size=640):
+            super().__init__()
+            self.stem = nn.Sequential(cbs(3, 16, s=2), cbs(16, 32, s=2))  # /4
+            self.p3 = nn.Sequential(cbs(32, 64, s=2), cbs(64, 64), cbs(64, 64, k=1))  # /8
+            self.p4 = nn.Sequential(cbs(64, 128, s=2), cbs(128, 128))  # /16
+            self.p5 = nn.Sequential(cbs(128, 256, s=2), cbs(256, 256), cbs(256, 256, k=1))  # /32
+            self.heads = nn.ModuleList(
+                [Head(64, 8, size), Head(128, 16, size), Head(256, 32, size)]
+            )
+
+        def forward(self, x):
+            p3 = self.p3(self.stem(x))
+            p4 = self.p4(p3)
+            p5 = self.p5(p4)
+            outs = [h(p) for h, p in zip(self.heads, (p3, p4, p5), strict=True)]
+            boxes = torch.cat([o[0] for o in outs], 2)
+            scores = torch.cat([o[1] for o in outs], 2)
+            return torch.cat([boxes, scores], 1)  # [1, 84, 8400]
+
+    return YoloHead()
+
+
+# name: (builder, input height = width)
+MODELS = {
+    "resnet18": (_torchvision("resnet18"), 224),
+    "resnet50": (_torchvision("resnet50"), 224),
+    "mobilenet_v2": (_torchvision("mobilenet_v2"), 224),
+    "densenet121": (_torchvision("densenet121"), 224),
+    "inception_v3": (_torchvision("inception_v3", aux_logits=False, init_weights=False), 299),
+    "seresnet50": (_timm("seresnet50"), 224),
+    "efficientnet_b0": (_timm("efficientnet_b0"), 224),
+    "mobilenetv3_large_100": (_timm("mobilenetv3_large_100"), 224),
+    "regnety_008": (_timm("regnety_008"), 224),
+    "mixnet_s": (_timm("mixnet_s"), 224),
+    "yolo_head": (_yolo_head, 640),
+}
+
+
+def model_seed(name: str, base: int) -> int:
+    return (base + zlib.crc32(name.encode())) % (2**31)
+
+
+def set_trained_bn_stats(model, seed: int) -> int:
+    """Trained-looking statistics on every BatchNorm module; returns how many were set."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                continue
+            c = module.num_features
+            if module.running_mean is not None:
+                module.running_mean.copy_(0.5 * torch.randn(c, generator=gen))
+                module.running_var.copy_(0.2 + 2 * torch.rand(c, generator=gen))
+            if module.weight is not None:
+                module.weight.copy_(1 + 0.3 * torch.randn(c, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(c, generator=gen))
+            count += 1
+    return count
+
+
+def _finish(path: Path) -> onnx.ModelProto:
+    """Cap the IR version, re-save, check."""
+    model = onnx.load(str(path))
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))
+    return model
+
+
+def export_torch(name: str, out: Path, seed: int, fuse_bn: bool) -> dict:
+    import torch
+
+    build, size = MODELS[name]
+    s = model_seed(name, seed)
+    torch.manual_seed(s)
+    model = build().eval()
+    n_bn = set_trained_bn_stats(model, s)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(s + 1))
+    path = out / f"{name}.onnx"
+    common = dict(input_names=["input"], output_names=["output"], opset_version=OPSET)
+    exporter = "torchscript"
+    mode = torch.onnx.TrainingMode.EVAL if fuse_bn else torch.onnx.TrainingMode.PRESERVE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=False,
+                do_constant_folding=True,
+                training=mode,
+                **common,
+            )
+    except Exception as exc:  # fall back to the dynamo exporter
+        print(f"  TorchScript exporter failed ({type(exc).__name__}: {exc}); trying dynamo=True")
+        exporter = "dynamo"
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=True, external_data=False, optimize=fuse_bn, **common
+        )
+    proto = _finish(path)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    return {
+        "exporter": exporter,
+        "bn_modules": n_bn,
+        "seed": s,
+        **describe(path, proto),
+        **check_ort(path, x.numpy(), expected),
+    }
+
+
+# --------------------------------------------------------------------------- keras / tf2onnx
+
+
+def _set_keras_bn_stats(model, seed: int) -> int:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    count = 0
+    for layer in model.layers:
+        if not isinstance(layer, tf.keras.layers.BatchNormalization):
+            continue
+        c = layer.moving_mean.shape[-1]
+        layer.moving_mean.assign((0.5 * rng.standard_normal(c)).astype(np.float32))
+        layer.moving_variance.assign((0.2 + 2 * rng.random(c)).astype(np.float32))
+        if layer.gamma is not None:
+            layer.gamma.assign((1 + 0.3 * rng.standard_normal(c)).astype(np.float32))
+        if layer.beta is not None:
+            layer.beta.assign((0.2 * rng.standard_normal(c)).astype(np.float32))
+        count += 1
+    return count
+
+
+def export_keras(out: Path, seed: int, only: list[str] | None) -> tuple[dict, dict]:
+    import tensorflow as tf
+    import tf2onnx
+
+    s = model_seed("keras_mobilenetv2", seed)
+    tf.keras.utils.set_random_seed(s)
+    model = tf.keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), alpha=1.0, weights=None, include_top=True
+    )
+    n_bn = _set_keras_bn_stats(model, s)
+    x = np.random.default_rng(s + 1).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    expected = model(x, training=False).numpy()
+    spec = (tf.TensorSpec((1, 224, 224, 3), tf.float32, name="input"),)
+    results, failures = {}, {}
+    # optimizers=None: all of tf2onnx's optimizers; {}: none of them.
+    for name, optimizers in (("keras_mobilenetv2", None), ("keras_mobilenetv2_noopt", {})):
+        if only and name not in only:
+            continue
+        print(name, flush=True)
+        path = out / f"{name}.onnx"
+        try:
+            tf2onnx.convert.from_keras(
+                model,
+                input_signature=spec,
+                opset=OPSET,
+                output_path=str(path),
+                optimizers=optimizers,
+            )
+            proto = _finish(path)
+            results[name] = {
+                "exporter": f"tf2onnx {tf2onnx.__version__} (tf {tf.__version__}), "
+                + ("default optimizers" if optimizers is None else "optimizers disabled"),
+                "bn_modules": n_bn,
+                "seed": s,
+                **describe(path, proto),
+                **check_ort(path, x, expected),
+            }
+            print("  " + summary(name, results[name]), flush=True)
+        except Exception as exc:  # report it, go on
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            print(f"  FAILED {name}: {failures[name]}", flush=True)
+    return results, failures
+
+
+# --------------------------------------------------------------------------- checks and report
+
+
+def describe(path: Path, proto: onnx.ModelProto) -> dict:
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    ops = [n.op_type for n in proto.graph.node]
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    size_mb = path.stat().st_size / 2**20
+    return {
+        "file": path.name,
+        "size_mb": round(size_mb, 2),
+        "inputs": {
+            i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim]
+            for i in inputs
+        },
+        "outputs": {
+            o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
+            for o in proto.graph.output
+        },
+        "batchnorm_nodes": ops.count("BatchNormalization"),
+        "nodes": len(ops),
+        "opset": opset,
+        "ir_version": proto.ir_version,
+        "over_size_limit": size_mb > SIZE_LIMIT_MB,
+    }
+
+
+def check_ort(path: Path, x: np.ndarray, expected: np.ndarray) -> dict:
+    """Run in onnxruntime (CPU, no graph optimisation) on x; compare with the framework's output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    got = session.run(None, feed)[0]
+    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    return {
+        "ort_ok": bool(np.isfinite(got).all()),
+        "output_max_abs": float(np.abs(got).max()),
+        "max_abs_diff_vs_framework": float(diff.max()),
+        "max_rel_diff_vs_framework": float((diff / (np.abs(expected) + 1e-6)).max()),
+    }
+
+
+def summary(name: str, r: dict) -> str:
+    ((iname, ishape),) = r["inputs"].items()
+    return (
+        f"{r['file']}: {r['size_mb']} MB, input {iname} {ishape}, "
+        f"BN {r['batchnorm_nodes']}/{r['nodes']} nodes, opset {r['opset']}, ir {r['ir_version']}, "
+        f"{r['exporter']}; ORT ok={r['ort_ok']}, |out|max {r['output_max_abs']:.3g}, "
+        f"max abs diff vs framework {r['max_abs_diff_vs_framework']:.2g}"
+        + (f"  (over {SIZE_LIMIT_MB} MB!)" if r["over_size_limit"] else "")
+    )
+
+
+def write_manifest(out: Path, results: dict, failures: dict) -> None:
+    path = out / "manifest.json"
+    old = json.loads(path.read_text()) if path.exists() else {"models": {}, "failed": {}}
+    old["models"].update(results)
+    old["failed"].update(failures)
+    for name in results:
+        old["failed"].pop(name, None)
+    for name in failures:
+        old["models"].pop(name, None)
+    path.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/work/realmodels"))
+    parser.add_argument("--models", nargs="*", help=f"subset of: {' '.join(MODELS)}")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (per model: + crc32(name))")
+    parser.add_argument(
+        "--fuse-bn",
+        action="store_true",
+        help="export in plain eval mode (the TorchScript exporter then fuses Conv → BN away)",
+    )
+    parser.add_argument(
+        "--keras", action="store_true", help="export Keras MobileNetV2 via tf2onnx (TF venv)"
+    )
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    if args.keras:
+        results, failures = export_keras(args.out, args.seed, args.models)
+    else:
+        unknown = set(args.models or ()) - set(MODELS)
+        if unknown:
+            parser.error(f"unknown models: {sorted(unknown)}; choose from {list(MODELS)}")
+        results, failures = {}, {}
+        for name in args.models or MODELS:
+            print(name, flush=True)
+            start = time.time()
+            try:
+                results[name] = export_torch(name, args.out, args.seed, args.fuse_bn)
+                print(f"  {summary(name, results[name])} ({time.time() - start:.0f} s)", flush=True)
+            except Exception as exc:  # report it, go on with the rest
+                first_line = (str(exc).splitlines() or [""])[0]
+                failures[name] = f"{type(exc).__name__}: {first_line}"
+                traceback.print_exc()
+                print(f"  FAILED {name}: {failures[name]}", flush=True)
+    write_manifest(args.out, results, failures)
+    print(f"\n{len(results)} exported to {args.out}, {len(failures)} failed")
+    for name, why in failures.items():
+        print(f"  FAILED {name}: {why}")
+    return 1 if failures and not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

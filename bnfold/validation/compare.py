@@ -1,0 +1,135 @@
+"""One output on one provider: the deviation, the limit it is held to, the verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .criterion import (
+    NOISE_FACTOR,
+    Tolerance,
+    calibrated_limits,
+    deviation,
+    finite_part,
+    tolerance_limits,
+    worst_ratio,
+)
+from .report import OutputComparison
+
+
+def compare(
+    provider: str,
+    name: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    perturbed: list[np.ndarray] | None = None,
+    perturbed_reference: list[np.ndarray] | None = None,
+    tolerance: Tolerance | None = None,
+    provider_gap: np.ndarray | None = None,
+) -> OutputComparison:
+    """Compare one output. With `tolerance`, allclose semantics; else, for floating-point
+    outputs, the calibrated limit from `perturbed` and `perturbed_reference` (the candidate's and
+    the reference's outputs with the weights the fold wrote or consumed moved by rounding, one
+    per draw; none: nothing changed, so only the rounding floor applies); other types must match
+    exactly."""
+    if reference.shape != candidate.shape or reference.dtype != candidate.dtype:
+        return _mismatched(provider, name, reference, candidate)
+    if (
+        reference.dtype == object
+        or reference.dtype.kind not in "fiub"
+        or (
+            tolerance is None and reference.dtype.kind != "f" and str(reference.dtype) != "bfloat16"
+        )
+    ):
+        return _exact(provider, name, reference, candidate)
+    diff = deviation(candidate, reference)
+    gap = None if provider_gap is None else finite_part(provider_gap)
+    if tolerance is not None:
+        limit = tolerance_limits(reference, tolerance, gap)
+        details = {
+            "criterion": "tolerance",
+            "atol": tolerance.resolved_atol(np.asarray(reference, np.float64)),
+            "rtol": tolerance.rtol,
+        }
+    else:
+        limit, noise = calibrated_limits(
+            reference, candidate, perturbed or [], perturbed_reference or [], gap
+        )
+        details = {"criterion": "calibrated", "rounding_noise": noise}
+        details["noise_factor"] = NOISE_FACTOR
+    return _verdict(provider, name, reference, candidate, diff, limit, gap, details)
+
+
+def _verdict(provider, name, reference, candidate, diff, limit, gap, details) -> OutputComparison:
+    ratio, worst = worst_ratio(diff, limit)
+    ref_finite = np.isfinite(np.asarray(reference, np.float64))
+    nonfinite = int(np.count_nonzero(ref_finite & ~np.isfinite(np.asarray(candidate, np.float64))))
+    mismatches = int(np.count_nonzero(diff > limit))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    magnitude = finite_part(np.abs(np.asarray(reference, np.float64)))
+    max_ref = float(magnitude.max()) if magnitude.size else 0.0
+    max_rel = max_abs / max_ref if max_ref > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return OutputComparison(
+        provider,
+        name,
+        passed=mismatches == 0 and nonfinite == 0,
+        elements=int(diff.size),
+        mismatches=mismatches,
+        max_abs=max_abs,
+        max_rel=max_rel,
+        limit_used=ratio,
+        worst_index=[int(i) for i in np.unravel_index(worst, diff.shape)] if worst >= 0 else [],
+        provider_gap=float(gap.max()) if gap is not None and gap.size else 0.0,
+        nonfinite=nonfinite,
+        **details,
+    )
+
+
+def _exact(provider, name, reference, candidate) -> OutputComparison:
+    equal = reference == candidate
+    if reference.dtype.kind == "f":  # (not reached: floats are compared with limits)
+        equal |= np.isnan(reference) & np.isnan(candidate)
+    mismatches = int(np.size(equal) - np.count_nonzero(equal))
+    first = np.argwhere(~np.asarray(equal)) if mismatches else []
+    return OutputComparison(
+        provider,
+        name,
+        passed=mismatches == 0,
+        elements=int(reference.size),
+        mismatches=mismatches,
+        max_abs=0.0,
+        max_rel=0.0,
+        limit_used=0.0 if mismatches == 0 else float("inf"),
+        criterion="exact",
+        worst_index=[int(i) for i in first[0]] if mismatches else [],
+    )
+
+
+def _mismatched(provider, name, reference, candidate) -> OutputComparison:
+    return OutputComparison(
+        provider,
+        name,
+        passed=False,
+        elements=int(reference.size),
+        mismatches=int(reference.size),
+        max_abs=float("inf"),
+        max_rel=float("inf"),
+        limit_used=float("inf"),
+        criterion="exact",
+        note=f"shape/dtype {candidate.shape}/{candidate.dtype} != reference "
+        f"{reference.shape}/{reference.dtype}",
+    )
+
+
+def merged(comparisons: list[OutputComparison]) -> OutputComparison:
+    """One comparison for an output run on several samples: the worst sample's, with the
+    element and mismatch counts of all."""
+    worst = max(comparisons, key=lambda c: (not c.passed, c.limit_used))
+    if len(comparisons) == 1:
+        return worst
+    worst.elements = sum(c.elements for c in comparisons)
+    worst.mismatches = sum(c.mismatches for c in comparisons)
+    worst.nonfinite = sum(c.nonfinite for c in comparisons)
+    worst.rounding_noise = max(c.rounding_noise for c in comparisons)
+    worst.passed = all(c.passed for c in comparisons)
+    return worst

@@ -1,0 +1,160 @@
+"""When do two outputs agree? The calibrated limit, and explicit tolerances.
+
+A fold changes some weights by their rounding error (at most half a unit in the last place, ULP)
+and removes a few roundings of intermediate values. How far that moves an output depends on the
+network, not on the fold: a deep net with trained-looking BatchNormalization statistics amplifies
+rounding-level changes by orders of magnitude more than a shallow one. So the limit is measured
+on the model itself (`calibrated_limits`):
+
+- the *rounding noise* of an element is how far it moves, on the same provider with the same
+  inputs, when (a) the candidate's weights that the fold wrote are moved by rounding (a random
+  quarter of their elements by one ULP each: half an ULP root-mean-square, what a correct
+  rounding may do) or (b) the original's values entering the arithmetic the fold replaced (the
+  inputs of the BatchNormalization and of the layer) are moved by two ULP at most: its own
+  rounding, which matters where its arithmetic cancels (a mean close to the values it is
+  subtracted from, inputs with a large common offset). The largest over both models and two
+  independent draws of each (one draw can cancel out where a few weights dominate an output);
+- noise is pooled over blocks of `BLOCK` consecutive elements (in memory order) by their maximum,
+  because one element's noise is a single random draw, and blocks keep scales apart (an output
+  that concatenates boxes in pixels and scores in [0, 1] gets a limit per part, not one for all);
+- an element fails when its deviation from the original exceeds `NOISE_FACTOR` times its block's
+  noise, plus twice the block's gap between this provider and the CPU (TF32, fp16 engines), plus
+  8 ULP of the block's largest value (the original rounds each element a few times more than the
+  fold does, independently per element, and outputs of a million elements meet the tail).
+
+A correct fold stays well below the limit (its own change is rounding-level); a wrong weight or
+bias in one channel moves some element an order of magnitude past rounding and fails.
+
+With explicit `rtol`/`atol` an output is compared the classical way instead (`allclose`): an
+element fails only if `|candidate − reference|` exceeds both `atol` and `rtol·|reference|`.
+
+All of it in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = 32
+NOISE_FACTOR = 5.0
+FLOOR_ROUNDOFFS = 16.0  # 8 ULP of the block's largest value
+PROVIDER_GAP_FACTOR = 2.0
+
+# Explicit-tolerance defaults, used when only one of rtol/atol is given for an output.
+DEFAULT_RTOL = {"float64": 1e-7, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+DEFAULT_ATOL_SCALE = {"float64": 1e-9, "float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Explicit tolerances: an element fails only if |candidate − reference| exceeds both `atol`
+    and `rtol`·|reference|. Without `atol`, it is `atol_scale`·max|reference|."""
+
+    rtol: float
+    atol: float | None = None
+    atol_scale: float = 0.0
+
+    def resolved_atol(self, reference: np.ndarray) -> float:
+        if self.atol is not None:
+            return self.atol
+        finite = reference[np.isfinite(reference)]
+        return self.atol_scale * (float(np.max(np.abs(finite))) if finite.size else 0.0)
+
+
+def explicit_tolerance(dtype: np.dtype, rtol: float | None, atol: float | None) -> Tolerance:
+    """The tolerance for an output when the user gave `rtol` and/or `atol` for it."""
+    name = str(dtype)
+    return Tolerance(
+        DEFAULT_RTOL.get(name, 0.0) if rtol is None else rtol,
+        atol if atol is not None or name in DEFAULT_ATOL_SCALE else 0.0,
+        DEFAULT_ATOL_SCALE.get(name, 0.0),
+    )
+
+
+def unit_roundoff(dtype: np.dtype) -> float:
+    """Half the distance from 1.0 to the next value of `dtype` (0 for exact types)."""
+    name = str(dtype)
+    if name == "bfloat16":
+        return 2.0**-8
+    if np.dtype(dtype).kind == "f":
+        return float(np.finfo(dtype).eps) / 2
+    return 0.0
+
+
+def block_max(values: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """Each element replaced by the maximum of its block of `block` consecutive elements (in
+    C order); same shape as `values`."""
+    flat = values.reshape(-1)
+    if flat.size == 0:
+        return values.copy()
+    padded = np.zeros(-(-flat.size // block) * block, dtype=flat.dtype)
+    padded[: flat.size] = flat
+    maxima = padded.reshape(-1, block).max(axis=1)
+    return np.repeat(maxima, block)[: flat.size].reshape(values.shape)
+
+
+def deviation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a − b| in float64; 0 where both hold the same non-finite value, inf where one is NaN
+    or where only one is non-finite."""
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    same_special = ~np.isfinite(a64) & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a64 - b64)
+    diff = np.where(same_special, 0.0, diff)
+    return np.where(np.isnan(diff), np.inf, diff)
+
+
+def finite_part(values: np.ndarray) -> np.ndarray:
+    """`values` with non-finite entries replaced by 0 (noise and gaps of inf mean nothing)."""
+    return np.where(np.isfinite(values), values, 0.0)
+
+
+def calibrated_limits(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    perturbed: list[np.ndarray],
+    perturbed_reference: list[np.ndarray] = (),  # type: ignore[assignment]
+    provider_gap: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """(limit per element, largest rounding noise) for the calibrated criterion (module doc).
+
+    `perturbed` holds the candidate's outputs with the weights the fold wrote moved by rounding,
+    one per independent draw; `perturbed_reference` the original's with the weights the fold
+    consumed moved likewise; `provider_gap` the original on this provider against the original
+    on the CPU (None on the CPU itself)."""
+    noise = np.zeros(candidate.shape, dtype=np.float64)
+    for draw in perturbed:
+        noise = np.maximum(noise, finite_part(deviation(draw, candidate)))
+    for draw in perturbed_reference:
+        noise = np.maximum(noise, finite_part(deviation(draw, reference)))
+    limit = NOISE_FACTOR * block_max(noise)
+    if provider_gap is not None:
+        limit = limit + PROVIDER_GAP_FACTOR * block_max(finite_part(provider_gap))
+    magnitude = finite_part(np.abs(np.asarray(reference, dtype=np.float64)))
+    limit = limit + FLOOR_ROUNDOFFS * unit_roundoff(reference.dtype) * block_max(magnitude)
+    return limit, float(noise.max()) if noise.size else 0.0
+
+
+def tolerance_limits(
+    reference: np.ndarray, tolerance: Tolerance, provider_gap: np.ndarray | None = None
+) -> np.ndarray:
+    """The allclose limit per element: max(atol, rtol·|reference|), plus twice the provider's
+    own gap to the CPU (pooled by blocks) on providers other than the CPU."""
+    magnitude = finite_part(np.abs(np.asarray(reference, dtype=np.float64)))
+    limit = np.maximum(tolerance.resolved_atol(reference), tolerance.rtol * magnitude)
+    if provider_gap is not None:
+        limit = limit + PROVIDER_GAP_FACTOR * block_max(finite_part(provider_gap))
+    return limit
+
+
+def worst_ratio(diff: np.ndarray, limit: np.ndarray) -> tuple[float, int]:
+    """(max diff/limit, flat index of that element); 0 over 0 counts as 0, x over 0 as inf."""
+    if diff.size == 0:
+        return 0.0, -1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / limit)
+    index = int(np.argmax(ratio))
+    return float(ratio.reshape(-1)[index]), index

@@ -1,0 +1,184 @@
+"""What a fold changed, and both models with exactly that moved by rounding.
+
+The calibrated criterion (`criterion.py`) needs the model's own sensitivity to rounding-level
+changes of what the fold changed:
+- the candidate with the weights the fold wrote moved by rounding (a random quarter of their
+  elements one unit in the last place, ULP, up or down: `weights_moved_by_rounding`);
+- the original with the values entering the arithmetic the fold replaced moved by rounding
+  (`inputs_moved_by_rounding`).
+`changed_tensors` finds what the fold wrote (candidate tensors the original lacks) and consumed
+(original tensors the candidate lacks) by name and contents, so any pair of models can be
+validated, not only bnfold's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+
+from ..model_io import all_tensors
+from ..tensor_data import DataFile, disk_span, is_on_disk, raw_bytes, tensor_to_array
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+# One element in this many is moved (by one ULP): a root-mean-square move of half an ULP, the
+# bound of a correctly rounded weight, measured best on real nets (benchmarks/validation_study.py).
+MOVED_EVERY = 4
+_UNSIGNED = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def changed_tensors(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto
+) -> list[onnx.TensorProto]:
+    """The candidate's floating-point tensors (initializers and tensor attributes, in every
+    graph) that the reference does not hold under the same name with the same contents."""
+    known = _by_name(reference)
+    return [
+        tensor
+        for tensor in all_tensors(candidate)
+        if tensor.data_type in FLOAT_TYPES and not _same(known.get(tensor.name), tensor)
+    ]
+
+
+def _by_name(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {tensor.name: tensor for tensor in all_tensors(model) if tensor.name}
+
+
+def _same(old: onnx.TensorProto | None, new: onnx.TensorProto) -> bool:
+    if old is None or old.data_type != new.data_type or old.dims[:] != new.dims[:]:
+        return False
+    if is_on_disk(old) and is_on_disk(new) and disk_span(old) == disk_span(new):
+        return True
+    old_bytes, new_bytes = raw_bytes(old), raw_bytes(new)
+    if old_bytes or new_bytes:
+        return old_bytes == new_bytes
+    return bool(np.array_equal(tensor_to_array(old), tensor_to_array(new), equal_nan=True))
+
+
+def one_ulp_moved(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`values` with one in `MOVED_EVERY` finite non-zero elements, at random, moved one ULP up
+    or down in magnitude (never to infinity; zeros stay zero). Works on the bit patterns, so
+    float16, bfloat16, float32 and float64 alike."""
+    values = np.ascontiguousarray(values)
+    bits = values.view(_UNSIGNED[values.dtype.itemsize]).copy()
+    as_float = values.astype(np.float64)
+    movable = np.isfinite(as_float) & (as_float != 0)
+    draw = rng.integers(0, MOVED_EVERY * 2, size=values.shape, dtype=np.int32)
+    movable &= draw < 2
+    step = np.where(draw == 1, 1, -1)
+    largest = np.abs(as_float) == float(np.abs(as_float[movable]).max()) if movable.any() else 0
+    step = np.where(movable & largest & (step == 1), -1, step)  # the largest never overflows
+    moved = np.where(movable, bits + step.astype(bits.dtype), bits).astype(bits.dtype)
+    return moved.view(values.dtype)
+
+
+@contextlib.contextmanager
+def weights_moved_by_rounding(
+    tensors: list[onnx.TensorProto], seed: int = 0, spill: DataFile | None = None
+) -> Iterator[int]:
+    """Within the block, each tensor holds its values moved by rounding (`one_ulp_moved`); the
+    originals are put back afterwards. With `spill`, the moved values are written there (for a
+    model that keeps its big weights on disk) instead of held in memory. Yields how many
+    elements were moved."""
+    rng = np.random.default_rng(seed)
+    saved = []
+    moved_elements = 0
+    try:
+        for tensor in tensors:
+            original = onnx.TensorProto()
+            original.CopyFrom(tensor)
+            saved.append((tensor, original))
+            moved = one_ulp_moved(tensor_to_array(tensor), rng)
+            moved_elements += moved.size
+            _store(tensor, moved, spill)
+        yield moved_elements
+    finally:
+        for tensor, original in saved:
+            tensor.CopyFrom(original)
+
+
+def _store(tensor: onnx.TensorProto, values: np.ndarray, spill: DataFile | None) -> None:
+    little_endian = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    if spill is not None and is_on_disk(tensor):
+        spill.put(tensor, little_endian)
+        return
+    tensor.ClearField("external_data")
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    for field in ("float_data", "int32_data", "double_data"):
+        tensor.ClearField(field)
+    tensor.raw_data = little_endian.tobytes()
+
+
+# Relative half-width of the random factor a moved value is multiplied by, by element type:
+# two units in the last place of 1.0, so the factor lands on the grid points around 1.
+_FACTOR_WIDTH = {
+    onnx.TensorProto.FLOAT: 2.0**-22,
+    onnx.TensorProto.FLOAT16: 2.0**-9,
+    onnx.TensorProto.DOUBLE: 2.0**-51,
+    onnx.TensorProto.BFLOAT16: 2.0**-6,
+}
+
+
+@contextlib.contextmanager
+def inputs_moved_by_rounding(
+    model: onnx.ModelProto, consumed: list[onnx.TensorProto], seed: int = 0
+) -> Iterator[int]:
+    """Within the block, every node of the main graph that reads a `consumed` tensor (the
+    BatchNormalization, Mul or Add the fold removed, and the layer whose old weights it read)
+    reads its computed inputs multiplied element-wise by a random factor within two ULP of 1
+    (`RandomUniformLike`, seeded): the original's own rounding of the values entering the
+    arithmetic the fold replaced, accumulation included (a layer whose inputs carry a large
+    common offset cancels in its sums). The graph is put back afterwards. Yields how many
+    inputs were moved."""
+    graph = model.graph
+    widths = {t.name: _FACTOR_WIDTH[t.data_type] for t in consumed if t.data_type in _FACTOR_WIDTH}
+    constant = {t.name for t in graph.initializer} | {
+        out for node in graph.node if node.op_type == "Constant" for out in node.output
+    }
+    saved = graph.node[:]
+    nodes: list[onnx.NodeProto] = []
+    moved = 0
+    for node in saved:
+        width = max((widths[n] for n in node.input if n in widths), default=None)
+        if width is None:
+            nodes.append(node)
+            continue
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for index, name in enumerate(node.input):
+            if name and name not in constant and name not in widths:
+                tag = f"__bnfold_moved{moved}"
+                nodes.extend(_mover(name, name + tag, width, seed * 7919 + moved, tag))
+                copy.input[index] = name + tag
+                moved += 1
+        nodes.append(copy)
+    try:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        yield moved
+    finally:
+        del graph.node[:]
+        graph.node.extend(saved)
+
+
+def _mover(source: str, target: str, width: float, seed: int, tag: str) -> list[onnx.NodeProto]:
+    factor = f"{source}{tag}_factor"
+    return [
+        onnx.helper.make_node(
+            "RandomUniformLike",
+            [source],
+            [factor],
+            name=f"{factor}_node",
+            low=1.0 - width,
+            high=1.0 + width,
+            seed=float(seed),
+        ),
+        onnx.helper.make_node("Mul", [source, factor], [target], name=f"{target}_node"),
+    ]

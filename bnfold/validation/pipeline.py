@@ -1,0 +1,401 @@
+"""`validate`: run the original, the candidate and the candidate moved by rounding on each
+provider, one session at a time, and hold every output to its limit."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import InputError
+from ..graph_view import subgraphs
+from ..model_io import load_model_and_sources
+from .compare import compare, merged
+from .criterion import Tolerance, deviation, explicit_tolerance
+from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
+from .perturb import changed_tensors
+from .providers import (
+    CPU,
+    ProviderRequest,
+    SessionFactory,
+    Unavailable,
+    register_plugin_libraries,
+    short_name,
+)
+from .report import ProviderOutcome, Status, ValidationReport
+from .runs import ModelSources, Outputs, run_model
+
+# Independent draws of the rounding moves: the noise is their largest (one draw can cancel out
+# where a few weights dominate an output).
+CALIBRATION_DRAWS = 2
+# An output that moves less than this (relative) between two random inputs proves little.
+INSENSITIVE = 1e-6
+ORT_HOW_TO = (
+    "validation needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu, "
+    "onnxruntime-openvino, ...), or skip validation (--no-validate)"
+)
+
+
+def import_onnxruntime():
+    """The onnxruntime module, or an `InputError` saying what to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError(None, ORT_HOW_TO) from None
+    if not hasattr(onnxruntime, "InferenceSession"):  # a half-removed distribution
+        raise InputError(None, f"onnxruntime is broken in this environment; {ORT_HOW_TO}")
+    onnxruntime.set_default_logger_severity(4)  # bnfold reports session errors itself
+    return onnxruntime
+
+
+def validate(
+    reference: onnx.ModelProto | str | os.PathLike,
+    candidate: onnx.ModelProto | str | os.PathLike,
+    *,
+    providers: str | list[str] | None = None,
+    rtol: float | dict[str, float] | None = None,
+    atol: float | dict[str, float] | None = None,
+    inputs: dict[str, np.ndarray] | str | os.PathLike | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+    samples: int = 1,
+    tf32: bool = False,
+    provider_options: dict[str, dict[str, str]] | None = None,
+    plugin_libraries: list[str] | tuple[str, ...] = (),
+    save_inputs: str | os.PathLike | None = None,
+    save_outputs: str | os.PathLike | None = None,
+) -> ValidationReport:
+    """Run `reference` and `candidate` in onnxruntime and hold every output to its limit.
+
+    `providers`: None/"auto" = the CPU plus every other provider onnxruntime offers that can make
+    a session here (one that cannot is reported as not used); a list of short names (cpu, cuda,
+    tensorrt, openvino, dml, rocm, migraphx, coreml, qnn) or full `...ExecutionProvider` names =
+    each is required. By default each floating-point output is held to a limit calibrated on the
+    model (`criterion.py`); `rtol`/`atol` (one value, or {output: value}) switch the outputs
+    they name to allclose. `samples` input sets from seeds `seed`...; `inputs` gives real data
+    (arrays by input name, or a .npz/.npy path). `save_inputs`/`save_outputs`: folders to keep
+    what was run in.
+    Validates any pair of models with the same inputs and outputs, not only bnfold's.
+    """
+    ort = import_onnxruntime()
+    request = ProviderRequest.parse(providers)
+    samples = max(1, int(samples))
+    reference_source, candidate_source = _as_source(reference), _as_source(candidate)
+    reference_model = _described(reference_source)
+    candidate_model = _described(candidate_source)
+    _check_tolerances(rtol, "rtol", reference_model)
+    _check_tolerances(atol, "atol", reference_model)
+    if inputs is not None and not isinstance(inputs, dict):
+        inputs = load_inputs(inputs, declared_inputs(reference_model))
+    sample_set = make_samples(
+        reference_model, samples=samples, seed=seed, input_shapes=input_shapes, given=inputs
+    )
+    factory = SessionFactory(ort, tf32, dict(provider_options or {}))
+    notes = register_plugin_libraries(ort, list(plugin_libraries))
+    names = list(request.providers) or factory.auto()
+    changed = {
+        "candidate": changed_tensors(reference_model, candidate_model),
+        "reference": changed_tensors(candidate_model, reference_model),
+    }
+    report = ValidationReport(
+        [],
+        _describe_inputs(sample_set),
+        seed,
+        _settings(ort, request, names, tf32, sample_set, changed),
+        [],
+        [*sample_set.notes, *notes],
+    )
+    if save_inputs is not None:
+        for index, feeds in enumerate(sample_set.runs):
+            save_arrays(Path(save_inputs), f"inputs-{index}", feeds)
+    tolerances = _Tolerances(rtol, atol)
+    models = {"reference": reference_model, "candidate": candidate_model}
+    sources = ModelSources(reference_source, candidate_source, models, changed)
+    saver = _OutputSaver(save_outputs)
+    try:
+        expected = run_model(factory, sources.get("reference"), CPU, sample_set.runs)
+        saver.save(CPU, "original", expected)
+        context = _Context(factory, sources, sample_set, expected, tolerances, saver, changed)
+        for provider in names:
+            report.providers.append(_validate_on(provider, request.explicit, context))
+        if not isinstance(expected, (str, Unavailable)):
+            report.warnings.extend(_weak_evidence(context, report, reference_model, input_shapes))
+    finally:
+        sources.close()
+    return report
+
+
+def _as_source(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto | Path:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    return path
+
+
+def _described(source: onnx.ModelProto | Path) -> onnx.ModelProto:
+    """The model itself, or read from its file with big tensors left on disk."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    return load_model_and_sources(source, check=False, lazy=True)[0]
+
+
+def _settings(ort, request, names, tf32, sample_set: Samples, changed) -> dict:
+    return {
+        "providers_requested": [short_name(n) for n in names] if request.explicit else "auto",
+        "graph_optimization_level": "ORT_DISABLE_ALL",
+        "execution_mode": "ORT_SEQUENTIAL",
+        "deterministic_compute": True,
+        "tf32": tf32,
+        "onnxruntime": ort.__version__,
+        "samples": sample_set.count,
+        "seeds": sample_set.seeds,
+        "batched": sample_set.batched,
+        "weights_written": len(changed["candidate"]),
+        "weights_consumed": len(changed["reference"]),
+    }
+
+
+def _describe_inputs(sample_set: Samples) -> dict[str, dict]:
+    first = sample_set.runs[0] if sample_set.runs else {}
+    return {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in first.items()}
+
+
+# ----- tolerances ------------------------------------------------------------------------------
+
+
+class _Tolerances:
+    """Explicit rtol/atol per output, or None where the calibrated limit applies."""
+
+    def __init__(self, rtol, atol) -> None:
+        self.rtol, self.atol = rtol, atol
+
+    def for_output(self, name: str, dtype: np.dtype) -> Tolerance | None:
+        base = name.removesuffix(" (keys)").split("[")[0]
+        rtol, atol = _pick(self.rtol, base), _pick(self.atol, base)
+        if rtol is None and atol is None:
+            return None
+        return explicit_tolerance(dtype, rtol, atol)
+
+
+def _pick(option, name: str) -> float | None:
+    if isinstance(option, dict):
+        if name in option:
+            return float(option[name])
+        return getattr(option, "default", None)
+    return None if option is None else float(option)
+
+
+def _check_tolerances(option, label: str, model: onnx.ModelProto) -> None:
+    values = option.values() if isinstance(option, dict) else [] if option is None else [option]
+    for value in values:
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise InputError(None, f"{label} must be a finite number >= 0, not {value}")
+    if isinstance(option, dict):
+        outputs = [o.name for o in model.graph.output]
+        for name in option:
+            if name not in outputs:
+                raise InputError(
+                    None,
+                    f"--{label} names '{name}', which is not an output of the model "
+                    f"(its outputs: {', '.join(outputs)})",
+                )
+
+
+# ----- one provider ----------------------------------------------------------------------------
+
+
+class _Context:
+    """What every provider's validation shares."""
+
+    def __init__(self, factory, sources, sample_set, expected, tolerances, saver, changed):
+        self.factory = factory
+        self.sources = sources
+        self.samples = sample_set
+        self.expected = expected  # the original on the CPU
+        self.tolerances = tolerances
+        self.saver = saver
+        self.changed = changed
+
+    def run(self, role: str, provider: str, draw: int | None = None):
+        source = self.sources.get(role, draw)
+        result = run_model(self.factory, source, provider, self.samples.runs)
+        label = {"reference": "original", "candidate": "folded"}[role]
+        if draw is not None:
+            label += f"-moved{draw}"
+        self.saver.save(provider, label, result)
+        return result
+
+
+def _validate_on(provider: str, explicit: bool, context: _Context) -> ProviderOutcome:
+    factory = context.factory
+    options = factory.provider_options(provider)
+    missing = factory.missing(provider)
+    if missing:
+        return _unusable(provider, explicit, missing, options)
+    if isinstance(context.expected, Unavailable):
+        return ProviderOutcome(
+            provider, Status.FAILED, f"original model: {context.expected.reason}"
+        )
+    if isinstance(context.expected, str):
+        return ProviderOutcome(provider, Status.FAILED, f"original model: {context.expected}")
+    own = context.expected if provider == CPU else context.run("reference", provider)
+    if isinstance(own, Unavailable):
+        return _unusable(provider, explicit, own, options)
+    if isinstance(own, str):
+        return ProviderOutcome(provider, Status.FAILED, f"original model: {own}", options)
+    got = context.run("candidate", provider)
+    if isinstance(got, (Unavailable, str)):
+        reason = got.reason if isinstance(got, Unavailable) else got
+        return ProviderOutcome(provider, Status.FAILED, f"folded model: {reason}", options)
+    return _compared(provider, options, context, own, got)
+
+
+def _unusable(provider, explicit, why: Unavailable, options) -> ProviderOutcome:
+    status = Status.UNAVAILABLE if explicit else Status.NOT_USED
+    return ProviderOutcome(provider, status, why.reason, options)
+
+
+def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome:
+    outcome = ProviderOutcome(provider, Status.PASSED, "", options)
+    absent = sorted(set(own[0]) - set(got[0]))
+    if absent:
+        outcome.status = Status.FAILED
+        outcome.reason = f"the folded model lacks outputs {absent}"
+        return outcome
+    moved: dict[str, list] = {"reference": [], "candidate": []}
+    if _needs_calibration(context, own[0]):
+        for role, draw in _draws(context):
+            result = context.run(role, provider, draw)
+            if isinstance(result, (Unavailable, str)):
+                reason = result.reason if isinstance(result, Unavailable) else result
+                what = "original" if role == "reference" else "folded"
+                outcome.status = Status.FAILED
+                outcome.reason = f"the {what} model with weights moved by rounding: {reason}"
+                return outcome
+            moved[role].append(result)
+    for name in own[0]:
+        per_sample = [
+            compare(
+                provider,
+                name,
+                own[k][name],
+                got[k][name],
+                perturbed=[draw[k][name] for draw in moved["candidate"]],
+                perturbed_reference=[draw[k][name] for draw in moved["reference"]],
+                tolerance=context.tolerances.for_output(name, own[k][name].dtype),
+                provider_gap=_gap(context, provider, own, k, name),
+            )
+            for k in range(len(own))
+        ]
+        outcome.outputs.append(merged(per_sample))
+    if not all(o.passed for o in outcome.outputs):
+        outcome.status = Status.FAILED
+    elif sum(o.elements for o in outcome.outputs) == 0:
+        outcome.status = Status.FAILED
+        outcome.reason = "every output is empty: nothing was compared (give non-empty shapes)"
+    return outcome
+
+
+def _draws(context: _Context) -> list[tuple[str, int]]:
+    """(model, draw) of the runs with weights moved by rounding: each model the fold changed."""
+    roles = [role for role in ("candidate", "reference") if context.changed[role]]
+    return [(role, draw) for draw in range(CALIBRATION_DRAWS) for role in roles]
+
+
+def _needs_calibration(context: _Context, outputs: Outputs) -> bool:
+    return any(
+        context.tolerances.for_output(name, value.dtype) is None and value.dtype.kind == "f"
+        for name, value in outputs.items()
+    )
+
+
+def _gap(context: _Context, provider: str, own, k: int, name: str) -> np.ndarray | None:
+    """The original on `provider` against the original on the CPU (None on the CPU)."""
+    if provider == CPU:
+        return None
+    cpu = context.expected[k].get(name)
+    mine = own[k][name]
+    if cpu is None or cpu.shape != mine.shape or mine.dtype == object:
+        return None
+    return deviation(mine, cpu)
+
+
+# ----- weak evidence ---------------------------------------------------------------------------
+
+
+def _weak_evidence(context: _Context, report: ValidationReport, model, input_shapes) -> list:
+    """Warnings when the comparison proves little: outputs that hardly depend on the inputs,
+    or none that responds to the weights the fold changed."""
+    warnings = []
+    if _has_op(model.graph, "If"):
+        warnings.append(
+            "the model has If nodes: the inputs exercise only the branches they select "
+            "(give real data with --inputs to cover others)"
+        )
+    seeds = context.samples.seeds
+    if seeds and seeds[0] is not None:
+        warnings.extend(_insensitive_outputs(context, model, input_shapes, seeds[0]))
+    calibrated = [
+        c
+        for p in report.providers
+        for c in p.outputs
+        if p.provider == CPU and c.criterion == "calibrated"
+    ]
+    changed = context.changed["candidate"] or context.changed["reference"]
+    if changed and calibrated and all(c.rounding_noise == 0 for c in calibrated):
+        warnings.append(
+            "no output responds to the weights the fold changed on these inputs: this "
+            "validation proves little; give real data with --inputs"
+        )
+    return warnings
+
+
+def _insensitive_outputs(context: _Context, model, input_shapes, seed: int) -> list[str]:
+    other = make_samples(
+        model,
+        samples=context.samples.count,
+        seed=seed + context.samples.count,
+        input_shapes=input_shapes,
+    )
+    moved = run_model(context.factory, context.sources.get("reference"), CPU, other.runs[:1])
+    if isinstance(moved, (Unavailable, str)):
+        return []
+    warnings = []
+    for name, first in context.expected[0].items():
+        second = moved[0].get(name)
+        if second is None or first.dtype.kind != "f" or first.shape != second.shape:
+            continue
+        scale = float(np.max(np.abs(first))) if first.size else 0.0
+        change = float(np.max(deviation(first, second))) if first.size else 0.0
+        if scale > 0 and change <= INSENSITIVE * scale:
+            warnings.append(
+                f"output '{name}' hardly depends on the inputs (moves {change / scale:.1g} "
+                "relative between two random inputs): this validation proves little; "
+                "give real data with --inputs"
+            )
+    return warnings
+
+
+class _OutputSaver:
+    """`--save-outputs DIR`: each run's outputs as DIR/{provider}-{role}-{sample}.npz."""
+
+    def __init__(self, folder) -> None:
+        self.folder = None if folder is None else Path(folder)
+
+    def save(self, provider: str, role: str, result) -> None:
+        if self.folder is None or isinstance(result, (Unavailable, str)):
+            return
+        for index, outputs in enumerate(result):
+            save_arrays(self.folder, f"{short_name(provider)}-{role}-{index}", outputs)
+
+
+def _has_op(graph: onnx.GraphProto, op_type: str) -> bool:
+    return any(
+        node.op_type == op_type or any(_has_op(g, op_type) for _, g in subgraphs(node))
+        for node in graph.node
+    )

@@ -1,0 +1,263 @@
+"""Execution providers: names, faithful settings, and sessions that really run where asked.
+
+Every session runs at `ORT_DISABLE_ALL` (onnxruntime fuses Conv+BatchNormalization itself from
+its basic level up, which would compare a folded graph with a folded graph), sequentially, with
+deterministic compute. A session counts as being on a provider only if `get_providers()` says so
+once it is made: onnxruntime falls back to the CPU silently. Each provider gets the options that
+keep its arithmetic at the model's precision (`FAITHFUL_OPTIONS`: no TF32 on CUDA, no fp16 in
+TensorRT, MIGraphX or OpenVINO, ...), which the user may override per provider.
+
+Plugin execution providers (onnxruntime ≥ 1.22: `register_execution_provider_library`,
+`get_ep_devices`) are used through their devices (`add_provider_for_devices`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+SHORT_NAMES = {
+    "cpu": CPU,
+    "cuda": CUDA,
+    "tensorrt": TENSORRT,
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+}
+_SHORT = {full: short for short, full in SHORT_NAMES.items()}
+# Listed by onnxruntime's builds but not devices that compute a model.
+NOT_COMPUTE = {"AzureExecutionProvider"}
+
+# Options that keep each provider at the model's own precision; user options override them.
+FAITHFUL_OPTIONS: dict[str, dict[str, str]] = {
+    CUDA: {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"},
+    TENSORRT: {"trt_fp16_enable": "0", "trt_int8_enable": "0", "trt_bf16_enable": "0"},
+    "MIGraphXExecutionProvider": {"migraphx_fp16_enable": "0", "migraphx_int8_enable": "0"},
+    "OpenVINOExecutionProvider": {"precision": "ACCURACY"},
+    "CoreMLExecutionProvider": {"AllowLowPrecisionAccumulationOnGPU": "0"},
+    "QNNExecutionProvider": {"enable_htp_fp16_precision": "0"},
+}
+TF32_OPTIONS = {CUDA: {"use_tf32": "1"}}
+CUDA_HOW_TO = "install onnxruntime-gpu instead of onnxruntime on a machine with an NVIDIA GPU"
+
+
+def short_name(provider: str) -> str:
+    """`cuda` for `CUDAExecutionProvider`; a name bnfold has no short form for, as it is."""
+    return _SHORT.get(provider, provider)
+
+
+def full_name(name: str) -> str:
+    """The `...ExecutionProvider` name for a short name or a full one (case-insensitive)."""
+    lowered = name.strip().lower()
+    if lowered in SHORT_NAMES:
+        return SHORT_NAMES[lowered]
+    if lowered.endswith("executionprovider") and len(lowered) > len("executionprovider"):
+        known = {full.lower(): full for full in SHORT_NAMES.values()}
+        return known.get(lowered, name.strip())
+    choices = ", ".join([*SHORT_NAMES, "auto"])
+    raise InputError(
+        None,
+        f"unknown provider '{name}'; choose from {choices}, or a full ...ExecutionProvider name",
+    )
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """The providers to validate on; `explicit`: the user named them, so each is required."""
+
+    providers: tuple[str, ...]  # full names; empty with auto until resolved
+    explicit: bool
+
+    @classmethod
+    def parse(cls, spec: str | list[str] | tuple[str, ...] | None) -> ProviderRequest:
+        if spec is None or spec == "auto" or list(spec) == ["auto"]:
+            return cls((), False)
+        names = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else list(spec)
+        names = [n for n in names if n]
+        if not names:
+            raise InputError(None, "--providers is empty; give auto or a list such as cpu,cuda")
+        if any(n.lower() == "auto" for n in names):
+            raise InputError(None, "--providers: auto cannot be combined with provider names")
+        return cls(tuple(dict.fromkeys(full_name(n) for n in names)), True)
+
+
+def parse_provider_options(values: list[str] | tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """`NAME:KEY=VALUE` strings (`--provider-option`) as {full provider name: {key: value}}."""
+    options: dict[str, dict[str, str]] = {}
+    for value in values:
+        name, sep, setting = value.partition(":")
+        key, eq, option = setting.partition("=")
+        if not sep or not eq or not name.strip() or not key.strip():
+            raise InputError(None, f"--provider-option '{value}' is not NAME:KEY=VALUE")
+        options.setdefault(full_name(name), {})[key.strip()] = option.strip()
+    return options
+
+
+@dataclass
+class Unavailable:
+    """Why a provider cannot be used here: `reason` is onnxruntime's full message."""
+
+    reason: str
+
+    @property
+    def first_line(self) -> str:
+        lines = self.reason.strip().splitlines()
+        return lines[0] if lines else self.reason
+
+
+@dataclass
+class SessionFactory:
+    """Makes faithful sessions (module doc). `ort` is the onnxruntime module (a stand-in in
+    tests); `options` the user's provider options by full name; `tf32` allows TF32 on CUDA."""
+
+    ort: Any
+    tf32: bool = False
+    options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def provider_options(self, provider: str) -> dict[str, str]:
+        """The options a session on `provider` gets: faithful ones, TF32 if allowed, the
+        user's."""
+        merged = dict(FAITHFUL_OPTIONS.get(provider, {}))
+        if self.tf32:
+            merged.update(TF32_OPTIONS.get(provider, {}))
+        merged.update(self.options.get(provider, {}))
+        return merged
+
+    def session_options(self):
+        options = self.ort.SessionOptions()
+        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        options.use_deterministic_compute = True
+        options.log_severity_level = 4
+        return options
+
+    def listed(self) -> list[str]:
+        """Providers this onnxruntime offers: built in, and plugins with a registered device."""
+        names = list(self.ort.get_available_providers())
+        for device in self._plugin_devices():
+            if device.ep_name not in names:
+                names.append(device.ep_name)
+        return names
+
+    def auto(self) -> list[str]:
+        """What `auto` tries: the CPU, then every other compute provider onnxruntime lists."""
+        others = [p for p in self.listed() if p != CPU and p not in NOT_COMPUTE]
+        return [CPU, *others]
+
+    def missing(self, provider: str) -> Unavailable | None:
+        """Why `provider` is not offered at all, or None."""
+        if provider in self.listed():
+            return None
+        hint = f" ({CUDA_HOW_TO})" if provider == CUDA else ""
+        return Unavailable(f"{provider} is not available in this onnxruntime{hint}")
+
+    def create(self, source: bytes | str, provider: str):
+        """A session on `provider`, or `Unavailable` with onnxruntime's reason."""
+        missing = self.missing(provider)
+        if missing:
+            return missing
+        options = self.session_options()
+        devices = [d for d in self._plugin_devices() if d.ep_name == provider]
+        kwargs: dict[str, Any] = {}
+        if devices and provider not in self.ort.get_available_providers():
+            options.add_provider_for_devices(devices, self.provider_options(provider))
+        else:
+            providers = [(provider, self.provider_options(provider))]
+            if provider != CPU:
+                providers.append((CPU, {}))
+            kwargs["providers"] = providers
+        try:
+            # onnxruntime prints its own "EP Error ... Falling back" banner on failures
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                session = self.ort.InferenceSession(source, sess_options=options, **kwargs)
+        except Exception as exc:  # onnxruntime raises many types; the message is what matters
+            return Unavailable(f"onnxruntime cannot create a session: {_message(exc)}")
+        used = session.get_providers()
+        if not used or used[0] != provider:
+            return Unavailable(f"{provider} could not be used (onnxruntime fell back to {used})")
+        return session
+
+    def _plugin_devices(self) -> list:
+        get_devices = getattr(self.ort, "get_ep_devices", None)
+        if get_devices is None:
+            return []
+        try:
+            devices = list(get_devices())
+        except Exception:  # an onnxruntime without plugin support behind the name
+            return []
+        return [d for d in devices if getattr(d, "ep_name", CPU) != CPU]
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def register_plugin_libraries(ort, libraries: list[str]) -> list[str]:
+    """Register plugin execution provider libraries: the paths given, and every installed
+    `onnxruntime_ep_*` package that tells its library's path (`get_library_path()`). Returns
+    notes on packages that could not be registered; a given path that cannot is an error."""
+    register = getattr(ort, "register_execution_provider_library", None)
+    if register is None:
+        if libraries:
+            raise InputError(
+                None, f"onnxruntime {ort.__version__} cannot load plugin execution providers"
+            )
+        return []
+    notes = []
+    for name, path in _installed_plugins():
+        problem = _register(register, name, path)
+        if problem:
+            notes.append(f"plugin package {name} could not be registered: {problem}")
+    for path in libraries:
+        problem = _register(register, f"bnfold-{Path(path).stem}", path)
+        if problem:
+            raise InputError(path, f"is not a usable plugin execution provider library: {problem}")
+    return notes
+
+
+def _register(register, name: str, path: str) -> str | None:
+    if (name, path) in _REGISTERED:
+        return None
+    try:
+        register(name, str(path))
+    except Exception as exc:
+        if "already registered" not in str(exc).lower():
+            return _message(exc).splitlines()[0]
+    _REGISTERED.add((name, path))
+    return None
+
+
+_REGISTERED: set[tuple[str, str]] = set()
+
+
+def _installed_plugins() -> list[tuple[str, str]]:
+    """(module name, library path) of installed plugin EP packages (`onnxruntime_ep_*`)."""
+    found = []
+    for module in sorted({m.name for m in pkgutil.iter_modules() if m.name.startswith(PLUGIN)}):
+        try:
+            library = importlib.import_module(module).get_library_path()
+        except Exception:  # not a plugin package after all, or a broken one: nothing to use
+            continue
+        found.append((module, str(library)))
+    return found
+
+
+PLUGIN = "onnxruntime_ep_"

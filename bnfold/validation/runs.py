@@ -1,0 +1,159 @@
+"""Running the models: what onnxruntime is given (a file, or bytes), and outputs as arrays.
+
+The reference runs from its file when it has one. The candidate and its perturbed twin go as
+bytes when they fit one protobuf and hold nothing on disk, else through a temporary file (with
+external data) that is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import EncodeError
+
+from ..model_io import fits_in_one_protobuf, holds_data_on_disk, save_model
+from ..tensor_data import DataFile
+from .perturb import inputs_moved_by_rounding, weights_moved_by_rounding
+from .providers import SessionFactory, Unavailable
+
+Outputs = dict[str, np.ndarray]
+
+
+class ModelSources:
+    """The three models validation runs (the original, the candidate and the candidate with its
+    changed weights moved by one ULP), each produced when needed and not kept."""
+
+    def __init__(
+        self,
+        reference: onnx.ModelProto | Path,
+        candidate: onnx.ModelProto | Path,
+        models: dict[str, onnx.ModelProto],
+        changed: dict[str, list[onnx.TensorProto]],
+    ) -> None:
+        self.reference = reference
+        self.candidate = candidate
+        self.models = models  # "reference", "candidate": the ModelProtos (on-disk tensors allowed)
+        self.changed = changed  # per model: the tensors the fold consumed / wrote
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def get(self, role: str, draw: int | None = None) -> bytes | str:
+        """What onnxruntime is given for "reference" or "candidate"; with `draw` (k of
+        independent ones), the candidate with the weights the fold wrote moved by rounding, or
+        the reference with the values entering the arithmetic the fold removed moved so."""
+        if draw is not None:
+            model = self.models[role]
+            spill = self._folder() if holds_data_on_disk(model) else None
+            if role == "reference":
+                with inputs_moved_by_rounding(model, self.changed[role], seed=draw):
+                    return self._serialized(model)
+            with (
+                DataFile(spill) if spill else contextlib.nullcontext() as data,
+                weights_moved_by_rounding(self.changed[role], seed=draw, spill=data),
+            ):
+                return self._serialized(model)
+        source = self.reference if role == "reference" else self.candidate
+        if isinstance(source, Path):
+            return str(source)
+        return self._serialized(source)
+
+    def _serialized(self, model: onnx.ModelProto) -> bytes | str:
+        if fits_in_one_protobuf(model) and not holds_data_on_disk(model):
+            try:
+                return model.SerializeToString()
+            except (EncodeError, ValueError):  # over 2 GB after all: go through a file
+                pass
+        folder = self._folder()
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # save_model moves tensors out of the model it is given
+        path = folder / f"model{len(os.listdir(folder))}.onnx"
+        save_model(copy, path, external_data=True)
+        return str(path)
+
+    def _folder(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bnfold-validate-")
+        return Path(self._tmp.name)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def run_model(
+    factory: SessionFactory, source: bytes | str, provider: str, runs: list[dict]
+) -> list[Outputs] | Unavailable | str:
+    """The model's outputs for each feed dict, on `provider`: `Unavailable` if no session could
+    be made there, a string (onnxruntime's full message) if a run failed."""
+    session = factory.create(source, provider)
+    del source
+    if isinstance(session, Unavailable):
+        return session
+    results = []
+    for feeds in runs:
+        outputs = _run(session, feeds)
+        if isinstance(outputs, str):
+            return outputs
+        results.append(outputs)
+    return results
+
+
+def _run(session, feeds: dict[str, np.ndarray]) -> Outputs | str:
+    try:
+        outputs = session.get_outputs()
+        values = session.run([o.name for o in outputs], feeds)
+    except Exception as exc:  # onnxruntime raises many types; the message is what matters
+        return f"onnxruntime failed to run: {str(exc).strip() or type(exc).__name__}"
+    arrays: Outputs = {}
+    for output, value in zip(outputs, values, strict=True):
+        arrays.update(as_arrays(output.name, value, _element_dtype(output.type)))
+    return arrays
+
+
+def as_arrays(name: str, value, dtype: np.dtype | None) -> dict[str, np.ndarray]:
+    """An output as arrays to compare. onnxruntime returns sequences as lists and maps as dicts
+    (e.g. ZipMap's `seq(map(string, float))`): a map's values are compared under `name` with the
+    tolerances of `dtype` (the innermost tensor type), its keys exactly under `name (keys)`."""
+    if isinstance(value, np.ndarray):
+        return {name: value}
+    if isinstance(value, dict):
+        keys = sorted(value)
+        return {
+            f"{name} (keys)": np.array(keys, dtype=object),
+            name: np.asarray([value[k] for k in keys], dtype=dtype),
+        }
+    if not isinstance(value, list):  # anything else onnxruntime might hand back: compare exactly
+        return {name: np.asarray(value, dtype=object)}
+    items = value
+    maps = bool(items) and all(isinstance(item, dict) for item in items)
+    if maps and len({len(item) for item in items}) == 1:  # maps of one size: 2-D arrays
+        keys = [sorted(item) for item in items]
+        values = [[item[k] for k in ks] for item, ks in zip(items, keys, strict=True)]
+        return {f"{name} (keys)": np.array(keys, dtype=object), name: np.asarray(values, dtype)}
+    tensors = all(isinstance(item, np.ndarray) for item in items)
+    if tensors and len({(item.shape, item.dtype) for item in items}) <= 1:  # one stacked array
+        return {name: np.stack(items) if items else np.empty(0, dtype=dtype)}
+    arrays: dict[str, np.ndarray] = {}
+    for index, item in enumerate(items):
+        arrays.update(as_arrays(f"{name}[{index}]", item, dtype))
+    return arrays
+
+
+def _element_dtype(type_name: str) -> np.dtype | None:
+    """The numpy dtype of the innermost tensor of an onnxruntime type like
+    `seq(map(string,tensor(float)))`, or None if unknown."""
+    start = type_name.rfind("tensor(")
+    if start < 0:
+        return None
+    element = type_name[start + len("tensor(") :].split(")")[0]
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(
+            onnx.TensorProto.DataType.Value(element.upper())
+        )
+    except (ValueError, KeyError, TypeError):
+        return None

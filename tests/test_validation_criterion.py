@@ -1,0 +1,122 @@
+"""The calibrated limit and explicit tolerances, on arrays (no onnxruntime)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnfold.validation import Tolerance, compare
+from bnfold.validation.criterion import BLOCK, NOISE_FACTOR, block_max, calibrated_limits
+from bnfold.validation.perturb import one_ulp_moved
+
+
+def test_block_max_pools_consecutive_elements():
+    values = np.zeros(2 * BLOCK + 3)
+    values[1] = 5.0
+    values[BLOCK + 4] = 2.0
+    pooled = block_max(values)
+    assert np.all(pooled[:BLOCK] == 5.0)
+    assert np.all(pooled[BLOCK : 2 * BLOCK] == 2.0)
+    assert np.all(pooled[2 * BLOCK :] == 0.0)
+    assert block_max(np.ones((3, 5))).shape == (3, 5)
+
+
+def test_limit_is_noise_factor_times_block_noise_plus_floor():
+    reference = np.zeros(BLOCK, dtype=np.float32)
+    candidate = reference.copy()
+    perturbed = reference.copy()
+    perturbed[3] = 1e-3
+    limit, noise = calibrated_limits(reference, candidate, [perturbed])
+    assert noise == pytest.approx(1e-3)
+    np.testing.assert_allclose(limit, NOISE_FACTOR * 1e-3)
+
+
+def test_largest_of_several_draws_counts():
+    reference = np.zeros(4, dtype=np.float32)
+    draws = [np.array([1e-4, 0, 0, 0], np.float32), np.array([0, 2e-4, 0, 0], np.float32)]
+    _, noise = calibrated_limits(reference, reference, draws)
+    assert noise == pytest.approx(2e-4)
+
+
+def test_calibrated_comparison_catches_small_values_next_to_big_ones():
+    """An output concatenating x·1e4 and x·0.01: a 1 % error in the small half fails, because
+    each block of elements gets its own limit (not one from the max of the whole output)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(256)
+    reference = np.concatenate([x * 1e4, x * 0.01]).astype(np.float32)
+    noise = np.concatenate([x * 1e4, x * 0.01]) * 2e-7  # rounding-level moves, per element
+
+    def moved(candidate):  # the candidate's own run with its weights moved by rounding
+        return [(candidate + noise).astype(np.float32)]
+
+    wrong = reference.copy()
+    wrong[256:] *= 1.01
+    assert compare("cpu", "y", reference, reference, perturbed=moved(reference)).passed
+    result = compare("cpu", "y", reference, wrong, perturbed=moved(wrong))
+    assert not result.passed and result.mismatches > 200 and result.worst_index[0] >= 256
+    old_style = Tolerance(rtol=1e-4, atol=None, atol_scale=1e-5)
+    assert compare("cpu", "y", reference, wrong, tolerance=old_style).passed  # what it missed
+
+
+def test_limit_used_reports_the_margin():
+    reference = np.ones(BLOCK, np.float32)
+    perturbed = reference + np.float32(1e-6)
+    candidate = reference + np.float32(4e-6)
+    result = compare("cpu", "y", reference, candidate, perturbed=[perturbed])
+    assert result.passed and result.criterion == "calibrated"
+    assert 0.1 < result.limit_used < 0.5
+    assert "of the limit" in result.line() and "rounding noise" in result.line()
+
+
+def test_nothing_changed_allows_only_rounding_of_the_output():
+    reference = np.full(8, 100.0, np.float32)
+    one_ulp = np.nextafter(reference, np.float32(200))
+    assert compare("cpu", "y", reference, one_ulp).passed
+    assert not compare("cpu", "y", reference, reference * np.float32(1.001)).passed
+
+
+def test_nan_in_candidate_fails_even_with_huge_tolerance():
+    result = compare(
+        "cpu", "y", np.ones(4), np.array([1, 1, np.nan, 1.0]), tolerance=Tolerance(1e9, 1e9)
+    )
+    assert not result.passed and result.nonfinite == 1
+
+
+def test_same_infinities_agree():
+    values = np.array([np.inf, -np.inf, np.nan, 1.0])
+    assert compare("cpu", "y", values, values.copy()).passed
+
+
+def test_allclose_semantics_both_bounds_must_be_exceeded():
+    ref = np.array([100.0, 0.0])
+    within = compare("cpu", "y", ref, np.array([100.5, 0.0]), tolerance=Tolerance(1e-2, 0.0))
+    assert within.passed and within.criterion == "tolerance"
+    beyond = compare("cpu", "y", ref, np.array([102.0, 0.0]), tolerance=Tolerance(1e-2, 1.0))
+    assert not beyond.passed and beyond.limit_used == pytest.approx(2.0)
+    assert "2 × the limit" in beyond.line() and "atol 1, rtol 0.01" in beyond.line()
+
+
+def test_integers_must_match_exactly_and_name_the_first_difference():
+    ref = np.array([[1, 2], [3, 4]], np.int64)
+    got = np.array([[1, 2], [3, 5]], np.int64)
+    result = compare("cpu", "idx", ref, got)
+    assert not result.passed and result.worst_index == [1, 1] and result.criterion == "exact"
+
+
+def test_shape_mismatch_fails_with_a_note():
+    result = compare("cpu", "y", np.ones(3), np.ones(4))
+    assert not result.passed and "shape/dtype" in result.line()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_one_ulp_moved_moves_each_value_by_one_unit_in_the_last_place(dtype):
+    rng = np.random.default_rng(1)
+    values = (rng.standard_normal(1000) * 10).astype(dtype)
+    values[:3] = [0, np.finfo(dtype).max, -np.finfo(dtype).max]
+    moved = one_ulp_moved(values, rng)
+    assert moved[0] == 0 and np.all(np.isfinite(moved))
+    distance = np.abs(moved[3:].astype(np.float64) - values[3:])
+    np.testing.assert_array_less(0, distance[distance > 0] + 0)  # some moved
+    spacing = np.spacing(np.abs(values[3:])).astype(np.float64)
+    assert np.all(distance <= spacing * 1.0000001)
+    assert np.count_nonzero(distance) > 0

@@ -1,0 +1,251 @@
+"""Execution providers: names, faithful options, fallback detection, unusable providers, plugin
+devices. onnxruntime here has only the CPU, so other providers are played by a stand-in module
+that wraps the real one (the CPU computes; the stand-in says what a GPU build would)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import bnfold
+from bnfold.errors import InputError
+from bnfold.validation import ProviderRequest, Status, parse_provider_options, validate
+from bnfold.validation.providers import (
+    CPU,
+    CUDA,
+    FAITHFUL_OPTIONS,
+    SessionFactory,
+    Unavailable,
+    full_name,
+)
+from tests.builders import MODELS
+
+RESNET = MODELS / "resnet_tiny.onnx"
+HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+class _Session:
+    """A real CPU session that reports the providers a stand-in build would."""
+
+    def __init__(self, real, providers):
+        self._real = real
+        self._providers = providers
+
+    def get_providers(self):
+        return self._providers
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def fake_ort(listed=(CUDA,), behaviour="works", devices=()):
+    """onnxruntime as a GPU build would look: `listed` providers offered; a session asked for
+    one of them `works` (runs on the CPU, says it is there), `falls back` (says CPU) or
+    `raises` (a multi-line error, as onnxruntime gives)."""
+    made = []
+
+    def session(source, sess_options=None, providers=None):
+        made.append({"providers": providers, "options": sess_options})
+        real = onnxruntime.InferenceSession(source, sess_options, providers=[CPU])
+        asked = providers[0][0] if providers else devices[0].ep_name
+        if asked == CPU:
+            return real
+        if behaviour == "raises":
+            raise RuntimeError(f"{asked} failed: libcudnn.so.9 not found\ndetail: line two")
+        if behaviour == "falls back":
+            return _Session(real, [CPU])
+        return _Session(real, [asked, CPU])
+
+    class Options(onnxruntime.SessionOptions):
+        def add_provider_for_devices(self, chosen, options):
+            made.append({"devices": chosen, "device_options": options})
+
+    module = types.SimpleNamespace(
+        __version__=onnxruntime.__version__,
+        SessionOptions=Options,
+        GraphOptimizationLevel=onnxruntime.GraphOptimizationLevel,
+        ExecutionMode=onnxruntime.ExecutionMode,
+        InferenceSession=session,
+        get_available_providers=lambda: [*listed, CPU, "AzureExecutionProvider"],
+        get_ep_devices=lambda: list(devices),
+        set_default_logger_severity=lambda level: None,
+        made=made,
+    )
+    return module
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    def install(**kwargs):
+        module = fake_ort(**kwargs)
+        monkeypatch.setattr("bnfold.validation.pipeline.import_onnxruntime", lambda: module)
+        return module
+
+    return install
+
+
+def folded():
+    return bnfold.fold(RESNET).model
+
+
+def test_short_and_full_names():
+    assert full_name("cuda") == CUDA and full_name("TensorRT") == "TensorrtExecutionProvider"
+    assert full_name("cudaexecutionprovider") == CUDA
+    assert full_name("MyVendorExecutionProvider") == "MyVendorExecutionProvider"
+    with pytest.raises(InputError, match="unknown provider 'tpu'"):
+        full_name("tpu")
+    assert ProviderRequest.parse("cpu, cuda").providers == (CPU, CUDA)
+    assert ProviderRequest.parse(None).explicit is False
+    with pytest.raises(InputError, match="auto cannot be combined"):
+        ProviderRequest.parse("auto,cpu")
+
+
+def test_provider_options_parse_and_override_the_faithful_ones():
+    options = parse_provider_options(["cuda:use_tf32=1", "cuda:device_id=1", "openvino:a=b"])
+    factory = SessionFactory(onnxruntime, options=options)
+    assert factory.provider_options(CUDA) == {
+        "use_tf32": "1",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "device_id": "1",
+    }
+    assert factory.provider_options("OpenVINOExecutionProvider") == {
+        "precision": "ACCURACY",
+        "a": "b",
+    }
+    with pytest.raises(InputError, match="NAME:KEY=VALUE"):
+        parse_provider_options(["cuda"])
+
+
+def test_faithful_precision_by_default_tf32_only_when_asked():
+    assert SessionFactory(onnxruntime).provider_options(CUDA)["use_tf32"] == "0"
+    assert SessionFactory(onnxruntime, tf32=True).provider_options(CUDA)["use_tf32"] == "1"
+    assert FAITHFUL_OPTIONS["TensorrtExecutionProvider"]["trt_fp16_enable"] == "0"
+
+
+def test_auto_uses_every_listed_compute_provider(stand_in):
+    module = stand_in()
+    report = validate(RESNET, folded())
+    assert report.passed, report.lines()
+    assert [p.provider for p in report.providers] == [CPU, CUDA]
+    cuda = report.providers[1]
+    assert cuda.status == Status.PASSED and cuda.options["use_tf32"] == "0"
+    assert cuda.outputs[0].provider_gap == 0.0  # the stand-in computes on the CPU
+    asked = [m["providers"][0] for m in module.made if m.get("providers")]
+    assert (CUDA, {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}) in asked
+    assert all(
+        m["options"].graph_optimization_level.name == "ORT_DISABLE_ALL"
+        for m in module.made
+        if m.get("options")
+    )
+
+
+def test_auto_with_a_provider_that_falls_back_reports_it_not_used(stand_in):
+    stand_in(behaviour="falls back")
+    report = validate(RESNET, folded())
+    assert report.passed
+    cuda = report.providers[1]
+    assert cuda.status == Status.NOT_USED and "fell back" in cuda.reason
+    assert report.to_dict()["providers_used"] == ["cpu"]
+    assert report.verdict() == "validation PASSED | passed on cpu | not used: cuda"
+    assert "NOT USED | cuda |" in "\n".join(report.lines())
+
+
+def test_named_provider_that_cannot_run_fails_with_onnxruntime_s_full_reason(stand_in):
+    stand_in(behaviour="raises")
+    report = validate(RESNET, folded(), providers="cpu,cuda")
+    assert not report.passed
+    assert report.verdict() == (
+        "validation FAILED | passed on cpu | required but unavailable: cuda"
+    )
+    cuda = report.providers[1]
+    assert cuda.status == Status.UNAVAILABLE and "detail: line two" in cuda.reason
+    assert "line two" not in "\n".join(report.lines())
+    assert "line two" in "\n".join(report.lines(verbose=True))
+    assert report.to_dict()["providers_used"] == ["cpu"]
+    assert report.to_dict()["providers_failed"] == ["cuda"]
+
+
+def test_named_provider_not_in_this_onnxruntime(stand_in):
+    stand_in(listed=())
+    report = validate(RESNET, folded(), providers=["cuda"])
+    assert not report.passed and report.providers[0].status == Status.UNAVAILABLE
+    assert "onnxruntime-gpu" in report.providers[0].reason
+
+
+def test_wrong_candidate_fails_on_the_other_provider_too(stand_in):
+    stand_in()
+    model = folded()
+    conv = next(t for t in model.graph.initializer if t.name == model.graph.node[0].input[1])
+    weights = onnxruntime_array(conv) * np.float32(1.01)
+    conv.raw_data = weights.tobytes()
+    report = validate(RESNET, model, providers=["cuda"])
+    assert not report.passed and report.providers[0].status == Status.FAILED
+
+
+def onnxruntime_array(tensor):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor).copy()
+
+
+def test_plugin_devices_are_used_through_add_provider_for_devices(stand_in):
+    device = types.SimpleNamespace(ep_name="VendorExecutionProvider", ep_vendor="Vendor")
+    module = stand_in(listed=(), devices=[device])
+    report = validate(
+        RESNET,
+        folded(),
+        providers="cpu,VendorExecutionProvider",
+        provider_options={"VendorExecutionProvider": {"precision": "FP32"}},
+    )
+    assert report.passed, report.lines()
+    chosen = [m for m in module.made if "devices" in m]
+    assert chosen and chosen[0]["devices"] == [device]
+    assert chosen[0]["device_options"] == {"precision": "FP32"}
+
+
+def test_a_session_without_the_provider_is_unavailable():
+    factory = SessionFactory(fake_ort(behaviour="falls back"))
+    source = RESNET.read_bytes()
+    assert isinstance(factory.create(source, CUDA), Unavailable)
+    assert not isinstance(factory.create(source, CPU), Unavailable)
+
+
+def test_no_onnxruntime_is_a_one_line_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    with pytest.raises(InputError, match="validation needs onnxruntime: pip install onnxruntime"):
+        validate(RESNET, RESNET)
+
+
+# ----- CUDA (run on the GPU machine; skipped elsewhere) ----------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime's CUDA execution provider")
+@pytest.mark.parametrize("tf32", [False, True])
+def test_cuda_passes_with_and_without_tf32(tf32):
+    report = validate(RESNET, folded(), providers=["cpu", "cuda"], tf32=tf32)
+    assert report.passed, report.lines()
+    cuda = report.providers[1]
+    assert cuda.status == Status.PASSED and cuda.options["use_tf32"] == ("1" if tf32 else "0")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime's CUDA execution provider")
+def test_cuda_catches_a_wrong_candidate():
+    model = folded()
+    conv = next(t for t in model.graph.initializer if t.name == model.graph.node[0].input[1])
+    conv.raw_data = (onnxruntime_array(conv) * np.float32(1.01)).tobytes()
+    report = validate(RESNET, model, providers=["cuda"])
+    assert not report.passed and report.providers[0].status == Status.FAILED

@@ -88,16 +88,77 @@ def test_no_validate_skips_validation(tmp_path):
     assert "PASSED" not in proc.stdout and "validated" not in proc.stdout
 
 
-def test_explicit_cuda_without_cuda_fails_cleanly(tmp_path):
+def test_explicit_cuda_without_cuda_names_every_provider_and_writes_nothing(tmp_path):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("CUDA is available here")
-    out = tmp_path / "o.onnx"
-    proc = bnfold(RESNET, "-o", out, "--providers", "cuda")
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    proc = bnfold(RESNET, "-o", out, "--providers", "cpu,cuda", "--report", report)
     assert proc.returncode == 1
-    assert "FAILED | cuda" in proc.stdout
-    assert not out.exists()
+    assert "validation FAILED | passed on cpu | required but unavailable: cuda" in proc.stdout
+    data = json.loads(report.read_text())
+    assert data["written"] is False and not out.exists()
+    assert data["validation"]["providers_used"] == ["cpu"]
+    assert data["validation"]["providers_failed"] == ["cuda"]
+
+
+def test_samples_and_saved_inputs_and_outputs(tmp_path):
+    report = tmp_path / "r.json"
+    proc = bnfold(
+        RESNET,
+        "-o",
+        tmp_path / "o.onnx",
+        "--samples",
+        "3",
+        "--seed",
+        "5",
+        "--report",
+        report,
+        "--save-inputs",
+        tmp_path / "in",
+        "--save-outputs",
+        tmp_path / "out",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    settings = json.loads(report.read_text())["validation"]["settings"]
+    assert settings["samples"] == 3 and settings["seeds"] == [5, 6, 7]
+    saved = np.load(tmp_path / "in" / "inputs-0.npz")["input"]
+    assert saved.shape[0] == 3  # one batch of three: the model's batch dim is free
+    assert (tmp_path / "out" / "cpu-folded-0.npz").exists()
+    again = bnfold(RESNET, "--dry-run", "--inputs", tmp_path / "in" / "inputs-0.npz")
+    assert again.returncode == 0 and "validation PASSED" in again.stdout
+
+
+def test_npy_inputs_and_their_errors(tmp_path):
+    data = np.random.default_rng(0).standard_normal([2, 3, 32, 32])
+    np.save(tmp_path / "x.npy", data)  # float64: rounded to the declared float32, with a note
+    proc = bnfold(RESNET, "--dry-run", "--inputs", tmp_path / "x.npy", "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert "NOTE | input 'input' rounded from float64 to float32" in proc.stdout
+    assert_clean_failure(
+        bnfold(RESNET, "--dry-run", "--inputs", tmp_path / "none.npz"), 2, mentions="no such file"
+    )
+    np.save(tmp_path / "bad.npy", np.zeros([1, 3, 31, 32], np.float32))
+    assert_clean_failure(
+        bnfold(RESNET, "--dry-run", "--inputs", tmp_path / "bad.npy"),
+        2,
+        mentions="the model declares batchx3x32x32",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [
+        (["--provider-option", "cuda"], "is not NAME:KEY=VALUE"),
+        (["--providers", "auto,cpu"], "auto cannot be combined"),
+        (["--input-shape", "input:1x3x31x32"], "the model declares batchx3x32x32"),
+        (["--input-shape", "image:1x3x32x32"], "'image', which is not an input"),
+        (["--rtol", "scores:1e-3"], "'scores', which is not an output"),
+    ],
+)
+def test_validation_usage_errors(args, mentions):
+    assert_clean_failure(bnfold(RESNET, "--dry-run", *args), 2, mentions=mentions)
 
 
 # ----- bad input and output: exit 2, one line, nothing written, input untouched -------------

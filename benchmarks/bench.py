@@ -90,6 +90,66 @@ BNFOLD = _TIMED.format(
 )
 
 
+# The floor of a validating command: load + save, then one onnxruntime session per model (the
+# original, the saved copy), one after the other, each run once at ORT_DISABLE_ALL.
+VALIDATION_FLOOR = _TIMED.format(
+    imports="import gc, os, numpy as np, onnx, onnxruntime as o",
+    work="""m = onnx.load(sys.argv[1])
+    onnx.save(m, sys.argv[2], save_as_external_data=os.path.exists(sys.argv[1] + '.data'),
+              location=os.path.basename(sys.argv[2]) + '.data')
+    del m; gc.collect()
+    for path in sys.argv[1:3]:
+        so = o.SessionOptions()
+        so.graph_optimization_level = o.GraphOptimizationLevel.ORT_DISABLE_ALL
+        s = o.InferenceSession(path, so, providers=['CPUExecutionProvider'])
+        feeds = {i.name: np.random.default_rng(0).standard_normal(
+            [d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+            for i in s.get_inputs()}
+        s.run(None, feeds); del s""",
+    marker=WORK,
+)
+VALIDATING = _TIMED.format(
+    imports="import bnfold.cli",
+    work="sys.argv[0] = 'bnfold'; bnfold.cli.main()",
+    marker=WORK,
+)
+
+
+def validation_cost(source: Path, tmp: Path, repeat: int, timeout: float) -> dict:
+    """The default command (`bnfold IN -o OUT`, validating on the CPU) against its floor
+    (VALIDATION_FLOOR): medians of `repeat` alternating runs, and the peaks."""
+    commands = {
+        "floor": [PY, "-c", VALIDATION_FLOOR, str(source), str(tmp / "floor.onnx")],
+        "bnfold": [
+            PY,
+            "-c",
+            VALIDATING,
+            str(source),
+            "-o",
+            str(tmp / "v.onnx"),
+            "--providers",
+            "cpu",
+        ],
+    }
+    runs: dict[str, list] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            runs[name].append(measure(cmd, timeout))
+    result = {}
+    for name, measured in runs.items():
+        result[name] = {
+            "seconds": statistics.median(r[0] for r in measured),
+            "work_s": statistics.median(r[3] for r in measured),
+            "peak_mb": max(r[1] for r in measured),
+            "error": next((r[2] for r in measured if r[2]), ""),
+        }
+    floor, ours = result["floor"], result["bnfold"]
+    result["time_ratio"] = ours["seconds"] / floor["seconds"]
+    result["work_ratio"] = ours["work_s"] / floor["work_s"]
+    result["memory_ratio"] = ours["peak_mb"] / floor["peak_mb"]
+    return result
+
+
 def command(tool: str, source: Path, target: Path) -> list[str]:
     if tool == "bnfold":
         return [PY, "-c", BNFOLD, str(source), "-o", str(target), "--no-validate"]
@@ -273,6 +333,7 @@ def main() -> None:
     tools = available_tools(args.tools)
     rows = []
     effects = {}
+    costs: dict[str, dict] = {}
     # a tool that timed out is not run on the bigger models of the same family
     timed_out: set[tuple[str, str]] = set()
     effect_model = list(benchmark_models(True))[-1] if args.quick else EFFECT_MODEL
@@ -321,9 +382,10 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 if tool == "bnfold" and not error and label == effect_model:
                     effects[label] = inference_effect(source, target, runs=20)
+                    costs[label] = validation_cost(source, tmp, args.repeat, args.timeout * 10)
                 target.unlink(missing_ok=True)
                 target.with_name(target.name + ".data").unlink(missing_ok=True)
-    write_report(args.out, rows, effects, args)
+    write_report(args.out, rows, effects, args, costs)
 
 
 def _not_run(label: str, size_mb: float, tool: str) -> dict:
@@ -362,7 +424,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_report(folder: Path, rows, effects, args) -> None:
+def write_report(folder: Path, rows, effects, args, costs=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Benchmark",
@@ -411,11 +473,42 @@ def write_report(folder: Path, rows, effects, args) -> None:
                 lines.append(f"| {key} | {value['error']} | |")
             else:
                 lines.append(f"| {key} | {value['create_s']:.3f} | {value['latency_ms']:.2f} |")
+    for label, cost in (costs or {}).items():
+        lines += _cost_lines(label, cost, args.repeat)
     (folder / "benchmark.md").write_text("\n".join(lines) + "\n")
     (folder / "benchmark.json").write_text(
-        json.dumps({"rows": rows, "inference": effects, "timeout": args.timeout}, indent=1)
+        json.dumps(
+            {"rows": rows, "inference": effects, "validation": costs, "timeout": args.timeout},
+            indent=1,
+        )
     )
     plot(folder / "benchmark.png", rows, args.timeout)
+
+
+def _cost_lines(label: str, cost: dict, repeat: int) -> list[str]:
+    lines = [
+        "",
+        f"## The default command, validating, {label}",
+        "",
+        "`bnfold IN -o OUT --providers cpu` against its floor: `onnx.load` + `onnx.save`, then "
+        "one onnxruntime session per model (original, copy) run once at `ORT_DISABLE_ALL`, one "
+        f"after the other. Medians of {repeat} alternating runs; peak RSS.",
+        "",
+        "| process | s | work s | peak MB | error |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in ("floor", "bnfold"):
+        r = cost[name]
+        lines.append(
+            f"| {name} | {r['seconds']:.2f} | {r['work_s']:.2f} | {r['peak_mb']:.0f} | "
+            f"{r['error']} |"
+        )
+    lines += [
+        "",
+        f"× floor: time {cost['time_ratio']:.2f}, work {cost['work_ratio']:.2f}, "
+        f"memory {cost['memory_ratio']:.2f}.",
+    ]
+    return lines
 
 
 def plot(path: Path, rows, timeout: float) -> None:

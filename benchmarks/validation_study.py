@@ -10,6 +10,8 @@ For each model in a folder (real architectures with trained-looking BatchNormali
   fold does must fail (a miss otherwise).
 
     .venv/bin/python benchmarks/validation_study.py /work/realmodels --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/validation_study.py \
+        ../shared/corpus/onnxruntime/onnxruntime/test/testdata/transform/fusion/fuse-conv-bn*.onnx
 
 Writes a table to stdout and the numbers as JSON (--json FILE). Uses the CPU provider only unless
 --providers says otherwise.
@@ -67,14 +69,16 @@ def outputs(model: onnx.ModelProto | Path, seed: int) -> dict:
     import onnxruntime
 
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    described = onnx.load(str(model)) if isinstance(model, Path) else model
+    described = bnfold.load_model(model) if isinstance(model, Path) else model
     feeds = make_samples(described, seed=seed).runs
     result = run_model(SessionFactory(onnxruntime), source, "CPUExecutionProvider", feeds)
     return result[0]
 
 
 def max_deviation(a: dict, b: dict) -> float:
-    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
+    return max(
+        float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].dtype.kind == "f"
+    )
 
 
 def worst(report) -> float:
@@ -125,7 +129,7 @@ def study(path: Path, seeds: list[int], providers: str, layers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("paths", type=Path, nargs="+", help="models, or folders of them")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--providers", default="cpu")
     parser.add_argument("--layers", type=int, default=4, help="layers corrupted per model")
@@ -138,7 +142,10 @@ def main() -> None:
         "missed | smaller ones caught |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for path in sorted(args.folder.glob("*.onnx")):
+    paths = [
+        p for path in args.paths for p in (sorted(path.glob("*.onnx")) if path.is_dir() else [path])
+    ]
+    for path in paths:
         if args.models and path.stem not in args.models:
             continue
         row = study(path, args.seeds, args.providers, args.layers)

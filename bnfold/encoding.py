@@ -41,8 +41,11 @@ class Encoding:
     Computing `size` encodes each node and initializer once on its own (`ByteSize`), one at a
     time; no encoding of the whole graph is ever held."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, replaced=None) -> None:
+        """`replaced(initializer) -> bytes | None`: new raw data, of the same length, for a
+        main-graph initializer, encoded instead of its own (the model is not touched)."""
         self.model = model
+        self.replaced = replaced
         self.whole = _has_unknown_fields(model) or _has_unknown_fields(model.graph)
         if self.whole or not model.HasField("graph"):
             self.whole = True
@@ -65,7 +68,8 @@ class Encoding:
         written = 0
         graph = self.model.graph
         for part in self._graph_parts:
-            for piece in [part] if isinstance(part, bytes) else _runs_encoded(graph, part):
+            runs = [part] if isinstance(part, bytes) else _runs_encoded(graph, part, self.replaced)
+            for piece in runs:
                 written += len(piece)
                 yield piece
         if written != self.graph_size:
@@ -118,13 +122,16 @@ def _varint_lengths(values: np.ndarray) -> np.ndarray:
     return lengths
 
 
-def _runs_encoded(graph: onnx.GraphProto, runs) -> Iterator[bytes]:
+def _runs_encoded(graph: onnx.GraphProto, runs, replaced=None) -> Iterator[bytes]:
     """Each run's records: its items encoded one by one (no copy into a holder message), each
-    after its tag and length."""
+    after its tag and length; initializers `replaced` with new raw data."""
     for number, start, stop, _ in runs:
         headers = _Headers(_varint(number << 3 | 2))
         items = getattr(graph, GRAPH_RUNS[number])[start:stop]
-        encoded = list(map(_SERIALIZED, items))
+        if replaced is not None and GRAPH_RUNS[number] == "initializer":
+            encoded = [_with_raw_data(item, replaced(item)) for item in items]
+        else:
+            encoded = list(map(_SERIALIZED, items))
         del items
         if len(encoded) == 1:  # a big item: not copied again by a join
             yield headers[len(encoded[0])]
@@ -135,6 +142,19 @@ def _runs_encoded(graph: onnx.GraphProto, runs) -> Iterator[bytes]:
         records[1::2] = encoded
         del encoded
         yield b"".join(records)
+
+
+def _with_raw_data(tensor: onnx.TensorProto, raw_data: bytes | None) -> bytes:
+    """The tensor encoded, with `raw_data` instead of its own (a copy made and dropped: a
+    message's memory is only given back with the message)."""
+    if raw_data is None:
+        return tensor.SerializeToString()
+    if len(raw_data) != len(tensor.raw_data):
+        raise EncodingError(f"new raw data for '{tensor.name}' changes its length")
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.raw_data = raw_data
+    return copy.SerializeToString()
 
 
 class _Headers(dict):

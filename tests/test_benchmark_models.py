@@ -58,3 +58,15 @@ def test_inference_effect_times_each_provider_and_says_why_one_cannot_run(tmp_pa
         cuda = effect[f"cuda/{key}"]
         if "CUDAExecutionProvider" not in available:
             assert "error" in cuda
+
+
+def test_validation_cost_compares_the_default_command_with_its_floor(tmp_path):
+    import bench
+
+    source = tmp_path / "in.onnx"
+    onnx.save(benchmark_models.chain(3), source)
+    cost = bench.validation_cost(source, tmp_path, repeat=1, timeout=120)
+    assert not cost["floor"]["error"] and not cost["bnfold"]["error"], cost
+    assert (tmp_path / "v.onnx").exists() and (tmp_path / "floor.onnx").exists()
+    assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 0
+    assert "× floor: time" in "\n".join(bench._cost_lines("chain", cost, 1))

@@ -113,8 +113,12 @@ def test_one_ulp_moved_moves_each_value_by_one_unit_in_the_last_place(dtype):
     rng = np.random.default_rng(1)
     values = (rng.standard_normal(1000) * 10).astype(dtype)
     values[:3] = [0, np.finfo(dtype).max, -np.finfo(dtype).max]
-    moved = one_ulp_moved(values, rng)
+    moved, moves = one_ulp_moved(values, rng)
     assert moved[0] == 0 and np.all(np.isfinite(moved))
+    assert 100 < moves.where.size < 400  # about a quarter
+    back = moved.copy()
+    moves.undo(back.view(np.dtype(f"u{back.dtype.itemsize}")))
+    np.testing.assert_array_equal(back, values)
     distance = np.abs(moved[3:].astype(np.float64) - values[3:])
     np.testing.assert_array_less(0, distance[distance > 0] + 0)  # some moved
     spacing = np.spacing(np.abs(values[3:])).astype(np.float64)

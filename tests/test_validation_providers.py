@@ -4,6 +4,7 @@ that wraps the real one (the CPU computes; the stand-in says what a GPU build wo
 
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
@@ -55,7 +56,8 @@ def fake_ort(listed=(CUDA,), behaviour="works", devices=()):
             return real
         if behaviour == "raises":
             raise RuntimeError(f"{asked} failed: libcudnn.so.9 not found\ndetail: line two")
-        if behaviour == "falls back":
+        if behaviour == "falls back":  # onnxruntime's C++ log says why, on the process's stderr
+            os.write(2, b"2026 [W:onnxruntime] [Vendor] Unsupported precision FP16 on CPU\n")
             return _Session(real, [CPU])
         return _Session(real, [asked, CPU])
 
@@ -104,17 +106,16 @@ def test_short_and_full_names():
 
 
 def test_provider_options_parse_and_override_the_faithful_ones():
-    options = parse_provider_options(["cuda:use_tf32=1", "cuda:device_id=1", "openvino:a=b"])
+    options = parse_provider_options(
+        ["cuda:use_tf32=1", "cuda:device_id=1", "openvino:a=b", "openvino:precision="]
+    )
     factory = SessionFactory(onnxruntime, options=options)
     assert factory.provider_options(CUDA) == {
         "use_tf32": "1",
         "cudnn_conv_algo_search": "HEURISTIC",
         "device_id": "1",
     }
-    assert factory.provider_options("OpenVINOExecutionProvider") == {
-        "precision": "ACCURACY",
-        "a": "b",
-    }
+    assert factory.provider_options("OpenVINOExecutionProvider") == {"a": "b"}  # "" removes
     with pytest.raises(InputError, match="NAME:KEY=VALUE"):
         parse_provider_options(["cuda"])
 
@@ -148,6 +149,7 @@ def test_auto_with_a_provider_that_falls_back_reports_it_not_used(stand_in):
     assert report.passed
     cuda = report.providers[1]
     assert cuda.status == Status.NOT_USED and "fell back" in cuda.reason
+    assert cuda.reason.endswith(": 2026 [W:onnxruntime] [Vendor] Unsupported precision FP16 on CPU")
     assert report.to_dict()["providers_used"] == ["cpu"]
     assert report.verdict() == "validation PASSED | passed on cpu | not used: cuda"
     assert "NOT USED | cuda |" in "\n".join(report.lines())
@@ -249,3 +251,19 @@ def test_cuda_catches_a_wrong_candidate():
     conv.raw_data = (onnxruntime_array(conv) * np.float32(1.01)).tobytes()
     report = validate(RESNET, model, providers=["cuda"])
     assert not report.passed and report.providers[0].status == Status.FAILED
+
+
+def test_onnxruntime_log_lines_lose_colours_headers_and_source_positions():
+    from bnfold.validation.providers import _plain
+
+    line = (
+        "\x1b[1;31m2026-12-04 21:48:19.529851685 [E:onnxruntime:Default, provider_bridge_ort.cc:"
+        "2310 Create] /onnxruntime/core/providers/openvino/openvino_parser_utils.cc:101 static "
+        "std::string onnxruntime::openvino_ep::OpenVINOParserUtils::ParsePrecision(const "
+        "onnxruntime::ProviderOptions&, std::string&, const std::string&) [ERROR] [OpenVINO] "
+        "Unsupported inference precision is selected. CPU only supports FP32, ACCURACY.\x1b[m"
+    )
+    assert _plain(line) == (
+        "[ERROR] [OpenVINO] Unsupported inference precision is selected. "
+        "CPU only supports FP32, ACCURACY."
+    )

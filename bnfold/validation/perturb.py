@@ -14,13 +14,21 @@ validated, not only bnfold's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from ..model_io import all_tensors
-from ..tensor_data import DataFile, disk_span, is_on_disk, raw_bytes, tensor_to_array
+from ..tensor_data import (
+    DataFile,
+    disk_span,
+    is_on_disk,
+    point_to_file,
+    raw_bytes,
+    tensor_to_array,
+)
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -62,57 +70,120 @@ def _same(old: onnx.TensorProto | None, new: onnx.TensorProto) -> bool:
     return bool(np.array_equal(tensor_to_array(old), tensor_to_array(new), equal_nan=True))
 
 
-def one_ulp_moved(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """`values` with one in `MOVED_EVERY` finite non-zero elements, at random, moved one ULP up
-    or down in magnitude (never to infinity; zeros stay zero). Works on the bit patterns, so
-    float16, bfloat16, float32 and float64 alike."""
+@dataclass
+class Moves:
+    """Which elements of a tensor's bits moved, and by how much (+1 or -1): undone exactly by
+    `undo`."""
+
+    where: np.ndarray  # flat indices
+    steps: np.ndarray  # the step each took, as the bits' unsigned type (-1 wraps around)
+
+    def undo(self, bits: np.ndarray) -> None:
+        flat = bits.reshape(-1)
+        flat[self.where] -= self.steps
+
+
+def one_ulp_moved(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Moves]:
+    """(`values` with about one in `MOVED_EVERY` finite non-zero elements, at random, moved one
+    ULP up or down in magnitude, the moves). Never to infinity; zeros stay zero. Works on the bit
+    patterns (in sign-magnitude, one more is one ULP further from zero), so float16, bfloat16,
+    float32 and float64 alike; costs a copy of the bits and a few bytes per moved element."""
     values = np.ascontiguousarray(values)
-    bits = values.view(_UNSIGNED[values.dtype.itemsize]).copy()
-    as_float = values.astype(np.float64)
-    movable = np.isfinite(as_float) & (as_float != 0)
-    draw = rng.integers(0, MOVED_EVERY * 2, size=values.shape, dtype=np.int32)
-    movable &= draw < 2
-    step = np.where(draw == 1, 1, -1)
-    largest = np.abs(as_float) == float(np.abs(as_float[movable]).max()) if movable.any() else 0
-    step = np.where(movable & largest & (step == 1), -1, step)  # the largest never overflows
-    moved = np.where(movable, bits + step.astype(bits.dtype), bits).astype(bits.dtype)
-    return moved.view(values.dtype)
+    unsigned = _UNSIGNED[values.dtype.itemsize]
+    exponent = unsigned(_EXPONENT_BITS[str(values.dtype)])
+    bits = values.view(unsigned).copy()
+    flat = bits.reshape(-1)
+    # (an index drawn twice moves once, and is undone once: fancy-index updates keep the last)
+    where = rng.integers(0, flat.size, size=-(-flat.size // MOVED_EVERY)) if flat.size else []
+    where = np.asarray(where, dtype=np.int64)
+    magnitude = flat[where] & unsigned((1 << (8 * values.dtype.itemsize - 1)) - 1)
+    movable = (magnitude != 0) & ((magnitude & exponent) != exponent)
+    up = rng.integers(0, 2, size=where.size, dtype=np.uint8) == 1
+    up &= magnitude < exponent - unsigned(1)  # the largest finite value moves down
+    where, up = where[movable], up[movable]
+    steps = np.where(up, 1, np.iinfo(unsigned).max).astype(unsigned)  # +1, or -1 wrapped
+    flat[where] += steps
+    return bits.view(values.dtype), Moves(where, steps)
+
+
+_EXPONENT_BITS = {
+    "float16": 0x7C00,
+    "bfloat16": 0x7F80,
+    "float32": 0x7F800000,
+    "float64": 0x7FF0000000000000,
+}
 
 
 @contextlib.contextmanager
 def weights_moved_by_rounding(
     tensors: list[onnx.TensorProto], seed: int = 0, spill: DataFile | None = None
 ) -> Iterator[int]:
-    """Within the block, each tensor holds its values moved by rounding (`one_ulp_moved`); the
-    originals are put back afterwards. With `spill`, the moved values are written there (for a
-    model that keeps its big weights on disk) instead of held in memory. Yields how many
-    elements were moved."""
+    """Within the block, each tensor holds its values moved by rounding (`one_ulp_moved`); they
+    are moved back afterwards (exactly: the moves are undone bit for bit, no copy of the weights
+    is kept). With `spill`, the moved values of on-disk tensors are written there instead of
+    held in memory. Yields how many elements were moved."""
     rng = np.random.default_rng(seed)
-    saved = []
+    done: list[tuple[onnx.TensorProto, Moves, tuple | onnx.TensorProto | None]] = []
     moved_elements = 0
     try:
         for tensor in tensors:
-            original = onnx.TensorProto()
-            original.CopyFrom(tensor)
-            saved.append((tensor, original))
-            moved = one_ulp_moved(tensor_to_array(tensor), rng)
-            moved_elements += moved.size
+            span: tuple | onnx.TensorProto | None = None
+            if is_on_disk(tensor):
+                span = disk_span(tensor)
+            elif not tensor.raw_data:  # typed fields (small tensors): kept as they were
+                span = onnx.TensorProto()
+                span.CopyFrom(tensor)
+            moved, moves = one_ulp_moved(tensor_to_array(tensor), rng)
+            moved_elements += moves.where.size
             _store(tensor, moved, spill)
+            done.append((tensor, moves, span))
+            del moved
         yield moved_elements
     finally:
-        for tensor, original in saved:
-            tensor.CopyFrom(original)
+        for tensor, moves, span in reversed(done):
+            if isinstance(span, onnx.TensorProto):
+                tensor.CopyFrom(span)
+                continue
+            if span is not None:  # on disk: point at the original bytes again
+                point_to_file(tensor, *span)
+                continue
+            bits = tensor_to_array(tensor).copy()
+            moves.undo(bits.view(_UNSIGNED[bits.dtype.itemsize]))
+            _store(tensor, bits, None)
+
+
+def moved_raw_data(
+    tensors: list[onnx.TensorProto], seed: int = 0
+) -> Callable[[onnx.TensorProto], bytes | None] | None:
+    """For `Encoding(model, replaced=...)`: the raw data of each of `tensors`, moved by rounding
+    as `weights_moved_by_rounding` does, computed when the encoder reaches it; None when some
+    tensor is not raw data of a main-graph initializer in memory (then move them in place)."""
+    if any(not t.raw_data or is_on_disk(t) for t in tensors):
+        return None
+    wanted = {t.name for t in tensors}
+    rng = np.random.default_rng(seed)
+
+    def replaced(tensor: onnx.TensorProto) -> bytes | None:
+        if tensor.name not in wanted:
+            return None
+        moved, _ = one_ulp_moved(tensor_to_array(tensor), rng)
+        return moved.astype(moved.dtype.newbyteorder("<"), copy=False).tobytes()
+
+    return replaced
 
 
 def _store(tensor: onnx.TensorProto, values: np.ndarray, spill: DataFile | None) -> None:
+    """Put `values` in the tensor: its raw data, or `spill` for an on-disk tensor."""
     little_endian = values.astype(values.dtype.newbyteorder("<"), copy=False)
-    if spill is not None and is_on_disk(tensor):
-        spill.put(tensor, little_endian)
-        return
-    tensor.ClearField("external_data")
-    tensor.data_location = onnx.TensorProto.DEFAULT
-    for field in ("float_data", "int32_data", "double_data"):
-        tensor.ClearField(field)
+    if is_on_disk(tensor):
+        if spill is not None:
+            spill.put(tensor, little_endian)
+            return
+        tensor.ClearField("external_data")
+        tensor.ClearField("data_location")
+    elif not tensor.raw_data:
+        for field in ("float_data", "int32_data", "double_data"):
+            tensor.ClearField(field)
     tensor.raw_data = little_endian.tobytes()
 
 

@@ -115,14 +115,17 @@ def validate(
     models = {"reference": reference_model, "candidate": candidate_model}
     sources = ModelSources(reference_source, candidate_source, models, changed)
     saver = _OutputSaver(save_outputs)
+    # the original also runs once on other inputs (in the same session): does it depend on them?
+    probe = _probe(reference_model, sample_set, seed, input_shapes)
     try:
-        expected = run_model(factory, sources.get("reference"), CPU, sample_set.runs)
+        expected = run_model(factory, sources.get("reference"), CPU, sample_set.runs + probe)
+        probed = expected.pop() if probe and isinstance(expected, list) else None
         saver.save(CPU, "original", expected)
         context = _Context(factory, sources, sample_set, expected, tolerances, saver, changed)
         for provider in names:
             report.providers.append(_validate_on(provider, request.explicit, context))
         if not isinstance(expected, (str, Unavailable)):
-            report.warnings.extend(_weak_evidence(context, report, reference_model, input_shapes))
+            report.warnings.extend(_weak_evidence(context, report, reference_model, probed))
     finally:
         sources.close()
     return report
@@ -224,6 +227,8 @@ class _Context:
     def run(self, role: str, provider: str, draw: int | None = None):
         source = self.sources.get(role, draw)
         result = run_model(self.factory, source, provider, self.samples.runs)
+        if draw is not None:
+            self.sources.discard(source)
         label = {"reference": "original", "candidate": "folded"}[role]
         if draw is not None:
             label += f"-moved{draw}"
@@ -328,18 +333,27 @@ def _gap(context: _Context, provider: str, own, k: int, name: str) -> np.ndarray
 # ----- weak evidence ---------------------------------------------------------------------------
 
 
-def _weak_evidence(context: _Context, report: ValidationReport, model, input_shapes) -> list:
-    """Warnings when the comparison proves little: outputs that hardly depend on the inputs,
-    or none that responds to the weights the fold changed."""
+def _probe(model, sample_set: Samples, seed: int, input_shapes) -> list[dict]:
+    """Generated inputs from the seed after the samples' (nothing when the user gave data)."""
+    if not sample_set.seeds or sample_set.seeds[0] is None:
+        return []
+    count = sample_set.count
+    other = make_samples(model, samples=count, seed=seed + count, input_shapes=input_shapes)
+    return other.runs[:1]
+
+
+def _weak_evidence(context: _Context, report: ValidationReport, model, probed) -> list:
+    """Warnings when the comparison proves little: outputs that hardly depend on the inputs
+    (`probed`: the original's outputs on other inputs), or none that responds to the weights
+    the fold changed."""
     warnings = []
     if _has_op(model.graph, "If"):
         warnings.append(
             "the model has If nodes: the inputs exercise only the branches they select "
             "(give real data with --inputs to cover others)"
         )
-    seeds = context.samples.seeds
-    if seeds and seeds[0] is not None:
-        warnings.extend(_insensitive_outputs(context, model, input_shapes, seeds[0]))
+    if probed is not None:
+        warnings.extend(_insensitive_outputs(context.expected[0], probed))
     calibrated = [
         c
         for p in report.providers
@@ -355,19 +369,10 @@ def _weak_evidence(context: _Context, report: ValidationReport, model, input_sha
     return warnings
 
 
-def _insensitive_outputs(context: _Context, model, input_shapes, seed: int) -> list[str]:
-    other = make_samples(
-        model,
-        samples=context.samples.count,
-        seed=seed + context.samples.count,
-        input_shapes=input_shapes,
-    )
-    moved = run_model(context.factory, context.sources.get("reference"), CPU, other.runs[:1])
-    if isinstance(moved, (Unavailable, str)):
-        return []
+def _insensitive_outputs(first_outputs: Outputs, probed: Outputs) -> list[str]:
     warnings = []
-    for name, first in context.expected[0].items():
-        second = moved[0].get(name)
+    for name, first in first_outputs.items():
+        second = probed.get(name)
         if second is None or first.dtype.kind != "f" or first.shape != second.shape:
             continue
         scale = float(np.max(np.abs(first))) if first.size else 0.0

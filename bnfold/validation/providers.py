@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import os
 import pkgutil
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ NOT_COMPUTE = {"AzureExecutionProvider"}
 # Options that keep each provider at the model's own precision; user options override them.
 FAITHFUL_OPTIONS: dict[str, dict[str, str]] = {
     CUDA: {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"},
-    TENSORRT: {"trt_fp16_enable": "0", "trt_int8_enable": "0", "trt_bf16_enable": "0"},
+    TENSORRT: {"trt_fp16_enable": "0", "trt_int8_enable": "0"},
     "MIGraphXExecutionProvider": {"migraphx_fp16_enable": "0", "migraphx_int8_enable": "0"},
     "OpenVINOExecutionProvider": {"precision": "ACCURACY"},
     "CoreMLExecutionProvider": {"AllowLowPrecisionAccumulationOnGPU": "0"},
@@ -130,12 +133,12 @@ class SessionFactory:
 
     def provider_options(self, provider: str) -> dict[str, str]:
         """The options a session on `provider` gets: faithful ones, TF32 if allowed, the
-        user's."""
+        user's (an empty value removes an option, for an onnxruntime that does not know it)."""
         merged = dict(FAITHFUL_OPTIONS.get(provider, {}))
         if self.tf32:
             merged.update(TF32_OPTIONS.get(provider, {}))
         merged.update(self.options.get(provider, {}))
-        return merged
+        return {key: value for key, value in merged.items() if value != ""}
 
     def session_options(self):
         options = self.ort.SessionOptions()
@@ -180,18 +183,18 @@ class SessionFactory:
             if provider != CPU:
                 providers.append((CPU, {}))
             kwargs["providers"] = providers
+        if provider != CPU:  # its warnings say why a provider falls back: kept, not shown
+            options.log_severity_level = 2
+        said = _Said()
         try:
-            # onnxruntime prints its own "EP Error ... Falling back" banner on failures
-            with (
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),
-            ):
+            with said.captured(self.ort, enabled=provider != CPU):
                 session = self.ort.InferenceSession(source, sess_options=options, **kwargs)
         except Exception as exc:  # onnxruntime raises many types; the message is what matters
             return Unavailable(f"onnxruntime cannot create a session: {_message(exc)}")
         used = session.get_providers()
         if not used or used[0] != provider:
-            return Unavailable(f"{provider} could not be used (onnxruntime fell back to {used})")
+            reason = f"{provider} could not be used (onnxruntime fell back to {used})"
+            return Unavailable(reason + said.why())
         return session
 
     def _plugin_devices(self) -> list:
@@ -203,6 +206,54 @@ class SessionFactory:
         except Exception:  # an onnxruntime without plugin support behind the name
             return []
         return [d for d in devices if getattr(d, "ep_name", CPU) != CPU]
+
+
+class _Said:
+    """What onnxruntime printed while making a session: its Python banner ("EP Error ...
+    Falling back") and its C++ log, which writes to the process's stderr (file descriptor 2)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    @contextlib.contextmanager
+    def captured(self, ort, enabled: bool):
+        python_out, python_err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(python_out), contextlib.redirect_stderr(python_err):
+            if not enabled:
+                yield
+                return
+            with tempfile.TemporaryFile() as log:
+                saved = os.dup(2)
+                os.dup2(log.fileno(), 2)
+                ort.set_default_logger_severity(2)
+                try:
+                    yield
+                finally:
+                    ort.set_default_logger_severity(4)
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                    log.seek(0)
+                    native = log.read().decode("utf-8", "replace")
+                    self.text = "\n".join([python_out.getvalue(), python_err.getvalue(), native])
+
+    def why(self) -> str:
+        """The lines that say what went wrong, as `: line; line`, or ""."""
+        lines = [_plain(line) for line in self.text.splitlines()]
+        telling = [line for line in lines if line and _TELLING.search(line)]
+        return f": {'; '.join(dict.fromkeys(telling[-4:]))}" if telling else ""
+
+
+def _plain(line: str) -> str:
+    """A log line without colours, timestamp and logger header, or source position."""
+    line = _COLOUR.sub("", line).strip()
+    line = _LOG_HEADER.sub("", line)
+    return _SOURCE_POSITION.sub("", line).strip()
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_LOG_HEADER = re.compile(r"^\S+ \S+ \[[EWIVF]:onnxruntime:[^\]]*\]\s*")
+_SOURCE_POSITION = re.compile(r"^/\S+:\d+ [^\[]*?\)\s+(?=\[)")
+_TELLING = re.compile(r"error|fail|unsupported|not supported|cannot|could not|unable", re.I)
 
 
 def _message(exc: BaseException) -> str:

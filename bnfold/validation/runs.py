@@ -8,7 +8,6 @@ external data) that is deleted at the end.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from pathlib import Path
 
@@ -16,17 +15,27 @@ import numpy as np
 import onnx
 from google.protobuf.message import EncodeError
 
-from ..model_io import fits_in_one_protobuf, holds_data_on_disk, save_model
+from ..encoding import Encoding
+from ..model_io import (
+    atomic_file,
+    data_file_for,
+    fits_in_one_protobuf,
+    holds_data_on_disk,
+    save_model,
+    tensor_data_size,
+)
 from ..tensor_data import DataFile
-from .perturb import inputs_moved_by_rounding, weights_moved_by_rounding
+from .perturb import inputs_moved_by_rounding, moved_raw_data, weights_moved_by_rounding
 from .providers import SessionFactory, Unavailable
 
 Outputs = dict[str, np.ndarray]
 
 
 class ModelSources:
-    """The three models validation runs (the original, the candidate and the candidate with its
-    changed weights moved by one ULP), each produced when needed and not kept."""
+    """What onnxruntime is given for each model validation runs: the original, the candidate, and
+    either with what the fold changed moved by rounding. A model given as a file runs from it;
+    one in memory goes as bytes when small, else through a file in a temporary folder (written a
+    few MB at a time, no second copy in memory), written once and deleted at the end."""
 
     def __init__(
         self,
@@ -35,10 +44,10 @@ class ModelSources:
         models: dict[str, onnx.ModelProto],
         changed: dict[str, list[onnx.TensorProto]],
     ) -> None:
-        self.reference = reference
-        self.candidate = candidate
+        self.sources = {"reference": reference, "candidate": candidate}
         self.models = models  # "reference", "candidate": the ModelProtos (on-disk tensors allowed)
         self.changed = changed  # per model: the tensors the fold consumed / wrote
+        self._written: dict[str, str] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def get(self, role: str, draw: int | None = None) -> bytes | str:
@@ -46,32 +55,74 @@ class ModelSources:
         independent ones), the candidate with the weights the fold wrote moved by rounding, or
         the reference with the values entering the arithmetic the fold removed moved so."""
         if draw is not None:
-            model = self.models[role]
-            spill = self._folder() if holds_data_on_disk(model) else None
-            if role == "reference":
-                with inputs_moved_by_rounding(model, self.changed[role], seed=draw):
-                    return self._serialized(model)
-            with (
-                DataFile(spill) if spill else contextlib.nullcontext() as data,
-                weights_moved_by_rounding(self.changed[role], seed=draw, spill=data),
-            ):
-                return self._serialized(model)
-        source = self.reference if role == "reference" else self.candidate
+            return self._moved(role, draw)
+        source = self.sources[role]
         if isinstance(source, Path):
             return str(source)
-        return self._serialized(source)
+        if role not in self._written:
+            encoded = self._encoded(source, role)
+            if isinstance(encoded, bytes):
+                return encoded
+            self._written[role] = encoded
+        return self._written[role]
 
-    def _serialized(self, model: onnx.ModelProto) -> bytes | str:
-        if fits_in_one_protobuf(model) and not holds_data_on_disk(model):
+    def _moved(self, role: str, draw: int) -> bytes | str:
+        model = self.models[role]
+        name = f"{role}-moved{draw}"
+        if role == "reference":
+            with inputs_moved_by_rounding(model, self.changed[role], seed=draw):
+                return self._encoded(model, name)
+        streamed = self._streamed(model, name, draw)
+        if streamed is not None:
+            return streamed
+        spill = self._folder() if holds_data_on_disk(model) else None
+        with (
+            DataFile(spill) if spill else contextlib.nullcontext() as data,
+            weights_moved_by_rounding(self.changed[role], seed=draw, spill=data),
+        ):
+            return self._encoded(model, name)
+
+    def _streamed(self, model: onnx.ModelProto, name: str, draw: int) -> bytes | str | None:
+        """The candidate with its weights moved, encoded without touching the model (whose
+        memory would grow by each new value: protobuf frees a message's memory only with the
+        message); None where that cannot be done (weights outside the main graph's
+        initializers, on disk, or a model over 2 GB)."""
+        replaced = moved_raw_data(self.changed["candidate"], seed=draw)
+        if replaced is None or holds_data_on_disk(model) or not fits_in_one_protobuf(model):
+            return None
+        names = {t.name for t in model.graph.initializer}
+        if any(t.name not in names for t in self.changed["candidate"]):
+            return None
+        encoding = Encoding(model, replaced=replaced)
+        if encoding.whole:
+            return None
+        if tensor_data_size(model) <= AS_BYTES:
+            return b"".join(encoding.pieces())
+        path = self._folder() / f"{name}.onnx"
+        with atomic_file(path) as handle:
+            handle.writelines(encoding.pieces())
+        return str(path)
+
+    def discard(self, source: bytes | str) -> None:
+        """Delete a file `get` wrote for one run (the moved models: each is run once)."""
+        if isinstance(source, str) and self._tmp and source not in self._written.values():
+            for path in (Path(source), data_file_for(Path(source))):
+                path.unlink(missing_ok=True)
+
+    def _encoded(self, model: onnx.ModelProto, name: str) -> bytes | str:
+        small = tensor_data_size(model) <= AS_BYTES
+        if small and not holds_data_on_disk(model):
             try:
                 return model.SerializeToString()
-            except (EncodeError, ValueError):  # over 2 GB after all: go through a file
+            except (EncodeError, ValueError):  # (not small after all)
                 pass
-        folder = self._folder()
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)  # save_model moves tensors out of the model it is given
-        path = folder / f"model{len(os.listdir(folder))}.onnx"
-        save_model(copy, path, external_data=True)
+        path = self._folder() / f"{name}.onnx"
+        if holds_data_on_disk(model) or not fits_in_one_protobuf(model):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # save_model moves tensors out of the model it is given
+            save_model(copy, path, external_data=True)
+        else:
+            save_model(model, path, external_data=False)
         return str(path)
 
     def _folder(self) -> Path:
@@ -83,6 +134,10 @@ class ModelSources:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+# Models up to this much tensor data go to onnxruntime as bytes; bigger ones through a file.
+AS_BYTES = 64 << 20
 
 
 def run_model(

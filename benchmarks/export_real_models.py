@@ -25,9 +25,19 @@ repository:
     /work/torchenv/bin/python benchmarks/export_real_models.py  # all, into /work/realmodels
     /work/torchenv/bin/python benchmarks/export_real_models.py --models resnet18 yolo_head
 
-`--keras` exports a Keras MobileNetV2 (NHWC input) through tf2onnx instead, twice: with
-tf2onnx's default optimizers (its remove_back_to_back fuses Conv → BN: no BN left) and with
-`optimizers={}` (every BN kept, Transposes around them). It needs a TensorFlow environment with
+yolov8n (Detect head, output [1, 84, 8400] at 640) and yolov8n_cls (224) are built from the
+ultralytics YAML without weights (`/work/torchenv/bin/pip install ultralytics`); neither
+ultralytics' exporter nor its fuse() is used, so the BatchNormalization nodes stay.
+
+`--keras` exports Keras models through tf2onnx instead (opset 17, same statistics, weights
+random): a MobileNetV2 (NHWC input) twice, with tf2onnx's default optimizers (its
+remove_back_to_back fuses Conv → BN: no BN left) and with `optimizers={}` (every BN kept,
+Transposes around them); and, with the default optimizers, keras_mlp_bn (Dense → BN, input
+[1, 20]: Keras writes that BN as arithmetic, MatMul → Mul → Add in the ONNX), keras_cnn_bn
+(Conv2D → BN → ReLU → DepthwiseConv2D → BN → ReLU → pool → Dense, [1, 32, 32, 3]; tf2onnx folds
+both BNs into the Convs) and keras_cnn_bn_unfused (the same with BatchNormalization(fused=False):
+the depthwise Conv is followed by Mul → Add).
+It needs a TensorFlow environment with
 Keras 2 (TF 2.15) and an onnx that works with TF's ml_dtypes 0.3:
 
     python3 -m venv /work/tfenv
@@ -128,6 +138,34 @@ def _yolo_head():
     return YoloHead()
 
 
+def _ultralytics(cfg: str):
+    """An ultralytics model built from its YAML (no weights, no download), e.g. yolov8n.yaml
+    (Detect head: output [1, 4 + 80, anchors], boxes in pixels and sigmoid class scores) or
+    yolov8n-cls.yaml (Classify head: softmax [1, 1000]). ultralytics' exporter and fuse() are
+    not used: they fold BN into Conv. In eval mode both heads return a tuple (output, raw
+    features): the wrapper keeps the output."""
+
+    def build():
+        from torch import nn
+        from ultralytics.nn.tasks import ClassificationModel, DetectionModel
+
+        task = ClassificationModel if "-cls" in cfg else DetectionModel
+        net = task(cfg, verbose=False)
+
+        class FirstOutput(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                y = self.net(x)
+                return y[0] if isinstance(y, (tuple, list)) else y
+
+        return FirstOutput()
+
+    return build
+
+
 # name: (builder, input height = width)
 MODELS = {
     "resnet18": (_torchvision("resnet18"), 224),
@@ -141,6 +179,8 @@ MODELS = {
     "regnety_008": (_timm("regnety_008"), 224),
     "mixnet_s": (_timm("mixnet_s"), 224),
     "yolo_head": (_yolo_head, 640),
+    "yolov8n": (_ultralytics("yolov8n.yaml"), 640),
+    "yolov8n_cls": (_ultralytics("yolov8n-cls.yaml"), 224),
 }
 
 
@@ -243,48 +283,109 @@ def _set_keras_bn_stats(model, seed: int) -> int:
     return count
 
 
+def _keras_mobilenetv2():
+    import tensorflow as tf
+
+    return tf.keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), alpha=1.0, weights=None, include_top=True
+    )
+
+
+def _keras_mlp():
+    """Dense → BN on a 2-D tensor: Keras computes that BN as arithmetic (no FusedBatchNorm):
+    MatMul → Mul → Add in the ONNX ([C] constants; the Dense's zero-initialised bias is folded
+    into the Add, and the last Dense is a bare MatMul)."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    inp = layers.Input((20,))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Dense(64)(inp)))
+    x = layers.BatchNormalization()(layers.Dense(32)(x))
+    return tf.keras.Model(inp, layers.Dense(10)(x), name="mlp_bn")
+
+
+def _keras_cnn(fused: bool = True):
+    """Conv2D → BN → ReLU → DepthwiseConv2D → BN → ReLU → global average pool → Dense (NHWC).
+    fused=True: FusedBatchNormV3, which tf2onnx's optimizers fold into the Convs (no BN, no
+    Mul/Add left); fused=False: Keras computes the BNs as arithmetic, and the depthwise one stays
+    as Conv → Mul → Add ([1, C, 1, 1] constants; tf2onnx folds the first one into its Conv)."""
+
+    def build():
+        import tensorflow as tf
+        from tensorflow.keras import layers
+
+        def bn():
+            return layers.BatchNormalization(fused=fused)
+
+        inp = layers.Input((32, 32, 3))
+        x = layers.ReLU()(bn()(layers.Conv2D(16, 3, padding="same")(inp)))
+        x = layers.ReLU()(bn()(layers.DepthwiseConv2D(3, padding="same")(x)))
+        out = layers.Dense(10)(layers.GlobalAveragePooling2D()(x))
+        return tf.keras.Model(inp, out, name="cnn_bn")
+
+    return build
+
+
+# seed name: (builder, input shape, {file name: tf2onnx optimizers}); optimizers=None: all of
+# tf2onnx's optimizers; {}: none of them.
+KERAS_MODELS = {
+    "keras_mobilenetv2": (
+        _keras_mobilenetv2,
+        (1, 224, 224, 3),
+        {"keras_mobilenetv2": None, "keras_mobilenetv2_noopt": {}},
+    ),
+    "keras_mlp_bn": (_keras_mlp, (1, 20), {"keras_mlp_bn": None}),
+    "keras_cnn_bn": (_keras_cnn(), (1, 32, 32, 3), {"keras_cnn_bn": None}),
+    "keras_cnn_bn_unfused": (
+        _keras_cnn(fused=False),
+        (1, 32, 32, 3),
+        {"keras_cnn_bn_unfused": None},
+    ),
+}
+KERAS_FILES = [name for _, _, files in KERAS_MODELS.values() for name in files]
+
+
 def export_keras(out: Path, seed: int, only: list[str] | None) -> tuple[dict, dict]:
     import tensorflow as tf
     import tf2onnx
 
-    s = model_seed("keras_mobilenetv2", seed)
-    tf.keras.utils.set_random_seed(s)
-    model = tf.keras.applications.MobileNetV2(
-        input_shape=(224, 224, 3), alpha=1.0, weights=None, include_top=True
-    )
-    n_bn = _set_keras_bn_stats(model, s)
-    x = np.random.default_rng(s + 1).standard_normal((1, 224, 224, 3)).astype(np.float32)
-    expected = model(x, training=False).numpy()
-    spec = (tf.TensorSpec((1, 224, 224, 3), tf.float32, name="input"),)
     results, failures = {}, {}
-    # optimizers=None: all of tf2onnx's optimizers; {}: none of them.
-    for name, optimizers in (("keras_mobilenetv2", None), ("keras_mobilenetv2_noopt", {})):
-        if only and name not in only:
+    for model_name, (build, shape, files) in KERAS_MODELS.items():
+        todo = {name: opt for name, opt in files.items() if not only or name in only}
+        if not todo:
             continue
-        print(name, flush=True)
-        path = out / f"{name}.onnx"
-        try:
-            tf2onnx.convert.from_keras(
-                model,
-                input_signature=spec,
-                opset=OPSET,
-                output_path=str(path),
-                optimizers=optimizers,
-            )
-            proto = _finish(path)
-            results[name] = {
-                "exporter": f"tf2onnx {tf2onnx.__version__} (tf {tf.__version__}), "
-                + ("default optimizers" if optimizers is None else "optimizers disabled"),
-                "bn_modules": n_bn,
-                "seed": s,
-                **describe(path, proto),
-                **check_ort(path, x, expected),
-            }
-            print("  " + summary(name, results[name]), flush=True)
-        except Exception as exc:  # report it, go on
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-            print(f"  FAILED {name}: {failures[name]}", flush=True)
+        s = model_seed(model_name, seed)
+        tf.keras.utils.set_random_seed(s)
+        model = build()
+        n_bn = _set_keras_bn_stats(model, s)
+        x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
+        expected = model(x, training=False).numpy()
+        spec = (tf.TensorSpec(shape, tf.float32, name="input"),)
+        for name, optimizers in todo.items():
+            print(name, flush=True)
+            path = out / f"{name}.onnx"
+            try:
+                tf2onnx.convert.from_keras(
+                    model,
+                    input_signature=spec,
+                    opset=OPSET,
+                    output_path=str(path),
+                    optimizers=optimizers,
+                )
+                proto = _finish(path)
+                results[name] = {
+                    "exporter": f"tf2onnx {tf2onnx.__version__} (tf {tf.__version__}), "
+                    + ("default optimizers" if optimizers is None else "optimizers disabled"),
+                    "bn_modules": n_bn,
+                    "seed": s,
+                    **describe(path, proto),
+                    **check_ort(path, x, expected),
+                }
+                print("  " + summary(name, results[name]), flush=True)
+            except Exception as exc:  # report it, go on
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+                print(f"  FAILED {name}: {failures[name]}", flush=True)
     return results, failures
 
 
@@ -360,7 +461,11 @@ def write_manifest(out: Path, results: dict, failures: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/work/realmodels"))
-    parser.add_argument("--models", nargs="*", help=f"subset of: {' '.join(MODELS)}")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        help=f"subset of: {' '.join(MODELS)} (--keras: {' '.join(KERAS_FILES)})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed (per model: + crc32(name))")
     parser.add_argument(
         "--fuse-bn",
@@ -368,12 +473,15 @@ def main(argv: list[str] | None = None) -> int:
         help="export in plain eval mode (the TorchScript exporter then fuses Conv → BN away)",
     )
     parser.add_argument(
-        "--keras", action="store_true", help="export Keras MobileNetV2 via tf2onnx (TF venv)"
+        "--keras", action="store_true", help="export the Keras models via tf2onnx (TF venv)"
     )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.keras:
+        unknown = set(args.models or ()) - set(KERAS_FILES)
+        if unknown:
+            parser.error(f"unknown Keras models: {sorted(unknown)}; choose from {KERAS_FILES}")
         results, failures = export_keras(args.out, args.seed, args.models)
     else:
         unknown = set(args.models or ()) - set(MODELS)

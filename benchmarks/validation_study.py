@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bnfold  # noqa: E402
+from bnfold.graph_view import node_label  # noqa: E402
 from bnfold.validation import validate  # noqa: E402
 from bnfold.validation.inputs import make_samples  # noqa: E402
 from bnfold.validation.providers import SessionFactory  # noqa: E402
@@ -47,7 +48,9 @@ def corrupted(model: onnx.ModelProto, layer: str, part: str) -> onnx.ModelProto:
     CORRUPTION (relative)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    node = next(n for n in copy.graph.node if n.name == layer)
+    node = next((n for n in copy.graph.node if layer in (n.name, node_label(n))), None)
+    if node is None:  # (a layer inside a subgraph: not corrupted here)
+        return None
     index = 1 if part == "weight" else 2
     if len(node.input) <= index:
         return None

@@ -5,6 +5,7 @@ Exit statuses (also in `--help` and the README):
   1  validation failed (or could not be done): OUT is not written
   2  bad input or usage: unreadable/invalid model, unwritable output, bad option
   3  internal error (a bug in bnfold; please report it)
+  130, 143, 129  interrupted by Ctrl-C, SIGTERM, SIGHUP: nothing written, temporary files removed
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gc
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -37,6 +39,7 @@ Exit status:
   1  validation failed or could not run: OUT is not written
   2  bad input or usage (unreadable or invalid model, unwritable output, bad option)
   3  internal error in bnfold (a bug: please report it)
+  130/143/129  interrupted (Ctrl-C, SIGTERM, SIGHUP): nothing written
 """
 
 
@@ -451,6 +454,34 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: the run unwinds like Ctrl-C (temporary files are removed on
+    the way out) and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    """Within the block, SIGTERM and SIGHUP raise `Terminated` (default: the process dies where
+    it stands, leaving temporary files next to OUT and in the temporary folder)."""
+
+    def terminated(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):  # (not the main thread: left as is)
+            previous[number] = signal.signal(number, terminated)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to one line on stderr and the documented exit status."""
     # A run makes hundreds of thousands of objects and no cycles worth the collector's passes.
@@ -460,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         gc.disable()
     try:
-        with paused:
+        with paused, signals_as_interrupts():
             command.main(args=argv, prog_name="bnfold", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -481,6 +512,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("bnfold: interrupted", err=True)
         sys.exit(130)
+    except Terminated as exc:
+        click.echo(f"bnfold: interrupted ({signal.Signals(exc.signum).name})", err=True)
+        sys.exit(128 + exc.signum)
     except Exception as exc:  # a bug: say so in one line; the traceback only with -v
         if "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
             traceback.print_exc()

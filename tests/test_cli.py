@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -321,3 +322,34 @@ def test_tolerance_for_an_output_the_model_lacks_is_a_usage_error():
     proc = bnfold(RESNET, "--dry-run", "--atol", "input:0")
     assert proc.returncode == 2
     assert "'input', which is not an output of the model (its outputs: logits)" in proc.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_during_validation_removes_temporary_files(tmp_path, signum):
+    """Killed while validating: exit 128 + the signal, no OUT, nothing left behind (next to OUT,
+    or in the temporary folder, where validation keeps the models it runs)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import models as benchmark_models
+
+    source, out, scratch = tmp_path / "chain.onnx", tmp_path / "out" / "o.onnx", tmp_path / "t"
+    out.parent.mkdir()
+    scratch.mkdir()
+    onnx.save(benchmark_models.chain(1500, channels=16), source)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)}
+    proc = subprocess.Popen(
+        [BNFOLD, str(source), "-o", str(out), "--providers", "cpu", "--samples", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    for line in proc.stdout:  # the records come out once the fold is done
+        if line.startswith("FOLDED"):
+            break
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == (130 if signum == signal.SIGINT else 128 + signum), stderr
+    assert stderr.strip().startswith("bnfold: interrupted"), stderr
+    assert "Traceback" not in stderr
+    assert list(out.parent.iterdir()) == []
+    assert list(scratch.iterdir()) == []

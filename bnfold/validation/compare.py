@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .criterion import (
@@ -90,7 +92,7 @@ def _exact(provider, name, reference, candidate) -> OutputComparison:
     if reference.dtype.kind == "f":  # (not reached: floats are compared with limits)
         equal |= np.isnan(reference) & np.isnan(candidate)
     mismatches = int(np.size(equal) - np.count_nonzero(equal))
-    first = np.argwhere(~np.asarray(equal)) if mismatches else []
+    first: Any = np.argwhere(~np.asarray(equal)) if mismatches else []
     return OutputComparison(
         provider,
         name,

@@ -8,6 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -301,7 +302,8 @@ def save_arrays(folder: Path, name: str, arrays: dict[str, np.ndarray]) -> Path:
     try:
         folder.mkdir(parents=False, exist_ok=True)
         target = folder / f"{name}.npz"
-        np.savez(target, **{key: np.asarray(value) for key, value in arrays.items()})
+        contents: dict[str, Any] = {key: np.asarray(value) for key, value in arrays.items()}
+        np.savez(target, **contents)
     except OSError as exc:
         raise InputError(folder, f"cannot be written ({exc.strerror or exc})") from None
     return target

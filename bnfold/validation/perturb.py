@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,7 +40,7 @@ FLOAT_TYPES = {
 # One element in this many is moved (by one ULP): a root-mean-square move of half an ULP, the
 # bound of a correctly rounded weight, measured best on real nets (benchmarks/validation_study.py).
 MOVED_EVERY = 4
-_UNSIGNED = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_UNSIGNED: dict[int, Any] = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def changed_tensors(
@@ -94,8 +95,8 @@ def one_ulp_moved(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndar
     bits = values.view(unsigned).copy()
     flat = bits.reshape(-1)
     # (an index drawn twice moves once, and is undone once: fancy-index updates keep the last)
-    where = rng.integers(0, flat.size, size=-(-flat.size // MOVED_EVERY)) if flat.size else []
-    where = np.asarray(where, dtype=np.int64)
+    count = -(-flat.size // MOVED_EVERY) if flat.size else 0
+    where: np.ndarray = rng.integers(0, max(flat.size, 1), size=count, dtype=np.int64)
     magnitude = flat[where] & unsigned((1 << (8 * values.dtype.itemsize - 1)) - 1)
     movable = (magnitude != 0) & ((magnitude & exponent) != exponent)
     up = rng.integers(0, 2, size=where.size, dtype=np.uint8) == 1
@@ -189,7 +190,7 @@ def _store(tensor: onnx.TensorProto, values: np.ndarray, spill: DataFile | None)
 
 # Relative half-width of the random factor a moved value is multiplied by, by element type:
 # two units in the last place of 1.0, so the factor lands on the grid points around 1.
-_FACTOR_WIDTH = {
+_FACTOR_WIDTH: dict[int, float] = {
     onnx.TensorProto.FLOAT: 2.0**-22,
     onnx.TensorProto.FLOAT16: 2.0**-9,
     onnx.TensorProto.DOUBLE: 2.0**-51,

@@ -506,6 +506,9 @@ def main(argv: list[str] | None = None) -> None:
     except BnfoldError as exc:
         click.echo(_printable(f"bnfold: error: {exc}"), err=True)
         sys.exit(exc.exit_status)
+    except UnicodeDecodeError as exc:  # a name protobuf could not decode: the model's text
+        click.echo(f"bnfold: error: the model holds text that is not valid UTF-8 ({exc})", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except RecursionError:
         click.echo("bnfold: error: the model's graphs are nested too deeply to process", err=True)
         sys.exit(EXIT_BAD_INPUT)

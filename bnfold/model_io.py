@@ -151,7 +151,21 @@ def parse_model(data: bytes, path: Path | None = None) -> onnx.ModelProto:
         raise InputError(path, f"is not an ONNX model (protobuf parse failed: {exc})") from None
     if not model.HasField("graph") or model.ir_version <= 0:
         raise InputError(path, "is not an ONNX model (no graph or no IR version)")
+    _check_names_decode(model.graph, path)
     return model
+
+
+def _check_names_decode(graph: onnx.GraphProto, path: Path | None) -> None:
+    """The main graph's input and output names must be UTF-8 (protobuf parses the bytes, and
+    fails only when a name is read: the names most read are checked once, here)."""
+    for kind, infos in (("input", graph.input), ("output", graph.output)):
+        for index, info in enumerate(infos):
+            try:
+                info.name  # noqa: B018 (reading is the check)
+            except UnicodeDecodeError:
+                raise InputError(
+                    path, f"graph {kind} {index} has a name that is not valid UTF-8"
+                ) from None
 
 
 def check_model_structure(model: onnx.ModelProto, path: Path | None = None) -> None:

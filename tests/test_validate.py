@@ -101,9 +101,51 @@ def test_moving_the_folded_weights_leaves_the_model_as_it_was():
     model.graph.initializer[0].float_data.extend([])  # (raw data, as folds write)
     before = model.SerializeToString()
     written = changed_tensors(onnx.load(RESNET), model)
-    with weights_moved_by_rounding(written, seed=1) as moved:
+    with weights_moved_by_rounding(list(written.values()), seed=1) as moved:
         assert moved > 0 and model.SerializeToString() != before
     assert model.SerializeToString() == before
+
+
+def resize_model() -> onnx.ModelProto:
+    """Conv → BN → Resize ×2 (scales from a Constant node) → Conv whose weight is a Constant
+    node's: constants without names of their own, and one that sets a shape."""
+    rng = np.random.default_rng(3)
+
+    def constant(name, values):
+        return helper.make_node("Constant", [], [name], value=tensor("", values))
+
+    nodes = [
+        constant("w1", rng.standard_normal([4, 3, 1, 1]).astype(np.float32)),
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], name="bn"),
+        constant("scales", np.array([1, 1, 2, 2], np.float32)),
+        helper.make_node("Resize", ["n", "", "scales"], ["r"], mode="nearest"),
+        constant("w2", rng.standard_normal([2, 4, 1, 1]).astype(np.float32)),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
+    ]
+    stats = {
+        "s": 1 + 0.3 * rng.standard_normal(4),
+        "b": rng.standard_normal(4),
+        "m": rng.standard_normal(4),
+        "v": 0.2 + 2 * rng.uniform(size=4),
+    }
+    return make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [tensor(k, v.astype(np.float32)) for k, v in stats.items()],
+    )
+
+
+def test_constants_are_matched_by_the_name_they_are_read_under_and_shapes_never_move():
+    model = resize_model()
+    assert changed_tensors(model, model) == {}
+    folded = bnfold.fold(model).model
+    written = changed_tensors(model, folded)
+    assert "scales" not in written and "w2" not in written and written
+    assert set(changed_tensors(folded, model)) >= {"s", "b", "m", "v"}
+    report = validate(model, folded, providers="cpu")
+    assert report.passed, report.lines()
 
 
 def test_moving_the_original_s_inputs_leaves_the_model_as_it_was():

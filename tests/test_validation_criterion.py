@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from bnfold.validation import Tolerance, compare
-from bnfold.validation.criterion import BLOCK, NOISE_FACTOR, block_max, calibrated_limits
+from bnfold.validation.criterion import (
+    ABSOLUTE_FLOOR_ROUNDOFFS,
+    BLOCK,
+    NOISE_FACTOR,
+    block_max,
+    calibrated_limits,
+)
 from bnfold.validation.perturb import one_ulp_moved
 
 
@@ -28,7 +34,8 @@ def test_limit_is_noise_factor_times_block_noise_plus_floor():
     perturbed[3] = 1e-3
     limit, noise = calibrated_limits(reference, candidate, [perturbed])
     assert noise == pytest.approx(1e-3)
-    np.testing.assert_allclose(limit, NOISE_FACTOR * 1e-3)
+    floor = ABSOLUTE_FLOOR_ROUNDOFFS * 2.0**-24  # (the block's largest value is 0)
+    np.testing.assert_allclose(limit, NOISE_FACTOR * 1e-3 + floor)
 
 
 def test_largest_of_several_draws_counts():
@@ -66,6 +73,14 @@ def test_limit_used_reports_the_margin():
     assert result.passed and result.criterion == "calibrated"
     assert 0.1 < result.limit_used < 0.5
     assert "of the limit" in result.line() and "rounding noise" in result.line()
+
+
+def test_values_rounded_on_an_absolute_grid_may_move_by_a_step():
+    """sigmoid(−12) comes out of onnxruntime as a multiple of 2^-23: the fold may move it by
+    one such step although that is 1 % of the value."""
+    reference = np.full(BLOCK, 70 * 2.0**-23, np.float32)
+    stepped = reference + np.float32(2.0**-23)
+    assert compare("cpu", "score", reference, stepped, perturbed=[reference]).passed
 
 
 def test_nothing_changed_allows_only_rounding_of_the_output():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..model_io import all_tensors
+from ..graph_view import subgraphs
 from ..tensor_data import (
     DataFile,
     disk_span,
@@ -45,19 +45,54 @@ _UNSIGNED: dict[int, Any] = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 def changed_tensors(
     reference: onnx.ModelProto, candidate: onnx.ModelProto
-) -> list[onnx.TensorProto]:
-    """The candidate's floating-point tensors (initializers and tensor attributes, in every
-    graph) that the reference does not hold under the same name with the same contents."""
-    known = _by_name(reference)
-    return [
-        tensor
-        for tensor in all_tensors(candidate)
-        if tensor.data_type in FLOAT_TYPES and not _same(known.get(tensor.name), tensor)
-    ]
+) -> dict[str, onnx.TensorProto]:
+    """The candidate's floating-point constants (initializers and Constant nodes, in every
+    graph, by the name nodes read them under) that the reference does not hold under that name
+    with the same contents. Constants that set shapes (Resize and Upsample scales, Range bounds)
+    are left out: moving those by rounding changes shapes, not values."""
+    known = _constants(reference)
+    shaping = _shape_setting_names(candidate.graph)
+    return {
+        name: tensor
+        for name, tensor in _constants(candidate).items()
+        if tensor.data_type in FLOAT_TYPES
+        and name not in shaping
+        and not _same(known.get(name), tensor)
+    }
 
 
-def _by_name(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {tensor.name: tensor for tensor in all_tensors(model) if tensor.name}
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The model's constant tensors by the name nodes read them under."""
+    found: dict[str, onnx.TensorProto] = {}
+
+    def collect(graph: onnx.GraphProto) -> None:
+        for tensor in graph.initializer[:]:
+            found[tensor.name] = tensor
+        for node in graph.node[:]:
+            if node.op_type == "Constant" and node.output and node.domain in ("", "ai.onnx"):
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.TENSOR:
+                        found[node.output[0]] = attr.t
+            for _, sub in subgraphs(node):
+                collect(sub)
+
+    collect(model.graph)
+    return found
+
+
+# Inputs whose values set a shape: (op type, input positions).
+SHAPE_SETTING = {"Resize": (1, 2, 3), "Upsample": (1,), "Range": (0, 1, 2)}
+
+
+def _shape_setting_names(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node[:]:
+        for index in SHAPE_SETTING.get(node.op_type, ()):
+            if index < len(node.input):
+                names.add(node.input[index])
+        for _, sub in subgraphs(node):
+            names |= _shape_setting_names(sub)
+    return names
 
 
 def _same(old: onnx.TensorProto | None, new: onnx.TensorProto) -> bool:
@@ -200,7 +235,7 @@ _FACTOR_WIDTH: dict[int, float] = {
 
 @contextlib.contextmanager
 def inputs_moved_by_rounding(
-    model: onnx.ModelProto, consumed: list[onnx.TensorProto], seed: int = 0
+    model: onnx.ModelProto, consumed: dict[str, onnx.TensorProto], seed: int = 0
 ) -> Iterator[int]:
     """Within the block, every node of the main graph that reads a `consumed` tensor (the
     BatchNormalization, Mul or Add the fold removed, and the layer whose old weights it read)
@@ -210,7 +245,11 @@ def inputs_moved_by_rounding(
     common offset cancels in its sums). The graph is put back afterwards. Yields how many
     inputs were moved."""
     graph = model.graph
-    widths = {t.name: _FACTOR_WIDTH[t.data_type] for t in consumed if t.data_type in _FACTOR_WIDTH}
+    widths = {
+        name: _FACTOR_WIDTH[t.data_type]
+        for name, t in consumed.items()
+        if t.data_type in _FACTOR_WIDTH
+    }
     constant = {t.name for t in graph.initializer} | {
         out for node in graph.node if node.op_type == "Constant" for out in node.output
     }

@@ -42,7 +42,7 @@ class ModelSources:
         reference: onnx.ModelProto | Path,
         candidate: onnx.ModelProto | Path,
         models: dict[str, onnx.ModelProto],
-        changed: dict[str, list[onnx.TensorProto]],
+        changed: dict[str, dict[str, onnx.TensorProto]],
     ) -> None:
         self.sources = {"reference": reference, "candidate": candidate}
         self.models = models  # "reference", "candidate": the ModelProtos (on-disk tensors allowed)
@@ -78,7 +78,7 @@ class ModelSources:
         spill = self._folder() if holds_data_on_disk(model) else None
         with (
             DataFile(spill) if spill else contextlib.nullcontext() as data,
-            weights_moved_by_rounding(self.changed[role], seed=draw, spill=data),
+            weights_moved_by_rounding(list(self.changed[role].values()), seed=draw, spill=data),
         ):
             return self._encoded(model, name)
 
@@ -87,11 +87,12 @@ class ModelSources:
         memory would grow by each new value: protobuf frees a message's memory only with the
         message); None where that cannot be done (weights outside the main graph's
         initializers, on disk, or a model over 2 GB)."""
-        replaced = moved_raw_data(self.changed["candidate"], seed=draw)
+        written = self.changed["candidate"]
+        replaced = moved_raw_data(list(written.values()), seed=draw)
         if replaced is None or holds_data_on_disk(model) or not fits_in_one_protobuf(model):
             return None
         names = {t.name for t in model.graph.initializer}
-        if any(t.name not in names for t in self.changed["candidate"]):
+        if any(t.name not in names or t.name != name for name, t in written.items()):
             return None
         encoding = Encoding(model, replaced=replaced)
         if encoding.whole:

@@ -251,6 +251,8 @@ def command(
         output = None
     _check_target(output)
     _check_target(report_path)
+    if output is not None:
+        _check_data_target(data_file_for(output))
     if output is not None and report_path is not None and _same(output, report_path):
         raise InputError(report_path, "is also the output model; give the report another path")
     if output is not None and report_path is not None and _same(data_file_for(output), report_path):
@@ -375,6 +377,12 @@ def _check_target(path: Path | None) -> None:
         raise InputError(path, f"its folder '{parent}' does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(path, f"its folder '{parent}' is not writable")
+
+
+def _check_data_target(path: Path) -> None:
+    """OUT.data, if OUT gets one, replaces what is there: only a regular file may be."""
+    if path.exists() and not path.is_file():
+        raise InputError(path, "(the output's data file) exists and is not a regular file")
 
 
 def _size(path: Path) -> str:

@@ -156,16 +156,12 @@ def parse_model(data: bytes, path: Path | None = None) -> onnx.ModelProto:
 
 
 def _check_names_decode(graph: onnx.GraphProto, path: Path | None) -> None:
-    """The main graph's input and output names must be UTF-8 (protobuf parses the bytes, and
-    fails only when a name is read: the names most read are checked once, here)."""
+    """The main graph's input and output names must be UTF-8 text (protobuf parses any bytes,
+    and hands back a name that is not UTF-8 as `bytes`, which later string work trips over)."""
     for kind, infos in (("input", graph.input), ("output", graph.output)):
-        for index, info in enumerate(infos):
-            try:
-                info.name  # noqa: B018 (reading is the check)
-            except UnicodeDecodeError:
-                raise InputError(
-                    path, f"graph {kind} {index} has a name that is not valid UTF-8"
-                ) from None
+        for index, info in enumerate(infos[:]):
+            if not isinstance(info.name, str):
+                raise InputError(path, f"graph {kind} {index} has a name that is not valid UTF-8")
 
 
 def check_model_structure(model: onnx.ModelProto, path: Path | None = None) -> None:

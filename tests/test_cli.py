@@ -353,3 +353,22 @@ def test_a_signal_during_validation_removes_temporary_files(tmp_path, signum):
     assert "Traceback" not in stderr
     assert list(out.parent.iterdir()) == []
     assert list(scratch.iterdir()) == []
+
+
+def test_a_fifo_where_out_data_goes_is_refused(tmp_path):
+    out = tmp_path / "o.onnx"
+    os.mkfifo(tmp_path / "o.onnx.data")
+    proc = bnfold(RESNET, "-o", out, "--no-validate")
+    assert_clean_failure(proc, 2, mentions="(the output's data file) exists and is not a regular")
+    assert not out.exists()
+
+
+def test_a_name_that_is_not_utf8_is_a_bad_input(tmp_path):
+    model = onnx.load(RESNET)
+    model.graph.output[0].name = "logitsXX"
+    for node in model.graph.node:
+        node.output[:] = ["logitsXX" if o == "logits" else o for o in node.output]
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"logitsXX", b"logits\xff\xfe"))
+    proc = bnfold(path, "-o", tmp_path / "o.onnx")
+    assert_clean_failure(proc, 2, mentions="graph output 0 has a name that is not valid UTF-8")

@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -26,9 +27,9 @@ import click
 from . import __version__
 from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, ValidationFailed
 from .fold import collector_paused, fold_in_place
-from .model_io import data_file_for, load_model_and_sources, save_model, write_file_atomically
+from .model_io import data_file_for, load_model_and_sources, save_model
 from .records import FoldResult
-from .tensor_data import DataFile
+from .tensor_data import DataFile, umask
 from .validation import ProviderRequest, ValidationReport, parse_provider_options, validate
 
 EXIT_INTERNAL = 3
@@ -318,17 +319,22 @@ def command(
         ):
             console.out("WARNING | validation options have no effect with --no-validate")
         passed = validation is None or validation.passed
-        if passed and output is not None and not dry_run:
-            console.progress(f"saving {output}")
-            # an input with external data keeps it (in OUT.data); otherwise only when over 2 GB
-            external = True if len(sources) > 1 else None
-            save_model(result.model, output, external_data=external, data_file=spill)
-            console.progress_done()
-    elapsed = time.perf_counter() - started
-    console.out(_summary(result, elapsed, validation, dry_run or output is None))
-    written = passed and output is not None and not dry_run
-    if report_path is not None:
-        _write_report(report_path, model, output, result, validation, elapsed, written)
+        written = passed and output is not None and not dry_run
+        elapsed = time.perf_counter() - started
+        # the report is written first, under a temporary name, and put in place once OUT is:
+        # a report that cannot be written stops the run before OUT is
+        report = None
+        if report_path is not None:
+            report = _report_text(model, output, result, validation, elapsed, written)
+        with _StagedFile(report_path, report) as staged_report:
+            if written:
+                console.progress(f"saving {output}")
+                # an input with external data keeps it (in OUT.data); else only when over 2 GB
+                external = True if len(sources) > 1 else None
+                save_model(result.model, output, external_data=external, data_file=spill)
+                console.progress_done()
+            staged_report.publish(written_with=output if written else None)
+    console.out(_summary(result, time.perf_counter() - started, validation, dry_run or not output))
     if not passed:
         ran = any(p.outputs for p in validation.providers)
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
@@ -427,7 +433,7 @@ def _summary(
     return " | ".join(parts)
 
 
-def _write_report(path, model, output, result, validation, elapsed, written: bool) -> None:
+def _report_text(model, output, result, validation, elapsed, written: bool) -> bytes:
     report = {
         "bnfold": __version__,
         "input": str(model),
@@ -437,11 +443,56 @@ def _write_report(path, model, output, result, validation, elapsed, written: boo
         "seconds": round(elapsed, 4),
         "validation": None if validation is None else validation.to_dict(),
     }
-    text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
-    try:
-        write_file_atomically(path, text.encode())
-    except OSError as exc:
-        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
+    return (json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n").encode()
+
+
+class _StagedFile:
+    """`payload` written to a temporary file next to `path` on entry (an `InputError` if it
+    cannot be), put in place by `publish`, removed if the block ends without it. With no path,
+    nothing."""
+
+    def __init__(self, path: Path | None, payload: bytes | None) -> None:
+        self.path, self.payload = path, payload
+        self.temporary: str | None = None
+
+    def __enter__(self) -> _StagedFile:
+        if self.path is None or self.payload is None:
+            return self
+        try:
+            descriptor, self.temporary = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(self.payload)
+        except OSError as exc:
+            self._remove()
+            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
+        return self
+
+    def publish(self, written_with: Path | None) -> None:
+        """Put the file in place; if that fails, the model `written_with` (just written) is
+        removed too, so that a failed run leaves nothing new."""
+        if self.temporary is None or self.path is None:
+            return
+        try:
+            os.chmod(self.temporary, 0o666 & ~umask())
+            os.replace(self.temporary, self.path)
+            self.temporary = None
+        except OSError as exc:
+            if written_with is not None:
+                for path in (written_with, data_file_for(written_with)):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
+
+    def __exit__(self, *exc_info) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        if self.temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temporary)
+            self.temporary = None
 
 
 def _json_safe(value):

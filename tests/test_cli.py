@@ -372,3 +372,20 @@ def test_a_name_that_is_not_utf8_is_a_bad_input(tmp_path):
     path.write_bytes(model.SerializeToString().replace(b"logitsXX", b"logits\xff\xfe"))
     proc = bnfold(path, "-o", tmp_path / "o.onnx")
     assert_clean_failure(proc, 2, mentions="graph output 0 has a name that is not valid UTF-8")
+
+
+def test_a_report_that_cannot_be_written_stops_the_run_before_out(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import bnfold.cli
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bnfold.cli.tempfile, "mkstemp", full_disk)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    with pytest.raises(SystemExit) as exit_status:
+        bnfold.cli.main([str(RESNET), "-o", str(out), "--report", str(report), "--no-validate"])
+    assert exit_status.value.code == 2
+    assert "r.json: cannot be written (No space left on device)" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

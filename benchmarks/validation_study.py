@@ -137,7 +137,7 @@ def study(path: Path, seeds: list[int], providers: str, layers: int) -> dict:
 
 
 def _warned(row: dict) -> str:
-    said = {w.split(":")[0] for c in row["correct"] for w in c["warnings"]}
+    said = {w.split(" (")[0] for c in row["correct"] for w in c["warnings"]}
     return "; ".join(sorted(said)) or "-"
 
 

@@ -512,16 +512,12 @@ def save_model(
     written: list[Path] = []
     try:
         if external_data:
-            written.append(_write_external_data(model, data_file_for(path), data_file))
-            write_file_atomically(path, model.SerializeToString())
+            written.extend(_write_with_external_data(model, path, data_file))
         else:
             with atomic_file(path) as handle:
                 handle.writelines(encoding.pieces())
-        written.insert(0, path)
+            written.insert(0, path)
     except OSError as exc:
-        for file in written:
-            with contextlib.suppress(OSError):
-                file.unlink()
         raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
     except (EncodeError, ValueError) as exc:  # protobuf refuses to serialize > 2 GB
         raise InputError(path, f"cannot be written ({exc})") from None
@@ -570,35 +566,93 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             os.unlink(temporary)
 
 
-def write_file_atomically(path: Path, payload: bytes) -> None:
-    with atomic_file(path) as handle:
-        handle.write(payload)
-
-
-def _write_external_data(
-    model: onnx.ModelProto, data_path: Path, data_file: tensor_data.DataFile | None = None
-) -> Path:
-    """Move every tensor of at least EXTERNAL_THRESHOLD bytes (by its dims and type: measuring
-    its encoding would copy its data once more) into one data file, `data_path`: `data_file`,
-    if the fold already put tensors there, else a new one. String tensors stay in the model
-    (external data holds raw bytes, which strings have not); smaller tensors left on disk by a
-    lazy load are read into the model."""
-    location = data_path.name
+def _write_with_external_data(
+    model: onnx.ModelProto, path: Path, data_file: tensor_data.DataFile | None
+) -> list[Path]:
+    """OUT and OUT.data, both written under temporary names first and put in place together:
+    if either cannot be, the OUT and OUT.data that were there stay exactly as they were (the
+    old data file is renamed aside, and back if the model cannot follow the new one)."""
+    data_path = data_file_for(path)
     with contextlib.ExitStack() as stack:
         if data_file is None:
-            data_file = stack.enter_context(tensor_data.DataFile(data_path.parent))
-        for tensor in all_tensors(model):
-            kind = tensor.data_type
-            if (
-                kind == _STRING
-                or _ITEMSIZE.get(kind, 1) * math.prod(tensor.dims[:]) < EXTERNAL_THRESHOLD
-            ):
-                tensor_data.load_into_model([tensor])
-                continue
-            if not tensor.HasField("raw_data") and not tensor_data.is_on_disk(tensor):
-                # typed fields (float_data, ...) -> raw bytes
-                tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
-            offset, length = data_file.take(tensor)
-            tensor_data.point_to_file(tensor, location, offset, length)
-        data_file.publish(data_path)
-    return data_path
+            data_file = stack.enter_context(tensor_data.DataFile(path.parent))
+        _move_into_data_file(model, data_path.name, data_file)
+        staged = stack.enter_context(_StagedFile(path))
+        staged.handle.write(model.SerializeToString())
+        staged.handle.close()
+        aside = _renamed_aside(data_path)
+        try:
+            data_file.publish(data_path)
+            staged.commit()
+        except BaseException:
+            if data_file.published:
+                with contextlib.suppress(OSError):
+                    os.unlink(data_path)
+            if aside is not None:
+                os.replace(aside, data_path)
+            raise
+        if aside is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+    return [path, data_path]
+
+
+def _renamed_aside(path: Path) -> Path | None:
+    """Rename an existing `path` to a fresh name beside it (None if there is nothing)."""
+    if not os.path.lexists(path):
+        return None
+    descriptor, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old")
+    os.close(descriptor)
+    os.replace(path, aside)
+    return Path(aside)
+
+
+class _StagedFile:
+    """A new file in `path`'s folder (random name, created exclusively) that `commit` puts in
+    place; removed if the block ends without that."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        descriptor, self.temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+        os.fchmod(descriptor, 0o666 & ~tensor_data.umask())
+        self.handle = os.fdopen(descriptor, "wb")
+        self.committed = False
+
+    def commit(self) -> None:
+        self.handle.close()
+        os.replace(self.temporary, self.path)
+        self.committed = True
+
+    def __enter__(self) -> _StagedFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.handle.close()
+        if not self.committed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temporary)
+
+
+def _move_into_data_file(
+    model: onnx.ModelProto, location: str, data_file: tensor_data.DataFile
+) -> None:
+    """Move every tensor of at least EXTERNAL_THRESHOLD bytes (by its dims and type: measuring
+    its encoding would copy its data once more) into `data_file` (which the fold may already
+    have put tensors in), each pointing at `location`. String tensors stay in the model
+    (external data holds raw bytes, which strings have not); smaller tensors left on disk by a
+    lazy load are read into the model."""
+    for tensor in all_tensors(model):
+        kind = tensor.data_type
+        if (
+            kind == _STRING
+            or _ITEMSIZE.get(kind, 1) * math.prod(tensor.dims[:]) < EXTERNAL_THRESHOLD
+        ):
+            tensor_data.load_into_model([tensor])
+            continue
+        if not tensor.HasField("raw_data") and not tensor_data.is_on_disk(tensor):
+            # typed fields (float_data, ...) -> raw bytes
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+        offset, length = data_file.take(tensor)
+        tensor_data.point_to_file(tensor, location, offset, length)

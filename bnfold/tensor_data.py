@@ -269,6 +269,11 @@ class DataFile:
             return offset, length
         return self._append(tensor.raw_data)
 
+    @property
+    def published(self) -> bool:
+        """Whether `publish` put the file in place."""
+        return self._published
+
     def publish(self, target: Path) -> None:
         """Put the file in place as `target` (replacing any file there)."""
         try:

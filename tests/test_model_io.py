@@ -62,6 +62,34 @@ def test_save_with_external_data_writes_one_file_named_after_output(tmp_path):
     assert_same_function(onnx.load(RESNET), onnx.load(out))
 
 
+@pytest.mark.parametrize("failing", ["model", "data"])
+def test_a_failed_save_leaves_the_earlier_out_and_out_data_as_they_were(
+    tmp_path, monkeypatch, failing
+):
+    """A full disk when OUT (or OUT.data) is put in place: the earlier pair stays, byte for
+    byte, and loads (a server may hold the old data file open)."""
+    out = tmp_path / "o.onnx"
+    bnfold.save_model(onnx.load(RESNET), out, external_data=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+    target = out if failing == "model" else tmp_path / "o.onnx.data"
+
+    failed = []
+
+    def full_disk(source, destination):  # the first write in place fails; moving back works
+        if str(destination) == str(target) and not failed:
+            failed.append(destination)
+            raise OSError(28, "No space left on device")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(bnfold.InputError, match="No space left on device"):
+        bnfold.save_model(bnfold.fold(RESNET).model, out, external_data=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert_same_function(onnx.load(RESNET), onnx.load(out))
+
+
 def test_external_data_chosen_automatically_over_the_protobuf_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # stands in for 2 GB
     bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx")

@@ -284,14 +284,62 @@ def _initializer_size_mismatch(initializers: Iterable[onnx.TensorProto]) -> str 
     type make, described (tensors whose data is still in an external file are not read)."""
     external = onnx.TensorProto.EXTERNAL
     for tensor in initializers:
+        if tensor.data_type not in _KNOWN_TYPES:
+            return f"initializer '{tensor.name}' has an unknown data type {tensor.data_type}"
         size = None  # not known: a type of no fixed size, typed fields or external data
         if tensor.data_type in _ITEMSIZE and tensor.data_location != external:
             size = len(tensor.raw_data)
             if not size and not tensor.HasField("raw_data"):
                 size = None
         problem = _shape_problem(tensor, size, "initializer", "holds")
+        if problem is None and tensor.data_location != external and not tensor.raw_data:
+            problem = _typed_fields_problem(tensor)
         if problem:
             return problem
+    return None
+
+
+_KNOWN_TYPES = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+_T = onnx.TensorProto
+# The typed field each element type keeps its values in, and how many entries an element takes.
+_TYPED_FIELDS = {
+    _T.FLOAT: ("float_data", 1),
+    _T.COMPLEX64: ("float_data", 2),
+    _T.DOUBLE: ("double_data", 1),
+    _T.COMPLEX128: ("double_data", 2),
+    _T.INT64: ("int64_data", 1),
+    _T.UINT32: ("uint64_data", 1),
+    _T.UINT64: ("uint64_data", 1),
+    _T.STRING: ("string_data", 1),
+    **{
+        kind: ("int32_data", 1)
+        for kind in (
+            _T.INT32,
+            _T.INT16,
+            _T.INT8,
+            _T.UINT16,
+            _T.UINT8,
+            _T.BOOL,
+            _T.FLOAT16,
+            _T.BFLOAT16,
+        )
+    },
+}
+
+
+def _typed_fields_problem(tensor: onnx.TensorProto) -> str | None:
+    """Values kept in typed fields (`float_data`, ...) that are not as many as the dims make."""
+    field = _TYPED_FIELDS.get(tensor.data_type)
+    if field is None:  # (packed and 8-bit float types: not checked here)
+        return None
+    name, per_element = field
+    count = len(getattr(tensor, name))
+    expected = per_element * math.prod(tensor.dims[:])
+    if count != expected:
+        return (
+            f"initializer '{tensor.name}' declares shape {tensor.dims[:]} but holds "
+            f"{count} values in {name}"
+        )
     return None
 
 
@@ -433,7 +481,12 @@ def _external_span(tensor: onnx.TensorProto, base: Path, path: Path) -> tuple[Pa
         raise InputError(
             path, f"external data of tensor '{tensor.name}' has a malformed offset or length"
         ) from None
-    available = data_path.stat().st_size - offset
+    try:
+        available = data_path.stat().st_size - offset
+    except OSError as exc:
+        raise InputError(
+            path, f"external data of tensor '{tensor.name}' cannot be read ({exc.strerror})"
+        ) from None
     if offset < 0 or available < 0 or (length is not None and length > available):
         raise InputError(
             path, f"external data of tensor '{tensor.name}' lies beyond the end of {location}"
@@ -449,6 +502,15 @@ def _check_external_size(tensor: onnx.TensorProto, length: int, path: Path) -> N
 
 
 def _safe_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
+    try:
+        return _checked_data_path(base, location, path, tensor)
+    except OSError as exc:  # a name too long for the file system, ...
+        raise InputError(
+            path, f"external data of tensor '{tensor}' cannot be read ({exc.strerror or exc})"
+        ) from None
+
+
+def _checked_data_path(base: Path, location: str, path: Path, tensor: str) -> Path:
     if not location:
         raise InputError(path, f"tensor '{tensor}' has external data without a location")
     relative = Path(location)

@@ -265,3 +265,37 @@ def test_external_data_keeps_string_tensors_inline_and_typed_ones_exact(tmp_path
     back = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
     assert list(back["s"]) == [w.encode() for w in words] or list(back["s"]) == list(words)
     assert np.array_equal(back["f"], floats)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "problem"),
+    [
+        (lambda t: t.float_data.extend([1.0, 2.0, 3.0]), "but holds 3 values in float_data"),
+        (lambda t: setattr(t, "data_type", 77), "has an unknown data type 77"),
+        (lambda t: setattr(t, "data_type", 0), "has an unknown data type 0"),
+    ],
+)
+def test_typed_field_data_that_does_not_match_the_shape_is_refused(tmp_path, spoil, problem):
+    model = onnx.load(RESNET)
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    spoil(weight)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(bnfold.InputError, match=problem):
+        bnfold.fold(path)
+
+
+@pytest.mark.parametrize("location", ["a" * 300, "/".join(["b" * 200] * 30)])
+def test_external_data_locations_too_long_for_the_file_system_are_refused(tmp_path, location):
+    model = onnx.load(RESNET)
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(bnfold.InputError, match=f"tensor '{weight.name}' cannot be read"):
+        bnfold.load_model(path)

@@ -286,11 +286,14 @@ def benchmark_models(quick: bool, big: bool = False) -> dict[str, callable]:
             "chain 6k nodes": lambda: models.chain(2000),
             "chain 12k nodes": lambda: models.chain(4000),
             "resnet-50-like": lambda: models.resnet_like(16, (3, 4, 6, 3)),
+            "If × 2,500": lambda: models.many_subgraphs(2500),
         }
     return {
         "chain 12k nodes": lambda: models.chain(4000),
         "chain 24k nodes": lambda: models.chain(8000),
         "chain 48k nodes": lambda: models.chain(16000),
+        "If × 5,000": lambda: models.many_subgraphs(5000),
+        "If × 20,000": lambda: models.many_subgraphs(20000),
         "ResNet-152 (230 MB)": lambda: models.resnet_like(64, (3, 8, 36, 3)),
         EFFECT_MODEL: lambda: models.resnet_like(128, (3, 4, 23, 3)),
         **({BIG: lambda: models.resnet_like(300, (3, 4, 23, 3))} if big else {}),

@@ -3,6 +3,8 @@
 - `chain(n)`: n × (Conv 3×3 → BatchNormalization → Relu), 8 channels: many small nodes.
 - `resnet_like(mid_width, stages)`: bottleneck ResNets with real sizes: few big tensors
   (ResNet-152 ~230 MB; Wide-ResNet-101-2 ~500 MB).
+- `many_subgraphs(n)`: n `If` nodes, each branch a Conv → BatchNormalization reading the main
+  graph's input and weights: the cost of subgraphs (each sees the names of all around it).
 """
 
 from __future__ import annotations
@@ -102,3 +104,32 @@ def resnet_like(mid_width: int = 64, stages=(3, 8, 36, 3)) -> onnx.ModelProto:
             nodes.append(helper.make_node("Relu", [f"{prefix}.sum"], [f"{prefix}.out"]))
             x, c_in = f"{prefix}.out", out
     return _model(nodes, inits, [1, 3, 64, 64], x, f"resnet_like_w{mid_width}")
+
+
+def many_subgraphs(count: int, channels: int = 4) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(True), "cond")]
+    nodes = []
+    for i in range(count):
+        branch_nodes, branch_inits = [], []
+        out = _conv_bn(
+            rng, branch_nodes, branch_inits, "x", channels, channels, 1, f"s{i}", relu=False
+        )
+        then = helper.make_graph(
+            branch_nodes,
+            f"then{i}",
+            [],
+            [helper.make_tensor_value_info(out, 1, None)],
+            branch_inits,
+        )
+        other = helper.make_graph(
+            [helper.make_node("Identity", ["x"], [f"s{i}.e"])],
+            f"else{i}",
+            [],
+            [helper.make_tensor_value_info(f"s{i}.e", 1, None)],
+        )
+        nodes.append(
+            helper.make_node("If", ["cond"], [f"y{i}"], then_branch=then, else_branch=other)
+        )
+    nodes.append(helper.make_node("Sum", [f"y{i}" for i in range(count)], ["out"]))
+    return _model(nodes, inits, [1, channels, 4, 4], "out", f"subgraphs{count}")

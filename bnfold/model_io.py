@@ -217,9 +217,11 @@ def _uses_default_domain(graph: onnx.GraphProto) -> bool:
     return any(node.domain in ONNX_DOMAINS for node in graph.node)
 
 
-def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | None:
+def _first_undefined_input(graph: onnx.GraphProto, outer: Collection[str]) -> str | None:
     """A dangling name, a duplicate definition, an initializer whose data does not match its
-    dims, or a cycle, described; None if every read has exactly one source.
+    dims, or a cycle, described; None if every read has exactly one source. `outer`: the names
+    the enclosing graphs define (looked up, never copied: a model with thousands of subgraphs
+    is checked in linear time).
 
     Graphs that are merely out of topological order are accepted (onnxruntime runs them)."""
     nodes = graph.node
@@ -232,20 +234,21 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
     if problem:
         return problem
     given.update(t.values.name for t in graph.sparse_initializer)
-    defined = given | outer
-    so_far = set(defined)
-    defined.update(name for names in writes for name in names if name)
+    so_far = set(given)
+    local = given
+    local.update(name for names in writes for name in names if name)
+    defined = _Scope(local, outer)
     in_order = True
     holders = set(nodes_with_subgraphs(nodes))
     for index, names in enumerate(reads):
         if index in holders:  # what its subgraphs read of this graph is read here too
             names = names + [n for _, sub in subgraphs(nodes[index]) for n in outer_references(sub)]
-        if not so_far.issuperset(names):
-            for name in names:
-                if name and name not in defined:
-                    label = node_label(nodes[index])
-                    return f"node '{label}' reads '{name}', which nothing defines"
-            in_order = in_order and so_far.issuperset(name for name in names if name)
+        for name in names:
+            if not name or name in so_far or name in outer:
+                continue
+            if name not in local:
+                return f"node '{node_label(nodes[index])}' reads '{name}', which nothing defines"
+            in_order = False
         so_far.update(writes[index])
     for index in sorted(holders):
         for _, sub in subgraphs(nodes[index]):
@@ -256,6 +259,23 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: set[str]) -> str | Non
         if output.name not in defined:
             return f"graph output '{output.name}' is not computed by the graph"
     return None if in_order else _cycle(graph)
+
+
+class _Scope(Collection[str]):
+    """The names a graph defines, then those of the graphs around it (membership only)."""
+
+    def __init__(self, local: set[str], outer: Collection[str]) -> None:
+        self.local, self.outer = local, outer
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.local or name in self.outer
+
+    def __iter__(self):
+        yield from self.local
+        yield from self.outer
+
+    def __len__(self) -> int:
+        return len(self.local) + len(self.outer)
 
 
 def _duplicate_definition(

@@ -24,6 +24,15 @@ def test_chain_model_folds_every_batchnorm():
     assert_same_function(model, result.model)
 
 
+def test_many_subgraphs_model_folds_every_batchnorm():
+    model = benchmark_models.many_subgraphs(3)
+    onnx.checker.check_model(model, full_check=True)
+    result = bnfold.fold(model)
+    assert (len(result.folded), len(result.skipped)) == (3, 0)
+    assert all(record.graph for record in result.folded)  # inside the If branches
+    assert_same_function(model, result.model)
+
+
 def test_resnet_like_model_folds_every_batchnorm():
     model = benchmark_models.resnet_like(8, (1, 1, 1, 1))
     onnx.checker.check_model(model, full_check=True)

@@ -302,6 +302,12 @@ def _skip_all(graph: onnx.GraphProto, context: _Context, path: str, reason: str)
             _skip_all(sub, context, f"{path}/{node_label(node)}.{attr_name}", reason)
 
 
+def _plain_message(exc: BaseException) -> str:
+    """An exception's message for a user: its first line, without the exception's type."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "unreadable"
+
+
 def _fold_one(
     view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
 ) -> Folded | Skipped:
@@ -317,7 +323,7 @@ def _fold_one(
     except ANALYSIS_ERRORS as exc:
         # Malformed attributes or tensors (e.g. dims that do not match the data): when in doubt,
         # do not fold.
-        decision = f"it could not be analysed ({type(exc).__name__}: {exc})"
+        decision = f"its attributes or constants are malformed ({_plain_message(exc)})"
     if isinstance(forward, tuple):
         return _apply_forward(forward, view, index, context, vanished, maybe_dead)
     if isinstance(decision, str):

@@ -200,4 +200,4 @@ def test_malformed_epsilon_is_left_to_the_general_path():
     pair[1].attribute.append(helper.make_attribute("epsilon", "tiny"))
     result = bnfold.fold(_model_of(pair, inits, "p_n"))
     (skipped,) = result.skipped
-    assert "could not be analysed" in skipped.reason
+    assert "attributes or constants are malformed" in skipped.reason

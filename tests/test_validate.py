@@ -150,19 +150,17 @@ def test_constants_are_matched_by_the_name_they_are_read_under_and_shapes_never_
 
 def test_moving_the_original_s_inputs_leaves_the_model_as_it_was():
     model = cancelling_model()
+    conv = model.graph.node[0]  # a caller's handle on a node stays valid
     before = model.SerializeToString()
     consumed = changed_tensors(bnfold.fold(model).model, model)
     with inputs_moved_by_rounding(model, consumed, seed=3) as moved:
         assert moved == 2  # the Conv's input and the BatchNormalization's
-        assert [n.op_type for n in model.graph.node] == [
-            "RandomUniformLike",
-            "Mul",
-            "Conv",
-            "RandomUniformLike",
-            "Mul",
-            "BatchNormalization",
-        ]
+        ops = [n.op_type for n in model.graph.node]
+        assert ops == ["Conv", "BatchNormalization", *["RandomUniformLike", "Mul"] * 2]
+        assert conv.input[0] == "x__bnfold_moved0"
     assert model.SerializeToString() == before
+    conv.name = "renamed"
+    assert model.graph.node[0].name == "renamed"
 
 
 def two_scales(dtype=np.float32) -> onnx.ModelProto:

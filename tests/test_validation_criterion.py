@@ -7,11 +7,12 @@ import pytest
 
 from bnfold.validation import Tolerance, compare
 from bnfold.validation.criterion import (
-    ABSOLUTE_FLOOR_ROUNDOFFS,
     BLOCK,
     NOISE_FACTOR,
     block_max,
     calibrated_limits,
+    on_absolute_grid,
+    trailing_zero_bits,
 )
 from bnfold.validation.perturb import one_ulp_moved
 
@@ -34,8 +35,7 @@ def test_limit_is_noise_factor_times_block_noise_plus_floor():
     perturbed[3] = 1e-3
     limit, noise = calibrated_limits(reference, candidate, [perturbed])
     assert noise == pytest.approx(1e-3)
-    floor = ABSOLUTE_FLOOR_ROUNDOFFS * 2.0**-24  # (the block's largest value is 0)
-    np.testing.assert_allclose(limit, NOISE_FACTOR * 1e-3 + floor)
+    np.testing.assert_allclose(limit, NOISE_FACTOR * 1e-3)  # (zeros: no floor)
 
 
 def test_largest_of_several_draws_counts():
@@ -76,11 +76,32 @@ def test_limit_used_reports_the_margin():
 
 
 def test_values_rounded_on_an_absolute_grid_may_move_by_a_step():
-    """sigmoid(−12) comes out of onnxruntime as a multiple of 2^-23: the fold may move it by
-    one such step although that is 1 % of the value."""
-    reference = np.full(BLOCK, 70 * 2.0**-23, np.float32)
-    stepped = reference + np.float32(2.0**-23)
+    """sigmoid(−10) comes out of onnxruntime as a multiple of 2^-25: the fold may move it by a
+    few 2^-23 although that is 0.3 % of the value."""
+    reference = (np.arange(1400, 1400 + BLOCK) * 2.0**-25).astype(np.float32)
+    stepped = reference + np.float32(2.0**-22)
     assert compare("cpu", "score", reference, stepped, perturbed=[reference]).passed
+
+
+def test_small_values_off_by_a_percent_fail_though_below_an_ulp_of_one():
+    rng = np.random.default_rng(4)
+    reference = (rng.standard_normal(256) * 1e-6).astype(np.float32)
+    wrong = (reference * np.float32(1.01)).astype(np.float32)
+    moved = (wrong * np.float32(1 + 2e-7)).astype(np.float32)  # its own rounding-level moves
+    assert not compare("cpu", "y", reference, wrong, perturbed=[moved]).passed
+    integers = np.arange(64, dtype=np.float32)  # a float output holding whole numbers
+    off_by_one = integers.copy()
+    off_by_one[7] += 1
+    assert not compare("cpu", "n", integers, off_by_one, perturbed=[off_by_one]).passed
+
+
+def test_blocks_on_an_absolute_grid_are_told_from_ordinary_values():
+    scores = (np.arange(1400, 1432) * 2.0**-25).astype(np.float32)  # sigmoid's far tail
+    assert on_absolute_grid(scores).all()
+    ordinary = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    assert not on_absolute_grid(ordinary).any()
+    assert trailing_zero_bits(np.array([0.5, 3.0, 0.0], np.float32))[:2].tolist() == [23, 22]
+    assert np.isnan(trailing_zero_bits(np.array([0.0], np.float32))[0])
 
 
 def test_nothing_changed_allows_only_rounding_of_the_output():

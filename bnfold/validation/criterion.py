@@ -21,8 +21,9 @@ on the model itself (`calibrated_limits`):
   noise, plus twice the block's gap between this provider and the CPU (TF32, fp16 engines), plus
   8 ULP of the block's largest value (the original rounds each element a few times more than the
   fold does, independently per element, and outputs of a million elements meet the tail), plus
-  2 ULP of 1.0 (sigmoid, tanh and softmax compute their outputs to that absolute precision,
-  however small the value: a score of 8e-6 moves in steps of 1.2e-7).
+  4 ULP of 1.0 where a block's values lie on an absolute grid (`on_absolute_grid`: sigmoid and
+  tanh compute their outputs to an absolute precision, however small the value: a score of 4e-5
+  comes out as a multiple of 2^-25, and moves by a few of 2^-23).
 
 A correct fold stays well below the limit (its own change is rounding-level); a wrong weight or
 bias in one channel moves some element an order of magnitude past rounding and fails.
@@ -35,6 +36,7 @@ All of it in float64.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +44,10 @@ import numpy as np
 BLOCK = 32
 NOISE_FACTOR = 6.0
 FLOOR_ROUNDOFFS = 16.0  # 8 ULP of the block's largest value
-ABSOLUTE_FLOOR_ROUNDOFFS = 4.0  # 2 ULP of 1.0: sigmoid, tanh, softmax round at that level
+# Blocks whose values come out on an absolute grid (their median has this share of its mantissa's
+# low bits zero: 5 of 23 for float32; ordinary values have about one) may move by 4 ULP of 1.0.
+GRID_BITS_SHARE = 0.25
+GRID_FLOOR_ROUNDOFFS = 8.0
 PROVIDER_GAP_FACTOR = 2.0
 
 # Explicit-tolerance defaults, used when only one of rtol/atol is given for an output.
@@ -98,6 +103,50 @@ def block_max(values: np.ndarray, block: int = BLOCK) -> np.ndarray:
     return np.repeat(maxima, block)[: flat.size].reshape(values.shape)
 
 
+# (mantissa bits, exponent mask) by element type
+_LAYOUT = {
+    "float16": (10, 0x1F),
+    "bfloat16": (7, 0xFF),
+    "float32": (23, 0xFF),
+    "float64": (52, 0x7FF),
+}
+
+
+def trailing_zero_bits(values: np.ndarray) -> np.ndarray:
+    """Per element, how many of the mantissa's low bits are zero (a value computed to an
+    absolute precision, like 1 − x, has many; an ordinary one about one); NaN for zeros,
+    non-finite values and types without a known layout."""
+    layout = _LAYOUT.get(str(values.dtype))
+    if layout is None:
+        return np.full(values.shape, np.nan)
+    mantissa_bits, exponent_mask = layout
+    unsigned = np.dtype(f"u{values.dtype.itemsize}")
+    bits = np.ascontiguousarray(values).view(unsigned).astype(np.uint64)
+    exponent = (bits >> np.uint64(mantissa_bits)) & np.uint64(exponent_mask)
+    mantissa = bits & np.uint64((1 << mantissa_bits) - 1)
+    lowest = (mantissa & (~mantissa + np.uint64(1))).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        zeros = np.where(mantissa == 0, float(mantissa_bits), np.log2(lowest))
+    usable = (exponent != exponent_mask) & ((exponent != 0) | (mantissa != 0))
+    return np.where(usable, zeros, np.nan)
+
+
+def on_absolute_grid(values: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """Per element, whether its block's values lie on an absolute grid: the block's median
+    `trailing_zero_bits` is at least `GRID_BITS_SHARE` of the mantissa."""
+    layout = _LAYOUT.get(str(values.dtype))
+    flat = trailing_zero_bits(values).reshape(-1)
+    if layout is None or flat.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    padded = np.full(-(-flat.size // block) * block, np.nan)
+    padded[: flat.size] = flat
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a block of zeros: all NaN)
+        medians = np.nanmedian(padded.reshape(-1, block), axis=1)
+    gridded = np.nan_to_num(medians, nan=0.0) >= GRID_BITS_SHARE * layout[0]
+    return np.repeat(gridded, block)[: flat.size].reshape(values.shape)
+
+
 def deviation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a − b| in float64; 0 where both hold the same non-finite value, inf where one is NaN
     or where only one is non-finite."""
@@ -138,8 +187,9 @@ def calibrated_limits(
         limit = limit + PROVIDER_GAP_FACTOR * block_max(finite_part(provider_gap))
     magnitude = finite_part(np.abs(np.asarray(reference, dtype=np.float64)))
     roundoff = unit_roundoff(reference.dtype)
-    floor = FLOOR_ROUNDOFFS * roundoff * block_max(magnitude) + ABSOLUTE_FLOOR_ROUNDOFFS * roundoff
-    limit = limit + floor
+    on_grid = on_absolute_grid(reference)
+    limit = limit + FLOOR_ROUNDOFFS * roundoff * block_max(magnitude)
+    limit = limit + np.where(on_grid, GRID_FLOOR_ROUNDOFFS * roundoff, 0.0)
     return limit, float(noise.max()) if noise.size else 0.0
 
 

@@ -233,50 +233,117 @@ _FACTOR_WIDTH: dict[int, float] = {
 }
 
 
+# Where the values entering a node's arithmetic are, for the nodes a fold replaces or rewrites:
+# moved only there (never a shape, an index or a flag another input of theirs may be).
+MOVABLE_INPUTS = {
+    "BatchNormalization": (0,),
+    "Conv": (0,),
+    "ConvTranspose": (0,),
+    "Gemm": (0, 1),
+    "MatMul": (0, 1),
+    "Mul": (0, 1),
+    "Add": (0, 1),
+    "Sub": (0, 1),
+    "Div": (0, 1),
+}
+
+
 @contextlib.contextmanager
 def inputs_moved_by_rounding(
     model: onnx.ModelProto, consumed: dict[str, onnx.TensorProto], seed: int = 0
 ) -> Iterator[int]:
-    """Within the block, every node of the main graph that reads a `consumed` tensor (the
-    BatchNormalization, Mul or Add the fold removed, and the layer whose old weights it read)
-    reads its computed inputs multiplied element-wise by a random factor within two ULP of 1
-    (`RandomUniformLike`, seeded): the original's own rounding of the values entering the
-    arithmetic the fold replaced, accumulation included (a layer whose inputs carry a large
-    common offset cancels in its sums). The graph is put back afterwards. Yields how many
-    inputs were moved."""
-    graph = model.graph
+    """Within the block, every node that reads a `consumed` tensor (the BatchNormalization, Mul
+    or Add the fold removed, and the layer whose old weights it read), in any graph, reads its
+    computed data inputs (`MOVABLE_INPUTS`) multiplied element-wise by a random factor within
+    2^-22 of 1 for float32, about two ULP (`RandomUniformLike`, seeded): the original's own
+    rounding of the values entering the arithmetic the fold replaced, accumulation included (a
+    layer whose inputs carry a large common offset cancels in its sums). The movers are appended
+    to their graph (onnxruntime sorts a graph itself) and removed afterwards, and the readers'
+    inputs renamed back: the model's messages stay the same objects. Yields how many inputs
+    were moved."""
     widths = {
         name: _FACTOR_WIDTH[t.data_type]
         for name, t in consumed.items()
         if t.data_type in _FACTOR_WIDTH
     }
-    constant = {t.name for t in graph.initializer} | {
-        out for node in graph.node if node.op_type == "Constant" for out in node.output
-    }
-    saved = graph.node[:]
-    nodes: list[onnx.NodeProto] = []
-    moved = 0
-    for node in saved:
-        width = max((widths[n] for n in node.input if n in widths), default=None)
-        if width is None:
-            nodes.append(node)
-            continue
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        for index, name in enumerate(node.input):
-            if name and name not in constant and name not in widths:
-                tag = f"__bnfold_moved{moved}"
-                nodes.extend(_mover(name, name + tag, width, seed * 7919 + moved, tag))
-                copy.input[index] = name + tag
-                moved += 1
-        nodes.append(copy)
+    edits: list[_Edit] = []
+    counter = [0]
     try:
-        del graph.node[:]
-        graph.node.extend(nodes)
-        yield moved
+        _add_movers(model.graph, widths, set(), seed, counter, edits, main=True)
+        yield counter[0]
     finally:
+        for edit in reversed(edits):
+            edit.undo()
+
+
+@dataclass
+class _Edit:
+    """Movers added to one graph, and how to take them out again."""
+
+    graph: onnx.GraphProto
+    added: int  # main graph: movers appended at the end
+    renamed: list[tuple[onnx.NodeProto, int, str]]
+    saved: list[onnx.NodeProto] | None = None  # a subgraph: its node list as it was
+
+    def undo(self) -> None:
+        if self.saved is not None:
+            del self.graph.node[:]
+            self.graph.node.extend(self.saved)
+            return
+        for node, index, name in self.renamed:
+            node.input[index] = name
+        if self.added:
+            del self.graph.node[-self.added :]
+
+
+def _add_movers(graph, widths, outer_constants, seed: int, counter, edits, main: bool) -> None:
+    """Movers for the readers of consumed tensors in `graph` and its subgraphs. In the main
+    graph they are appended (onnxruntime sorts it); a subgraph must be in order, so its node
+    list is rebuilt with each mover before its reader (and put back as it was)."""
+    constants = outer_constants | {t.name for t in graph.initializer[:]}
+    nodes = graph.node[:]
+    constants.update(out for node in nodes if node.op_type == "Constant" for out in node.output)
+    reads_consumed = any(name in widths for node in nodes for name in node.input)
+    saved = [_copy(node) for node in nodes] if reads_consumed and not main else None
+    ordered: list[onnx.NodeProto] = []
+    movers: list[onnx.NodeProto] = []
+    renamed: list[tuple[onnx.NodeProto, int, str]] = []
+    for node in nodes:
+        mine = _movers_for(node, widths, constants, seed, counter, renamed, main)
+        movers.extend(mine)
+        ordered.extend([*mine, node])
+        for _, sub in subgraphs(node):
+            _add_movers(sub, widths, constants, seed, counter, edits, main=False)
+    if main:
+        graph.node.extend(movers)
+        edits.append(_Edit(graph, len(movers), renamed))
+    elif movers:
+        edits.append(_Edit(graph, 0, [], saved))
         del graph.node[:]
-        graph.node.extend(saved)
+        graph.node.extend(ordered)
+
+
+def _movers_for(node, widths, constants, seed, counter, renamed, rename_in_place) -> list:
+    width = max((widths[n] for n in node.input if n in widths), default=None)
+    positions = MOVABLE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+    movers: list[onnx.NodeProto] = []
+    for index in positions if width is not None else ():
+        name = node.input[index] if index < len(node.input) else ""
+        if not name or name in constants or name in widths:
+            continue
+        tag = f"__bnfold_moved{counter[0]}"
+        movers.extend(_mover(name, name + tag, width, seed * 7919 + counter[0], tag))
+        if rename_in_place:
+            renamed.append((node, index, name))
+        node.input[index] = name + tag
+        counter[0] += 1
+    return movers
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def _mover(source: str, target: str, width: float, seed: int, tag: str) -> list[onnx.NodeProto]:

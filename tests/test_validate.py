@@ -413,3 +413,111 @@ def test_sequence_of_maps_compares_values_with_limits_and_keys_exactly(rng):
     report = validate(relabelled, zipmap_model(np.random.default_rng(0)), providers=["cpu"])
     assert not report.passed and report.providers[0].outputs[0].mismatches == 1
     assert report.providers[0].status == Status.FAILED
+
+
+# ----- cases found in review ------------------------------------------------------------------
+
+
+def conv_bn_then(rng, tail_nodes, tail_inits, outputs, x_shape=(1, 3, 64, 64), channels=3):
+    """x → Conv → BN (trained-looking statistics) → `tail_nodes`."""
+    params = {
+        "w": rng.standard_normal([channels, x_shape[1], 3, 3]) * 0.3,
+        "s": 1 + 0.3 * rng.standard_normal(channels),
+        "b": 0.2 * rng.standard_normal(channels),
+        "m": 0.5 * rng.standard_normal(channels),
+        "v": 0.2 + 2 * rng.uniform(size=channels),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], name="bn"),
+        *tail_nodes,
+    ]
+    inits = [tensor(k, v.astype(np.float32)) for k, v in params.items()] + list(tail_inits)
+    return make_model(nodes, [value_info("x", TensorProto.FLOAT, list(x_shape))], outputs, inits)
+
+
+def test_integer_outputs_may_flip_where_rounding_flips_them():
+    """An image generator ending in Round → Cast(uint8): a correct fold flips a few pixels by
+    one, as moving the weights by rounding does; a wrong one flips many."""
+    rng = np.random.default_rng(0)
+    tail = [
+        helper.make_node("Tanh", ["n"], ["t"]),
+        helper.make_node("Mul", ["t", "k"], ["sc"]),
+        helper.make_node("Add", ["sc", "k"], ["sh"]),
+        helper.make_node("Round", ["sh"], ["rd"]),
+        helper.make_node("Cast", ["rd"], ["img"], to=TensorProto.UINT8),
+    ]
+    out = [value_info("img", TensorProto.UINT8, [1, 3, 256, 256])]
+    model = conv_bn_then(rng, tail, [tensor("k", np.float32(127.5))], out, (1, 3, 256, 256))
+    folded = bnfold.fold(model).model
+    report = validate(model, folded, providers="cpu")
+    assert report.passed, report.lines()
+    assert report.providers[0].outputs[0].criterion in ("flips", "exact")
+    assert not validate(model, scaled_channel(folded, 1.01), providers="cpu").passed
+
+
+def test_outputs_whose_shape_depends_on_the_values_are_compared():
+    rng = np.random.default_rng(1)
+    tail = [
+        helper.make_node("Flatten", ["n"], ["f"], axis=0),
+        helper.make_node("Squeeze", ["f", "zero"], ["flat"]),
+        helper.make_node("Greater", ["flat", "thr"], ["keep"]),
+        helper.make_node("Compress", ["flat", "keep"], ["out"], axis=0),
+    ]
+    inits = [tensor("zero", np.array([0], np.int64)), tensor("thr", np.float32(0.0))]
+    model = conv_bn_then(rng, tail, inits, [value_info("out", TensorProto.FLOAT, ["k"])])
+    report = validate(model, bnfold.fold(model).model, providers="cpu")
+    assert report.passed, report.lines()
+
+
+def test_an_input_named_file_can_be_saved(tmp_path):
+    model = make_model(
+        [helper.make_node("Relu", ["file"], ["y"])],
+        [value_info("file", TensorProto.FLOAT, [2])],
+        [value_info("y", TensorProto.FLOAT, [2])],
+    )
+    validate(model, model, providers="cpu", save_inputs=tmp_path)
+    assert np.load(tmp_path / "inputs-0.npz")["file"].shape == (2,)
+
+
+def test_inputs_with_a_common_prefix_get_their_own_data():
+    model = make_model(
+        [helper.make_node("Sub", ["features_a", "features_b"], ["y"])],
+        [value_info(n, TensorProto.FLOAT, [8]) for n in ("features_a", "features_b")],
+        [value_info("y", TensorProto.FLOAT, [8])],
+    )
+    feeds = make_samples(model).runs[0]
+    assert not np.array_equal(feeds["features_a"], feeds["features_b"])
+
+
+def test_partly_given_inputs_are_validated():
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "z"], ["y"])],
+        [value_info("x", TensorProto.FLOAT, ["n", 4]), value_info("z", TensorProto.FLOAT, [4, 2])],
+        [value_info("y", TensorProto.FLOAT, ["n", 2])],
+    )
+    report = validate(model, model, providers="cpu", inputs={"x": np.ones([5, 4], np.float32)})
+    assert report.passed, report.lines()
+
+
+def test_per_output_tolerances_for_names_with_brackets():
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y[0]"])],
+        [value_info("x", TensorProto.FLOAT, [4])],
+        [value_info("y[0]", TensorProto.FLOAT, [4])],
+    )
+    report = validate(model, model, providers="cpu", atol={"y[0]": 1.0})
+    assert report.providers[0].outputs[0].criterion == "tolerance"
+
+
+def test_a_provider_that_runs_nothing_itself_cannot_be_asked_for():
+    with pytest.raises(bnfold.InputError, match="does not run models itself"):
+        validate(RESNET, RESNET, providers="AzureExecutionProvider")
+
+
+def test_a_model_without_its_external_data_is_refused(tmp_path):
+    model = onnx.load(RESNET)
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=0)
+    shell = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    with pytest.raises(bnfold.InputError, match="external data is not loaded"):
+        validate(shell, shell, providers="cpu")

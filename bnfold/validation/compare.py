@@ -29,21 +29,19 @@ def compare(
     tolerance: Tolerance | None = None,
     provider_gap: np.ndarray | None = None,
 ) -> OutputComparison:
-    """Compare one output. With `tolerance`, allclose semantics; else, for floating-point
-    outputs, the calibrated limit from `perturbed` and `perturbed_reference` (the candidate's and
-    the reference's outputs with the weights the fold wrote or consumed moved by rounding, one
-    per draw; none: nothing changed, so only the rounding floor applies); other types must match
-    exactly."""
+    """Compare one output. With `tolerance`, allclose semantics; else the limit calibrated from
+    `perturbed` and `perturbed_reference` (the candidate's and the reference's outputs with what
+    the fold wrote or consumed moved by rounding, one per draw; none: nothing changed, so only
+    the rounding floor applies): for floats `criterion.calibrated_limits`, for integers and
+    booleans as many flips as rounding makes (`_counted`); strings must match exactly."""
     if reference.shape != candidate.shape or reference.dtype != candidate.dtype:
         return _mismatched(provider, name, reference, candidate)
-    if (
-        reference.dtype == object
-        or reference.dtype.kind not in "fiub"
-        or (
-            tolerance is None and reference.dtype.kind != "f" and str(reference.dtype) != "bfloat16"
-        )
-    ):
+    if reference.dtype == object or reference.dtype.kind not in "fiub":
         return _exact(provider, name, reference, candidate)
+    if tolerance is None and reference.dtype.kind in "iub":
+        draws = [*(perturbed or []), *(perturbed_reference or [])]
+        bases = [candidate] * len(perturbed or []) + [reference] * len(perturbed_reference or [])
+        return _counted(provider, name, reference, candidate, draws, bases)
     diff = deviation(candidate, reference)
     gap = None if provider_gap is None else finite_part(provider_gap)
     if tolerance is not None:
@@ -88,11 +86,10 @@ def _verdict(provider, name, reference, candidate, diff, limit, gap, details) ->
 
 
 def _exact(provider, name, reference, candidate) -> OutputComparison:
-    equal = reference == candidate
-    if reference.dtype.kind == "f":  # (not reached: floats are compared with limits)
-        equal |= np.isnan(reference) & np.isnan(candidate)
+    """Strings and other objects: equal, or not."""
+    equal = np.asarray(reference == candidate)
     mismatches = int(np.size(equal) - np.count_nonzero(equal))
-    first: Any = np.argwhere(~np.asarray(equal)) if mismatches else []
+    first: Any = np.argwhere(~equal) if mismatches else []
     return OutputComparison(
         provider,
         name,
@@ -105,6 +102,50 @@ def _exact(provider, name, reference, candidate) -> OutputComparison:
         criterion="exact",
         worst_index=[int(i) for i in first[0]] if mismatches else [],
     )
+
+
+def _counted(provider, name, reference, candidate, draws, bases) -> OutputComparison:
+    """Integers and booleans (ArgMax, rounded values, masks): equal, except where rounding alone
+    flips them. If the runs moved by rounding changed k elements by at most m, the candidate
+    may differ in up to `NOISE_FACTOR`·k elements, by at most m; else it must be equal."""
+    diff = (
+        np.abs(candidate.astype(np.int64) - reference.astype(np.int64))
+        if candidate.size
+        else (np.zeros(0, np.int64))
+    )
+    flips = [
+        np.abs(d.astype(np.int64) - b.astype(np.int64)) for d, b in zip(draws, bases, strict=True)
+    ]
+    allowed_count = NOISE_FACTOR * max((int(np.count_nonzero(f)) for f in flips), default=0)
+    allowed_step = max((int(f.max()) for f in flips if f.size), default=0)
+    mismatches = int(np.count_nonzero(diff))
+    largest = int(diff.max()) if diff.size else 0
+    over = mismatches > allowed_count or largest > allowed_step
+    used = _ratio(mismatches, allowed_count) if largest <= allowed_step else float("inf")
+    first: Any = np.argwhere(diff == largest) if mismatches else []
+    return OutputComparison(
+        provider,
+        name,
+        passed=not over,
+        elements=int(reference.size),
+        mismatches=mismatches if over else 0,
+        max_abs=float(largest),
+        max_rel=0.0,
+        limit_used=used,
+        criterion="exact" if not draws else "flips",
+        worst_index=[int(i) for i in first[0]] if mismatches else [],
+        rounding_noise=float(allowed_step),
+        noise_factor=NOISE_FACTOR,
+        note=f"{mismatches} differ; rounding alone flipped up to {allowed_count / NOISE_FACTOR:.0f}"
+        if mismatches and draws
+        else "",
+    )
+
+
+def _ratio(value: float, allowed: float) -> float:
+    if value == 0:
+        return 0.0
+    return value / allowed if allowed else float("inf")
 
 
 def _mismatched(provider, name, reference, candidate) -> OutputComparison:

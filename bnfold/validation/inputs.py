@@ -4,11 +4,12 @@ and cast to the declared types only where the values survive.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -59,9 +60,10 @@ class Samples:
     one run (every input has a free first dim), else one run per sample."""
 
     runs: list[dict[str, np.ndarray]]
-    seeds: list[int | None]  # per sample; None where the user gave the data
+    seeds: list[int | None]  # per sample; None where the user gave all the data
     batched: bool = False
     notes: list[str] = field(default_factory=list)
+    given: list[str] = field(default_factory=list)  # the inputs the user gave
 
     @property
     def count(self) -> int:
@@ -122,7 +124,7 @@ def make_samples(
     seeds: list[int | None] = (
         [None] if given and len(given) == len(declared) else [seed + i for i in range(samples)]
     )
-    return Samples(runs, seeds, batched, list(dict.fromkeys(notes)))
+    return Samples(runs, seeds, batched, list(dict.fromkeys(notes)), sorted(given))
 
 
 def _batchable(declared: list[DeclaredInput], shapes: dict) -> bool:
@@ -139,19 +141,19 @@ def _one_run(declared, shapes, given, seed: int, batch: int, notes: list[str]) -
             feeds[info.name] = given[info.name]
             continue
         if batch > 1:
-            parts = [_generated(info, shapes, seed + k, notes, first_dim=1) for k in range(batch)]
+            parts = [_generated(info, shapes, seed + k, notes, stacked=True) for k in range(batch)]
             feeds[info.name] = np.concatenate(parts, axis=0)
         else:
             feeds[info.name] = _generated(info, shapes, seed, notes)
     return feeds
 
 
-def _generated(info: DeclaredInput, shapes, seed: int, notes, first_dim=None) -> np.ndarray:
+def _generated(info: DeclaredInput, shapes, seed: int, notes, stacked: bool = False) -> np.ndarray:
     if info.dtype is None:
         raise InputError(
             None, f"input '{info.name}' is not a tensor bnfold can generate; pass it with --inputs"
         )
-    shape = _shape(info, shapes.get(info.name), notes, first_dim)
+    shape = _shape(info, shapes.get(info.name), notes, stacked)
     if math.prod(shape) > MAX_GENERATED_ELEMENTS:
         raise InputError(
             None,
@@ -163,10 +165,14 @@ def _generated(info: DeclaredInput, shapes, seed: int, notes, first_dim=None) ->
 
 
 def _name_key(name: str) -> int:
-    return int.from_bytes(name.encode("utf-8", "surrogatepass")[:8].ljust(8, b"\0"), "little")
+    """A number for the input's name, so each input gets its own stream from the seed."""
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
-def _shape(info: DeclaredInput, override, notes: list[str], first_dim) -> tuple[int, ...]:
+def _shape(info: DeclaredInput, override, notes: list[str], stacked: bool) -> tuple[int, ...]:
+    """The shape to generate: the override, else the declared dims with 1 for free ones (a
+    note says so, but for the first dim of samples `stacked` into one batch)."""
     if override is not None:
         return tuple(int(d) for d in override)
     shape = []
@@ -175,7 +181,7 @@ def _shape(info: DeclaredInput, override, notes: list[str], first_dim) -> tuple[
             shape.append(dim)
             continue
         label = (info.labels[index] if info.labels else "") or "?"
-        if not (index == 0 and first_dim is not None):
+        if not (index == 0 and stacked):
             notes.append(
                 f"input '{info.name}' dim {index} ('{label}') is not fixed; using 1 "
                 f"(set it with --input-shape {info.name}:...)"
@@ -302,8 +308,11 @@ def save_arrays(folder: Path, name: str, arrays: dict[str, np.ndarray]) -> Path:
     try:
         folder.mkdir(parents=False, exist_ok=True)
         target = folder / f"{name}.npz"
-        contents: dict[str, Any] = {key: np.asarray(value) for key, value in arrays.items()}
-        np.savez(target, **contents)
+        # (as np.savez writes it, without its keyword arguments: an input may be named "file")
+        with zipfile.ZipFile(target, "w", allowZip64=True) as archive:
+            for key, value in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
     except OSError as exc:
         raise InputError(folder, f"cannot be written ({exc.strerror or exc})") from None
     return target

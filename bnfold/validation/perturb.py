@@ -191,9 +191,10 @@ def weights_moved_by_rounding(
 def moved_raw_data(
     tensors: list[onnx.TensorProto], seed: int = 0
 ) -> Callable[[onnx.TensorProto], bytes | None] | None:
-    """For `Encoding(model, replaced=...)`: the raw data of each of `tensors`, moved by rounding
-    as `weights_moved_by_rounding` does, computed when the encoder reaches it; None when some
-    tensor is not raw data of a main-graph initializer in memory (then move them in place)."""
+    """For `Encoding(model, replaced=...)`: the raw data of each of `tensors` (found by name),
+    moved by rounding as `weights_moved_by_rounding` does, computed when the encoder reaches it;
+    None when some tensor does not hold raw data in memory (then move them in place). The caller
+    checks that they are main-graph initializers, which alone the encoder replaces."""
     if any(not t.raw_data or is_on_disk(t) for t in tensors):
         return None
     wanted = {t.name for t in tensors}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import onnx
 
 from ..errors import InputError
 from ..graph_view import subgraphs
-from ..model_io import load_model_and_sources
+from ..model_io import has_unread_external_data, load_model_and_sources
 from .compare import compare, merged
 from .criterion import Tolerance, deviation, explicit_tolerance
 from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
@@ -133,6 +134,12 @@ def validate(
 
 def _as_source(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto | Path:
     if isinstance(model, onnx.ModelProto):
+        if has_unread_external_data(model):
+            raise InputError(
+                None,
+                "the model's external data is not loaded: pass its path, or load it with "
+                "onnx.load(path) (load_external_data=True)",
+            )
         return model
     path = Path(model)
     if not path.is_file():
@@ -178,11 +185,19 @@ class _Tolerances:
         self.rtol, self.atol = rtol, atol
 
     def for_output(self, name: str, dtype: np.dtype) -> Tolerance | None:
-        base = name.removesuffix(" (keys)").split("[")[0]
+        base = name if self._names(name) else _ITEM_SUFFIX.sub("", name)
         rtol, atol = _pick(self.rtol, base), _pick(self.atol, base)
         if rtol is None and atol is None:
             return None
         return explicit_tolerance(dtype, rtol, atol)
+
+    def _names(self, name: str) -> bool:
+        """Whether a per-output tolerance names exactly `name`."""
+        return any(isinstance(o, dict) and name in o for o in (self.rtol, self.atol))
+
+
+# what `runs.as_arrays` appends to an output's name: " (keys)", "[3]", "[3][0] (keys)", ...
+_ITEM_SUFFIX = re.compile(r"(\[\d+\]| \(keys\))+$")
 
 
 def _pick(option, name: str) -> float | None:
@@ -255,8 +270,7 @@ def _validate_on(provider: str, explicit: bool, context: _Context) -> ProviderOu
         return ProviderOutcome(provider, Status.FAILED, f"original model: {own}", options)
     got = context.run("candidate", provider)
     if isinstance(got, (Unavailable, str)):
-        reason = got.reason if isinstance(got, Unavailable) else got
-        return ProviderOutcome(provider, Status.FAILED, f"folded model: {reason}", options)
+        return ProviderOutcome(provider, Status.FAILED, f"folded model: {_reason(got)}", options)
     return _compared(provider, options, context, own, got)
 
 
@@ -272,30 +286,12 @@ def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome
         outcome.status = Status.FAILED
         outcome.reason = f"the folded model lacks outputs {absent}"
         return outcome
-    moved: dict[str, list] = {"reference": [], "candidate": []}
-    if _needs_calibration(context, own[0]):
-        for role, draw in _draws(context):
-            result = context.run(role, provider, draw)
-            if isinstance(result, (Unavailable, str)):
-                reason = result.reason if isinstance(result, Unavailable) else result
-                what = "original" if role == "reference" else "folded"
-                outcome.status = Status.FAILED
-                outcome.reason = f"the {what} model with weights moved by rounding: {reason}"
-                return outcome
-            moved[role].append(result)
-    for name in own[0]:
+    moved = _moved_runs(provider, context, own[0], outcome)
+    for name in dict.fromkeys(name for outputs in own for name in outputs):
         per_sample = [
-            compare(
-                provider,
-                name,
-                own[k][name],
-                got[k][name],
-                perturbed=[draw[k][name] for draw in moved["candidate"]],
-                perturbed_reference=[draw[k][name] for draw in moved["reference"]],
-                tolerance=context.tolerances.for_output(name, own[k][name].dtype),
-                provider_gap=_gap(context, provider, own, k, name),
-            )
+            _compared_output(provider, context, own, got, moved, k, name)
             for k in range(len(own))
+            if name in own[k]
         ]
         outcome.outputs.append(merged(per_sample))
     if not all(o.passed for o in outcome.outputs):
@@ -306,6 +302,54 @@ def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome
     return outcome
 
 
+def _moved_runs(provider, context: _Context, outputs: Outputs, outcome) -> dict[str, list]:
+    """The runs with what the fold changed moved by rounding, by model. One that cannot run
+    (an operator onnxruntime lacks for a mover, say) is left out, with a note: the limit is
+    then made of the others."""
+    moved: dict[str, list] = {"reference": [], "candidate": []}
+    if not _needs_calibration(context, outputs):
+        return moved
+    for role, draw in _draws(context):
+        result = context.run(role, provider, draw)
+        if isinstance(result, (Unavailable, str)):
+            what = "original" if role == "reference" else "folded"
+            outcome.notes.append(
+                f"the {what} model moved by rounding could not run, so its rounding is not in "
+                f"the limit: {_reason(result).splitlines()[0]}"
+            )
+            continue
+        moved[role].append(result)
+    return moved
+
+
+def _compared_output(provider, context: _Context, own, got, moved, k: int, name: str):
+    reference = own[k][name]
+    if name not in got[k]:
+        return compare(provider, name, reference, np.empty(0, dtype=reference.dtype))
+
+    def draws(role: str, base: np.ndarray) -> list[np.ndarray]:
+        """The draws' outputs that can be set against `base` (shapes that depend on the
+        values can come out otherwise)."""
+        found = [run[k].get(name) for run in moved[role] if k < len(run)]
+        return [a for a in found if a is not None and a.shape == base.shape]
+
+    candidate = got[k][name]
+    return compare(
+        provider,
+        name,
+        reference,
+        candidate,
+        perturbed=draws("candidate", candidate),
+        perturbed_reference=draws("reference", reference),
+        tolerance=context.tolerances.for_output(name, reference.dtype),
+        provider_gap=_gap(context, provider, own, k, name),
+    )
+
+
+def _reason(result: Unavailable | str) -> str:
+    return result.reason if isinstance(result, Unavailable) else result
+
+
 def _draws(context: _Context) -> list[tuple[str, int]]:
     """(model, draw) of the runs with weights moved by rounding: each model the fold changed."""
     roles = [role for role in ("candidate", "reference") if context.changed[role]]
@@ -314,7 +358,7 @@ def _draws(context: _Context) -> list[tuple[str, int]]:
 
 def _needs_calibration(context: _Context, outputs: Outputs) -> bool:
     return any(
-        context.tolerances.for_output(name, value.dtype) is None and value.dtype.kind == "f"
+        context.tolerances.for_output(name, value.dtype) is None and value.dtype.kind in "fiub"
         for name, value in outputs.items()
     )
 
@@ -334,11 +378,13 @@ def _gap(context: _Context, provider: str, own, k: int, name: str) -> np.ndarray
 
 
 def _probe(model, sample_set: Samples, seed: int, input_shapes) -> list[dict]:
-    """Generated inputs from the seed after the samples' (nothing when the user gave data)."""
-    if not sample_set.seeds or sample_set.seeds[0] is None:
+    """One more run's inputs, generated from the seed after the samples' and shaped like the
+    first run (nothing when the user gave any data: it may fix shapes a generator cannot)."""
+    if sample_set.given:
         return []
     count = sample_set.count
-    other = make_samples(model, samples=count, seed=seed + count, input_shapes=input_shapes)
+    batch = count if sample_set.batched else 1
+    other = make_samples(model, samples=batch, seed=seed + count, input_shapes=input_shapes)
     return other.runs[:1]
 
 
@@ -361,11 +407,12 @@ def _weak_evidence(context: _Context, report: ValidationReport, model, probed) -
         if p.provider == CPU and c.criterion == "calibrated"
     ]
     changed = context.changed["candidate"] or context.changed["reference"]
-    if changed and calibrated and all(c.rounding_noise == 0 for c in calibrated):
-        warnings.append(
-            "no output responds to the weights the fold changed on these inputs: this "
-            "validation proves little; give real data with --inputs"
-        )
+    for comparison in calibrated if changed else []:
+        if comparison.rounding_noise == 0:
+            warnings.append(
+                f"output '{comparison.output}' does not respond to what the fold changed on "
+                "these inputs: its comparison proves little; give real data with --inputs"
+            )
     return warnings
 
 

@@ -95,7 +95,11 @@ class ProviderRequest:
             raise InputError(None, "--providers is empty; give auto or a list such as cpu,cuda")
         if any(n.lower() == "auto" for n in names):
             raise InputError(None, "--providers: auto cannot be combined with provider names")
-        return cls(tuple(dict.fromkeys(full_name(n) for n in names)), True)
+        providers = tuple(dict.fromkeys(full_name(n) for n in names))
+        for provider in providers:
+            if provider in NOT_COMPUTE:
+                raise InputError(None, f"{provider} does not run models itself; name another")
+        return cls(providers, True)
 
 
 def parse_provider_options(values: list[str] | tuple[str, ...]) -> dict[str, dict[str, str]]:

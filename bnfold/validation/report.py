@@ -33,7 +33,7 @@ class OutputComparison:
     limit_used: float
     criterion: str
     worst_index: list[int] = field(default_factory=list)
-    rounding_noise: float = 0.0  # calibrated: largest deviation of the one-ULP perturbed run
+    rounding_noise: float = 0.0  # calibrated: largest move of the runs moved by rounding
     noise_factor: float = 0.0
     atol: float = 0.0  # tolerance: the absolute and relative tolerances applied
     rtol: float = 0.0
@@ -61,6 +61,8 @@ class OutputComparison:
     def _limit_text(self) -> str:
         if self.criterion == "calibrated":
             text = f"limit {self.noise_factor:g} × rounding noise {self.rounding_noise:.2g}"
+        elif self.criterion == "flips":
+            text = f"as many flips as rounding makes, × {self.noise_factor:g}"
         elif self.criterion == "tolerance":
             text = f"atol {self.atol:.2g}, rtol {self.rtol:.2g}"
         else:
@@ -85,6 +87,7 @@ class ProviderOutcome:
     reason: str = ""
     options: dict = field(default_factory=dict)
     outputs: list[OutputComparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -101,7 +104,8 @@ class ProviderOutcome:
             return [f"NOT USED | {name} | {reason}"]
         if self.status == Status.UNAVAILABLE:
             return [f"FAILED | {name} | required but unavailable: {reason}"]
-        lines = [comparison.line() for comparison in self.outputs]
+        lines = [f"NOTE | {name} | {note}" for note in self.notes]
+        lines += [comparison.line() for comparison in self.outputs]
         if self.reason:
             lines.append(f"FAILED | {name} | {reason}")
         return lines

@@ -35,7 +35,8 @@ class ModelSources:
     """What onnxruntime is given for each model validation runs: the original, the candidate, and
     either with what the fold changed moved by rounding. A model given as a file runs from it;
     one in memory goes as bytes when small, else through a file in a temporary folder (written a
-    few MB at a time, no second copy in memory), written once and deleted at the end."""
+    few MB at a time, no second copy in memory): the candidate's once, each moved model for its
+    one run (`discard`); the folder goes at the end."""
 
     def __init__(
         self,

@@ -137,8 +137,24 @@ def study(path: Path, seeds: list[int], providers: str, layers: int) -> dict:
 
 
 def _warned(row: dict) -> str:
-    said = {w.split(" (")[0] for c in row["correct"] for w in c["warnings"]}
+    said = {w.split(" (")[0].split(":")[0] for c in row["correct"] for w in c["warnings"]}
     return "; ".join(sorted(said)) or "-"
+
+
+def table_line(row: dict) -> str:
+    """The model's line of the table the script prints (and docs/validation_study.md holds)."""
+    passed = sum(c["passed"] for c in row["correct"])
+    used = max(c["limit_used"] for c in row["correct"])
+    big = [c for c in row["corruptions"] if c["ratio_to_fold"] >= ENOUGH]
+    small = [c for c in row["corruptions"] if c["ratio_to_fold"] < ENOUGH]
+    missed = [
+        f"{c['layer']}/{c['part']} ({c['ratio_to_fold']:.0f}×)" for c in big if not c["caught"]
+    ]
+    return (
+        f"| {row['model']} | {row['folded']} | {passed}/{len(row['correct'])} | {used:.2f} | "
+        f"{sum(c['caught'] for c in big)}/{len(big)} | {', '.join(missed) or '-'} | "
+        f"{sum(c['caught'] for c in small)}/{len(small)} | {_warned(row)} |"
+    )
 
 
 def main() -> None:
@@ -164,20 +180,7 @@ def main() -> None:
             continue
         row = study(path, args.seeds, args.providers, args.layers)
         rows.append(row)
-        passed = sum(c["passed"] for c in row["correct"])
-        used = max(c["limit_used"] for c in row["correct"])
-        big = [c for c in row["corruptions"] if c["ratio_to_fold"] >= ENOUGH]
-        small = [c for c in row["corruptions"] if c["ratio_to_fold"] < ENOUGH]
-        caught = sum(c["caught"] for c in big)
-        missed = [
-            f"{c['layer']}/{c['part']} ({c['ratio_to_fold']:.0f}×)" for c in big if not c["caught"]
-        ]
-        print(
-            f"| {row['model']} | {row['folded']} | {passed}/{len(row['correct'])} | "
-            f"{used:.3f} | {caught}/{len(big)} | {', '.join(missed) or '-'} | "
-            f"{sum(c['caught'] for c in small)}/{len(small)} | {_warned(row)} |",
-            flush=True,
-        )
+        print(table_line(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

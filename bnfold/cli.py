@@ -173,7 +173,7 @@ class _DefaultDict(dict):
     "--atol",
     multiple=True,
     metavar="[NAME:]VALUE",
-    help="Absolute tolerance, global or per output (repeatable).",
+    help="Absolute tolerance, global or per output (repeatable); like --rtol.",
 )
 @click.option(
     "--input-shape",
@@ -219,7 +219,12 @@ class _DefaultDict(dict):
     "BatchNormalization that could fold are inlined).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Print more detail (timings, warnings).")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Print more detail (timings, notes, onnxruntime's full messages).",
+)
 @click.version_option(__version__, "--version", prog_name="bnfold", message="%(prog)s %(version)s")
 def command(
     model: Path,

@@ -5,6 +5,7 @@ Exit statuses (also in `--help` and the README):
   1  validation failed (or could not be done): OUT is not written
   2  bad input or usage: unreadable/invalid model, unwritable output, bad option
   3  internal error (a bug in bnfold; please report it)
+  4  --strict, and some BatchNormalization left unfolded: OUT is not written
   130, 143, 129  interrupted by Ctrl-C, SIGTERM, SIGHUP: nothing written, temporary files removed
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, ValidationFailed
+from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, Unfolded, ValidationFailed
 from .fold import collector_paused, fold_in_place
 from .model_io import data_file_for, load_model_and_sources, save_model
 from .records import FoldResult
@@ -40,32 +41,41 @@ Exit status:
   1  validation failed or could not run: OUT is not written
   2  bad input or usage (unreadable or invalid model, unwritable output, bad option)
   3  internal error in bnfold (a bug: please report it)
+  4  --strict and some BatchNormalization left unfolded: OUT is not written
   130/143/129  interrupted (Ctrl-C, SIGTERM, SIGHUP): nothing written
 """
 
 
 class _Console:
-    """Where lines go: records and verdicts to stdout, progress and errors to stderr."""
+    """Where lines go: records and verdicts to stdout (to stderr with --json, whose document is
+    stdout), progress and errors to stderr. Commentary never stops a run: a closed or full
+    stdout (`| head -1`, `> /dev/full`) is let go, and the model is still written."""
 
-    def __init__(self, quiet: bool, verbose: bool) -> None:
+    def __init__(self, quiet: bool, verbose: bool, as_json: bool = False) -> None:
         self.quiet = quiet
         self.verbose = verbose
+        self.to_stderr = as_json
         self.progress_enabled = not quiet and sys.stderr.isatty()
+        self.stdout_gone = False
 
     def out(self, line: str) -> None:
         if not self.quiet:
-            click.echo(_printable(line))
+            self._echo(_printable(line))
 
     def out_lines(self, lines) -> None:
         """Many lines in one write (one `echo` per line costs ~15 µs: 0.25 s on 16,000 records)."""
         if not self.quiet:
             text = "\n".join(_printable(line) for line in lines)
             if text:
-                click.echo(text)
+                self._echo(text)
 
     def detail(self, line: str) -> None:
         if self.verbose and not self.quiet:
-            click.echo(_printable(line))
+            self._echo(_printable(line))
+
+    def document(self, text: str) -> None:
+        """The one thing --json puts on stdout."""
+        self._echo(text, err=False)
 
     def progress(self, line: str) -> None:
         if self.progress_enabled:
@@ -74,6 +84,27 @@ class _Console:
     def progress_done(self) -> None:
         if self.progress_enabled:
             click.echo("\r\033[K", err=True, nl=False)
+
+    def _echo(self, text: str, err: bool | None = None) -> None:
+        to_stderr = self.to_stderr if err is None else err
+        if self.stdout_gone and not to_stderr:
+            return
+        try:
+            click.echo(text, err=to_stderr)
+        except OSError:  # a reader that went away (EPIPE), a full device (ENOSPC), ...
+            if to_stderr:
+                return
+            self.stdout_gone = True
+            _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that what Python still holds for stdout (and
+    flushes at exit) goes nowhere instead of failing again."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -218,6 +249,18 @@ class _DefaultDict(dict):
     help="Leave model-local functions as they are (by default calls of those holding a "
     "BatchNormalization that could fold are inlined).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 4, writing no model, when any BatchNormalization is left unfolded (a CI gate).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report (what --report writes) on stdout as one JSON document; the lines "
+    "go to stderr.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option(
     "-v",
@@ -245,12 +288,14 @@ def command(
     save_inputs: Path | None,
     save_outputs: Path | None,
     keep_functions: bool,
+    strict: bool,
+    as_json: bool,
     quiet: bool,
     verbose: bool,
 ) -> None:
     """Fold BatchNormalization into neighbouring Conv, ConvTranspose, Gemm and MatMul layers of
     the ONNX model IN, prove the result in onnxruntime, and write it to OUT."""
-    console = _Console(quiet, verbose)
+    console = _Console(quiet, verbose, as_json)
     if output is None and not dry_run:
         raise click.UsageError("give -o OUT, or --dry-run to only report")
     if dry_run:
@@ -306,7 +351,10 @@ def command(
         console.out_lines(_inlined_line(call) for call in result.inlined)
         console.out_lines(_record_line(record) for record in result.records)
         validation = None
-        if not no_validate and not (result.folded or result.folded_affine):
+        left = len(result.skipped) if strict else 0
+        if left:
+            console.detail(f"--strict: {left} BatchNormalization left unfolded; not validating")
+        elif not no_validate and not (result.folded or result.folded_affine):
             console.detail("nothing folded: the output is the input model; validation not needed")
         elif not no_validate:
             console.progress("validating in onnxruntime")
@@ -324,14 +372,14 @@ def command(
         ):
             console.out("WARNING | validation options have no effect with --no-validate")
         passed = validation is None or validation.passed
-        written = passed and output is not None and not dry_run
+        written = passed and not left and output is not None and not dry_run
         elapsed = time.perf_counter() - started
         # the report is written first, under a temporary name, and put in place once OUT is:
         # a report that cannot be written stops the run before OUT is
         report = None
-        if report_path is not None:
-            report = _report_text(model, output, result, validation, elapsed, written)
-        with _StagedFile(report_path, report) as staged_report:
+        if report_path is not None or as_json:
+            report = _report_text(model, output, result, validation, elapsed, written, strict)
+        with _StagedFile(report_path, report if report_path else None) as staged_report:
             if written:
                 console.progress(f"saving {output}")
                 # an input with external data keeps it (in OUT.data); else only when over 2 GB
@@ -340,6 +388,14 @@ def command(
                 console.progress_done()
             staged_report.publish(written_with=output if written else None)
     console.out(_summary(result, time.perf_counter() - started, validation, dry_run or not output))
+    if as_json and report is not None:
+        console.document(report.decode().rstrip("\n"))
+    if left:
+        first = result.skipped[0]
+        raise Unfolded(
+            f"{left} BatchNormalization left unfolded (--strict); the folded model was not "
+            f"written: {first.batchnorm}: {first.reason}"
+        )
     if not passed:
         ran = any(p.outputs for p in validation.providers)
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
@@ -438,12 +494,13 @@ def _summary(
     return " | ".join(parts)
 
 
-def _report_text(model, output, result, validation, elapsed, written: bool) -> bytes:
+def _report_text(model, output, result, validation, elapsed, written: bool, strict) -> bytes:
     report = {
         "bnfold": __version__,
         "input": str(model),
         "output": None if output is None else str(output),
         "written": written,
+        "strict": strict,
         **result.to_dict(),
         "seconds": round(elapsed, 4),
         "validation": None if validation is None else validation.to_dict(),

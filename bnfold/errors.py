@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_VALIDATION_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_UNFOLDED = 4
 
 
 class BnfoldError(Exception):
@@ -35,3 +36,9 @@ class ValidationFailed(BnfoldError):
     """The folded model did not reproduce the original's outputs (exit status 1)."""
 
     exit_status = EXIT_VALIDATION_FAILED
+
+
+class Unfolded(BnfoldError):
+    """`--strict`: some BatchNormalization was left unfolded (exit status 4)."""
+
+    exit_status = EXIT_UNFOLDED

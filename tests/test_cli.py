@@ -389,3 +389,60 @@ def test_a_report_that_cannot_be_written_stops_the_run_before_out(tmp_path, monk
     assert exit_status.value.code == 2
     assert "r.json: cannot be written (No space left on device)" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ----- pipelines: pipes, a CI gate, JSON ------------------------------------------------------
+
+
+def lone_batchnorm(tmp_path):
+    """x → BatchNormalization → Relu: nothing to fold it into."""
+    from tests.builders import bn_node, bn_params, make_model, value_info
+
+    rng = np.random.default_rng(0)
+    model = make_model(
+        [bn_node("x", "n"), onnx.helper.make_node("Relu", ["n"], ["y"])],
+        [value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        bn_params(rng, 3),
+    )
+    path = tmp_path / "lone.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_strict_exits_4_and_writes_nothing_when_a_batchnorm_is_left(tmp_path):
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    proc = bnfold(lone_batchnorm(tmp_path), "-o", out, "--strict", "--report", report)
+    assert proc.returncode == 4, proc.stderr
+    assert "SKIPPED | bn_node |" in proc.stdout
+    assert "1 BatchNormalization left unfolded (--strict)" in proc.stderr
+    assert not out.exists() and json.loads(report.read_text())["written"] is False
+    assert bnfold(RESNET, "-o", out, "--strict").returncode == 0 and out.exists()
+
+
+def test_json_puts_exactly_the_report_on_stdout(tmp_path):
+    report = tmp_path / "r.json"
+    proc = bnfold(RESNET, "-o", tmp_path / "o.onnx", "--json", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document == json.loads(report.read_text())
+    assert document["written"] is True and document["validation"]["passed"] is True
+    assert "FOLDED  |" in proc.stderr and "validation PASSED" in proc.stderr
+
+
+@pytest.mark.parametrize("sink", ["closed pipe", "full device"])
+def test_the_model_is_written_whatever_happens_to_stdout(tmp_path, sink):
+    out = tmp_path / "o.onnx"
+    command = [BNFOLD, str(RESNET), "-o", str(out)]
+    if sink == "full device":
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+        stderr, code = proc.stderr, proc.returncode
+    else:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # the reader went away (`| head -0`)
+        stderr = proc.stderr.read()
+        code = proc.wait()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert_same_function(onnx.load(RESNET), onnx.load(out))

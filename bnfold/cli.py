@@ -32,6 +32,7 @@ from .model_io import data_file_for, load_model_and_sources, save_model
 from .records import FoldResult
 from .tensor_data import DataFile, umask
 from .validation import ProviderRequest, ValidationReport, parse_provider_options, validate
+from .validation.pipeline import import_onnxruntime
 
 EXIT_INTERNAL = 3
 
@@ -312,6 +313,8 @@ def command(
         )
     _check_not_input(model.resolve() if model.exists() else None, output, report_path)
     ProviderRequest.parse(providers)  # a bad name is a usage error before any work
+    if not no_validate:
+        import_onnxruntime()  # none installed: say what to install before any work
     if inputs_path is not None and not inputs_path.is_file():
         raise InputError(
             inputs_path, "no such file" if not inputs_path.exists() else "is not a file"

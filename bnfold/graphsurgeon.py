@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .errors import InputError
 from .fold import fold_in_place
 from .records import FoldResult
 
@@ -22,7 +23,12 @@ def fold_graph(graph: gs.Graph, *, inline_functions: bool = True) -> FoldResult:
     references to the old ones). Returns the same records as `bnfold.fold`; `FoldResult.model`
     is the folded graph as a ModelProto. `inline_functions` as in `bnfold.fold`.
     """
-    import onnx_graphsurgeon as gs
+    try:
+        import onnx_graphsurgeon as gs
+    except ImportError:
+        raise InputError(
+            None, "fold_graph needs onnx-graphsurgeon: pip install onnx-graphsurgeon"
+        ) from None
 
     model = gs.export_onnx(graph, do_type_check=False)
     result = fold_in_place(model, inline_functions=inline_functions)

@@ -43,9 +43,9 @@ from .model_io import (
     check_model_opset,
     check_model_structure,
     default_opset,
-    has_unread_external_data,
     indexed_structure_problem,
     load_model_and_sources,
+    require_external_data_loaded,
 )
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
@@ -74,12 +74,7 @@ def fold(
     fold (`FoldResult.inlined` lists them); `inline_functions=False` leaves functions unchanged.
     """
     if isinstance(model, onnx.ModelProto):
-        if has_unread_external_data(model):
-            raise InputError(
-                None,
-                "the model's external data is not loaded: pass its path, or load it with "
-                "onnx.load(path) (load_external_data=True)",
-            )
+        require_external_data_loaded(model)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return fold_in_place(copy, inline_functions=inline_functions)

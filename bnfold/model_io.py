@@ -439,6 +439,16 @@ def has_unread_external_data(model: onnx.ModelProto) -> bool:
     return any(not tensor_data.is_on_disk(tensor) for tensor in _external_tensors(model))
 
 
+def require_external_data_loaded(model: onnx.ModelProto) -> None:
+    """Refuse (`InputError`) a model whose external data was not loaded with it."""
+    if has_unread_external_data(model):
+        raise InputError(
+            None,
+            "the model's external data is not loaded: pass its path, or load it with "
+            "onnx.load(path) (load_external_data=True)",
+        )
+
+
 def holds_data_on_disk(model: onnx.ModelProto) -> bool:
     """Whether some tensor of the model is on disk: a lazily loaded model. Only the main graph's
     initializers are looked at: only those are left on disk by `load_external_data`, and a

@@ -450,20 +450,10 @@ def test_the_model_is_written_whatever_happens_to_stdout(tmp_path, sink):
 
 
 def test_without_onnxruntime_the_command_says_what_to_install_before_any_work(
-    tmp_path, monkeypatch, capsys
+    tmp_path, without_onnxruntime, capsys
 ):
-    import builtins
-
     import bnfold.cli
 
-    real_import = builtins.__import__
-
-    def no_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     out = tmp_path / "o.onnx"
     with pytest.raises(SystemExit) as exit_status:
         bnfold.cli.main([str(RESNET), "-o", str(out)])

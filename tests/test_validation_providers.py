@@ -215,17 +215,7 @@ def test_a_session_without_the_provider_is_unavailable():
     assert not isinstance(factory.create(source, CPU), Unavailable)
 
 
-def test_no_onnxruntime_is_a_one_line_error(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def without_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+def test_no_onnxruntime_is_a_one_line_error(without_onnxruntime):
     with pytest.raises(InputError, match="validation needs onnxruntime: pip install onnxruntime"):
         validate(RESNET, RESNET)
 

@@ -13,7 +13,7 @@ import onnx
 
 from ..errors import InputError
 from ..graph_view import subgraphs
-from ..model_io import has_unread_external_data, load_model_and_sources
+from ..model_io import load_model_and_sources, require_external_data_loaded
 from .compare import compare, merged
 from .criterion import Tolerance, deviation, explicit_tolerance
 from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
@@ -134,12 +134,7 @@ def validate(
 
 def _as_source(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto | Path:
     if isinstance(model, onnx.ModelProto):
-        if has_unread_external_data(model):
-            raise InputError(
-                None,
-                "the model's external data is not loaded: pass its path, or load it with "
-                "onnx.load(path) (load_external_data=True)",
-            )
+        require_external_data_loaded(model)
         return model
     path = Path(model)
     if not path.is_file():

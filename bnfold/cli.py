@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import math
 import os
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, Unfolded, ValidationFailed
-from .fold import collector_paused, fold_in_place
-from .model_io import data_file_for, load_model_and_sources, save_model
+from .fold import collector_paused
+from .pipeline import Reporter, check_paths, fold_file
 from .records import FoldResult
-from .tensor_data import DataFile, umask
-from .validation import ProviderRequest, ValidationReport, parse_provider_options, validate
+from .validation import ProviderRequest, ValidationReport, parse_provider_options
 from .validation.pipeline import import_onnxruntime
 
 EXIT_INTERNAL = 3
@@ -47,7 +44,7 @@ Exit status:
 """
 
 
-class _Console:
+class _Console(Reporter):
     """Where lines go: records and verdicts to stdout (to stderr with --json, whose document is
     stdout), progress and errors to stderr. Commentary never stops a run: a closed or full
     stdout (`| head -1`, `> /dev/full`) is let go, and the model is still written."""
@@ -73,6 +70,14 @@ class _Console:
     def detail(self, line: str) -> None:
         if self.verbose and not self.quiet:
             self._echo(_printable(line))
+
+    def folded(self, result: FoldResult) -> None:
+        self.out_lines(_inlined_line(call) for call in result.inlined)
+        self.out_lines(_record_line(record) for record in result.records)
+
+    def validated(self, report: ValidationReport) -> None:
+        for line in report.lines(verbose=self.verbose):
+            self.out(line)
 
     def document(self, text: str) -> None:
         """The one thing --json puts on stdout."""
@@ -301,17 +306,7 @@ def command(
         raise click.UsageError("give -o OUT, or --dry-run to only report")
     if dry_run:
         output = None
-    _check_target(output)
-    _check_target(report_path)
-    if output is not None:
-        _check_data_target(data_file_for(output))
-    if output is not None and report_path is not None and _same(output, report_path):
-        raise InputError(report_path, "is also the output model; give the report another path")
-    if output is not None and report_path is not None and _same(data_file_for(output), report_path):
-        raise InputError(
-            report_path, "is the output model's data file name; give the report another path"
-        )
-    _check_not_input(model.resolve() if model.exists() else None, output, report_path)
+    check_paths(model, output, report_path)
     ProviderRequest.parse(providers)  # a bad name is a usage error before any work
     if not no_validate:
         import_onnxruntime()  # none installed: say what to install before any work
@@ -333,134 +328,45 @@ def command(
         "save_inputs": save_inputs,
         "save_outputs": save_outputs,
     }
+    if no_validate and (
+        any(_given(v) for k, v in options.items() if k not in ("seed", "samples"))
+        or samples != 1
+        or providers != "auto"
+    ):
+        console.out("WARNING | validation options have no effect with --no-validate")
     started = time.perf_counter()
-    console.progress(f"loading {model} ({_size(model)})")
-    # fold_in_place makes the graph checks; external data stays in its files until needed
-    loaded, sources = load_model_and_sources(model, check=False, lazy=True)
-    _check_not_input(sources, output, report_path)
-    console.detail(f"loaded in {time.perf_counter() - started:.2f} s")
-    # folded weights of an input with external data go straight to OUT's data file, being
-    # written next to it (not into memory); it is deleted if OUT is not written
-    spilling = output is not None and not dry_run and len(sources) > 1
-    with DataFile(output.parent) if spilling else contextlib.nullcontext() as spill:
-        console.progress("folding")
-        mark = time.perf_counter()
-        try:
-            result = fold_in_place(loaded, inline_functions=not keep_functions, spill=spill)
-        except InputError as exc:  # a graph check failed: name the file
-            raise InputError(exc.path or model, exc.problem) from None
-        console.progress_done()
-        console.detail(f"folded in {time.perf_counter() - mark:.2f} s")
-        console.out_lines(_inlined_line(call) for call in result.inlined)
-        console.out_lines(_record_line(record) for record in result.records)
-        validation = None
-        left = len(result.skipped) if strict else 0
-        if left:
-            console.detail(f"--strict: {left} BatchNormalization left unfolded; not validating")
-        elif not no_validate and not (result.folded or result.folded_affine):
-            console.detail("nothing folded: the output is the input model; validation not needed")
-        elif not no_validate:
-            console.progress("validating in onnxruntime")
-            mark = time.perf_counter()
-            try:
-                validation = validate(model.resolve(), result.model, **options)
-            except InputError as exc:  # an input the model declares cannot be generated
-                raise InputError(exc.path or model, exc.problem) from None
-            console.progress_done()
-            console.detail(f"validated in {time.perf_counter() - mark:.2f} s")
-            for line in validation.lines(verbose=console.verbose):
-                console.out(line)
-        elif any(_given(v) for k, v in options.items() if k not in ("seed", "samples")) or (
-            samples != 1 or providers != "auto"
-        ):
-            console.out("WARNING | validation options have no effect with --no-validate")
-        passed = validation is None or validation.passed
-        written = passed and not left and output is not None and not dry_run
-        elapsed = time.perf_counter() - started
-        # the report is written first, under a temporary name, and put in place once OUT is:
-        # a report that cannot be written stops the run before OUT is
-        report = None
-        if report_path is not None or as_json:
-            report = _report_text(model, output, result, validation, elapsed, written, strict)
-        with _StagedFile(report_path, report if report_path else None) as staged_report:
-            if written:
-                console.progress(f"saving {output}")
-                # an input with external data keeps it (in OUT.data); else only when over 2 GB
-                external = True if len(sources) > 1 else None
-                save_model(result.model, output, external_data=external, data_file=spill)
-                console.progress_done()
-            staged_report.publish(written_with=output if written else None)
-    console.out(_summary(result, time.perf_counter() - started, validation, dry_run or not output))
-    if as_json and report is not None:
-        console.document(report.decode().rstrip("\n"))
-    if left:
-        first = result.skipped[0]
+    result = fold_file(
+        model,
+        output,
+        validate=not no_validate,
+        strict=strict,
+        inline_functions=not keep_functions,
+        report=report_path,
+        reporter=console,
+        **options,
+    )
+    elapsed = time.perf_counter() - started
+    console.out(_summary(result.fold, elapsed, result.validation, output is None))
+    if as_json:
+        console.document(result.report_text().rstrip("\n"))
+    if result.unfolded:
+        first = result.fold.skipped[0]
         raise Unfolded(
-            f"{left} BatchNormalization left unfolded (--strict); the folded model was not "
-            f"written: {first.batchnorm}: {first.reason}"
+            f"{result.unfolded} BatchNormalization left unfolded (--strict); the folded model "
+            f"was not written: {first.batchnorm}: {first.reason}"
         )
-    if not passed:
+    if not result.passed and result.validation is not None:
+        validation = result.validation
         ran = any(p.outputs for p in validation.providers)
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
-        first = next((line for line in validation.lines() if line.startswith("FAILED")), "")
-        raise ValidationFailed(f"validation {what}; the folded model was not written: {first}")
-
-
-def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
-
-
-def _check_not_input(sources, output: Path | None, report_path: Path | None) -> None:
-    """Refuse to write over the input model or any of its external data files."""
-    if sources is None:
-        return
-    protected = {sources} if isinstance(sources, Path) else set(sources)
-    for path, what in ((output, "output"), (report_path, "report")):
-        if path is not None and path.resolve() in protected:
-            raise InputError(
-                path, f"is the input model or one of its data files; give the {what} another path"
-            )
-    # (an OUT that is a symbolic link is replaced, not followed: its data file is beside it)
-    if output is not None and data_file_for(output.parent.resolve() / output.name) in protected:
-        raise InputError(
-            output,
-            f"its data file {data_file_for(output).name} would replace the input's; "
-            "give the output another path",
-        )
+        first_line = next((ln for ln in validation.lines() if ln.startswith("FAILED")), "")
+        raise ValidationFailed(f"validation {what}; the folded model was not written: {first_line}")
 
 
 def _given(value) -> bool:
     if isinstance(value, (dict, list, tuple)):
         return bool(value)
     return value not in (None, False, "auto")
-
-
-def _check_target(path: Path | None) -> None:
-    if path is None:
-        return
-    if path.is_dir():
-        raise InputError(path, "is a directory; give a file name")
-    if path.exists() and not path.is_file():
-        raise InputError(path, "exists and is not a regular file; refusing to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(path, f"its folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(path, f"its folder '{parent}' is not writable")
-
-
-def _check_data_target(path: Path) -> None:
-    """OUT.data, if OUT gets one, replaces what is there: only a regular file may be."""
-    if path.exists() and not path.is_file():
-        raise InputError(path, "(the output's data file) exists and is not a regular file")
-
-
-def _size(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return "?"
-    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 
 def _record_line(record) -> str:
@@ -495,80 +401,6 @@ def _summary(
         parts.append("dry run: nothing written")
     parts.append(f"{elapsed:.2f} s")
     return " | ".join(parts)
-
-
-def _report_text(model, output, result, validation, elapsed, written: bool, strict) -> bytes:
-    report = {
-        "bnfold": __version__,
-        "input": str(model),
-        "output": None if output is None else str(output),
-        "written": written,
-        "strict": strict,
-        **result.to_dict(),
-        "seconds": round(elapsed, 4),
-        "validation": None if validation is None else validation.to_dict(),
-    }
-    return (json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n").encode()
-
-
-class _StagedFile:
-    """`payload` written to a temporary file next to `path` on entry (an `InputError` if it
-    cannot be), put in place by `publish`, removed if the block ends without it. With no path,
-    nothing."""
-
-    def __init__(self, path: Path | None, payload: bytes | None) -> None:
-        self.path, self.payload = path, payload
-        self.temporary: str | None = None
-
-    def __enter__(self) -> _StagedFile:
-        if self.path is None or self.payload is None:
-            return self
-        try:
-            descriptor, self.temporary = tempfile.mkstemp(
-                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-            )
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(self.payload)
-        except OSError as exc:
-            self._remove()
-            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
-        return self
-
-    def publish(self, written_with: Path | None) -> None:
-        """Put the file in place; if that fails, the model `written_with` (just written) is
-        removed too, so that a failed run leaves nothing new."""
-        if self.temporary is None or self.path is None:
-            return
-        try:
-            os.chmod(self.temporary, 0o666 & ~umask())
-            os.replace(self.temporary, self.path)
-            self.temporary = None
-        except OSError as exc:
-            if written_with is not None:
-                for path in (written_with, data_file_for(written_with)):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
-
-    def __exit__(self, *exc_info) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
-        if self.temporary is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.temporary)
-            self.temporary = None
-
-
-def _json_safe(value):
-    """JSON has no NaN or infinity: write those as the strings "nan", "inf", "-inf"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _printable(text: str) -> str:

@@ -1,0 +1,291 @@
+"""`fold_file`: what the `bnfold` command does, from file to file, for Python callers too.
+
+The input is read with its external data left in its files (`bnfold.tensor_data`), folded, and
+validated; OUT is written only when everything passed, atomically, and the input's external data
+goes to OUT.data as it is written (folded weights straight from the fold). The report, when one is
+asked for, is written first under a temporary name and put in place with OUT: a failed run writes
+nothing new but the report of what failed. Paths are checked before any work: OUT, OUT.data and
+the report never replace the input, its data files, each other or anything but a regular file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._version import __version__
+from .errors import InputError
+from .fold import fold_in_place
+from .model_io import data_file_for, load_model_and_sources, save_model
+from .records import FoldResult
+from .tensor_data import DataFile, umask
+from .validation import ValidationReport
+from .validation import validate as validate_models
+
+
+class Reporter:
+    """What a caller is told while `fold_file` runs (the command prints it); does nothing."""
+
+    def progress(self, text: str) -> None:
+        """A phase begins (`loading ...`, `folding`, `validating ...`, `saving ...`)."""
+
+    def progress_done(self) -> None:
+        """The phase ended."""
+
+    def detail(self, text: str) -> None:
+        """A timing or a decision, for the curious."""
+
+    def folded(self, result: FoldResult) -> None:
+        """The fold is done: its records."""
+
+    def validated(self, report: ValidationReport) -> None:
+        """Validation is done: its verdict."""
+
+
+@dataclass
+class FileResult:
+    """What `fold_file` did: the fold, the validation (None: not run), whether OUT was
+    written."""
+
+    source: Path
+    output: Path | None
+    fold: FoldResult
+    validation: ValidationReport | None
+    written: bool
+    seconds: float
+    strict: bool = False
+
+    @property
+    def unfolded(self) -> int:
+        """BatchNormalizations left (counted only with `strict`, where they stop the write)."""
+        return len(self.fold.skipped) if self.strict else 0
+
+    @property
+    def passed(self) -> bool:
+        """Validation passed (or did not run), and with `strict` nothing was left unfolded."""
+        return (self.validation is None or self.validation.passed) and not self.unfolded
+
+    def to_dict(self) -> dict:
+        """What `--report` writes."""
+        return {
+            "bnfold": __version__,
+            "input": str(self.source),
+            "output": None if self.output is None else str(self.output),
+            "written": self.written,
+            "strict": self.strict,
+            **self.fold.to_dict(),
+            "seconds": round(self.seconds, 4),
+            "validation": None if self.validation is None else self.validation.to_dict(),
+        }
+
+    def report_text(self) -> str:
+        """`to_dict` as strict JSON (NaN and infinities as strings)."""
+        return json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def fold_file(
+    source: str | os.PathLike,
+    target: str | os.PathLike | None = None,
+    *,
+    validate: bool = True,
+    strict: bool = False,
+    inline_functions: bool = True,
+    report: str | os.PathLike | None = None,
+    reporter: Reporter | None = None,
+    **validation_options,
+) -> FileResult:
+    """Fold the ONNX file `source` and write `target` (None: fold and validate, write nothing),
+    as the command does. `validate=False` skips validation; `validation_options` are
+    `bnfold.validate`'s keyword arguments (providers, rtol, atol, inputs, samples, ...).
+    `strict=True` writes nothing when a BatchNormalization is left unfolded. `report`: a JSON
+    file for `FileResult.to_dict()`. Bad input raises `InputError`; a failed validation or a
+    strict refusal returns a result with `written=False` (see `FileResult.passed`)."""
+    source, output = Path(source), None if target is None else Path(target)
+    report_path = None if report is None else Path(report)
+    reporter = reporter or Reporter()
+    check_paths(source, output, report_path)
+    started = time.perf_counter()
+    reporter.progress(f"loading {source} ({_size(source)})")
+    # fold_in_place makes the graph checks; external data stays in its files until needed
+    loaded, sources = load_model_and_sources(source, check=False, lazy=True)
+    _check_not_input(sources, output, report_path)
+    reporter.detail(f"loaded in {time.perf_counter() - started:.2f} s")
+    # folded weights of an input with external data go straight to OUT's data file, being
+    # written next to it (not into memory); it is deleted if OUT is not written
+    spilling = output is not None and len(sources) > 1
+    with DataFile(output.parent) if spilling and output else contextlib.nullcontext() as spill:
+        reporter.progress("folding")
+        mark = time.perf_counter()
+        try:
+            folded = fold_in_place(loaded, inline_functions=inline_functions, spill=spill)
+        except InputError as exc:  # a graph check failed: name the file
+            raise InputError(exc.path or source, exc.problem) from None
+        reporter.progress_done()
+        reporter.detail(f"folded in {time.perf_counter() - mark:.2f} s")
+        reporter.folded(folded)
+        result = FileResult(source, output, folded, None, False, 0.0, strict)
+        if validate and not result.unfolded:
+            result.validation = _validated(source, folded, reporter, validation_options)
+        result.written = result.passed and output is not None
+        result.seconds = time.perf_counter() - started
+        text = result.report_text().encode() if report_path is not None else None
+        with _StagedFile(report_path, text) as staged_report:
+            if result.written and output is not None:
+                reporter.progress(f"saving {output}")
+                # an input with external data keeps it (in OUT.data); else only when over 2 GB
+                external = True if len(sources) > 1 else None
+                save_model(folded.model, output, external_data=external, data_file=spill)
+                reporter.progress_done()
+            staged_report.publish(written_with=output if result.written else None)
+    return result
+
+
+def _validated(
+    source: Path, folded: FoldResult, reporter: Reporter, options
+) -> ValidationReport | None:
+    if not (folded.folded or folded.folded_affine):
+        reporter.detail("nothing folded: the output is the input model; validation not needed")
+        return None
+    reporter.progress("validating in onnxruntime")
+    mark = time.perf_counter()
+    try:
+        report = validate_models(source.resolve(), folded.model, **options)
+    except InputError as exc:  # an input the model declares cannot be generated, ...
+        raise InputError(exc.path or source, exc.problem) from None
+    reporter.progress_done()
+    reporter.detail(f"validated in {time.perf_counter() - mark:.2f} s")
+    reporter.validated(report)
+    return report
+
+
+def check_paths(source: Path, output: Path | None, report_path: Path | None) -> None:
+    """Refuse (`InputError`) outputs that would replace the input, each other, or anything but a
+    regular file, or go to a folder that is missing or read-only."""
+    _check_target(output)
+    _check_target(report_path)
+    if output is not None:
+        _check_data_target(data_file_for(output))
+    if output is not None and report_path is not None and _same(output, report_path):
+        raise InputError(report_path, "is also the output model; give the report another path")
+    if output is not None and report_path is not None and _same(data_file_for(output), report_path):
+        raise InputError(
+            report_path, "is the output model's data file name; give the report another path"
+        )
+    _check_not_input(source.resolve() if source.exists() else None, output, report_path)
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _check_not_input(sources, output: Path | None, report_path: Path | None) -> None:
+    """Refuse to write over the input model or any of its external data files."""
+    if sources is None:
+        return
+    protected = {sources} if isinstance(sources, Path) else set(sources)
+    for path, what in ((output, "output"), (report_path, "report")):
+        if path is not None and path.resolve() in protected:
+            raise InputError(
+                path, f"is the input model or one of its data files; give the {what} another path"
+            )
+    # (an OUT that is a symbolic link is replaced, not followed: its data file is beside it)
+    if output is not None and data_file_for(output.parent.resolve() / output.name) in protected:
+        raise InputError(
+            output,
+            f"its data file {data_file_for(output).name} would replace the input's; "
+            "give the output another path",
+        )
+
+
+def _check_target(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise InputError(path, "exists and is not a regular file; refusing to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(path, f"its folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(path, f"its folder '{parent}' is not writable")
+
+
+def _check_data_target(path: Path) -> None:
+    """OUT.data, if OUT gets one, replaces what is there: only a regular file may be."""
+    if path.exists() and not path.is_file():
+        raise InputError(path, "(the output's data file) exists and is not a regular file")
+
+
+def _size(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "?"
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+class _StagedFile:
+    """`payload` written to a temporary file next to `path` on entry (an `InputError` if it
+    cannot be), put in place by `publish`, removed if the block ends without it. With no path,
+    nothing."""
+
+    def __init__(self, path: Path | None, payload: bytes | None) -> None:
+        self.path, self.payload = path, payload
+        self.temporary: str | None = None
+
+    def __enter__(self) -> _StagedFile:
+        if self.path is None or self.payload is None:
+            return self
+        try:
+            descriptor, self.temporary = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(self.payload)
+        except OSError as exc:
+            self._remove()
+            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
+        return self
+
+    def publish(self, written_with: Path | None) -> None:
+        """Put the file in place; if that fails, the model `written_with` (just written) is
+        removed too, so that a failed run leaves nothing new."""
+        if self.temporary is None or self.path is None:
+            return
+        try:
+            os.chmod(self.temporary, 0o666 & ~umask())
+            os.replace(self.temporary, self.path)
+            self.temporary = None
+        except OSError as exc:
+            if written_with is not None:
+                for path in (written_with, data_file_for(written_with)):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
+
+    def __exit__(self, *exc_info) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        if self.temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temporary)
+            self.temporary = None
+
+
+def _json_safe(value):
+    """JSON has no NaN or infinity: write those as the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

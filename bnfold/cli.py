@@ -328,11 +328,7 @@ def command(
         "save_inputs": save_inputs,
         "save_outputs": save_outputs,
     }
-    if no_validate and (
-        any(_given(v) for k, v in options.items() if k not in ("seed", "samples"))
-        or samples != 1
-        or providers != "auto"
-    ):
+    if no_validate and _given_on_the_command_line(VALIDATION_OPTIONS):
         console.out("WARNING | validation options have no effect with --no-validate")
     started = time.perf_counter()
     result = fold_file(
@@ -363,10 +359,29 @@ def command(
         raise ValidationFailed(f"validation {what}; the folded model was not written: {first_line}")
 
 
-def _given(value) -> bool:
-    if isinstance(value, (dict, list, tuple)):
-        return bool(value)
-    return value not in (None, False, "auto")
+VALIDATION_OPTIONS = (
+    "providers",
+    "provider_option",
+    "ep_library",
+    "tf32",
+    "rtol",
+    "atol",
+    "input_shape",
+    "inputs_path",
+    "seed",
+    "samples",
+    "save_inputs",
+    "save_outputs",
+)
+
+
+def _given_on_the_command_line(names) -> bool:
+    """Whether the user typed any of these options (a default value typed counts too)."""
+    context = click.get_current_context()
+    return any(
+        context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        for name in names
+    )
 
 
 def _record_line(record) -> str:

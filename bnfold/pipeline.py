@@ -25,7 +25,7 @@ from .fold import fold_in_place
 from .model_io import data_file_for, load_model_and_sources, save_model
 from .records import FoldResult
 from .tensor_data import DataFile, umask
-from .validation import ValidationReport
+from .validation import ValidationReport, check_validation_options
 from .validation import validate as validate_models
 
 
@@ -110,6 +110,8 @@ def fold_file(
     report_path = None if report is None else Path(report)
     reporter = reporter or Reporter()
     check_paths(source, output, report_path)
+    if validate:
+        check_validation_options(validation_options)
     started = time.perf_counter()
     reporter.progress(f"loading {source} ({_size(source)})")
     # fold_in_place makes the graph checks; external data stays in its files until needed
@@ -136,13 +138,14 @@ def fold_file(
         result.seconds = time.perf_counter() - started
         text = result.report_text().encode() if report_path is not None else None
         with _StagedFile(report_path, text) as staged_report:
+            written: list[Path] = []
             if result.written and output is not None:
                 reporter.progress(f"saving {output}")
                 # an input with external data keeps it (in OUT.data); else only when over 2 GB
                 external = True if len(sources) > 1 else None
-                save_model(folded.model, output, external_data=external, data_file=spill)
+                written = save_model(folded.model, output, external_data=external, data_file=spill)
                 reporter.progress_done()
-            staged_report.publish(written_with=output if result.written else None)
+            staged_report.publish(written_with=written)
     return result
 
 
@@ -254,9 +257,10 @@ class _StagedFile:
             raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
         return self
 
-    def publish(self, written_with: Path | None) -> None:
-        """Put the file in place; if that fails, the model `written_with` (just written) is
-        removed too, so that a failed run leaves nothing new."""
+    def publish(self, written_with: list[Path]) -> None:
+        """Put the file in place; if that fails, the files `written_with` (just written: OUT,
+        and OUT.data if this run wrote one) are removed too, so that a failed run leaves
+        nothing new."""
         if self.temporary is None or self.path is None:
             return
         try:
@@ -264,10 +268,9 @@ class _StagedFile:
             os.replace(self.temporary, self.path)
             self.temporary = None
         except OSError as exc:
-            if written_with is not None:
-                for path in (written_with, data_file_for(written_with)):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+            for path in written_with:
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
 
     def __exit__(self, *exc_info) -> None:

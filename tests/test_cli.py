@@ -495,3 +495,10 @@ def test_declared_dependencies_are_what_the_package_imports():
     assert needed - declared <= {"onnxruntime", "onnx-graphsurgeon"}
     assert {"onnxruntime", "onnx-graphsurgeon"} <= extras
     assert declared <= needed  # nothing declared that is not used
+
+
+@pytest.mark.parametrize("option", [["--seed", "3"], ["--rtol", "0"], ["--samples", "1"]])
+def test_validation_options_typed_with_no_validate_are_warned_about(tmp_path, option):
+    proc = bnfold(RESNET, "-o", tmp_path / "o.onnx", "--no-validate", *option)
+    assert proc.returncode == 0
+    assert "WARNING | validation options have no effect with --no-validate" in proc.stdout

@@ -61,3 +61,50 @@ def test_strict_writes_nothing_when_a_batchnorm_is_left(tmp_path, rng):
     result = bnfold.fold_file(path, out, strict=True)
     assert result.unfolded == 1 and not result.passed and not result.written
     assert not out.exists()
+
+
+def test_bad_validation_options_are_refused_before_any_work():
+    recorder = Recorder()
+    for options, error in (
+        ({"samples": 0}, bnfold.InputError),
+        ({"seed": -1}, bnfold.InputError),
+        ({"rtol": "x"}, bnfold.InputError),
+        ({"input_shapes": "input:1x3x32x32"}, bnfold.InputError),
+        ({"providers": "tpu"}, bnfold.InputError),
+        ({"bogus": 1}, TypeError),
+    ):
+        try:
+            bnfold.fold_file(RESNET, reporter=recorder, **options)
+        except error:
+            pass
+        else:
+            raise AssertionError(f"{options} was accepted")
+    assert recorder.seen == []  # nothing was loaded
+
+
+def test_a_report_that_cannot_be_put_in_place_removes_only_what_this_run_wrote(
+    tmp_path, monkeypatch
+):
+    import os
+
+    import bnfold.pipeline
+
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    out.write_bytes(b"earlier model")
+    (tmp_path / "o.onnx.data").write_bytes(b"earlier data, not this run's")
+    real_replace = os.replace
+
+    def no_room(source, destination):
+        if str(destination) == str(report):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(bnfold.pipeline.os, "replace", no_room)
+    try:
+        bnfold.fold_file(RESNET, out, validate=False, report=report)
+    except bnfold.InputError as exc:
+        assert "r.json" in str(exc)
+    else:
+        raise AssertionError("the report's failure was not reported")
+    assert not out.exists()  # this run's OUT went with the report
+    assert (tmp_path / "o.onnx.data").read_bytes() == b"earlier data, not this run's"

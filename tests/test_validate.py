@@ -521,3 +521,18 @@ def test_a_model_without_its_external_data_is_refused(tmp_path):
     shell = onnx.load(tmp_path / "m.onnx", load_external_data=False)
     with pytest.raises(bnfold.InputError, match="external data is not loaded"):
         validate(shell, shell, providers="cpu")
+
+
+def test_a_value_name_that_is_not_utf8_is_left_unmoved():
+    model = onnx.load(RESNET)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    inner = conv.output[0]
+    renamed = "v" * len(inner.encode())
+    for node in model.graph.node:
+        node.input[:] = [renamed if name == inner else name for name in node.input]
+        node.output[:] = [renamed if name == inner else name for name in node.output]
+    broken = onnx.ModelProto()
+    bad = renamed.encode()[:-2] + b"\xfe\xff"
+    broken.ParseFromString(model.SerializeToString().replace(renamed.encode(), bad))
+    report = validate(broken, bnfold.fold(broken).model, providers="cpu")
+    assert report.passed, report.lines()

@@ -12,7 +12,7 @@
 from .compare import compare
 from .criterion import Tolerance
 from .inputs import load_inputs, make_samples
-from .pipeline import validate
+from .pipeline import check_validation_options, validate
 from .providers import ProviderRequest, parse_provider_options
 from .report import OutputComparison, ProviderOutcome, Status, ValidationReport
 
@@ -23,6 +23,7 @@ __all__ = [
     "Status",
     "Tolerance",
     "ValidationReport",
+    "check_validation_options",
     "compare",
     "load_inputs",
     "make_samples",

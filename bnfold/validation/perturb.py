@@ -330,8 +330,8 @@ def _movers_for(node, widths, constants, seed, counter, renamed, rename_in_place
     movers: list[onnx.NodeProto] = []
     for index in positions if width is not None else ():
         name = node.input[index] if index < len(node.input) else ""
-        if not name or name in constants or name in widths:
-            continue
+        if not isinstance(name, str) or not name or name in constants or name in widths:
+            continue  # (a name that is not UTF-8 comes back as bytes: left as it is)
         tag = f"__bnfold_moved{counter[0]}"
         movers.extend(_mover(name, name + tag, width, seed * 7919 + counter[0], tag))
         if rename_in_place:

@@ -3,6 +3,7 @@ provider, one session at a time, and hold every output to its limit."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -83,7 +84,8 @@ def validate(
     """
     ort = import_onnxruntime()
     request = ProviderRequest.parse(providers)
-    samples = max(1, int(samples))
+    if not isinstance(samples, int) or samples < 1:
+        raise InputError(None, f"samples must be a whole number >= 1, not {samples!r}")
     reference_source, candidate_source = _as_source(reference), _as_source(candidate)
     reference_model = _described(reference_source)
     candidate_model = _described(candidate_source)
@@ -130,6 +132,33 @@ def validate(
     finally:
         sources.close()
     return report
+
+
+def check_validation_options(options: dict) -> None:
+    """Before any work: `validate`'s keyword arguments as given to `fold_file` (unknown ones are
+    a `TypeError`, as a call would make them), onnxruntime installed, and the simple values
+    sound (`InputError`); the rest is checked against the model by `validate`."""
+    known = set(inspect.signature(validate).parameters) - {"reference", "candidate"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown validation options {unknown}; known: {sorted(known)}")
+    import_onnxruntime()
+    ProviderRequest.parse(options.get("providers"))
+    for name in ("seed", "samples"):
+        value = options.get(name, 0 if name == "seed" else 1)
+        if not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise InputError(None, f"{name} must be a whole number >= {0 if name == 'seed' else 1}")
+    for name in ("rtol", "atol"):
+        value = options.get(name)
+        values = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        for item in values:
+            try:
+                float(item)
+            except (TypeError, ValueError):
+                raise InputError(None, f"{name} must be a number, not {item!r}") from None
+    for name in ("input_shapes", "provider_options"):
+        if options.get(name) is not None and not isinstance(options[name], dict):
+            raise InputError(None, f"{name} must be a dict, not {type(options[name]).__name__}")
 
 
 def _as_source(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto | Path:

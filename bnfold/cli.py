@@ -29,7 +29,6 @@ from .fold import collector_paused
 from .pipeline import Reporter, check_paths, fold_file
 from .records import FoldResult
 from .validation import ProviderRequest, ValidationReport, parse_provider_options
-from .validation.pipeline import import_onnxruntime
 
 EXIT_INTERNAL = 3
 
@@ -307,9 +306,7 @@ def command(
     if dry_run:
         output = None
     check_paths(model, output, report_path)
-    ProviderRequest.parse(providers)  # a bad name is a usage error before any work
-    if not no_validate:
-        import_onnxruntime()  # none installed: say what to install before any work
+    ProviderRequest.parse(providers)  # a bad name is a usage error, --no-validate or not
     if inputs_path is not None and not inputs_path.is_file():
         raise InputError(
             inputs_path, "no such file" if not inputs_path.exists() else "is not a file"

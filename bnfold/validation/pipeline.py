@@ -83,14 +83,20 @@ def validate(
     Validates any pair of models with the same inputs and outputs, not only bnfold's.
     """
     ort = import_onnxruntime()
-    request = ProviderRequest.parse(providers)
-    if not isinstance(samples, int) or samples < 1:
-        raise InputError(None, f"samples must be a whole number >= 1, not {samples!r}")
+    request = _checked_values(
+        providers=providers,
+        seed=seed,
+        samples=samples,
+        rtol=rtol,
+        atol=atol,
+        input_shapes=input_shapes,
+        provider_options=provider_options,
+    )
     reference_source, candidate_source = _as_source(reference), _as_source(candidate)
     reference_model = _described(reference_source)
     candidate_model = _described(candidate_source)
-    _check_tolerances(rtol, "rtol", reference_model)
-    _check_tolerances(atol, "atol", reference_model)
+    _check_tolerance_names(rtol, "rtol", reference_model)
+    _check_tolerance_names(atol, "atol", reference_model)
     if inputs is not None and not isinstance(inputs, dict):
         inputs = load_inputs(inputs, declared_inputs(reference_model))
     sample_set = make_samples(
@@ -143,22 +149,38 @@ def check_validation_options(options: dict) -> None:
     if unknown:
         raise TypeError(f"unknown validation options {unknown}; known: {sorted(known)}")
     import_onnxruntime()
-    ProviderRequest.parse(options.get("providers"))
-    for name in ("seed", "samples"):
-        value = options.get(name, 0 if name == "seed" else 1)
-        if not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise InputError(None, f"{name} must be a whole number >= {0 if name == 'seed' else 1}")
-    for name in ("rtol", "atol"):
-        value = options.get(name)
-        values = value.values() if isinstance(value, dict) else [] if value is None else [value]
-        for item in values:
+    _checked_values(**options)
+
+
+def _checked_values(
+    *,
+    providers=None,
+    seed=0,
+    samples=1,
+    rtol=None,
+    atol=None,
+    input_shapes=None,
+    provider_options=None,
+    **_checked_with_the_model,
+) -> ProviderRequest:
+    """The options' values that need no model checked (`InputError`); the providers asked for."""
+    request = ProviderRequest.parse(providers)
+    for name, value, least in (("seed", seed, 0), ("samples", samples, 1)):
+        if not isinstance(value, int) or value < least:
+            raise InputError(None, f"{name} must be a whole number >= {least}, not {value!r}")
+    for name, option in (("rtol", rtol), ("atol", atol)):
+        values = option.values() if isinstance(option, dict) else [] if option is None else [option]
+        for value in values:
             try:
-                float(item)
+                number = float(value)
             except (TypeError, ValueError):
-                raise InputError(None, f"{name} must be a number, not {item!r}") from None
-    for name in ("input_shapes", "provider_options"):
-        if options.get(name) is not None and not isinstance(options[name], dict):
-            raise InputError(None, f"{name} must be a dict, not {type(options[name]).__name__}")
+                number = math.nan
+            if not math.isfinite(number) or number < 0:
+                raise InputError(None, f"{name} must be a finite number >= 0, not {value!r}")
+    for name, option in (("input_shapes", input_shapes), ("provider_options", provider_options)):
+        if option is not None and not isinstance(option, dict):
+            raise InputError(None, f"{name} must be a dict, not {type(option).__name__}")
+    return request
 
 
 def _as_source(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto | Path:
@@ -232,11 +254,8 @@ def _pick(option, name: str) -> float | None:
     return None if option is None else float(option)
 
 
-def _check_tolerances(option, label: str, model: onnx.ModelProto) -> None:
-    values = option.values() if isinstance(option, dict) else [] if option is None else [option]
-    for value in values:
-        if not math.isfinite(float(value)) or float(value) < 0:
-            raise InputError(None, f"{label} must be a finite number >= 0, not {value}")
+def _check_tolerance_names(option, label: str, model: onnx.ModelProto) -> None:
+    """Per-output tolerances must name outputs of the model."""
     if isinstance(option, dict):
         outputs = [o.name for o in model.graph.output]
         for name in option:

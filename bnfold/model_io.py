@@ -640,22 +640,14 @@ def _check_writable_target(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A new file in `path`'s folder (random name, created exclusively, so no symbolic link
-    planted there is followed) that replaces `path` only when the block succeeds.
+    """A new file in `path`'s folder (`StagedFile`) that replaces `path` only when the block
+    succeeds.
 
     A reader never sees a partial file. There is no `fsync`: like `onnx.save`, durability across
     a power cut is left to the file system (it cost 0.7 s on a 500 MB model here)."""
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        os.fchmod(descriptor, 0o666 & ~tensor_data.umask())
-        with os.fdopen(descriptor, "wb") as handle:
-            yield handle
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+    with StagedFile(path) as staged:
+        yield staged.handle
+        staged.commit()
 
 
 def _write_with_external_data(
@@ -669,7 +661,7 @@ def _write_with_external_data(
         if data_file is None:
             data_file = stack.enter_context(tensor_data.DataFile(path.parent))
         _move_into_data_file(model, data_path.name, data_file)
-        staged = stack.enter_context(_StagedFile(path))
+        staged = stack.enter_context(StagedFile(path))
         staged.handle.write(model.SerializeToString())
         staged.handle.close()
         aside = _renamed_aside(data_path)
@@ -699,17 +691,24 @@ def _renamed_aside(path: Path) -> Path | None:
     return Path(aside)
 
 
-class _StagedFile:
-    """A new file in `path`'s folder (random name, created exclusively) that `commit` puts in
-    place; removed if the block ends without that."""
+class StagedFile:
+    """A new file in `path`'s folder (random name, created exclusively, so no symbolic link
+    planted there is followed; the permissions a new file gets) that `commit` puts in place;
+    removed if the block ends without that."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         descriptor, self.temporary = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
         )
-        os.fchmod(descriptor, 0o666 & ~tensor_data.umask())
-        self.handle = os.fdopen(descriptor, "wb")
+        try:
+            os.fchmod(descriptor, 0o666 & ~tensor_data.umask())
+            self.handle = os.fdopen(descriptor, "wb")
+        except OSError:
+            os.close(descriptor)
+            with contextlib.suppress(OSError):
+                os.unlink(self.temporary)
+            raise
         self.committed = False
 
     def commit(self) -> None:
@@ -717,7 +716,7 @@ class _StagedFile:
         os.replace(self.temporary, self.path)
         self.committed = True
 
-    def __enter__(self) -> _StagedFile:
+    def __enter__(self) -> StagedFile:
         return self
 
     def __exit__(self, *exc_info) -> None:

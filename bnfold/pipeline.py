@@ -14,17 +14,17 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._version import __version__
 from .errors import InputError
 from .fold import fold_in_place
-from .model_io import data_file_for, load_model_and_sources, save_model
+from .model_io import StagedFile, data_file_for, load_model_and_sources, save_model
 from .records import FoldResult
-from .tensor_data import DataFile, umask
+from .tensor_data import DataFile
 from .validation import ValidationReport, check_validation_options
 from .validation import validate as validate_models
 
@@ -137,7 +137,7 @@ def fold_file(
         result.written = result.passed and output is not None
         result.seconds = time.perf_counter() - started
         text = result.report_text().encode() if report_path is not None else None
-        with _StagedFile(report_path, text) as staged_report:
+        with _staged(report_path, text) as staged_report:
             written: list[Path] = []
             if result.written and output is not None:
                 reporter.progress(f"saving {output}")
@@ -145,7 +145,7 @@ def fold_file(
                 external = True if len(sources) > 1 else None
                 written = save_model(folded.model, output, external_data=external, data_file=spill)
                 reporter.progress_done()
-            staged_report.publish(written_with=written)
+            _publish(staged_report, written_with=written)
     return result
 
 
@@ -234,53 +234,43 @@ def _size(path: Path) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 
-class _StagedFile:
-    """`payload` written to a temporary file next to `path` on entry (an `InputError` if it
-    cannot be), put in place by `publish`, removed if the block ends without it. With no path,
-    nothing."""
-
-    def __init__(self, path: Path | None, payload: bytes | None) -> None:
-        self.path, self.payload = path, payload
-        self.temporary: str | None = None
-
-    def __enter__(self) -> _StagedFile:
-        if self.path is None or self.payload is None:
-            return self
+@contextlib.contextmanager
+def _staged(path: Path | None, payload: bytes | None) -> Iterator[StagedFile | None]:
+    """`payload` written to a `StagedFile` next to `path` (an `InputError` if it cannot be);
+    with no path, nothing."""
+    if path is None or payload is None:
+        yield None
+        return
+    try:
+        staged = StagedFile(path)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    with staged:
         try:
-            descriptor, self.temporary = tempfile.mkstemp(
-                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-            )
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(self.payload)
+            staged.handle.write(payload)
+            staged.handle.flush()
         except OSError as exc:
-            self._remove()
-            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
-        return self
+            raise _cannot_write(path, exc) from None
+        yield staged
 
-    def publish(self, written_with: list[Path]) -> None:
-        """Put the file in place; if that fails, the files `written_with` (just written: OUT,
-        and OUT.data if this run wrote one) are removed too, so that a failed run leaves
-        nothing new."""
-        if self.temporary is None or self.path is None:
-            return
-        try:
-            os.chmod(self.temporary, 0o666 & ~umask())
-            os.replace(self.temporary, self.path)
-            self.temporary = None
-        except OSError as exc:
-            for path in written_with:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
 
-    def __exit__(self, *exc_info) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
-        if self.temporary is not None:
+def _publish(staged: StagedFile | None, written_with: list[Path]) -> None:
+    """Put the staged report in place; if that fails, the files `written_with` (just written:
+    OUT, and OUT.data if this run wrote one) are removed too, so that a failed run leaves
+    nothing new."""
+    if staged is None:
+        return
+    try:
+        staged.commit()
+    except OSError as exc:
+        for path in written_with:
             with contextlib.suppress(OSError):
-                os.unlink(self.temporary)
-            self.temporary = None
+                path.unlink()
+        raise _cannot_write(staged.path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> InputError:
+    return InputError(path, f"cannot be written ({exc.strerror or exc})")
 
 
 def _json_safe(value):

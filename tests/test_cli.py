@@ -379,12 +379,12 @@ def test_a_report_that_cannot_be_written_stops_the_run_before_out(tmp_path, monk
     import errno
 
     import bnfold.cli
-    import bnfold.pipeline
+    import bnfold.model_io
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bnfold.pipeline.tempfile, "mkstemp", full_disk)
+    monkeypatch.setattr(bnfold.model_io.tempfile, "mkstemp", full_disk)
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
     with pytest.raises(SystemExit) as exit_status:
         bnfold.cli.main([str(RESNET), "-o", str(out), "--report", str(report), "--no-validate"])

@@ -498,7 +498,7 @@ class GraphView:
     def _add_initializer(self, name: str, value: np.ndarray) -> None:
         data_type = tensor_dtype(value.dtype)
         tensor = self.graph.initializer.add(
-            name=name, data_type=data_type, dims=value.shape, raw_data=_little_endian_bytes(value)
+            name=name, data_type=data_type, dims=value.shape, raw_data=little_endian_bytes(value)
         )
         self.initializers[name] = tensor
         if self.lists_initializers_as_inputs:
@@ -639,7 +639,7 @@ _TENSOR_DTYPES = {np.dtype(d).newbyteorder("="): t for t, d in RAW_DTYPES.items(
 def _overwrite_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     """Give a tensor new contents of the same shape and dtype."""
     if tensor.HasField("raw_data"):  # the usual case: only the bytes change
-        tensor.raw_data = _little_endian_bytes(value)
+        tensor.raw_data = little_endian_bytes(value)
     else:
         _fill_tensor(tensor, value)
 
@@ -651,10 +651,11 @@ def _fill_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     tensor.name = name
     tensor.data_type = tensor_dtype(value.dtype)
     tensor.dims.extend(value.shape)
-    tensor.raw_data = _little_endian_bytes(value)
+    tensor.raw_data = little_endian_bytes(value)
 
 
-def _little_endian_bytes(value: np.ndarray) -> bytes:
+def little_endian_bytes(value: np.ndarray) -> bytes:
+    """The array's bytes as raw data holds them (little-endian), copied once."""
     order = value.dtype.byteorder
     if order == "<" or order == "|" or (order == "=" and sys.byteorder == "little"):
         return value.tobytes()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..graph_view import subgraphs
+from ..graph_view import little_endian_bytes, subgraphs
 from ..tensor_data import (
     DataFile,
     disk_span,
@@ -204,24 +204,23 @@ def moved_raw_data(
         if tensor.name not in wanted:
             return None
         moved, _ = one_ulp_moved(tensor_to_array(tensor), rng)
-        return moved.astype(moved.dtype.newbyteorder("<"), copy=False).tobytes()
+        return little_endian_bytes(moved)
 
     return replaced
 
 
 def _store(tensor: onnx.TensorProto, values: np.ndarray, spill: DataFile | None) -> None:
     """Put `values` in the tensor: its raw data, or `spill` for an on-disk tensor."""
-    little_endian = values.astype(values.dtype.newbyteorder("<"), copy=False)
     if is_on_disk(tensor):
-        if spill is not None:
-            spill.put(tensor, little_endian)
+        if spill is not None:  # (written from the array: no copy of a big weight's bytes)
+            spill.put(tensor, values.astype(values.dtype.newbyteorder("<"), copy=False))
             return
         tensor.ClearField("external_data")
         tensor.ClearField("data_location")
     elif not tensor.raw_data:
         for field in ("float_data", "int32_data", "double_data"):
             tensor.ClearField(field)
-    tensor.raw_data = little_endian.tobytes()
+    tensor.raw_data = little_endian_bytes(values)
 
 
 # Relative half-width of the random factor a moved value is multiplied by, by element type:

@@ -108,11 +108,7 @@ def _counted(provider, name, reference, candidate, draws, bases) -> OutputCompar
     """Integers and booleans (ArgMax, rounded values, masks): equal, except where rounding alone
     flips them. If the runs moved by rounding changed k elements by at most m, the candidate
     may differ in up to `NOISE_FACTOR`·k elements, by at most m; else it must be equal."""
-    diff = (
-        np.abs(candidate.astype(np.int64) - reference.astype(np.int64))
-        if candidate.size
-        else (np.zeros(0, np.int64))
-    )
+    diff = np.abs(candidate.astype(np.int64) - reference.astype(np.int64))
     flips = [
         np.abs(d.astype(np.int64) - b.astype(np.int64)) for d, b in zip(draws, bases, strict=True)
     ]

@@ -93,7 +93,7 @@ class ModelSources:
         if replaced is None or holds_data_on_disk(model) or not fits_in_one_protobuf(model):
             return None
         names = {t.name for t in model.graph.initializer}
-        if any(t.name not in names or t.name != name for name, t in written.items()):
+        if any(t.name not in names or t.name != key for key, t in written.items()):
             return None
         encoding = Encoding(model, replaced=replaced)
         if encoding.whole:

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
+from . import tensor_data
+
 CHUNK_BYTES = 4 << 20  # items are encoded together up to this much (a bigger one on its own)
 MODEL_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 GRAPH_RUNS = {  # the graph's repeated fields that hold the model's bulk, by field number
@@ -41,11 +43,12 @@ class Encoding:
     Computing `size` encodes each node and initializer once on its own (`ByteSize`), one at a
     time; no encoding of the whole graph is ever held."""
 
-    def __init__(self, model: onnx.ModelProto, replaced=None) -> None:
-        """`replaced(initializer) -> bytes | None`: new raw data, of the same length, for a
-        main-graph initializer, encoded instead of its own (the model is not touched)."""
+    def __init__(self, model: onnx.ModelProto, *, inline_on_disk: bool = False) -> None:
+        """`inline_on_disk`: main-graph initializers left on disk by a lazy load
+        (`bnfold.tensor_data`) are encoded holding their bytes, read from their file one at a
+        time (the model is not touched)."""
         self.model = model
-        self.replaced = replaced
+        self.inline_on_disk = inline_on_disk
         self.whole = _has_unknown_fields(model) or _has_unknown_fields(model.graph)
         if self.whole or not model.HasField("graph"):
             self.whole = True
@@ -53,9 +56,9 @@ class Encoding:
             return
         self._before = _fields_encoded(model, lambda number: number < MODEL_GRAPH)
         self._after = _fields_encoded(model, lambda number: number > MODEL_GRAPH)
-        self._graph_parts = _graph_parts(model.graph)
+        self._graph_parts = _graph_parts(model.graph, inline_on_disk)
         self.graph_size = sum(map(_part_size, self._graph_parts))
-        header = _field_header(MODEL_GRAPH, self.graph_size)
+        header = field_header(MODEL_GRAPH, self.graph_size)
         self.size = len(self._before) + len(header) + self.graph_size + len(self._after)
 
     def pieces(self) -> Iterator[bytes]:
@@ -64,11 +67,15 @@ class Encoding:
             yield self.model.SerializeToString()
             return
         yield self._before
-        yield _field_header(MODEL_GRAPH, self.graph_size)
+        yield field_header(MODEL_GRAPH, self.graph_size)
         written = 0
         graph = self.model.graph
         for part in self._graph_parts:
-            runs = [part] if isinstance(part, bytes) else _runs_encoded(graph, part, self.replaced)
+            runs = (
+                [part]
+                if isinstance(part, bytes)
+                else _runs_encoded(graph, part, self.inline_on_disk)
+            )
             for piece in runs:
                 written += len(piece)
                 yield piece
@@ -79,14 +86,15 @@ class Encoding:
         yield self._after
 
 
-def _graph_parts(graph: onnx.GraphProto) -> list:
+def _graph_parts(graph: onnx.GraphProto, inline_on_disk: bool = False) -> list:
     """The graph as encoded, in field-number order: bytes for a stretch of ordinary fields, and
     for each of `GRAPH_RUNS` a list of runs `(number, start, stop, bytes of their records)`."""
     parts: list = []
     previous = 0
     for number, name in sorted(GRAPH_RUNS.items()):
+        inlined = inline_on_disk and name == "initializer"
         parts.append(_fields_encoded(graph, lambda n, low=previous, high=number: low < n < high))
-        parts.append(_runs(number, getattr(graph, name)))
+        parts.append(_runs(number, getattr(graph, name), _inlined_size if inlined else _BYTE_SIZE))
         previous = number
     parts.append(_fields_encoded(graph, lambda n, low=previous: n > low))
     return [part for part in parts if len(part)]
@@ -97,13 +105,13 @@ def _part_size(part) -> int:
     return len(part) if isinstance(part, bytes) else sum(run[3] for run in part)
 
 
-def _runs(number: int, items) -> list[tuple[int, int, int, int]]:
+def _runs(number: int, items, size_of) -> list[tuple[int, int, int, int]]:
     """Consecutive items in runs of about `CHUNK_BYTES` of records (a bigger item on its own),
     each with the bytes of its records (per item: tag, length, the item)."""
     count = len(items)
     if not count:
         return []
-    sizes = np.fromiter(map(_BYTE_SIZE, items), dtype=np.int64, count=count)
+    sizes = np.fromiter(map(size_of, items), dtype=np.int64, count=count)
     records = sizes + len(_varint(number << 3 | 2)) + _varint_lengths(sizes)
     starts = np.cumsum(records) - records
     big = records > CHUNK_BYTES
@@ -122,16 +130,14 @@ def _varint_lengths(values: np.ndarray) -> np.ndarray:
     return lengths
 
 
-def _runs_encoded(graph: onnx.GraphProto, runs, replaced=None) -> Iterator[bytes]:
+def _runs_encoded(graph: onnx.GraphProto, runs, inline_on_disk: bool = False) -> Iterator[bytes]:
     """Each run's records: its items encoded one by one (no copy into a holder message), each
-    after its tag and length; initializers `replaced` with new raw data."""
+    after its tag and length; initializers on disk holding their bytes, with `inline_on_disk`."""
     for number, start, stop, _ in runs:
         headers = _Headers(_varint(number << 3 | 2))
         items = getattr(graph, GRAPH_RUNS[number])[start:stop]
-        if replaced is not None and GRAPH_RUNS[number] == "initializer":
-            encoded = [_with_raw_data(item, replaced(item)) for item in items]
-        else:
-            encoded = list(map(_SERIALIZED, items))
+        inlined = inline_on_disk and GRAPH_RUNS[number] == "initializer"
+        encoded = list(map(_inlined if inlined else _SERIALIZED, items))
         del items
         if len(encoded) == 1:  # a big item: not copied again by a join
             yield headers[len(encoded[0])]
@@ -144,17 +150,32 @@ def _runs_encoded(graph: onnx.GraphProto, runs, replaced=None) -> Iterator[bytes
         yield b"".join(records)
 
 
-def _with_raw_data(tensor: onnx.TensorProto, raw_data: bytes | None) -> bytes:
-    """The tensor encoded, with `raw_data` instead of its own (a copy made and dropped: a
-    message's memory is only given back with the message)."""
-    if raw_data is None:
+def _inlined(tensor: onnx.TensorProto) -> bytes:
+    """The tensor encoded; one on disk as holding its bytes (read from its file)."""
+    if not tensor_data.is_on_disk(tensor):
         return tensor.SerializeToString()
-    if len(raw_data) != len(tensor.raw_data):
-        raise EncodingError(f"new raw data for '{tensor.name}' changes its length")
-    copy = onnx.TensorProto()
-    copy.CopyFrom(tensor)
-    copy.raw_data = raw_data
+    copy = _without_location(tensor)
+    copy.raw_data = tensor_data.raw_bytes(tensor)
     return copy.SerializeToString()
+
+
+def _inlined_size(tensor: onnx.TensorProto) -> int:
+    """Bytes of `_inlined(tensor)`, without reading anything."""
+    if not tensor_data.is_on_disk(tensor):
+        return tensor.ByteSize()
+    length = tensor_data.data_size(tensor)
+    return _without_location(tensor).ByteSize() + len(field_header(_RAW_DATA, length)) + length
+
+
+def _without_location(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)  # (small: an on-disk tensor holds no bytes)
+    del copy.external_data[:]
+    copy.ClearField("data_location")
+    return copy
+
+
+_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 
 
 class _Headers(dict):
@@ -180,7 +201,7 @@ def _fields_encoded(message, wanted) -> bytes:
     for descriptor, value in message.ListFields():
         if not wanted(descriptor.number):
             continue
-        if _is_repeated(descriptor):
+        if is_repeated(descriptor):
             getattr(holder, descriptor.name).extend(value)
         elif descriptor.type == descriptor.TYPE_MESSAGE:
             getattr(holder, descriptor.name).CopyFrom(value)
@@ -189,7 +210,7 @@ def _fields_encoded(message, wanted) -> bytes:
     return holder.SerializeToString()
 
 
-def _is_repeated(descriptor) -> bool:
+def is_repeated(descriptor) -> bool:
     repeated = getattr(descriptor, "is_repeated", None)  # `label` in older protobuf
     return repeated if repeated is not None else descriptor.label == descriptor.LABEL_REPEATED
 
@@ -205,7 +226,7 @@ def _has_unknown_fields(message) -> bool:
     return len(UnknownFieldSet(message)) > 0
 
 
-def _field_header(number: int, length: int) -> bytes:
+def field_header(number: int, length: int) -> bytes:
     """Tag and length of a length-delimited protobuf field."""
     return _varint(number << 3 | 2) + _varint(length)
 

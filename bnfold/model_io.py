@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import operator
 import os
 import tempfile
@@ -24,7 +25,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
-from . import tensor_data
+from . import skim, tensor_data
 from .encoding import Encoding
 from .errors import InputError
 from .graph_view import (
@@ -118,8 +119,9 @@ def load_model_and_sources(
 
     `check=False` leaves the graph checks to the caller (`fold_in_place` makes them from its
     index); the file, protobuf and external-data checks are always made. `lazy=True` checks
-    external data but leaves it in its files (`bnfold.tensor_data`: the model's tensors are then
-    "on disk" and the model must be saved with `save_model`, which copies them)."""
+    external data but leaves it in its files, and the big initializers of the model file itself
+    in that file (`bnfold.skim`): those tensors are then "on disk" (`bnfold.tensor_data`) and
+    the model must be saved with `save_model`, which copies them."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
@@ -127,19 +129,59 @@ def load_model_and_sources(
         raise InputError(path, "is a directory, not an ONNX file")
     if not path.is_file():  # a FIFO or a device would block or never end
         raise InputError(path, "is not a regular file")
+    model, in_file = _skimmed_model(path) if lazy else (None, [])
+    if model is None:
+        model = parse_model(_read(path), path)
+    for index, offset, length in in_file:  # (their tensors have no external data: checked)
+        tensor_data.point_to_file(
+            model.graph.initializer[index], str(path.resolve()), offset, length
+        )
+    if check:
+        check_model_structure(model, path)
+    in_model_file = {index for index, _, _ in in_file}
+    sources = load_external_data(model, path, lazy=lazy, in_model_file=in_model_file)
+    return model, {path.resolve(), *sources}
+
+
+def _read(path: Path) -> bytes:
     try:
-        size = path.stat().st_size
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
         raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if size == 0:
+    if not data:
         raise InputError(path, "is empty")
-    model = parse_model(data, path)
-    if check:
-        check_model_structure(model, path)
-    sources = load_external_data(model, path, lazy=lazy)
-    return model, {path.resolve(), *sources}
+    return data
+
+
+def _skimmed_model(path: Path) -> tuple[onnx.ModelProto | None, list[tuple[int, int, int]]]:
+    """The model without the raw data of its big initializers, and where that is in the file
+    (`bnfold.skim`), read through a memory map: only the graph's pages are read. (None, []) when
+    skimming gains nothing or cannot be done: then the file is parsed whole, which reports any
+    problem."""
+    try:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            if len(data) < SKIM_FROM:
+                return None, []
+            encoding, spans = skim.skimmed(data, LAZY_BYTES)
+    except (OSError, ValueError):  # (an empty file cannot be mapped; Unskimmable)
+        return None, []
+    if not spans:
+        return None, []
+    try:
+        model = parse_model(encoding, path)
+    except InputError:
+        return None, []
+    initializers = model.graph.initializer
+    if any(initializers[i].data_location or initializers[i].external_data for i, _, _ in spans):
+        return None, []  # raw data and external data at once: as the whole file parses
+    return model, spans
+
+
+SKIM_FROM = 1 << 20  # model files at least this big are read without their big initializers
 
 
 def parse_model(data: bytes, path: Path | None = None) -> onnx.ModelProto:
@@ -462,13 +504,20 @@ def holds_data_on_disk(model: onnx.ModelProto) -> bool:
 _DATA_LOCATION = operator.attrgetter("data_location")
 
 
-def load_external_data(model: onnx.ModelProto, path: Path, *, lazy: bool = False) -> set[Path]:
+def load_external_data(
+    model: onnx.ModelProto,
+    path: Path,
+    *,
+    lazy: bool = False,
+    in_model_file: Collection[int] = (),
+) -> set[Path]:
     """Read external tensor data that lies inside the model's folder; refuse anything else.
     Returns the data files read. Each tensor's bytes must be there, as many as its dims and type
     make. `lazy=True` leaves those of the main graph's initializers of at least `LAZY_BYTES` in
     the files: they are then on disk (`bnfold.tensor_data`); smaller tensors (shapes, axes, BN
     statistics, which shape inference and the rules read) and tensors elsewhere (attributes,
-    subgraphs, functions) are read as usual."""
+    subgraphs, functions) are read as usual. `in_model_file`: indices of main-graph
+    initializers a lazy load left in the model file itself (`bnfold.skim`), skipped."""
     base = path.resolve().parent
     tensors = all_tensors(model)
     main_initializers = len(model.graph.initializer)  # (all_tensors lists them first)
@@ -476,7 +525,7 @@ def load_external_data(model: onnx.ModelProto, path: Path, *, lazy: bool = False
     with contextlib.ExitStack() as stack:
         handles: dict[Path, BinaryIO] = {}
         for index, tensor in enumerate(tensors):
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL or index in in_model_file:
                 continue
             data_path, offset, length = _external_span(tensor, base, path)
             _check_external_size(tensor, length, path)
@@ -579,41 +628,131 @@ def save_model(
     protobuf. With external data the model's large tensors are moved out of `model` (its raw
     bytes are cleared), so pass a model you own.
 
-    Tensors left on disk by a lazy load (`bnfold.tensor_data`) are copied from their files into
-    the data file; a lazily loaded model goes out with external data unless
-    `external_data=False`, which first reads them into the model. `data_file`: the `DataFile`
+    Tensors left on disk by a lazy load (`bnfold.tensor_data`) are copied from their files: into
+    the data file, or into OUT itself one at a time. `data_file`: the `DataFile`
     a fold put tensors in (`fold_in_place(spill=...)`), made in `path`'s folder; it becomes the
     data file when the model goes out with external data.
     """
-    path = Path(path)
-    _check_writable_target(path)
-    if data_file is not None and data_file.folder.resolve() != path.parent.resolve():
-        raise ValueError(f"the data file is made in {data_file.folder}, not in {path.parent}")
-    if external_data is not True and holds_data_on_disk(model):
-        if external_data is None:
-            external_data = True
-        else:
-            tensor_data.load_into_model(all_tensors(model))
-    encoding = None
-    if not external_data:
-        encoding = _encoding(model)
-        if external_data is None:
-            external_data = encoding is None or encoding.size > PROTOBUF_LIMIT
-        elif encoding is None or encoding.size > PROTOBUF_LIMIT:
-            raise InputError(path, "cannot be written: the model is over 2 GB (use external data)")
-    written: list[Path] = []
-    try:
-        if external_data:
-            written.extend(_write_with_external_data(model, path, data_file))
-        else:
-            with atomic_file(path) as handle:
-                handle.writelines(encoding.pieces())
-            written.insert(0, path)
-    except OSError as exc:
-        raise InputError(path, f"cannot be written ({exc.strerror or exc})") from None
-    except (EncodeError, ValueError) as exc:  # protobuf refuses to serialize > 2 GB
-        raise InputError(path, f"cannot be written ({exc})") from None
-    return written
+    with StagedModel(model, path, external_data=external_data, data_file=data_file) as staged:
+        return staged.commit()
+
+
+class StagedModel:
+    """`save_model` in two steps: the model is written at once under temporary names beside
+    `path` (`readable`: a model file that onnxruntime and onnx load, its data file beside it);
+    `commit()` puts it in place as `path` (and `path`.data), as `save_model` would have written
+    them, byte for byte; leaving the block without that removes what was written. Problems
+    writing are an `InputError` naming `path`. Until the commit, the model's tensors that went
+    to the data file are on disk there (`bnfold.tensor_data`): the model can be read."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        path: str | os.PathLike,
+        *,
+        external_data: bool | None = None,
+        data_file: tensor_data.DataFile | None = None,
+    ) -> None:
+        path = Path(path)
+        _check_writable_target(path)
+        if data_file is not None and data_file.folder.resolve() != path.parent.resolve():
+            raise ValueError(f"the data file is made in {data_file.folder}, not in {path.parent}")
+        self.model, self.path = model, path
+        self._stack = contextlib.ExitStack()
+        encoding = None
+        if not external_data:
+            encoding = _encoding(model)
+            if external_data is None:
+                external_data = encoding is None or encoding.size > PROTOBUF_LIMIT
+            elif encoding is None or encoding.size > PROTOBUF_LIMIT:
+                raise InputError(
+                    path, "cannot be written: the model is over 2 GB (use external data)"
+                )
+        self.data_file = None
+        try:
+            self._write(model, encoding, external_data, data_file)
+        except BaseException:
+            self._stack.close()
+            raise
+        self.readable = Path(self._staged.temporary)
+
+    def _write(self, model, encoding, external_data: bool, data_file) -> None:
+        with self._writing():
+            if external_data:
+                if data_file is None:
+                    data_file = self._stack.enter_context(tensor_data.DataFile(self.path.parent))
+                self.data_file = data_file
+                _move_into_data_file(model, os.path.basename(data_file.path), data_file)
+                data_file.flush()
+            self._staged = self._stack.enter_context(StagedFile(self.path))
+            if encoding is not None and not external_data:
+                self._staged.handle.writelines(encoding.pieces())
+            else:
+                self._staged.handle.write(model.SerializeToString())
+            self._staged.handle.flush()
+            if self.data_file is not None:  # the model's tensors: on disk, in the data file
+                _relocate(model, os.path.basename(self.data_file.path), self.data_file.path)
+
+    def commit(self) -> list[Path]:
+        """Put the model in place; the files written (OUT, and OUT.data with external data)."""
+        with self._writing():
+            if self.data_file is None:
+                self._staged.commit()
+                return [self.path]
+            return self._commit_with_data(self.data_file)
+
+    def _commit_with_data(self, data_file: tensor_data.DataFile) -> list[Path]:
+        """OUT and OUT.data put in place together: if either cannot be, the OUT and OUT.data
+        that were there stay exactly as they were (the old data file is renamed aside, and back
+        if the model cannot follow the new one)."""
+        data_path = data_file_for(self.path)
+        _relocate(self.model, data_file.path, data_path.name)
+        handle = self._staged.handle
+        handle.seek(0)
+        handle.truncate()
+        handle.write(self.model.SerializeToString())
+        handle.close()
+        aside = _renamed_aside(data_path)
+        try:
+            data_file.publish(data_path)
+            self._staged.commit()
+        except BaseException:
+            if data_file.published:
+                with contextlib.suppress(OSError):
+                    os.unlink(data_path)
+            if aside is not None:
+                os.replace(aside, data_path)
+            raise
+        if aside is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+        return [self.path, data_path]
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise InputError(self.path, f"cannot be written ({exc.strerror or exc})") from None
+        except (EncodeError, ValueError) as exc:  # protobuf refuses to serialize > 2 GB
+            raise InputError(self.path, f"cannot be written ({exc})") from None
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> StagedModel:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _relocate(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Point the model's external tensors at `old` to the file named `new` instead."""
+    for tensor in _external_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
 
 
 def data_file_for(path: Path) -> Path:
@@ -622,9 +761,10 @@ def data_file_for(path: Path) -> Path:
 
 
 def _encoding(model: onnx.ModelProto) -> Encoding | None:
-    """The model's `Encoding`, or None if protobuf cannot encode a part of it (over 2 GB)."""
+    """The model's `Encoding` (tensors on disk inlined), or None if protobuf cannot encode a
+    part of it (over 2 GB)."""
     try:
-        return Encoding(model)
+        return Encoding(model, inline_on_disk=holds_data_on_disk(model))
     except (EncodeError, ValueError):
         return None
 
@@ -648,37 +788,6 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     with StagedFile(path) as staged:
         yield staged.handle
         staged.commit()
-
-
-def _write_with_external_data(
-    model: onnx.ModelProto, path: Path, data_file: tensor_data.DataFile | None
-) -> list[Path]:
-    """OUT and OUT.data, both written under temporary names first and put in place together:
-    if either cannot be, the OUT and OUT.data that were there stay exactly as they were (the
-    old data file is renamed aside, and back if the model cannot follow the new one)."""
-    data_path = data_file_for(path)
-    with contextlib.ExitStack() as stack:
-        if data_file is None:
-            data_file = stack.enter_context(tensor_data.DataFile(path.parent))
-        _move_into_data_file(model, data_path.name, data_file)
-        staged = stack.enter_context(StagedFile(path))
-        staged.handle.write(model.SerializeToString())
-        staged.handle.close()
-        aside = _renamed_aside(data_path)
-        try:
-            data_file.publish(data_path)
-            staged.commit()
-        except BaseException:
-            if data_file.published:
-                with contextlib.suppress(OSError):
-                    os.unlink(data_path)
-            if aside is not None:
-                os.replace(aside, data_path)
-            raise
-        if aside is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(aside)
-    return [path, data_path]
 
 
 def _renamed_aside(path: Path) -> Path | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from ._version import __version__
 from .errors import InputError
 from .fold import fold_in_place
-from .model_io import StagedFile, data_file_for, load_model_and_sources, save_model
+from .model_io import StagedFile, StagedModel, data_file_for, load_model_and_sources
 from .records import FoldResult
 from .tensor_data import DataFile
 from .validation import ValidationReport, check_validation_options
@@ -121,7 +121,12 @@ def fold_file(
     # folded weights of an input with external data go straight to OUT's data file, being
     # written next to it (not into memory); it is deleted if OUT is not written
     spilling = output is not None and len(sources) > 1
-    with DataFile(output.parent) if spilling and output else contextlib.nullcontext() as spill:
+    # an input with external data keeps it (in OUT.data); else only when over 2 GB
+    external = True if len(sources) > 1 else None
+    with (
+        DataFile(output.parent) if spilling and output else contextlib.nullcontext() as spill,
+        contextlib.ExitStack() as stack,
+    ):
         reporter.progress("folding")
         mark = time.perf_counter()
         try:
@@ -132,33 +137,50 @@ def fold_file(
         reporter.detail(f"folded in {time.perf_counter() - mark:.2f} s")
         reporter.folded(folded)
         result = FileResult(source, output, folded, None, False, 0.0, strict)
-        if validate and not result.unfolded:
-            result.validation = _validated(source, folded, reporter, validation_options)
+
+        def staged() -> StagedModel:
+            """OUT, written under a temporary name (put in place only if all passes)."""
+            assert output is not None
+            reporter.progress(f"saving {output}")
+            model = StagedModel(folded.model, output, external_data=external, data_file=spill)
+            reporter.progress_done()
+            return stack.enter_context(model)
+
+        written_out = None
+        if validate and not result.unfolded and _needs_validation(folded, reporter):
+            # validation runs OUT's file as written (the folded model is not encoded twice)
+            written_out = staged() if output is not None else None
+            result.validation = _validated(
+                source, folded, reporter, validation_options, written_out
+            )
         result.written = result.passed and output is not None
         result.seconds = time.perf_counter() - started
         text = result.report_text().encode() if report_path is not None else None
         with _staged(report_path, text) as staged_report:
             written: list[Path] = []
-            if result.written and output is not None:
-                reporter.progress(f"saving {output}")
-                # an input with external data keeps it (in OUT.data); else only when over 2 GB
-                external = True if len(sources) > 1 else None
-                written = save_model(folded.model, output, external_data=external, data_file=spill)
-                reporter.progress_done()
+            if result.written:
+                written = (written_out or staged()).commit()
             _publish(staged_report, written_with=written)
     return result
 
 
+def _needs_validation(folded: FoldResult, reporter: Reporter) -> bool:
+    if folded.folded or folded.folded_affine:
+        return True
+    reporter.detail("nothing folded: the output is the input model; validation not needed")
+    return False
+
+
 def _validated(
-    source: Path, folded: FoldResult, reporter: Reporter, options
-) -> ValidationReport | None:
-    if not (folded.folded or folded.folded_affine):
-        reporter.detail("nothing folded: the output is the input model; validation not needed")
-        return None
+    source: Path, folded: FoldResult, reporter: Reporter, options, out: StagedModel | None
+) -> ValidationReport:
     reporter.progress("validating in onnxruntime")
     mark = time.perf_counter()
+    candidate_file = None if out is None else out.readable
     try:
-        report = validate_models(source.resolve(), folded.model, **options)
+        report = validate_models(
+            source.resolve(), folded.model, candidate_file=candidate_file, **options
+        )
     except InputError as exc:  # an input the model declares cannot be generated, ...
         raise InputError(exc.path or source, exc.problem) from None
     reporter.progress_done()

@@ -40,7 +40,6 @@ from onnx import numpy_helper
 from .errors import InputError
 
 _EXTERNAL = onnx.TensorProto.EXTERNAL
-_DEFAULT = onnx.TensorProto.DEFAULT
 _COPY_STEP = 64 << 20  # bytes per read/write when the kernel cannot copy file to file
 
 
@@ -162,7 +161,7 @@ def set_raw_data(tensor: onnx.TensorProto, data: bytes) -> None:
     file)."""
     if tensor.data_location == _EXTERNAL:
         del tensor.external_data[:]
-        tensor.data_location = _DEFAULT
+        tensor.ClearField("data_location")  # (as a tensor that never had external data)
     tensor.raw_data = data
 
 
@@ -250,7 +249,7 @@ class DataFile:
         """Append `values` (the tensor's new contents: C-contiguous, little-endian) and make the
         tensor an on-disk tensor reading them here."""
         offset, length = self._append(memoryview(values).cast("B"))
-        self._write(None)  # flushed: readers open the file by its path
+        self.flush()
         point_to_file(tensor, self.path, offset, length)
 
     def take(self, tensor: onnx.TensorProto) -> tuple[int, int]:
@@ -268,6 +267,10 @@ class DataFile:
             offset, self._end = self._end, self._end + length
             return offset, length
         return self._append(tensor.raw_data)
+
+    def flush(self) -> None:
+        """Write out what is buffered: readers open the file by its path."""
+        self._write(None)
 
     @property
     def published(self) -> bool:

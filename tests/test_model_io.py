@@ -299,3 +299,39 @@ def test_external_data_locations_too_long_for_the_file_system_are_refused(tmp_pa
     path.write_bytes(model.SerializeToString())
     with pytest.raises(bnfold.InputError, match=f"tensor '{weight.name}' cannot be read"):
         bnfold.load_model(path)
+
+
+@pytest.mark.parametrize("external_data", [False, True])
+def test_a_staged_model_runs_before_it_is_put_in_place_and_commits_what_save_model_writes(
+    tmp_path, external_data
+):
+    import onnxruntime
+
+    out, elsewhere = tmp_path / "o.onnx", tmp_path / "saved"
+    elsewhere.mkdir()
+    bnfold.save_model(bnfold.fold(RESNET).model, elsewhere / "o.onnx", external_data=external_data)
+    model = bnfold.fold(RESNET).model
+    with model_io.StagedModel(model, out, external_data=external_data) as staged:
+        assert not out.exists() and staged.readable.parent == tmp_path
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = onnxruntime.InferenceSession(
+            staged.readable, options, providers=["CPUExecutionProvider"]
+        )
+        feeds = {"input": np.random.default_rng(0).standard_normal([1, 3, 32, 32], np.float32)}
+        expected = run(bnfold.fold(RESNET).model, feeds)[0]
+        assert session.run(None, feeds)[0].tobytes() == expected.tobytes()
+        written = staged.commit()
+    assert written == [out, *([tmp_path / "o.onnx.data"] if external_data else [])]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [p.name for p in written]
+    for path in written:
+        assert path.read_bytes() == (elsewhere / path.name).read_bytes()
+
+
+def test_a_staged_model_not_committed_leaves_the_earlier_files_and_nothing_else(tmp_path):
+    out = tmp_path / "o.onnx"
+    bnfold.save_model(onnx.load(RESNET), out, external_data=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with model_io.StagedModel(bnfold.fold(RESNET).model, out, external_data=True) as staged:
+        assert staged.readable.exists() and len(list(tmp_path.iterdir())) == 4
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

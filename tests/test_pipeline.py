@@ -38,9 +38,9 @@ def test_fold_file_folds_validates_writes_and_reports(tmp_path):
         "loading",
         "folding",
         "folded 10",
+        "saving",  # under a temporary name, which validation runs
         "validating",
         "validation PASSED | passed on cpu",
-        "saving",
     ]
 
 

@@ -15,6 +15,8 @@ from bnfold.validation.perturb import (
     inputs_moved_by_rounding,
     weights_moved_by_rounding,
 )
+from bnfold.validation.providers import CPU, SessionFactory
+from bnfold.validation.runs import ModelSources, SessionSource, run_model, skeleton
 from tests.builders import MODELS, TensorProto, make_model, symbolic, tensor, value_info
 
 RESNET = MODELS / "resnet_tiny.onnx"
@@ -536,3 +538,61 @@ def test_a_value_name_that_is_not_utf8_is_left_unmoved():
     broken.ParseFromString(model.SerializeToString().replace(renamed.encode(), bad))
     report = validate(broken, bnfold.fold(broken).model, providers="cpu")
     assert report.passed, report.lines()
+
+
+def big_folded_pair():
+    """The skim tests' Conv → BN → Relu (a 1.3 MB weight, supplied from memory in the moved
+    runs) and its fold."""
+    from tests.test_skim import conv_model
+
+    model = conv_model()
+    return model, bnfold.fold(model).model
+
+
+def test_a_skeleton_with_supplied_initializers_runs_as_the_model():
+    import onnxruntime
+
+    model, _ = big_folded_pair()
+    source = skeleton(model)
+    assert list(source.supplied) == ["w"] and len(source.model) < 10_000  # ("unused": dropped)
+    feeds = {"x": np.random.default_rng(0).standard_normal([1, 192, 6, 6]).astype(np.float32)}
+    factory = SessionFactory(onnxruntime, tf32=False, options={})
+    (outputs,) = run_model(factory, source, CPU, [feeds])
+    (expected,) = run_model(factory, SessionSource(model.SerializeToString()), CPU, [feeds])
+    assert outputs["y"].tobytes() == expected["y"].tobytes()
+
+
+def test_the_moved_folded_model_moves_only_what_the_fold_wrote_and_draws_differ():
+    model, folded = big_folded_pair()
+    changed = {
+        "reference": changed_tensors(folded, model),
+        "candidate": changed_tensors(model, folded),
+    }
+    sources = ModelSources(model, folded, {"reference": model, "candidate": folded}, changed)
+    first, second = sources.moved_candidate(0), sources.moved_candidate(1)
+    weight = next(t for t in folded.graph.initializer if t.name == "w")
+    own = onnx.numpy_helper.to_array(weight)
+    for moved in (first.supplied["w"], second.supplied["w"]):
+        ulps = moved.view(np.int32).astype(np.int64) - own.view(np.int32)
+        assert set(np.unique(ulps)) == {-1, 0, 1} and 0.2 < np.mean(ulps != 0) < 0.3
+    assert not np.array_equal(first.supplied["w"], second.supplied["w"])
+    moved_model = onnx.ModelProto.FromString(first.model)
+    bias = next(t for t in moved_model.graph.initializer if t.name not in {"w", "unused"})
+    assert bias.name in changed["candidate"]  # small: moved in the encoding itself
+    original_bias = next(t for t in folded.graph.initializer if t.name == bias.name)
+    assert bias.raw_data != original_bias.raw_data
+
+
+def test_the_candidate_file_is_what_runs(tmp_path):
+    """`candidate_file` (OUT's temporary file in `fold_file`: the candidate as written) is what
+    onnxruntime runs; the ModelProto describes it."""
+    folded = bnfold.fold(RESNET).model
+    right = tmp_path / "right.onnx"
+    onnx.save(folded, right)
+    assert validate(RESNET, folded, providers=["cpu"], candidate_file=right).passed
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(right.read_bytes()[:-50])
+    report = validate(RESNET, folded, providers=["cpu"], candidate_file=broken)
+    assert not report.passed and report.providers[0].reason.startswith("folded model:")
+    with pytest.raises(TypeError, match="candidate_file"):
+        validate(RESNET, right, providers=["cpu"], candidate_file=right)

@@ -68,6 +68,7 @@ def fake_ort(listed=(CUDA,), behaviour="works", devices=()):
     module = types.SimpleNamespace(
         __version__=onnxruntime.__version__,
         SessionOptions=Options,
+        OrtValue=onnxruntime.OrtValue,
         GraphOptimizationLevel=onnxruntime.GraphOptimizationLevel,
         ExecutionMode=onnxruntime.ExecutionMode,
         InferenceSession=session,

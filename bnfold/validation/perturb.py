@@ -2,8 +2,8 @@
 
 The calibrated criterion (`criterion.py`) needs the model's own sensitivity to rounding-level
 changes of what the fold changed:
-- the candidate with the weights the fold wrote moved by rounding (a random quarter of their
-  elements one unit in the last place, ULP, up or down: `weights_moved_by_rounding`);
+- the candidate with the weights the fold wrote moved by rounding (each element, with
+  probability 1/4, one unit in the last place, ULP, up or down: `one_ulp_moved`);
 - the original with the values entering the arithmetic the fold replaced moved by rounding
   (`inputs_moved_by_rounding`).
 `changed_tensors` finds what the fold wrote (candidate tensors the original lacks) and consumed
@@ -14,7 +14,7 @@ validated, not only bnfold's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,6 @@ import onnx
 
 from ..graph_view import little_endian_bytes, subgraphs
 from ..tensor_data import (
-    DataFile,
     disk_span,
     is_on_disk,
     point_to_file,
@@ -119,27 +118,48 @@ class Moves:
         flat[self.where] -= self.steps
 
 
-def one_ulp_moved(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Moves]:
-    """(`values` with about one in `MOVED_EVERY` finite non-zero elements, at random, moved one
-    ULP up or down in magnitude, the moves). Never to infinity; zeros stay zero. Works on the bit
-    patterns (in sign-magnitude, one more is one ULP further from zero), so float16, bfloat16,
-    float32 and float64 alike; costs a copy of the bits and a few bytes per moved element."""
+def one_ulp_moved(
+    values: np.ndarray, rng: np.random.Generator, *, record: bool = True
+) -> tuple[np.ndarray, Moves | None]:
+    """(`values` with each finite non-zero element moved, with probability 1/`MOVED_EVERY`, one
+    ULP up or down in magnitude at random; the moves, if `record`). Never to infinity; zeros
+    stay zero. Works on the bit patterns (in sign-magnitude, one more is one ULP further from
+    zero), so float16, bfloat16, float32 and float64 alike; costs a copy of the bits (and a few
+    bytes per moved element to record), worked through in cache-sized pieces."""
     values = np.ascontiguousarray(values)
     unsigned = _UNSIGNED[values.dtype.itemsize]
-    exponent = unsigned(_EXPONENT_BITS[str(values.dtype)])
     bits = values.view(unsigned).copy()
     flat = bits.reshape(-1)
-    # (an index drawn twice moves once, and is undone once: fancy-index updates keep the last)
-    count = -(-flat.size // MOVED_EVERY) if flat.size else 0
-    where: np.ndarray = rng.integers(0, max(flat.size, 1), size=count, dtype=np.int64)
-    magnitude = flat[where] & unsigned((1 << (8 * values.dtype.itemsize - 1)) - 1)
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, flat.size, _PIECE):
+        where, steps = _moved_piece(flat[start : start + _PIECE], rng, str(values.dtype))
+        if record:
+            pieces.append((where + start, steps))
+    if not record:
+        return bits.view(values.dtype), None
+    empty = (np.empty(0, np.int64), np.empty(0, unsigned))
+    where, steps = (np.concatenate(part) for part in zip(empty, *pieces, strict=False))
+    return bits.view(values.dtype), Moves(where, steps)
+
+
+_PIECE = 1 << 16  # elements moved at a time (temporaries stay in the cache)
+
+
+def _moved_piece(flat: np.ndarray, rng: np.random.Generator, dtype: str):
+    """Move `flat` (bits, in place) as `one_ulp_moved` says; (where, steps) of the moves."""
+    unsigned = flat.dtype.type
+    exponent = unsigned(_EXPONENT_BITS[dtype])
+    # one random byte per element: below 256/MOVED_EVERY moves it; its lowest bit says which way
+    draw = np.frombuffer(rng.bytes(flat.size), dtype=np.uint8)
+    chosen = np.flatnonzero(draw < 256 // MOVED_EVERY)
+    magnitude = flat[chosen] & unsigned((1 << (8 * flat.dtype.itemsize - 1)) - 1)
     movable = (magnitude != 0) & ((magnitude & exponent) != exponent)
-    up = rng.integers(0, 2, size=where.size, dtype=np.uint8) == 1
-    up &= magnitude < exponent - unsigned(1)  # the largest finite value moves down
-    where, up = where[movable], up[movable]
+    where, magnitude = chosen[movable], magnitude[movable]
+    # (the largest finite value moves down)
+    up = ((draw[where] & 1) == 1) & (magnitude < exponent - unsigned(1))
     steps = np.where(up, 1, np.iinfo(unsigned).max).astype(unsigned)  # +1, or -1 wrapped
     flat[where] += steps
-    return bits.view(values.dtype), Moves(where, steps)
+    return where, steps
 
 
 _EXPONENT_BITS = {
@@ -151,13 +171,12 @@ _EXPONENT_BITS = {
 
 
 @contextlib.contextmanager
-def weights_moved_by_rounding(
-    tensors: list[onnx.TensorProto], seed: int = 0, spill: DataFile | None = None
-) -> Iterator[int]:
+def weights_moved_by_rounding(tensors: list[onnx.TensorProto], seed: int = 0) -> Iterator[int]:
     """Within the block, each tensor holds its values moved by rounding (`one_ulp_moved`); they
     are moved back afterwards (exactly: the moves are undone bit for bit, no copy of the weights
-    is kept). With `spill`, the moved values of on-disk tensors are written there instead of
-    held in memory. Yields how many elements were moved."""
+    is kept; an on-disk tensor points at its file again). For the tensors the skeleton
+    (`runs.skeleton`) cannot hand over as arrays: Constant nodes', subgraphs'. Yields how many
+    elements were moved."""
     rng = np.random.default_rng(seed)
     done: list[tuple[onnx.TensorProto, Moves, tuple | onnx.TensorProto | None]] = []
     moved_elements = 0
@@ -170,8 +189,9 @@ def weights_moved_by_rounding(
                 span = onnx.TensorProto()
                 span.CopyFrom(tensor)
             moved, moves = one_ulp_moved(tensor_to_array(tensor), rng)
+            assert moves is not None
             moved_elements += moves.where.size
-            _store(tensor, moved, spill)
+            _store(tensor, moved)
             done.append((tensor, moves, span))
             del moved
         yield moved_elements
@@ -185,36 +205,12 @@ def weights_moved_by_rounding(
                 continue
             bits = tensor_to_array(tensor).copy()
             moves.undo(bits.view(_UNSIGNED[bits.dtype.itemsize]))
-            _store(tensor, bits, None)
+            _store(tensor, bits)
 
 
-def moved_raw_data(
-    tensors: list[onnx.TensorProto], seed: int = 0
-) -> Callable[[onnx.TensorProto], bytes | None] | None:
-    """For `Encoding(model, replaced=...)`: the raw data of each of `tensors` (found by name),
-    moved by rounding as `weights_moved_by_rounding` does, computed when the encoder reaches it;
-    None when some tensor does not hold raw data in memory (then move them in place). The caller
-    checks that they are main-graph initializers, which alone the encoder replaces."""
-    if any(not t.raw_data or is_on_disk(t) for t in tensors):
-        return None
-    wanted = {t.name for t in tensors}
-    rng = np.random.default_rng(seed)
-
-    def replaced(tensor: onnx.TensorProto) -> bytes | None:
-        if tensor.name not in wanted:
-            return None
-        moved, _ = one_ulp_moved(tensor_to_array(tensor), rng)
-        return little_endian_bytes(moved)
-
-    return replaced
-
-
-def _store(tensor: onnx.TensorProto, values: np.ndarray, spill: DataFile | None) -> None:
-    """Put `values` in the tensor: its raw data, or `spill` for an on-disk tensor."""
+def _store(tensor: onnx.TensorProto, values: np.ndarray) -> None:
+    """Put `values` in the tensor's raw data (an on-disk tensor's, typed fields' too)."""
     if is_on_disk(tensor):
-        if spill is not None:  # (written from the array: no copy of a big weight's bytes)
-            spill.put(tensor, values.astype(values.dtype.newbyteorder("<"), copy=False))
-            return
         tensor.ClearField("external_data")
         tensor.ClearField("data_location")
     elif not tensor.raw_data:

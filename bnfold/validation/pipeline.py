@@ -69,6 +69,7 @@ def validate(
     plugin_libraries: list[str] | tuple[str, ...] = (),
     save_inputs: str | os.PathLike | None = None,
     save_outputs: str | os.PathLike | None = None,
+    candidate_file: str | os.PathLike | None = None,
 ) -> ValidationReport:
     """Run `reference` and `candidate` in onnxruntime and hold every output to its limit.
 
@@ -79,7 +80,8 @@ def validate(
     model (`criterion.py`); `rtol`/`atol` (one value, or {output: value}) switch the outputs
     they name to allclose. `samples` input sets from seeds `seed`...; `inputs` gives real data
     (arrays by input name, or a .npz/.npy path). `save_inputs`/`save_outputs`: folders to keep
-    what was run in.
+    what was run in. `candidate_file`: the candidate (a ModelProto) as written to a file, which
+    onnxruntime then runs (`fold_file` gives OUT's temporary file, before it is put in place).
     Validates any pair of models with the same inputs and outputs, not only bnfold's.
     """
     ort = import_onnxruntime()
@@ -95,6 +97,10 @@ def validate(
     reference_source, candidate_source = _as_source(reference), _as_source(candidate)
     reference_model = _described(reference_source)
     candidate_model = _described(candidate_source)
+    if candidate_file is not None:
+        if not isinstance(candidate_source, onnx.ModelProto):
+            raise TypeError("candidate_file goes with a candidate given as a ModelProto")
+        candidate_source = _as_source(candidate_file)
     _check_tolerance_names(rtol, "rtol", reference_model)
     _check_tolerance_names(atol, "atol", reference_model)
     if inputs is not None and not isinstance(inputs, dict):
@@ -144,7 +150,11 @@ def check_validation_options(options: dict) -> None:
     """Before any work: `validate`'s keyword arguments as given to `fold_file` (unknown ones are
     a `TypeError`, as a call would make them), onnxruntime installed, and the simple values
     sound (`InputError`); the rest is checked against the model by `validate`."""
-    known = set(inspect.signature(validate).parameters) - {"reference", "candidate"}
+    known = set(inspect.signature(validate).parameters) - {
+        "reference",
+        "candidate",
+        "candidate_file",
+    }
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"unknown validation options {unknown}; known: {sorted(known)}")
@@ -282,16 +292,39 @@ class _Context:
         self.saver = saver
         self.changed = changed
 
-    def run(self, role: str, provider: str, draw: int | None = None):
-        source = self.sources.get(role, draw)
-        result = run_model(self.factory, source, provider, self.samples.runs)
-        if draw is not None:
-            self.sources.discard(source)
-        label = {"reference": "original", "candidate": "folded"}[role]
-        if draw is not None:
-            label += f"-moved{draw}"
-        self.saver.save(provider, label, result)
+    def run(self, role: str, provider: str):
+        """The original ("reference") or the folded model ("candidate") on `provider`."""
+        result = run_model(self.factory, self.sources.get(role), provider, self.samples.runs)
+        self.saver.save(provider, _LABELS[role], result)
         return result
+
+    def run_moved(self, role: str, provider: str) -> list:
+        """CALIBRATION_DRAWS runs of `role` moved by rounding on `provider`: the original's
+        draws from one session (its movers draw anew each run), the folded model's one session
+        each (its weights are fixed when the session is made). A failure ends the list."""
+        runs = self.samples.runs
+        results: list = []
+        if role == "reference":
+            source = self.sources.moved_reference()
+            whole = run_model(self.factory, source, provider, runs * CALIBRATION_DRAWS)
+            del source
+            if isinstance(whole, (Unavailable, str)):
+                return [whole]
+            results = [whole[d * len(runs) : (d + 1) * len(runs)] for d in range(CALIBRATION_DRAWS)]
+        else:
+            results = []
+            for draw in range(CALIBRATION_DRAWS):
+                results.append(
+                    run_model(self.factory, self.sources.moved_candidate(draw), provider, runs)
+                )
+                if isinstance(results[-1], (Unavailable, str)):
+                    return results
+        for draw, result in enumerate(results):
+            self.saver.save(provider, f"{_LABELS[role]}-moved{draw}", result)
+        return results
+
+
+_LABELS = {"reference": "original", "candidate": "folded"}
 
 
 def _validate_on(provider: str, explicit: bool, context: _Context) -> ProviderOutcome:
@@ -352,16 +385,17 @@ def _moved_runs(provider, context: _Context, outputs: Outputs, outcome) -> dict[
     moved: dict[str, list] = {"reference": [], "candidate": []}
     if not _needs_calibration(context, outputs):
         return moved
-    for role, draw in _draws(context):
-        result = context.run(role, provider, draw)
-        if isinstance(result, (Unavailable, str)):
-            what = "original" if role == "reference" else "folded"
-            outcome.notes.append(
-                f"the {what} model moved by rounding could not run, so its rounding is not in "
-                f"the limit: {_reason(result).splitlines()[0]}"
-            )
+    for role in ("candidate", "reference"):
+        if not context.changed[role]:
             continue
-        moved[role].append(result)
+        for result in context.run_moved(role, provider):
+            if isinstance(result, (Unavailable, str)):
+                outcome.notes.append(
+                    f"the {_LABELS[role]} model moved by rounding could not run, so its rounding "
+                    f"is not in the limit: {_reason(result).splitlines()[0]}"
+                )
+                break
+            moved[role].append(result)
     return moved
 
 
@@ -391,12 +425,6 @@ def _compared_output(provider, context: _Context, own, got, moved, k: int, name:
 
 def _reason(result: Unavailable | str) -> str:
     return result.reason if isinstance(result, Unavailable) else result
-
-
-def _draws(context: _Context) -> list[tuple[str, int]]:
-    """(model, draw) of the runs with weights moved by rounding: each model the fold changed."""
-    roles = [role for role in ("candidate", "reference") if context.changed[role]]
-    return [(role, draw) for draw in range(CALIBRATION_DRAWS) for role in roles]
 
 
 def _needs_calibration(context: _Context, outputs: Outputs) -> bool:

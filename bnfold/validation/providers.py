@@ -172,12 +172,17 @@ class SessionFactory:
         hint = f" ({CUDA_HOW_TO})" if provider == CUDA else ""
         return Unavailable(f"{provider} is not available in this onnxruntime{hint}")
 
-    def create(self, source: bytes | str, provider: str):
-        """A session on `provider`, or `Unavailable` with onnxruntime's reason."""
+    def create(self, source: bytes | str, provider: str, supplied: dict | None = None):
+        """A session on `provider`, or `Unavailable` with onnxruntime's reason. `supplied`:
+        arrays by name for the initializers the model marks as external data, handed to
+        onnxruntime from memory (`add_external_initializers`; kept alive with the session)."""
         missing = self.missing(provider)
         if missing:
             return missing
         options = self.session_options()
+        values = [self.ort.OrtValue.ortvalue_from_numpy(a) for a in (supplied or {}).values()]
+        if values:
+            options.add_external_initializers(list(supplied or {}), values)
         devices = [d for d in self._plugin_devices() if d.ep_name == provider]
         kwargs: dict[str, Any] = {}
         if devices and provider not in self.ort.get_available_providers():
@@ -199,6 +204,7 @@ class SessionFactory:
         if not used or used[0] != provider:
             reason = f"{provider} could not be used (onnxruntime fell back to {used})"
             return Unavailable(reason + said.why())
+        session.bnfold_supplied = values  # onnxruntime reads them for the session's lifetime
         return session
 
     def _plugin_devices(self) -> list:

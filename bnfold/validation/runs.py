@@ -1,42 +1,51 @@
-"""Running the models: what onnxruntime is given (a file, or bytes), and outputs as arrays.
+"""Running the models: what onnxruntime is given, and outputs as arrays.
 
-The reference runs from its file when it has one. The candidate and its perturbed twin go as
-bytes when they fit one protobuf and hold nothing on disk, else through a temporary file (with
-external data) that is deleted at the end.
+The original and the candidate run from their files when they have one; a model held in memory
+goes as bytes when small, else through a temporary file (with external data) deleted at the end.
+The models moved by rounding (`perturb.py`) are never written out: each goes as a skeleton (its
+graph, with every big initializer marked as external data) and the initializers' arrays, handed
+to onnxruntime from memory (`add_external_initializers`): the moved weights, and the model's own
+for the rest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 from google.protobuf.message import EncodeError
 
-from ..encoding import Encoding
+from ..encoding import is_repeated
+from ..graph_view import subgraphs
 from ..model_io import (
-    atomic_file,
-    data_file_for,
+    all_tensors,
     fits_in_one_protobuf,
     holds_data_on_disk,
     save_model,
     tensor_data_size,
 )
-from ..tensor_data import DataFile
-from .perturb import inputs_moved_by_rounding, moved_raw_data, weights_moved_by_rounding
+from ..tensor_data import is_on_disk, raw_bytes, set_raw_data, tensor_to_array
+from .perturb import inputs_moved_by_rounding, one_ulp_moved, weights_moved_by_rounding
 from .providers import SessionFactory, Unavailable
 
 Outputs = dict[str, np.ndarray]
 
 
+@dataclass
+class SessionSource:
+    """What one session is made from: the model (a file's path, or its bytes), and arrays by
+    name for the initializers it marks as supplied from memory."""
+
+    model: bytes | str
+    supplied: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class ModelSources:
     """What onnxruntime is given for each model validation runs: the original, the candidate, and
-    either with what the fold changed moved by rounding. A model given as a file runs from it;
-    one in memory goes as bytes when small, else through a file in a temporary folder (written a
-    few MB at a time, no second copy in memory): the candidate's once, each moved model for its
-    one run (`discard`); the folder goes at the end."""
+    either with what the fold changed moved by rounding."""
 
     def __init__(
         self,
@@ -51,65 +60,39 @@ class ModelSources:
         self._written: dict[str, str] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
 
-    def get(self, role: str, draw: int | None = None) -> bytes | str:
-        """What onnxruntime is given for "reference" or "candidate"; with `draw` (k of
-        independent ones), the candidate with the weights the fold wrote moved by rounding, or
-        the reference with the values entering the arithmetic the fold removed moved so."""
-        if draw is not None:
-            return self._moved(role, draw)
+    def get(self, role: str) -> SessionSource:
+        """The "reference" or the "candidate" itself: its file, or its bytes (written to a
+        temporary file once when big)."""
         source = self.sources[role]
         if isinstance(source, Path):
-            return str(source)
+            return SessionSource(str(source))
         if role not in self._written:
             encoded = self._encoded(source, role)
             if isinstance(encoded, bytes):
-                return encoded
+                return SessionSource(encoded)
             self._written[role] = encoded
-        return self._written[role]
+        return SessionSource(self._written[role])
 
-    def _moved(self, role: str, draw: int) -> bytes | str:
-        model = self.models[role]
-        name = f"{role}-moved{draw}"
-        if role == "reference":
-            with inputs_moved_by_rounding(model, self.changed[role], seed=draw):
-                return self._encoded(model, name)
-        streamed = self._streamed(model, name, draw)
-        if streamed is not None:
-            return streamed
-        spill = self._folder() if holds_data_on_disk(model) else None
-        with (
-            DataFile(spill) if spill else contextlib.nullcontext() as data,
-            weights_moved_by_rounding(list(self.changed[role].values()), seed=draw, spill=data),
-        ):
-            return self._encoded(model, name)
+    def moved_reference(self, seed: int = 0) -> SessionSource:
+        """The reference with the values entering the arithmetic the fold removed moved by
+        rounding, by random movers in the graph (each run of one session draws anew)."""
+        model = self.models["reference"]
+        with inputs_moved_by_rounding(model, self.changed["reference"], seed=seed):
+            return skeleton(model)
 
-    def _streamed(self, model: onnx.ModelProto, name: str, draw: int) -> bytes | str | None:
-        """The candidate with its weights moved, encoded without touching the model (whose
-        memory would grow by each new value: protobuf frees a message's memory only with the
-        message); None where that cannot be done (weights outside the main graph's
-        initializers, on disk, or a model over 2 GB)."""
-        written = self.changed["candidate"]
-        replaced = moved_raw_data(list(written.values()), seed=draw)
-        if replaced is None or holds_data_on_disk(model) or not fits_in_one_protobuf(model):
-            return None
+    def moved_candidate(self, draw: int) -> SessionSource:
+        """The candidate with the weights the fold wrote moved by rounding (draw `draw`): those
+        that are main-graph initializers as supplied arrays, others (Constant nodes, subgraphs)
+        moved in the skeleton's copy of the graph."""
+        model = self.models["candidate"]
         names = {t.name for t in model.graph.initializer}
-        if any(t.name not in names or t.name != key for key, t in written.items()):
-            return None
-        encoding = Encoding(model, replaced=replaced)
-        if encoding.whole:
-            return None
-        if tensor_data_size(model) <= AS_BYTES:
-            return b"".join(encoding.pieces())
-        path = self._folder() / f"{name}.onnx"
-        with atomic_file(path) as handle:
-            handle.writelines(encoding.pieces())
-        return str(path)
-
-    def discard(self, source: bytes | str) -> None:
-        """Delete a file `get` wrote for one run (the moved models: each is run once)."""
-        if isinstance(source, str) and self._tmp and source not in self._written.values():
-            for path in (Path(source), data_file_for(Path(source))):
-                path.unlink(missing_ok=True)
+        written = self.changed["candidate"]
+        supplied = {k: t for k, t in written.items() if k in names and t.name == k}
+        others = [t for k, t in written.items() if k not in supplied]
+        rng = np.random.default_rng(draw)
+        moved = {k: one_ulp_moved(tensor_to_array(t), rng)[0] for k, t in supplied.items()}
+        with weights_moved_by_rounding(others, seed=draw):
+            return skeleton(model, moved)
 
     def _encoded(self, model: onnx.ModelProto, name: str) -> bytes | str:
         small = tensor_data_size(model) <= AS_BYTES
@@ -138,16 +121,102 @@ class ModelSources:
             self._tmp = None
 
 
+def skeleton(
+    model: onnx.ModelProto, replaced: dict[str, np.ndarray] | None = None
+) -> SessionSource:
+    """`model` as a small encoding plus supplied arrays: every main-graph initializer of at least
+    SUPPLIED_FROM bytes whose values numpy holds as they are goes as an array (`replaced`'s
+    where it names it, else the model's own, read from its file if on disk); the rest of the
+    model is copied (what `replaced` names among small initializers with its new values)."""
+    replaced = replaced or {}
+    copy = _copied_fields(model, onnx.ModelProto(), left_out={"graph"})
+    _copied_fields(model.graph, copy.graph, left_out={"initializer"})
+    supplied: dict[str, np.ndarray] = {}
+    read = _names_read(model.graph) | {o.name for o in model.graph.output}
+    for tensor in model.graph.initializer:
+        values = replaced.get(tensor.name)
+        if tensor.name not in read:
+            continue  # (onnxruntime drops what nothing reads, and refuses to be handed it)
+        if _suppliable(tensor):
+            own = tensor_to_array(tensor) if values is None else values
+            supplied[tensor.name] = np.ascontiguousarray(own)
+            placeholder = copy.graph.initializer.add()
+            placeholder.name, placeholder.data_type = tensor.name, tensor.data_type
+            placeholder.dims.extend(tensor.dims)
+            placeholder.data_location = onnx.TensorProto.EXTERNAL
+            placeholder.external_data.add(key="location", value=SUPPLIED_LOCATION)
+        elif values is not None:
+            copy.graph.initializer.append(onnx.numpy_helper.from_array(values, tensor.name))
+        else:
+            copy.graph.initializer.append(tensor)
+    for tensor in all_tensors(copy):
+        if is_on_disk(tensor):  # small, in a subgraph or a Constant: into the encoding
+            set_raw_data(tensor, raw_bytes(tensor))
+    return SessionSource(copy.SerializeToString(), supplied)
+
+
 # Models up to this much tensor data go to onnxruntime as bytes; bigger ones through a file.
 AS_BYTES = 64 << 20
+# Initializers of at least this many bytes go to onnxruntime as arrays, not in the encoding.
+SUPPLIED_FROM = 1 << 10
+# Where a supplied initializer's data "is" (onnxruntime takes it from memory, never reads this).
+SUPPLIED_LOCATION = "bnfold-supplied-from-memory"
+_SUPPLIED_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT64,
+}
+
+
+def _suppliable(tensor: onnx.TensorProto) -> bool:
+    if tensor.data_type not in _SUPPLIED_TYPES:
+        return False
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    size = itemsize
+    for dim in tensor.dims:
+        size *= dim
+    return size >= SUPPLIED_FROM
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """The names the nodes of `graph` and of its subgraphs read."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for _, sub in subgraphs(node):
+            names |= _names_read(sub)
+    return names
+
+
+def _copied_fields(message, into, left_out: set[str]):
+    """`into` (a new message of `message`'s type) given every field set in `message` but those
+    `left_out`."""
+    for descriptor, value in message.ListFields():
+        if descriptor.name in left_out:
+            continue
+        if is_repeated(descriptor):
+            getattr(into, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(into, descriptor.name).CopyFrom(value)
+        else:
+            setattr(into, descriptor.name, value)
+    return into
 
 
 def run_model(
-    factory: SessionFactory, source: bytes | str, provider: str, runs: list[dict]
+    factory: SessionFactory, source: SessionSource, provider: str, runs: list[dict]
 ) -> list[Outputs] | Unavailable | str:
-    """The model's outputs for each feed dict, on `provider`: `Unavailable` if no session could
-    be made there, a string (onnxruntime's full message) if a run failed."""
-    session = factory.create(source, provider)
+    """The model's outputs for each feed dict, on `provider`, from one session: `Unavailable` if
+    no session could be made there, a string (onnxruntime's full message) if a run failed."""
+    session = factory.create(source.model, provider, source.supplied)
     del source
     if isinstance(session, Unavailable):
         return session

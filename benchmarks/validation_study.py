@@ -37,7 +37,7 @@ from bnfold.graph_view import node_label  # noqa: E402
 from bnfold.validation import validate  # noqa: E402
 from bnfold.validation.inputs import make_samples  # noqa: E402
 from bnfold.validation.providers import SessionFactory  # noqa: E402
-from bnfold.validation.runs import run_model  # noqa: E402
+from bnfold.validation.runs import SessionSource, run_model  # noqa: E402
 
 CORRUPTION = 1e-3
 ENOUGH = 10.0  # a corruption must be caught when it moves an output this much more than the fold
@@ -75,7 +75,9 @@ def outputs(model: onnx.ModelProto | Path, seed: int) -> dict:
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     described = bnfold.load_model(model) if isinstance(model, Path) else model
     feeds = make_samples(described, seed=seed).runs
-    result = run_model(SessionFactory(onnxruntime), source, "CPUExecutionProvider", feeds)
+    result = run_model(
+        SessionFactory(onnxruntime), SessionSource(source), "CPUExecutionProvider", feeds
+    )
     return result[0]
 
 

@@ -17,16 +17,18 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 
 import click
 
+from . import view
 from ._version import __version__
 from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, Unfolded, ValidationFailed
 from .fold import collector_paused
-from .pipeline import Reporter, check_paths, fold_file
+from .pipeline import Reporter, check_paths, fold_file, size_text
 from .records import FoldResult
 from .validation import ProviderRequest, ValidationReport, parse_provider_options
 
@@ -44,20 +46,21 @@ Exit status:
 
 
 class _Console(Reporter):
-    """Where lines go: records and verdicts to stdout (to stderr with --json, whose document is
-    stdout), progress and errors to stderr. Commentary never stops a run: a closed or full
-    stdout (`| head -1`, `> /dev/full`) is let go, and the model is still written."""
+    """Where lines go: the view (`bnfold.view`) and verdicts to stdout (to stderr with --json,
+    whose document is stdout), warnings, progress and errors to stderr. Commentary never stops a
+    run: a closed or full stdout (`| head -1`, `> /dev/full`) is let go, and the model is still
+    written."""
 
     def __init__(self, quiet: bool, verbose: bool, as_json: bool = False) -> None:
         self.quiet = quiet
         self.verbose = verbose
         self.to_stderr = as_json
-        self.progress_enabled = not quiet and sys.stderr.isatty()
         self.stdout_gone = False
+        self.ticker = _Ticker() if not quiet and sys.stderr.isatty() else None
 
     def out(self, line: str) -> None:
         if not self.quiet:
-            self._echo(_printable(line))
+            self._echo(_printable(line), err=True if line.startswith("WARNING") else None)
 
     def out_lines(self, lines) -> None:
         """Many lines in one write (one `echo` per line costs ~15 µs: 0.25 s on 16,000 records)."""
@@ -70,9 +73,12 @@ class _Console(Reporter):
         if self.verbose and not self.quiet:
             self._echo(_printable(line))
 
+    def loaded(self, source: Path, model, size: int) -> None:
+        self.out(view.header_line(source, model, size_text(size)))
+
     def folded(self, result: FoldResult) -> None:
-        self.out_lines(_inlined_line(call) for call in result.inlined)
-        self.out_lines(_record_line(record) for record in result.records)
+        self.out_lines(view.record_lines(result, self.verbose))
+        self.out_lines(view.op_table(result.ops_before, result.ops_after))
 
     def validated(self, report: ValidationReport) -> None:
         for line in report.lines(verbose=self.verbose):
@@ -83,12 +89,12 @@ class _Console(Reporter):
         self._echo(text, err=False)
 
     def progress(self, line: str) -> None:
-        if self.progress_enabled:
-            click.echo(f"\r\033[K{line}", err=True, nl=False)
+        if self.ticker is not None:
+            self.ticker.start(line)
 
     def progress_done(self) -> None:
-        if self.progress_enabled:
-            click.echo("\r\033[K", err=True, nl=False)
+        if self.ticker is not None:
+            self.ticker.stop()
 
     def _echo(self, text: str, err: bool | None = None) -> None:
         to_stderr = self.to_stderr if err is None else err
@@ -101,6 +107,47 @@ class _Console(Reporter):
                 return
             self.stdout_gone = True
             _silence_stdout()
+
+
+class _Ticker:
+    """The phase on a terminal's last line, with the seconds it has taken, updated every
+    second by a thread of its own (validation of a big model takes minutes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._phase: str | None = None
+        self._began = 0.0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, phase: str) -> None:
+        with self._lock:
+            self._phase, self._began = phase, time.perf_counter()
+            self._draw()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bnfold-progress", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._phase is not None:
+                self._phase = None
+                self._write("\r\033[K")
+
+    def _run(self) -> None:
+        while not self._wake.wait(1.0):
+            with self._lock:
+                if self._phase is not None:
+                    self._draw()
+
+    def _draw(self) -> None:
+        seconds = time.perf_counter() - self._began
+        self._write(f"\r\033[K{self._phase} ({seconds:.0f} s)")
+
+    @staticmethod
+    def _write(text: str) -> None:
+        with contextlib.suppress(OSError):
+            click.echo(text, err=True, nl=False)
 
 
 def _silence_stdout() -> None:
@@ -339,7 +386,7 @@ def command(
         **options,
     )
     elapsed = time.perf_counter() - started
-    console.out(_summary(result.fold, elapsed, result.validation, output is None))
+    console.out(view.summary_line(result.fold, elapsed, result.validation, output is None))
     if as_json:
         console.document(result.report_text().rstrip("\n"))
     if result.unfolded:
@@ -379,40 +426,6 @@ def _given_on_the_command_line(names) -> bool:
         context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
         for name in names
     )
-
-
-def _record_line(record) -> str:
-    where = f"{record.graph}/" if record.graph else ""
-    if record.kind == "folded":
-        into = f"into {record.into_op} '{record.into}'"
-        return f"FOLDED  | {where}{record.batchnorm} | {into} | {record.how}"
-    return f"SKIPPED | {where}{record.batchnorm} | {record.reason}"
-
-
-def _inlined_line(call) -> str:
-    where = f"{call.graph}/" if call.graph else ""
-    count = f"{call.batchnorms} BatchNormalization" if call.batchnorms else "calls others"
-    return f"INLINED | {where}{call.call} | function {call.function} | {count}"
-
-
-def _summary(
-    result: FoldResult, elapsed: float, validation: ValidationReport | None, dry_run: bool
-) -> str:
-    parts = [
-        f"folded {len(result.folded)} of {result.batchnorm_count} BatchNormalization",
-        f"{result.nodes_before} → {result.nodes_after} nodes",
-    ]
-    if result.folded_affine:
-        parts[0] += f" (+ {len(result.folded_affine)} Mul/Add)"
-    if result.inlined:
-        calls = len(result.inlined)
-        parts.insert(1, f"inlined {calls} function call{'s' if calls != 1 else ''}")
-    if validation is not None:
-        parts.append("validated" if validation.passed else "validation FAILED")
-    if dry_run:
-        parts.append("dry run: nothing written")
-    parts.append(f"{elapsed:.2f} s")
-    return " | ".join(parts)
 
 
 def _printable(text: str) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import operator
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -102,6 +103,7 @@ def fold_in_place(
     reads them there until it is saved (pass it to `save_model` to make it the output's data
     file), so it must stay open until then."""
     check_model_opset(model)
+    ops_before = op_counts(model.graph)
     nodes_before = None  # without functions to inline, counted from the pass's index
     if model.functions:  # the inliner edits the graph before the pass indexes it
         check_model_structure(model)
@@ -121,6 +123,8 @@ def fold_in_place(
         context.folded_affine,
         functions.inlined,
         functions.removed,
+        ops_before=ops_before,
+        ops_after=op_counts(model.graph),
     )
 
 
@@ -137,6 +141,38 @@ def collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def op_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """Nodes by op type (`domain:op` outside the default domain), subgraphs' included, sorted."""
+    counts: Counter[str] = Counter()
+    _count_ops(graph, counts)
+    as_text: Counter[str] = Counter()
+    for op, count in counts.items():
+        as_text[_text(op)] += count
+    return dict(sorted(as_text.items()))
+
+
+def _text(name: str | bytes) -> str:
+    """A name protobuf could not decode (it hands back bytes) as text."""
+    return name if isinstance(name, str) else name.decode("utf-8", "replace")
+
+
+def _count_ops(graph: onnx.GraphProto, counts: Counter[str]) -> None:
+    nodes = graph.node
+    if any(map(_DOMAIN, nodes)):  # some node names a domain
+        counts.update(
+            n.op_type if n.domain in ONNX_DOMAINS else f"{n.domain}:{n.op_type}" for n in nodes
+        )
+    else:
+        counts.update(map(_OP_TYPE, nodes))
+    for index in nodes_with_subgraphs(nodes):
+        for _, sub in subgraphs(nodes[index]):
+            _count_ops(sub, counts)
+
+
+_OP_TYPE = operator.attrgetter("op_type")
+_DOMAIN = operator.attrgetter("domain")
 
 
 def count_nodes(graph: onnx.GraphProto) -> int:

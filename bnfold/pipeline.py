@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from ._version import __version__
 from .errors import InputError
 from .fold import fold_in_place
@@ -40,6 +42,9 @@ class Reporter:
 
     def detail(self, text: str) -> None:
         """A timing or a decision, for the curious."""
+
+    def loaded(self, source: Path, model: onnx.ModelProto, size: int) -> None:
+        """The input is read (`size`: bytes of its file and data files); not yet folded."""
 
     def folded(self, result: FoldResult) -> None:
         """The fold is done: its records."""
@@ -117,6 +122,8 @@ def fold_file(
     # fold_in_place makes the graph checks; external data stays in its files until needed
     loaded, sources = load_model_and_sources(source, check=False, lazy=True)
     _check_not_input(sources, output, report_path)
+    reporter.progress_done()
+    reporter.loaded(source, loaded, sum(_file_size(path) for path in sources))
     reporter.detail(f"loaded in {time.perf_counter() - started:.2f} s")
     # folded weights of an input with external data go straight to OUT's data file, being
     # written next to it (not into memory); it is deleted if OUT is not written
@@ -249,10 +256,20 @@ def _check_data_target(path: Path) -> None:
 
 
 def _size(path: Path) -> str:
+    return size_text(_file_size(path))
+
+
+def _file_size(path: Path) -> int:
     try:
-        size = path.stat().st_size
+        return path.stat().st_size
     except OSError:
-        return "?"
+        return 0
+
+
+def size_text(size: int) -> str:
+    """Bytes, as people read them: "1.2 MB", "34.5 kB"."""
+    if size >= 1e9:
+        return f"{size / 1e9:.2f} GB"
     return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 

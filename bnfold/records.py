@@ -81,6 +81,9 @@ class FoldResult:
     # and the functions removed because no call of them was left.
     inlined: list[Inlined] = field(default_factory=list)
     functions_removed: list[str] = field(default_factory=list)
+    # nodes by op type (subgraphs' included) in the model as given and as folded
+    ops_before: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
 
     @property
     def records(self) -> list[Folded | Skipped]:
@@ -101,4 +104,6 @@ class FoldResult:
             "nodes_after": self.nodes_after,
             "inlined": [r.to_dict() for r in self.inlined],
             "functions_removed": list(self.functions_removed),
+            "ops_before": dict(self.ops_before),
+            "ops_after": dict(self.ops_after),
         }

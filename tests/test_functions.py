@@ -552,7 +552,7 @@ def test_cli_reports_inlined_calls(rng, tmp_path, keep):
         assert any("left unchanged (--keep-functions" in line for line in lines)
         assert data["inlined"] == [] and data["functions_removed"] == []
         return
-    assert lines[:2] == [
+    assert lines[1:3] == [
         "INLINED | block1 | function local:ConvBnRelu | 1 BatchNormalization",
         "INLINED | block2 | function local:ConvBnRelu | 1 BatchNormalization",
     ]

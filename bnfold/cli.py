@@ -1,4 +1,5 @@
-"""`bnfold IN -o OUT`: fold, validate, write; one line per BatchNormalization and a summary.
+"""`bnfold IN -o OUT`: fold, validate, write (`bnfold IN... -o OUTDIR`, `bnfold DIR -o OUTDIR`:
+each model so, `bnfold.batch`); the view is `bnfold.view`'s. The command only parses and prints.
 
 Exit statuses (also in `--help` and the README):
   0  success (folded and, unless --no-validate, validated; or --dry-run)
@@ -7,12 +8,15 @@ Exit statuses (also in `--help` and the README):
   3  internal error (a bug in bnfold; please report it)
   4  --strict, and some BatchNormalization left unfolded: OUT is not written
   130, 143, 129  interrupted by Ctrl-C, SIGTERM, SIGHUP: nothing written, temporary files removed
+Several models: the worst of theirs (3, then 2, 1, 4, 0).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import json
 import math
 import os
 import signal
@@ -20,15 +24,24 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from . import view
+from . import batch, view
 from ._version import __version__
-from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, Unfolded, ValidationFailed
+from .errors import (
+    EXIT_BAD_INPUT,
+    BnfoldError,
+    InputError,
+    Terminated,
+    Unfolded,
+    ValidationFailed,
+)
 from .fold import collector_paused
-from .pipeline import Reporter, check_paths, fold_file, size_text
+from .model_io import atomic_file
+from .pipeline import Reporter, check_paths, fold_file, json_safe, size_text
 from .records import FoldResult
 from .validation import ProviderRequest, ValidationReport, parse_provider_options
 
@@ -42,6 +55,7 @@ Exit status:
   3  internal error in bnfold (a bug: please report it)
   4  --strict and some BatchNormalization left unfolded: OUT is not written
   130/143/129  interrupted (Ctrl-C, SIGTERM, SIGHUP): nothing written
+  Several models: the worst of theirs (3, then 2, 1, 4, 0)
 """
 
 
@@ -51,12 +65,19 @@ class _Console(Reporter):
     run: a closed or full stdout (`| head -1`, `> /dev/full`) is let go, and the model is still
     written."""
 
-    def __init__(self, quiet: bool, verbose: bool, as_json: bool = False) -> None:
+    def __init__(
+        self, quiet: bool, verbose: bool, as_json: bool = False, keep: bool = False
+    ) -> None:
+        """`keep`: hold the lines in `kept` as (text, to stderr) instead of printing them (a
+        worker's, printed by the command with `replay`)."""
         self.quiet = quiet
         self.verbose = verbose
         self.to_stderr = as_json
         self.stdout_gone = False
-        self.ticker = _Ticker() if not quiet and sys.stderr.isatty() else None
+        self.keep = keep
+        self.kept: list[tuple[str, bool]] = []
+        on_terminal = not quiet and not keep and sys.stderr.isatty()
+        self.ticker = _Ticker() if on_terminal else None
 
     def out(self, line: str) -> None:
         if not self.quiet:
@@ -88,6 +109,15 @@ class _Console(Reporter):
         """The one thing --json puts on stdout."""
         self._echo(text, err=False)
 
+    def error(self, line: str) -> None:
+        """A model's one-line error, among several models' lines."""
+        self._echo(_printable(line), err=True)
+
+    def replay(self, lines: list[tuple[str, bool]]) -> None:
+        """Print lines another console kept."""
+        for text, to_stderr in lines:
+            self._echo(text, err=to_stderr)
+
     def progress(self, line: str) -> None:
         if self.ticker is not None:
             self.ticker.start(line)
@@ -98,6 +128,9 @@ class _Console(Reporter):
 
     def _echo(self, text: str, err: bool | None = None) -> None:
         to_stderr = self.to_stderr if err is None else err
+        if self.keep:
+            self.kept.append((text, to_stderr))
+            return
         if self.stdout_gone and not to_stderr:
             return
         try:
@@ -209,9 +242,26 @@ class _DefaultDict(dict):
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", metavar="IN", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("models", metavar="IN...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), help="Where to write the folded model."
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Where to write the folded model; a folder for several models or a folder IN.",
+)
+@click.option(
+    "-r",
+    "--recursive",
+    is_flag=True,
+    help="With a folder IN: its sub-folders' *.onnx files too (their layout kept under OUT).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Fold this many models at a time, each in a process of its own.",
 )
 @click.option("--dry-run", is_flag=True, help="Fold and report, write no model.")
 @click.option(
@@ -322,8 +372,10 @@ class _DefaultDict(dict):
 )
 @click.version_option(__version__, "--version", prog_name="bnfold", message="%(prog)s %(version)s")
 def command(
-    model: Path,
+    models: tuple[Path, ...],
     output: Path | None,
+    recursive: bool,
+    jobs: int,
     dry_run: bool,
     report_path: Path | None,
     no_validate: bool,
@@ -346,52 +398,86 @@ def command(
     verbose: bool,
 ) -> None:
     """Fold BatchNormalization into neighbouring Conv, ConvTranspose, Gemm and MatMul layers of
-    the ONNX model IN, prove the result in onnxruntime, and write it to OUT."""
+    the ONNX model IN, prove the result in onnxruntime, and write it to OUT. Several models (or
+    a folder of them) go to the folder OUT, one output per model."""
     console = _Console(quiet, verbose, as_json)
     if output is None and not dry_run:
         raise click.UsageError("give -o OUT, or --dry-run to only report")
     if dry_run:
         output = None
-    check_paths(model, output, report_path)
     ProviderRequest.parse(providers)  # a bad name is a usage error, --no-validate or not
     if inputs_path is not None and not inputs_path.is_file():
         raise InputError(
             inputs_path, "no such file" if not inputs_path.exists() else "is not a file"
         )
-    options = {
-        "providers": providers,
-        "provider_options": parse_provider_options(provider_option),
-        "plugin_libraries": [str(p) for p in ep_library],
-        "rtol": _parse_tolerance(rtol, "--rtol"),
-        "atol": _parse_tolerance(atol, "--atol"),
-        "input_shapes": _parse_shapes(input_shape),
-        "inputs": inputs_path,
-        "seed": seed,
-        "samples": samples,
-        "tf32": tf32,
-        "save_inputs": save_inputs,
-        "save_outputs": save_outputs,
-    }
-    if no_validate and _given_on_the_command_line(VALIDATION_OPTIONS):
-        console.out("WARNING | validation options have no effect with --no-validate")
-    started = time.perf_counter()
-    result = fold_file(
-        model,
-        output,
+    settings = _Settings(
         validate=not no_validate,
         strict=strict,
         inline_functions=not keep_functions,
-        report=report_path,
-        reporter=console,
-        **options,
+        quiet=quiet,
+        verbose=verbose,
+        as_json=as_json,
+        options={
+            "providers": providers,
+            "provider_options": parse_provider_options(provider_option),
+            "plugin_libraries": [str(p) for p in ep_library],
+            "rtol": _parse_tolerance(rtol, "--rtol"),
+            "atol": _parse_tolerance(atol, "--atol"),
+            "input_shapes": _parse_shapes(input_shape),
+            "inputs": inputs_path,
+            "seed": seed,
+            "samples": samples,
+            "tf32": tf32,
+            "save_inputs": save_inputs,
+            "save_outputs": save_outputs,
+        },
     )
+    if no_validate and _given_on_the_command_line(VALIDATION_OPTIONS):
+        console.out("WARNING | validation options have no effect with --no-validate")
+    if batch.is_batch(models):
+        _fold_many(models, output, recursive, jobs, report_path, settings, console)
+        return
+    check_paths(models[0], output, report_path)
+    started = time.perf_counter()
+    result = fold_file(models[0], output, report=report_path, reporter=console, **settings.fold)
     elapsed = time.perf_counter() - started
     console.out(view.summary_line(result.fold, elapsed, result.validation, output is None))
     if as_json:
         console.document(result.report_text().rstrip("\n"))
+    refusal = _refusal(result)
+    if refusal is not None:
+        raise refusal
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What folding one model takes, as the options gave it (plain data: it goes to worker
+    processes)."""
+
+    validate: bool
+    strict: bool
+    inline_functions: bool
+    quiet: bool
+    verbose: bool
+    as_json: bool
+    options: dict
+
+    @property
+    def fold(self) -> dict:
+        """`fold_file`'s keyword arguments, the report and reporter aside."""
+        return {
+            "validate": self.validate,
+            "strict": self.strict,
+            "inline_functions": self.inline_functions,
+            **self.options,
+        }
+
+
+def _refusal(result) -> BnfoldError | None:
+    """Why OUT was not written (--strict, or validation), as the error the command ends with."""
     if result.unfolded:
         first = result.fold.skipped[0]
-        raise Unfolded(
+        return Unfolded(
             f"{result.unfolded} BatchNormalization left unfolded (--strict); the folded model "
             f"was not written: {first.batchnorm}: {first.reason}"
         )
@@ -400,7 +486,113 @@ def command(
         ran = any(p.outputs for p in validation.providers)
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
         first_line = next((ln for ln in validation.lines() if ln.startswith("FAILED")), "")
-        raise ValidationFailed(f"validation {what}; the folded model was not written: {first_line}")
+        return ValidationFailed(
+            f"validation {what}; the folded model was not written: {first_line}"
+        )
+    return None
+
+
+# ----- several models --------------------------------------------------------------------------
+
+
+def _fold_many(models, out_dir, recursive, workers, report_path, settings, console) -> None:
+    """Each model to its own output under `out_dir`, one after the other or `workers` at a time;
+    its lines as they come, then a table of all; exit status the worst of them."""
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "is not a folder (several models are written to a folder)")
+    if report_path is not None:
+        check_paths(models[0], None, report_path)
+    found = batch.find_jobs(models, out_dir, recursive)
+    for job in found:
+        if job.target is not None:
+            job.target.parent.mkdir(parents=True, exist_ok=True)
+    here = functools.partial(_fold_one, settings=settings, console=console)
+    elsewhere = functools.partial(_fold_one, settings=settings)
+    outcomes = []
+    for outcome in batch.run_jobs(found, here if workers == 1 else elsewhere, workers):
+        if workers > 1:
+            console.replay(outcome.lines)
+        outcomes.append(outcome)
+    status = batch.worst_status([o.status for o in outcomes])
+    console.out_lines(view.batch_table(outcomes))
+    document = _batch_document(outcomes, status)
+    if report_path is not None:
+        with atomic_file(report_path) as handle:
+            handle.write(document.encode())
+    if settings.as_json:
+        console.document(document.rstrip("\n"))
+    if status:
+        failed = sum(1 for o in outcomes if o.status)
+        error = BnfoldError(f"{failed} of {len(outcomes)} models failed (exit status {status})")
+        error.exit_status = status
+        raise error
+
+
+def _fold_one(job: batch.Job, settings: _Settings, console: _Console | None = None):
+    """One model of several, as a command of its own would fold it; its failure is an outcome,
+    not an exception (an interrupt still goes up)."""
+    console = console or _Console(settings.quiet, settings.verbose, settings.as_json, keep=True)
+    outcome = batch.Outcome(job.label, 0)
+    try:
+        options = _options_for(job, settings)
+        started = time.perf_counter()
+        result = fold_file(job.source, job.target, reporter=console, **options)
+        elapsed = time.perf_counter() - started
+        console.out(view.summary_line(result.fold, elapsed, result.validation, job.target is None))
+        outcome.report = result.report_dict()
+        refusal = _refusal(result)
+        if refusal is not None:
+            raise refusal
+    except Exception as exc:
+        outcome.status, outcome.message = _failure(exc)
+        console.error(outcome.message)
+    if outcome.report is not None:
+        outcome.report["exit_status"] = outcome.status
+    outcome.lines = console.kept
+    return outcome
+
+
+def _options_for(job: batch.Job, settings: _Settings) -> dict:
+    """`fold_file`'s options for one model of several: what validation keeps goes to a folder
+    of its own under DIR, named after the model."""
+    options = dict(settings.fold)
+    for kept in ("save_inputs", "save_outputs"):
+        if options.get(kept) is None:
+            continue
+        base = Path(options[kept])
+        try:
+            base.mkdir(exist_ok=True)  # (as a single model's: its parent must exist)
+            (base / job.name.parent).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(base, f"cannot be written ({exc.strerror or exc})") from None
+        options[kept] = base / job.name.with_suffix("")
+    return options
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The exit status and the one line a command of its own would end with."""
+    if isinstance(exc, BnfoldError):
+        return exc.exit_status, f"bnfold: error: {exc}"
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            EXIT_BAD_INPUT,
+            f"bnfold: error: the model holds text that is not valid UTF-8 ({exc})",
+        )
+    if isinstance(exc, RecursionError):
+        return EXIT_BAD_INPUT, "bnfold: error: the model's graphs are nested too deeply to process"
+    return EXIT_INTERNAL, f"bnfold: internal error: {type(exc).__name__}: {exc}"
+
+
+def _batch_document(outcomes, status: int) -> str:
+    """What --report writes and --json prints for several models."""
+    models = [
+        o.report
+        if o.report is not None
+        else {"input": o.label, "error": o.message, "exit_status": o.status}
+        for o in outcomes
+    ]
+    document = {"bnfold": __version__, "models": models, "exit_status": status}
+    return json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
 
 
 VALIDATION_OPTIONS = (
@@ -433,15 +625,6 @@ def _printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived: the run unwinds like Ctrl-C (temporary files are removed on
-    the way out) and exits with 128 + the signal's number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 @contextlib.contextmanager

@@ -42,3 +42,12 @@ class Unfolded(BnfoldError):
     """`--strict`: some BatchNormalization was left unfolded (exit status 4)."""
 
     exit_status = EXIT_UNFOLDED
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: the run unwinds like Ctrl-C (temporary files are removed on
+    the way out) and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -89,9 +89,13 @@ class FileResult:
             "validation": None if self.validation is None else self.validation.to_dict(),
         }
 
+    def report_dict(self) -> dict:
+        """`to_dict` with NaN and infinities as strings, as the JSON report has them."""
+        return json_safe(self.to_dict())
+
     def report_text(self) -> str:
         """`to_dict` as strict JSON (NaN and infinities as strings)."""
-        return json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        return json.dumps(self.report_dict(), indent=2, allow_nan=False) + "\n"
 
 
 def fold_file(
@@ -312,12 +316,12 @@ def _cannot_write(path: Path, exc: OSError) -> InputError:
     return InputError(path, f"cannot be written ({exc.strerror or exc})")
 
 
-def _json_safe(value):
+def json_safe(value):
     """JSON has no NaN or infinity: write those as the strings "nan", "inf", "-inf"."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

@@ -104,8 +104,46 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 def _numeric(cell: str) -> bool:
-    return cell.replace(".", "", 1).replace(" s", "").isdigit()
+    return cell == "-" or cell.replace(".", "", 1).isdigit()
 
 
 def _width(names: Iterable[str]) -> int:
     return min(max((len(n) for n in names), default=0), NAME_WIDTH)
+
+
+def batch_table(outcomes) -> list[str]:
+    """One row per model of several (`batch.Outcome`s), then how many were written."""
+    rows = [_batch_row(o) for o in outcomes]
+    lines = ["", *table(("model", "BN folded", "BN left", "validation", "seconds", "result"), rows)]
+    written = sum(1 for o in outcomes if o.report and o.report.get("written"))
+    failed = sum(1 for o in outcomes if o.status)
+    lines.append(f"{len(outcomes)} models: {written} written, {failed} failed")
+    return lines
+
+
+def _batch_row(outcome) -> list[str]:
+    report = outcome.report
+    result = _result_text(outcome)
+    if report is None:
+        return [outcome.label, "-", "-", "-", "-", result]
+    validation = report.get("validation")
+    checked = "not run" if validation is None else "passed" if validation["passed"] else "FAILED"
+    return [
+        outcome.label,
+        str(report["batchnorm_folded"]),
+        str(report["batchnorm_total"] - report["batchnorm_folded"]),
+        checked,
+        f"{report['seconds']:.2f}",
+        result,
+    ]
+
+
+def _result_text(outcome) -> str:
+    if outcome.status == 0:
+        written = outcome.report is not None and outcome.report.get("written")
+        return "written" if written else "ok (dry run)"
+    reason = outcome.message
+    for prefix in ("bnfold: internal error: ", "bnfold: error: ", f"{outcome.label}: "):
+        reason = reason.removeprefix(prefix)
+    reason = reason if len(reason) <= 60 else reason[:57] + "..."
+    return f"exit {outcome.status}: {reason}"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import click
 
-from . import batch, view
+from . import batch, naming, view
 from ._version import __version__
 from .errors import (
     EXIT_BAD_INPUT,
@@ -529,8 +529,14 @@ def _fold_many(models, out_dir, recursive, workers, report_path, settings, conso
 
 
 def _fold_one(job: batch.Job, settings: _Settings, console: _Console | None = None):
-    """One model of several, as a command of its own would fold it; its failure is an outcome,
-    not an exception (an interrupt still goes up)."""
+    """One model of several, as a command of its own would fold it (messages name options as
+    the command does, in a worker process too); its failure is an outcome, not an exception (an
+    interrupt still goes up)."""
+    with naming.command_line():
+        return _folded_outcome(job, settings, console)
+
+
+def _folded_outcome(job: batch.Job, settings: _Settings, console: _Console | None):
     console = console or _Console(settings.quiet, settings.verbose, settings.as_json, keep=True)
     outcome = batch.Outcome(job.label, 0)
     try:
@@ -655,7 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         gc.disable()
     try:
-        with paused, signals_as_interrupts():
+        with paused, signals_as_interrupts(), naming.command_line():
             command.main(args=argv, prog_name="bnfold", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -37,11 +37,9 @@ from .graph_view import (
     subgraphs,
 )
 from .model_io import default_opset
+from .naming import option
 from .records import Inlined, Skipped
 
-KEEP_REASON = (
-    "inside a model-local function, left unchanged (--keep-functions / inline_functions=False)"
-)
 TRAINING_REASON = "the model carries training_info, so nothing is folded"
 # Bounds the nodes inlining may add (a function calling another twice, nested 30 deep, would
 # otherwise add 2^30): calls beyond it stay calls.
@@ -85,7 +83,9 @@ def inline_batchnorm_functions(model: onnx.ModelProto, *, enabled: bool = True) 
         return FunctionInlining()
     inliner = _Inliner(model)
     if not enabled:
-        return inliner.finish(KEEP_REASON)
+        return inliner.finish(
+            f"inside a model-local function, left unchanged ({option('inline_functions')})"
+        )
     if model.training_info:  # the fold pass folds nothing then: inlining would not pay
         return inliner.finish(f"inside a model-local function, not inlined: {TRAINING_REASON}")
     inliner.inline_graph(model.graph, None, "")

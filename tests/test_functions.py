@@ -507,7 +507,7 @@ def test_keep_functions_leaves_the_model_unchanged(rng):
     result = bnfold.fold(model, inline_functions=False)
     assert not result.inlined and not result.folded
     assert [r.reason for r in result.skipped] == [
-        "inside a model-local function, left unchanged (--keep-functions / inline_functions=False)"
+        "inside a model-local function, left unchanged (inline_functions=False)"  # (API words)
     ]
     assert result.model.SerializeToString() == model.SerializeToString()
 

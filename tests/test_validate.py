@@ -368,7 +368,7 @@ def test_huge_declared_input_is_a_clean_error():
         [value_info("x", TensorProto.FLOAT, [100000, 100000, 100])],
         [value_info("y", TensorProto.FLOAT, symbolic(3))],
     )
-    with pytest.raises(bnfold.InputError, match="smaller --input-shape"):
+    with pytest.raises(bnfold.InputError, match=r"smaller shape: input_shapes=\{'x': \(\.\.\.\)\}"):
         validate(model, model, providers=["cpu"])
 
 
@@ -596,3 +596,20 @@ def test_the_candidate_file_is_what_runs(tmp_path):
     assert not report.passed and report.providers[0].reason.startswith("folded model:")
     with pytest.raises(TypeError, match="candidate_file"):
         validate(RESNET, right, providers=["cpu"], candidate_file=right)
+
+
+def test_messages_name_options_as_the_api_or_the_command_spells_them():
+    from bnfold import naming
+
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [value_info("x", TensorProto.FLOAT, [1, 4])],
+        [value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    with pytest.raises(bnfold.InputError, match=r"^input_shapes=\.\.\. names 'z'"):
+        validate(model, model, providers=["cpu"], input_shapes={"z": (1,)})
+    with naming.command_line(), pytest.raises(bnfold.InputError, match="^--input-shape names"):
+        validate(model, model, providers=["cpu"], input_shapes={"z": (1,)})
+    assert naming.option("validate") == "validate=False"
+    with naming.command_line():
+        assert naming.option("validate") == "--no-validate"

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ..errors import InputError
+from ..naming import input_shape, option
 
 MAX_GENERATED_ELEMENTS = 1 << 28  # per generated input (1 GiB of float32)
 
@@ -77,10 +78,10 @@ def check_input_shapes(declared: list[DeclaredInput], shapes: dict[str, tuple[in
         if name not in by_name:
             raise InputError(
                 None,
-                f"--input-shape names '{name}', which is not an input of the model "
+                f"{option('input_shapes')} names '{name}', which is not an input of the model "
                 f"(its inputs: {', '.join(by_name) or 'none'})",
             )
-        _check_dims(by_name[name], shape, "--input-shape")
+        _check_dims(by_name[name], shape, option("input_shapes"))
 
 
 def _check_dims(info: DeclaredInput, shape: tuple[int, ...], what: str) -> None:
@@ -115,7 +116,11 @@ def make_samples(
     check_input_shapes(declared, shapes)
     given, notes = cast_given_inputs(declared, given or {})
     if given and samples > 1:
-        raise InputError(None, "--samples needs generated inputs: it cannot be used with --inputs")
+        raise InputError(
+            None,
+            f"{option('samples')} needs generated inputs: it cannot be used with "
+            f"{option('inputs')}",
+        )
     batched = samples > 1 and _batchable(declared, shapes)
     runs = []
     for index in range(1 if batched else samples):
@@ -151,14 +156,16 @@ def _one_run(declared, shapes, given, seed: int, batch: int, notes: list[str]) -
 def _generated(info: DeclaredInput, shapes, seed: int, notes, stacked: bool = False) -> np.ndarray:
     if info.dtype is None:
         raise InputError(
-            None, f"input '{info.name}' is not a tensor bnfold can generate; pass it with --inputs"
+            None,
+            f"input '{info.name}' is not a tensor bnfold can generate; pass it with "
+            f"{option('inputs')}",
         )
     shape = _shape(info, shapes.get(info.name), notes, stacked)
     if math.prod(shape) > MAX_GENERATED_ELEMENTS:
         raise InputError(
             None,
             f"input '{info.name}' would have shape {list(shape)} ({math.prod(shape):,} "
-            f"elements); give a smaller --input-shape {info.name}:...",
+            f"elements); give a smaller shape: {input_shape(info.name)}",
         )
     rng = np.random.default_rng([seed, _name_key(info.name)])
     return _random_array(rng, info.dtype, shape)
@@ -184,7 +191,7 @@ def _shape(info: DeclaredInput, override, notes: list[str], stacked: bool) -> tu
         if not (index == 0 and stacked):
             notes.append(
                 f"input '{info.name}' dim {index} ('{label}') is not fixed; using 1 "
-                f"(set it with --input-shape {info.name}:...)"
+                f"(set it with {input_shape(info.name)})"
             )
         shape.append(1)
     return tuple(shape)
@@ -214,7 +221,7 @@ def cast_given_inputs(
     if unknown:
         raise InputError(
             None,
-            f"--inputs holds {unknown}, which the model does not take "
+            f"{option('inputs')} holds {unknown}, which the model does not take "
             f"(its inputs: {', '.join(by_name) or 'none'})",
         )
     result: dict[str, np.ndarray] = {}
@@ -222,11 +229,11 @@ def cast_given_inputs(
     for name, array in given.items():
         info = by_name[name]
         array = np.asarray(array)
-        _check_dims(info, tuple(array.shape), "--inputs")
+        _check_dims(info, tuple(array.shape), option("inputs"))
         result[name] = cast_to(array, info.dtype, name, notes)
     missing = [d.name for d in declared if d.name not in given]
     if given and missing:
-        notes.append(f"--inputs lacks {missing}: generated from the seed")
+        notes.append(f"{option('inputs')} lacks {missing}: generated from the seed")
     return result, notes
 
 
@@ -269,7 +276,9 @@ def _to_float(array: np.ndarray, dtype: np.dtype, name: str, notes: list[str]) -
 
 
 def _cannot_cast(name: str, source, dtype, why: str) -> InputError:
-    return InputError(None, f"--inputs: '{name}' is {source}, the model takes {dtype}: {why}")
+    return InputError(
+        None, f"{option('inputs')}: '{name}' is {source}, the model takes {dtype}: {why}"
+    )
 
 
 def load_inputs(path: str | os.PathLike, declared: list[DeclaredInput] | None = None) -> dict:

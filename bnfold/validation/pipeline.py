@@ -15,6 +15,7 @@ import onnx
 from ..errors import InputError
 from ..graph_view import subgraphs
 from ..model_io import load_model_and_sources, require_external_data_loaded
+from ..naming import option
 from .compare import compare, merged
 from .criterion import Tolerance, deviation, explicit_tolerance
 from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
@@ -35,10 +36,13 @@ from .runs import ModelSources, Outputs, run_model
 CALIBRATION_DRAWS = 2
 # An output that moves less than this (relative) between two random inputs proves little.
 INSENSITIVE = 1e-6
-ORT_HOW_TO = (
-    "validation needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu, "
-    "onnxruntime-openvino, ...), or skip validation (--no-validate)"
-)
+
+
+def _ort_how_to() -> str:
+    return (
+        "validation needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu, "
+        f"onnxruntime-openvino, ...), or skip validation ({option('validate')})"
+    )
 
 
 def import_onnxruntime():
@@ -46,9 +50,9 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise InputError(None, ORT_HOW_TO) from None
+        raise InputError(None, _ort_how_to()) from None
     if not hasattr(onnxruntime, "InferenceSession"):  # a half-removed distribution
-        raise InputError(None, f"onnxruntime is broken in this environment; {ORT_HOW_TO}")
+        raise InputError(None, f"onnxruntime is broken in this environment; {_ort_how_to()}")
     onnxruntime.set_default_logger_severity(4)  # bnfold reports session errors itself
     return onnxruntime
 
@@ -178,8 +182,8 @@ def _checked_values(
     for name, value, least in (("seed", seed, 0), ("samples", samples, 1)):
         if not isinstance(value, int) or value < least:
             raise InputError(None, f"{name} must be a whole number >= {least}, not {value!r}")
-    for name, option in (("rtol", rtol), ("atol", atol)):
-        values = option.values() if isinstance(option, dict) else [] if option is None else [option]
+    for name, given in (("rtol", rtol), ("atol", atol)):
+        values = given.values() if isinstance(given, dict) else [] if given is None else [given]
         for value in values:
             try:
                 number = float(value)
@@ -187,9 +191,9 @@ def _checked_values(
                 number = math.nan
             if not math.isfinite(number) or number < 0:
                 raise InputError(None, f"{name} must be a finite number >= 0, not {value!r}")
-    for name, option in (("input_shapes", input_shapes), ("provider_options", provider_options)):
-        if option is not None and not isinstance(option, dict):
-            raise InputError(None, f"{name} must be a dict, not {type(option).__name__}")
+    for name, given in (("input_shapes", input_shapes), ("provider_options", provider_options)):
+        if given is not None and not isinstance(given, dict):
+            raise InputError(None, f"{name} must be a dict, not {type(given).__name__}")
     return request
 
 
@@ -256,23 +260,23 @@ class _Tolerances:
 _ITEM_SUFFIX = re.compile(r"(\[\d+\]| \(keys\))+$")
 
 
-def _pick(option, name: str) -> float | None:
-    if isinstance(option, dict):
-        if name in option:
-            return float(option[name])
-        return getattr(option, "default", None)
-    return None if option is None else float(option)
+def _pick(given, name: str) -> float | None:
+    if isinstance(given, dict):
+        if name in given:
+            return float(given[name])
+        return getattr(given, "default", None)
+    return None if given is None else float(given)
 
 
-def _check_tolerance_names(option, label: str, model: onnx.ModelProto) -> None:
+def _check_tolerance_names(values, label: str, model: onnx.ModelProto) -> None:
     """Per-output tolerances must name outputs of the model."""
-    if isinstance(option, dict):
+    if isinstance(values, dict):
         outputs = [o.name for o in model.graph.output]
-        for name in option:
+        for name in values:
             if name not in outputs:
                 raise InputError(
                     None,
-                    f"--{label} names '{name}', which is not an output of the model "
+                    f"{option(label)} names '{name}', which is not an output of the model "
                     f"(its outputs: {', '.join(outputs)})",
                 )
 
@@ -467,7 +471,7 @@ def _weak_evidence(context: _Context, report: ValidationReport, model, probed) -
     if _has_op(model.graph, "If"):
         warnings.append(
             "the model has If nodes: the inputs exercise only the branches they select "
-            "(give real data with --inputs to cover others)"
+            f"(give real data with {option('inputs')} to cover others)"
         )
     if probed is not None:
         warnings.extend(_insensitive_outputs(context.expected[0], probed))
@@ -482,7 +486,8 @@ def _weak_evidence(context: _Context, report: ValidationReport, model, probed) -
         if comparison.rounding_noise == 0:
             warnings.append(
                 f"output '{comparison.output}' does not respond to what the fold changed on "
-                "these inputs: its comparison proves little; give real data with --inputs"
+                "these inputs: its comparison proves little; give real data with "
+                f"{option('inputs')}"
             )
     return warnings
 
@@ -499,7 +504,7 @@ def _insensitive_outputs(first_outputs: Outputs, probed: Outputs) -> list[str]:
             warnings.append(
                 f"output '{name}' hardly depends on the inputs (moves {change / scale:.1g} "
                 "relative between two random inputs): this validation proves little; "
-                "give real data with --inputs"
+                f"give real data with {option('inputs')}"
             )
     return warnings
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..naming import option
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -92,9 +93,13 @@ class ProviderRequest:
         names = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else list(spec)
         names = [n for n in names if n]
         if not names:
-            raise InputError(None, "--providers is empty; give auto or a list such as cpu,cuda")
+            raise InputError(
+                None, f"{option('providers')} is empty; give auto or a list such as cpu,cuda"
+            )
         if any(n.lower() == "auto" for n in names):
-            raise InputError(None, "--providers: auto cannot be combined with provider names")
+            raise InputError(
+                None, f"{option('providers')}: auto cannot be combined with provider names"
+            )
         providers = tuple(dict.fromkeys(full_name(n) for n in names))
         for provider in providers:
             if provider in NOT_COMPUTE:
@@ -107,10 +112,10 @@ def parse_provider_options(values: list[str] | tuple[str, ...]) -> dict[str, dic
     options: dict[str, dict[str, str]] = {}
     for value in values:
         name, sep, setting = value.partition(":")
-        key, eq, option = setting.partition("=")
+        key, eq, given = setting.partition("=")
         if not sep or not eq or not name.strip() or not key.strip():
-            raise InputError(None, f"--provider-option '{value}' is not NAME:KEY=VALUE")
-        options.setdefault(full_name(name), {})[key.strip()] = option.strip()
+            raise InputError(None, f"{option('provider_options')} '{value}' is not NAME:KEY=VALUE")
+        options.setdefault(full_name(name), {})[key.strip()] = given.strip()
     return options
 
 

@@ -14,38 +14,19 @@ Several models: the worst of theirs (3, then 2, 1, 4, 0).
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
-import json
 import math
-import os
 import signal
 import sys
-import threading
-import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from . import batch, naming, view
+from . import naming
 from ._version import __version__
-from .errors import (
-    EXIT_BAD_INPUT,
-    BnfoldError,
-    InputError,
-    Terminated,
-    Unfolded,
-    ValidationFailed,
-)
-from .fold import collector_paused
-from .model_io import atomic_file
-from .pipeline import Reporter, check_paths, fold_file, json_safe, size_text
-from .records import FoldResult
-from .validation import ProviderRequest, ValidationReport, parse_provider_options
-
-EXIT_INTERNAL = 3
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BnfoldError, InputError, Terminated
+from .naming import printable
 
 EPILOG = """\b
 Exit status:
@@ -57,139 +38,6 @@ Exit status:
   130/143/129  interrupted (Ctrl-C, SIGTERM, SIGHUP): nothing written
   Several models: the worst of theirs (3, then 2, 1, 4, 0)
 """
-
-
-class _Console(Reporter):
-    """Where lines go: the view (`bnfold.view`) and verdicts to stdout (to stderr with --json,
-    whose document is stdout), warnings, progress and errors to stderr. Commentary never stops a
-    run: a closed or full stdout (`| head -1`, `> /dev/full`) is let go, and the model is still
-    written."""
-
-    def __init__(
-        self, quiet: bool, verbose: bool, as_json: bool = False, keep: bool = False
-    ) -> None:
-        """`keep`: hold the lines in `kept` as (text, to stderr) instead of printing them (a
-        worker's, printed by the command with `replay`)."""
-        self.quiet = quiet
-        self.verbose = verbose
-        self.to_stderr = as_json
-        self.stdout_gone = False
-        self.keep = keep
-        self.kept: list[tuple[str, bool]] = []
-        on_terminal = not quiet and not keep and sys.stderr.isatty()
-        self.ticker = _Ticker() if on_terminal else None
-
-    def out(self, line: str) -> None:
-        if not self.quiet:
-            self._echo(_printable(line), err=True if line.startswith("WARNING") else None)
-
-    def out_lines(self, lines) -> None:
-        """Many lines in one write (one `echo` per line costs ~15 µs: 0.25 s on 16,000 records)."""
-        if not self.quiet:
-            text = "\n".join(_printable(line) for line in lines)
-            if text:
-                self._echo(text)
-
-    def detail(self, line: str) -> None:
-        if self.verbose and not self.quiet:
-            self._echo(_printable(line))
-
-    def loaded(self, source: Path, model, size: int) -> None:
-        self.out(view.header_line(source, model, size_text(size)))
-
-    def folded(self, result: FoldResult) -> None:
-        self.out_lines(view.record_lines(result, self.verbose))
-        self.out_lines(view.op_table(result.ops_before, result.ops_after))
-
-    def validated(self, report: ValidationReport) -> None:
-        for line in report.lines(verbose=self.verbose):
-            self.out(line)
-
-    def document(self, text: str) -> None:
-        """The one thing --json puts on stdout."""
-        self._echo(text, err=False)
-
-    def error(self, line: str) -> None:
-        """A model's one-line error, among several models' lines."""
-        self._echo(_printable(line), err=True)
-
-    def replay(self, lines: list[tuple[str, bool]]) -> None:
-        """Print lines another console kept."""
-        for text, to_stderr in lines:
-            self._echo(text, err=to_stderr)
-
-    def progress(self, line: str) -> None:
-        if self.ticker is not None:
-            self.ticker.start(line)
-
-    def progress_done(self) -> None:
-        if self.ticker is not None:
-            self.ticker.stop()
-
-    def _echo(self, text: str, err: bool | None = None) -> None:
-        to_stderr = self.to_stderr if err is None else err
-        if self.keep:
-            self.kept.append((text, to_stderr))
-            return
-        if self.stdout_gone and not to_stderr:
-            return
-        try:
-            click.echo(text, err=to_stderr)
-        except OSError:  # a reader that went away (EPIPE), a full device (ENOSPC), ...
-            if to_stderr:
-                return
-            self.stdout_gone = True
-            _silence_stdout()
-
-
-class _Ticker:
-    """The phase on a terminal's last line, with the seconds it has taken, updated every
-    second by a thread of its own (validation of a big model takes minutes)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._phase: str | None = None
-        self._began = 0.0
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, phase: str) -> None:
-        with self._lock:
-            self._phase, self._began = phase, time.perf_counter()
-            self._draw()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="bnfold-progress", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._phase is not None:
-                self._phase = None
-                self._write("\r\033[K")
-
-    def _run(self) -> None:
-        while not self._wake.wait(1.0):
-            with self._lock:
-                if self._phase is not None:
-                    self._draw()
-
-    def _draw(self) -> None:
-        seconds = time.perf_counter() - self._began
-        self._write(f"\r\033[K{self._phase} ({seconds:.0f} s)")
-
-    @staticmethod
-    def _write(text: str) -> None:
-        with contextlib.suppress(OSError):
-            click.echo(text, err=True, nl=False)
-
-
-def _silence_stdout() -> None:
-    """Point file descriptor 1 at /dev/null, so that what Python still holds for stdout (and
-    flushes at exit) goes nowhere instead of failing again."""
-    with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.close(null)
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -400,7 +248,9 @@ def command(
     """Fold BatchNormalization into neighbouring Conv, ConvTranspose, Gemm and MatMul layers of
     the ONNX model IN, prove the result in onnxruntime, and write it to OUT. Several models (or
     a folder of them) go to the folder OUT, one output per model."""
-    console = _Console(quiet, verbose, as_json)
+    from .run import Settings, fold_models  # (here: --help and --version load nothing more)
+    from .validation import ProviderRequest, parse_provider_options
+
     if output is None and not dry_run:
         raise click.UsageError("give -o OUT, or --dry-run to only report")
     if dry_run:
@@ -410,7 +260,7 @@ def command(
         raise InputError(
             inputs_path, "no such file" if not inputs_path.exists() else "is not a file"
         )
-    settings = _Settings(
+    settings = Settings(
         validate=not no_validate,
         strict=strict,
         inline_functions=not keep_functions,
@@ -432,173 +282,19 @@ def command(
             "save_outputs": save_outputs,
         },
     )
-    if no_validate and _given_on_the_command_line(VALIDATION_OPTIONS):
-        console.out("WARNING | validation options have no effect with --no-validate")
-    if batch.is_batch(models):
-        _fold_many(models, output, recursive, jobs, report_path, settings, console)
-        return
-    check_paths(models[0], output, report_path)
-    started = time.perf_counter()
-    result = fold_file(models[0], output, report=report_path, reporter=console, **settings.fold)
-    elapsed = time.perf_counter() - started
-    console.out(view.summary_line(result.fold, elapsed, result.validation, output is None))
-    if as_json:
-        console.document(result.report_text().rstrip("\n"))
-    refusal = _refusal(result)
-    if refusal is not None:
-        raise refusal
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """What folding one model takes, as the options gave it (plain data: it goes to worker
-    processes)."""
-
-    validate: bool
-    strict: bool
-    inline_functions: bool
-    quiet: bool
-    verbose: bool
-    as_json: bool
-    options: dict
-
-    @property
-    def fold(self) -> dict:
-        """`fold_file`'s keyword arguments, the report and reporter aside."""
-        return {
-            "validate": self.validate,
-            "strict": self.strict,
-            "inline_functions": self.inline_functions,
-            **self.options,
-        }
-
-
-def _refusal(result) -> BnfoldError | None:
-    """Why OUT was not written (--strict, or validation), as the error the command ends with."""
-    if result.unfolded:
-        first = result.fold.skipped[0]
-        return Unfolded(
-            f"{result.unfolded} BatchNormalization left unfolded (--strict); the folded model "
-            f"was not written: {first.batchnorm}: {first.reason}"
-        )
-    if not result.passed and result.validation is not None:
-        validation = result.validation
-        ran = any(p.outputs for p in validation.providers)
-        what = "failed" if ran else "could not run (use --no-validate to skip it)"
-        first_line = next((ln for ln in validation.lines() if ln.startswith("FAILED")), "")
-        return ValidationFailed(
-            f"validation {what}; the folded model was not written: {first_line}"
-        )
-    return None
-
-
-# ----- several models --------------------------------------------------------------------------
-
-
-def _fold_many(models, out_dir, recursive, workers, report_path, settings, console) -> None:
-    """Each model to its own output under `out_dir`, one after the other or `workers` at a time;
-    its lines as they come, then a table of all; exit status the worst of them."""
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "is not a folder (several models are written to a folder)")
-    if report_path is not None:
-        check_paths(models[0], None, report_path)
-    found = batch.find_jobs(models, out_dir, recursive)
-    for job in found:
-        if job.target is not None:
-            job.target.parent.mkdir(parents=True, exist_ok=True)
-    here = functools.partial(_fold_one, settings=settings, console=console)
-    elsewhere = functools.partial(_fold_one, settings=settings)
-    outcomes = []
-    for outcome in batch.run_jobs(found, here if workers == 1 else elsewhere, workers):
-        if workers > 1:
-            console.replay(outcome.lines)
-        outcomes.append(outcome)
-    status = batch.worst_status([o.status for o in outcomes])
-    console.out_lines(view.batch_table(outcomes))
-    document = _batch_document(outcomes, status)
-    if report_path is not None:
-        with atomic_file(report_path) as handle:
-            handle.write(document.encode())
-    if settings.as_json:
-        console.document(document.rstrip("\n"))
-    if status:
-        failed = sum(1 for o in outcomes if o.status)
-        error = BnfoldError(f"{failed} of {len(outcomes)} models failed (exit status {status})")
-        error.exit_status = status
-        raise error
-
-
-def _fold_one(job: batch.Job, settings: _Settings, console: _Console | None = None):
-    """One model of several, as a command of its own would fold it (messages name options as
-    the command does, in a worker process too); its failure is an outcome, not an exception (an
-    interrupt still goes up)."""
-    with naming.command_line():
-        return _folded_outcome(job, settings, console)
-
-
-def _folded_outcome(job: batch.Job, settings: _Settings, console: _Console | None):
-    console = console or _Console(settings.quiet, settings.verbose, settings.as_json, keep=True)
-    outcome = batch.Outcome(job.label, 0)
-    try:
-        options = _options_for(job, settings)
-        started = time.perf_counter()
-        result = fold_file(job.source, job.target, reporter=console, **options)
-        elapsed = time.perf_counter() - started
-        console.out(view.summary_line(result.fold, elapsed, result.validation, job.target is None))
-        outcome.report = result.report_dict()
-        refusal = _refusal(result)
-        if refusal is not None:
-            raise refusal
-    except Exception as exc:
-        outcome.status, outcome.message = _failure(exc)
-        console.error(outcome.message)
-    if outcome.report is not None:
-        outcome.report["exit_status"] = outcome.status
-    outcome.lines = console.kept
-    return outcome
-
-
-def _options_for(job: batch.Job, settings: _Settings) -> dict:
-    """`fold_file`'s options for one model of several: what validation keeps goes to a folder
-    of its own under DIR, named after the model."""
-    options = dict(settings.fold)
-    for kept in ("save_inputs", "save_outputs"):
-        if options.get(kept) is None:
-            continue
-        base = Path(options[kept])
-        try:
-            base.mkdir(exist_ok=True)  # (as a single model's: its parent must exist)
-            (base / job.name.parent).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(base, f"cannot be written ({exc.strerror or exc})") from None
-        options[kept] = base / job.name.with_suffix("")
-    return options
-
-
-def _failure(exc: Exception) -> tuple[int, str]:
-    """The exit status and the one line a command of its own would end with."""
-    if isinstance(exc, BnfoldError):
-        return exc.exit_status, f"bnfold: error: {exc}"
-    if isinstance(exc, UnicodeDecodeError):
-        return (
-            EXIT_BAD_INPUT,
-            f"bnfold: error: the model holds text that is not valid UTF-8 ({exc})",
-        )
-    if isinstance(exc, RecursionError):
-        return EXIT_BAD_INPUT, "bnfold: error: the model's graphs are nested too deeply to process"
-    return EXIT_INTERNAL, f"bnfold: internal error: {type(exc).__name__}: {exc}"
-
-
-def _batch_document(outcomes, status: int) -> str:
-    """What --report writes and --json prints for several models."""
-    models = [
-        o.report
-        if o.report is not None
-        else {"input": o.label, "error": o.message, "exit_status": o.status}
-        for o in outcomes
-    ]
-    document = {"bnfold": __version__, "models": models, "exit_status": status}
-    return json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
+    ignored = no_validate and _given_on_the_command_line(VALIDATION_OPTIONS)
+    warnings = (
+        ("WARNING | validation options have no effect with --no-validate",) if ignored else ()
+    )
+    fold_models(
+        models,
+        output,
+        report_path,
+        settings,
+        recursive=recursive,
+        workers=jobs,
+        warnings=warnings,
+    )
 
 
 VALIDATION_OPTIONS = (
@@ -626,13 +322,6 @@ def _given_on_the_command_line(names) -> bool:
     )
 
 
-def _printable(text: str) -> str:
-    """Escape control characters (names in hostile models can hold newlines)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 @contextlib.contextmanager
 def signals_as_interrupts():
     """Within the block, SIGTERM and SIGHUP raise `Terminated` (default: the process dies where
@@ -657,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     # A run makes hundreds of thousands of objects and no cycles worth the collector's passes.
     # Called from the console (argv None), the process ends with the command: the collector
     # stays off (turning it back on would walk everything still alive once more).
-    paused = collector_paused() if argv is not None else contextlib.nullcontext()
+    paused = _collector_paused() if argv is not None else contextlib.nullcontext()
     if argv is None:
         gc.disable()
     try:
@@ -667,14 +356,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(
-            _printable(f"bnfold: error: {exc.format_message()} (see bnfold --help)"), err=True
+            printable(f"bnfold: error: {exc.format_message()} (see bnfold --help)"), err=True
         )
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("bnfold: interrupted", err=True)
         sys.exit(130)
     except BnfoldError as exc:
-        click.echo(_printable(f"bnfold: error: {exc}"), err=True)
+        click.echo(printable(f"bnfold: error: {exc}"), err=True)
         sys.exit(exc.exit_status)
     except UnicodeDecodeError as exc:  # a name protobuf could not decode: the model's text
         click.echo(f"bnfold: error: the model holds text that is not valid UTF-8 ({exc})", err=True)
@@ -691,6 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so in one line; the traceback only with -v
         if "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
             traceback.print_exc()
-        click.echo(_printable(f"bnfold: internal error: {type(exc).__name__}: {exc}"), err=True)
+        click.echo(printable(f"bnfold: internal error: {type(exc).__name__}: {exc}"), err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(0)
+
+
+def _collector_paused():
+    from .folding import collector_paused
+
+    return collector_paused()

@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_VALIDATION_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNFOLDED = 4
+EXIT_INTERNAL = 3  # a bug in bnfold, never an answer to a user's file
 
 
 class BnfoldError(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import InputError
-from .fold import fold_in_place
+from .folding import fold_in_place
 from .records import FoldResult
 
 if TYPE_CHECKING:

@@ -49,3 +49,10 @@ def input_shape(name: str) -> str:
     if _ON_THE_COMMAND_LINE.get():
         return f"--input-shape {name}:DxD..."
     return f"input_shapes={{{name!r}: (...)}}"
+
+
+def printable(text: str) -> str:
+    """Escape control characters (names in hostile models can hold newlines)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

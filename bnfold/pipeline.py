@@ -19,38 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from ._version import __version__
 from .errors import InputError
-from .fold import fold_in_place
+from .folding import fold_in_place
 from .model_io import StagedFile, StagedModel, data_file_for, load_model_and_sources
 from .records import FoldResult
+from .reporting import Reporter
 from .tensor_data import DataFile
 from .validation import ValidationReport, check_validation_options
 from .validation import validate as validate_models
-
-
-class Reporter:
-    """What a caller is told while `fold_file` runs (the command prints it); does nothing."""
-
-    def progress(self, text: str) -> None:
-        """A phase begins (`loading ...`, `folding`, `validating ...`, `saving ...`)."""
-
-    def progress_done(self) -> None:
-        """The phase ended."""
-
-    def detail(self, text: str) -> None:
-        """A timing or a decision, for the curious."""
-
-    def loaded(self, source: Path, model: onnx.ModelProto, size: int) -> None:
-        """The input is read (`size`: bytes of its file and data files); not yet folded."""
-
-    def folded(self, result: FoldResult) -> None:
-        """The fold is done: its records."""
-
-    def validated(self, report: ValidationReport) -> None:
-        """Validation is done: its verdict."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 import bnfold
 from bnfold import batched
-from bnfold.fold import fold_in_place
+from bnfold.folding import fold_in_place
 from tests.builders import assert_same_function, bn_node, bn_params, make_model, tensor
 
 

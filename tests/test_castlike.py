@@ -90,7 +90,7 @@ def no_inference(monkeypatch):
     def refuse(model):
         raise AssertionError("shape inference for element types ran")
 
-    monkeypatch.setattr(importlib.import_module("bnfold.fold"), "inferred_element_types", refuse)
+    monkeypatch.setattr(importlib.import_module("bnfold.folding"), "inferred_element_types", refuse)
 
 
 @pytest.mark.parametrize("variant", ["expand", "gather", "constant_of_shape"])

@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 import bnfold
-from bnfold.fold import fold_in_place
+from bnfold.folding import fold_in_place
 from tests.builders import (
     TensorProto,
     assert_same_function,

@@ -8,7 +8,7 @@ import pytest
 
 import bnfold
 from bnfold import model_io, skim, tensor_data
-from bnfold.fold import fold_in_place
+from bnfold.folding import fold_in_place
 from tests.builders import bn_node, bn_params, make_model, tensor, value_info
 
 

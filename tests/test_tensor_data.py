@@ -12,7 +12,7 @@ import pytest
 import bnfold
 from bnfold import model_io, tensor_data
 from bnfold.errors import InputError
-from bnfold.fold import fold_in_place
+from bnfold.folding import fold_in_place
 from tests.builders import (
     MODELS,
     assert_same_function,

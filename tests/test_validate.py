@@ -608,7 +608,7 @@ def test_messages_name_options_as_the_api_or_the_command_spells_them():
     )
     with pytest.raises(bnfold.InputError, match=r"^input_shapes=\.\.\. names 'z'"):
         validate(model, model, providers=["cpu"], input_shapes={"z": (1,)})
-    with naming.command_line(), pytest.raises(bnfold.InputError, match="^--input-shape names"):
+    with naming.command_line(), pytest.raises(bnfold.InputError, match=r"^--input-shape names"):
         validate(model, model, providers=["cpu"], input_shapes={"z": (1,)})
     assert naming.option("validate") == "validate=False"
     with naming.command_line():

@@ -150,6 +150,27 @@ def validation_cost(source: Path, tmp: Path, repeat: int, timeout: float) -> dic
     return result
 
 
+def startup_cost(repeat: int) -> dict:
+    """`bnfold --help` and `bnfold --version` (the console script) against `python -c "import
+    click"`: medians of `repeat` alternating runs, and the ratios."""
+    script = str(Path(PY).with_name("bnfold"))
+    commands = {
+        "import click": [PY, "-c", "import click"],
+        "bnfold --help": [script, "--help"],
+        "bnfold --version": [script, "--version"],
+    }
+    runs: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            started = time.perf_counter()
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+            runs[name].append(time.perf_counter() - started)
+    result = {name: statistics.median(times) for name, times in runs.items()}
+    for name in ("bnfold --help", "bnfold --version"):
+        result[f"{name} × import click"] = result[name] / result["import click"]
+    return result
+
+
 def command(tool: str, source: Path, target: Path) -> list[str]:
     if tool == "bnfold":
         return [PY, "-c", BNFOLD, str(source), "-o", str(target), "--no-validate"]
@@ -389,7 +410,9 @@ def main() -> None:
                     costs[label] = validation_cost(source, tmp, args.repeat, args.timeout * 10)
                 target.unlink(missing_ok=True)
                 target.with_name(target.name + ".data").unlink(missing_ok=True)
-    write_report(args.out, rows, effects, args, costs)
+    startup = startup_cost(max(args.repeat, 5) * 4)
+    print(json.dumps(startup), flush=True)
+    write_report(args.out, rows, effects, args, costs, startup)
 
 
 def _not_run(label: str, size_mb: float, tool: str) -> dict:
@@ -428,7 +451,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_report(folder: Path, rows, effects, args, costs=None) -> None:
+def write_report(folder: Path, rows, effects, args, costs=None, startup=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Benchmark",
@@ -479,10 +502,32 @@ def write_report(folder: Path, rows, effects, args, costs=None) -> None:
                 lines.append(f"| {key} | {value['create_s']:.3f} | {value['latency_ms']:.2f} |")
     for label, cost in (costs or {}).items():
         lines += _cost_lines(label, cost, args.repeat)
+    if startup:
+        lines += [
+            "",
+            "## Start-up",
+            "",
+            "Whole process, median of alternating runs: `bnfold --help` and `--version` against "
+            '`python -c "import click"` (what any click command pays).',
+            "",
+            "| process | s | × import click |",
+            "| --- | --- | --- |",
+            f"| import click | {startup['import click']:.3f} | 1.00 |",
+        ]
+        for name in ("bnfold --help", "bnfold --version"):
+            lines.append(
+                f"| {name} | {startup[name]:.3f} | {startup[f'{name} × import click']:.2f} |"
+            )
     (folder / "benchmark.md").write_text("\n".join(lines) + "\n")
     (folder / "benchmark.json").write_text(
         json.dumps(
-            {"rows": rows, "inference": effects, "validation": costs, "timeout": args.timeout},
+            {
+                "rows": rows,
+                "inference": effects,
+                "validation": costs,
+                "startup": startup,
+                "timeout": args.timeout,
+            },
             indent=1,
         )
     )

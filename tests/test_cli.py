@@ -3,6 +3,7 @@ the failure contract (one line, no traceback, no partial output, input untouched
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -486,7 +487,8 @@ def test_declared_dependencies_are_what_the_package_imports():
     }
     distribution = {"google": "protobuf", "onnx_graphsurgeon": "onnx-graphsurgeon"}
     imported = set()
-    for path in (root / "bnfold").rglob("*.py"):
+    package = Path(importlib.import_module("bnfold").__file__).parent  # (in CI, the wheel's too)
+    for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -507,3 +508,47 @@ def test_validation_options_typed_with_no_validate_are_warned_about(tmp_path, op
     proc = bnfold(RESNET, "-o", tmp_path / "o.onnx", "--no-validate", *option)
     assert proc.returncode == 0
     assert "WARNING | validation options have no effect with --no-validate" in proc.stderr
+
+
+def test_help_and_version_load_neither_onnx_nor_numpy():
+    """Start-up stays near click's own (`benchmarks/bench.py` measures it): the heavy modules
+    load only when a model is folded."""
+    probe = (
+        "import sys; sys.argv = ['bnfold', '{}']; import bnfold.cli\n"
+        "try:\n    bnfold.cli.main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('onnx', 'numpy', 'onnxruntime', 'google.protobuf')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "print(heavy, file=sys.stderr)"
+    )
+    for flag in ("--help", "--version"):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe.format(flag)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and proc.stderr.strip() == "[]", proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_on_a_terminal_the_phase_and_its_seconds_are_shown(tmp_path):
+    primary, secondary = os.openpty()
+    proc = subprocess.Popen(
+        [BNFOLD, str(RESNET), "-o", str(tmp_path / "o.onnx"), "--providers", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(primary)
+    shown = b"".join(chunks).decode()
+    assert proc.returncode == 0
+    for phase in ("loading", "folding", "saving", "validating in onnxruntime"):
+        assert re.search(rf"\r\x1b\[K{phase}[^\r]* \(\d+ s\)", shown), (phase, shown)
+    assert shown.endswith("\r\x1b[K")  # the line is cleared at the end

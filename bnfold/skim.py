@@ -53,6 +53,8 @@ def _graph_skimmed(data, start: int, end: int, min_bytes: int, spans, counter) -
             continue
         index = counter[0]
         counter[0] += 1
+        if field_end - value_start < min_bytes:  # too small to hold raw data worth leaving
+            continue
         tensor = _tensor_skimmed(data, value_start, field_end, min_bytes, spans, index)
         if tensor is None:
             continue

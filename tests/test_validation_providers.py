@@ -209,6 +209,28 @@ def test_plugin_devices_are_used_through_add_provider_for_devices(stand_in):
     assert chosen[0]["device_options"] == {"precision": "FP32"}
 
 
+def test_an_installed_plugin_without_a_device_here_says_so(stand_in, monkeypatch, tmp_path):
+    """onnxruntime-ep-openvino on an AMD CPU: the package registers, its factory offers no
+    device; naming its provider is unavailable, with that reason (not "not installed")."""
+    package = tmp_path / "onnxruntime_ep_vendor"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "def get_library_path():\n    return '/plugins/libvendor.so'\n"
+        "def get_ep_names():\n    return ['VendorExecutionProvider']\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = stand_in(listed=(), devices=[])
+    registered = []
+    module.register_execution_provider_library = lambda name, path: registered.append(path)
+    report = validate(RESNET, folded(), providers="cpu,VendorExecutionProvider")
+    assert registered == ["/plugins/libvendor.so"]
+    outcome = report.providers[1]
+    assert outcome.status == Status.UNAVAILABLE
+    assert "the plugin onnxruntime_ep_vendor is registered, but onnxruntime lists no device" in (
+        outcome.reason
+    )
+
+
 def test_a_session_without_the_provider_is_unavailable():
     factory = SessionFactory(fake_ort(behaviour="falls back"))
     source = RESNET.read_bytes()

@@ -174,6 +174,12 @@ class SessionFactory:
         """Why `provider` is not offered at all, or None."""
         if provider in self.listed():
             return None
+        plugin = PLUGIN_PROVIDERS.get(provider)
+        if plugin is not None:
+            return Unavailable(
+                f"{provider}: the plugin {plugin} is registered, but onnxruntime lists no device "
+                "of it on this machine (get_ep_devices); it supports other hardware"
+            )
         hint = f" ({CUDA_HOW_TO})" if provider == CUDA else ""
         return Unavailable(f"{provider} is not available in this onnxruntime{hint}")
 
@@ -292,6 +298,9 @@ def register_plugin_libraries(ort, libraries: list[str]) -> list[str]:
         problem = _register(register, name, path)
         if problem:
             notes.append(f"plugin package {name} could not be registered: {problem}")
+            continue
+        for provider in _provider_names(name):
+            PLUGIN_PROVIDERS[provider] = name
     for path in libraries:
         problem = _register(register, f"bnfold-{Path(path).stem}", path)
         if problem:
@@ -327,3 +336,17 @@ def _installed_plugins() -> list[tuple[str, str]]:
 
 
 PLUGIN = "onnxruntime_ep_"
+# The providers registered plugin packages say they bring, by name: the package.
+PLUGIN_PROVIDERS: dict[str, str] = {}
+
+
+def _provider_names(module: str) -> list[str]:
+    """What a plugin package says it provides (`get_ep_names()` or `get_ep_name()`), if it says."""
+    package = importlib.import_module(module)
+    for getter in ("get_ep_names", "get_ep_name"):
+        try:
+            names = getattr(package, getter)()
+        except Exception:  # (absent, or a broken package: it just says nothing)
+            continue
+        return [names] if isinstance(names, str) else [str(n) for n in names]
+    return []

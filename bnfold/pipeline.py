@@ -1,11 +1,13 @@
 """`fold_file`: what the `bnfold` command does, from file to file, for Python callers too.
 
-The input is read with its external data left in its files (`bnfold.tensor_data`), folded, and
-validated; OUT is written only when everything passed, atomically, and the input's external data
-goes to OUT.data as it is written (folded weights straight from the fold). The report, when one is
-asked for, is written first under a temporary name and put in place with OUT: a failed run writes
-nothing new but the report of what failed. Paths are checked before any work: OUT, OUT.data and
-the report never replace the input, its data files, each other or anything but a regular file.
+The input is read with its big tensors left in its files (`bnfold.skim`, `bnfold.tensor_data`),
+folded, written as OUT under a temporary name beside OUT (`model_io.StagedModel`; the input's
+external data goes to OUT.data as it is written, folded weights straight from the fold), and
+validated by running that very file; OUT is put in place only when everything passed. The report,
+when one is asked for, is written first under a temporary name and put in place with OUT: a
+failed run writes nothing new but the report of what failed. Paths are checked before any work:
+OUT, OUT.data and the report never replace the input, its data files, each other or anything but
+a regular file.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bnfold  # noqa: E402
-from bnfold.graph_view import node_label  # noqa: E402
+from bnfold.graphs import node_label  # noqa: E402
 from bnfold.validation import validate  # noqa: E402
 from bnfold.validation.inputs import make_samples  # noqa: E402
 from bnfold.validation.providers import SessionFactory  # noqa: E402

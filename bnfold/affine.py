@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph_view import ONNX_DOMAINS, GraphView, attributes
+from .graph_view import GraphView
+from .graphs import ONNX_DOMAINS, attributes
 from .numerics import ChannelAffine, is_float
 
 AFFINE_OPS = ("Mul", "Add")

@@ -149,7 +149,7 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     )  # (the pool's workers: this process has no others)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
-        if process.is_alive():
+        if process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
     for process in processes:
         process.join(timeout=30)

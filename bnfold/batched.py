@@ -37,6 +37,7 @@ import operator
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import onnx
@@ -44,7 +45,8 @@ import onnx
 from .affine import AFFINE_OPS
 from .batchnorm import mode_problem
 from .constant_eval import EVALUATED_OPS
-from .graph_view import ONNX_DOMAINS, GraphView, NameAllocator, attributes
+from .graph_view import GraphView, NameAllocator
+from .graphs import ONNX_DOMAINS, attributes
 from .records import Folded
 from .tensor_data import (
     RAW_DTYPES,
@@ -76,11 +78,12 @@ class _Pair:
     row: int  # weight elements per output channel
     # `a` and `b` of all pairs with this pair's parameter dtype (float64), and where its own
     # C values start: one array for thousands of pairs, not two small arrays each
-    factors: tuple[np.ndarray, np.ndarray] = field(default=None, repr=False)
+    factors: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     start: int = 0
 
     def factor(self, role: int) -> np.ndarray:
         """This pair's `a` (role 0) or `b` (role 1), a view of the shared array."""
+        assert self.factors is not None  # (set for every pair before its fold)
         return self.factors[role][self.start : self.start + self.channels]
 
 
@@ -172,9 +175,10 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
         return None  # malformed: the general path says why
     source, *param_names = node.input[:]  # five names: mode_problem checked
-    params = list(map(view.initializers.get, param_names))
-    if None in params or not view.input_names.isdisjoint(param_names):
+    found = list(map(view.initializers.get, param_names))
+    if None in found or not view.input_names.isdisjoint(param_names):
         return None
+    params = cast(list[onnx.TensorProto], found)
     dtype = params[0].data_type
     if dtype not in RAW_FLOATS or set(map(_DATA_TYPE, params)) != {dtype}:
         return None
@@ -316,11 +320,12 @@ def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, np.ndarray
             np.multiply(rows, scales[:, None], out=scaled, dtype=np.float64, casting="unsafe")
         del rows
         starts = np.cumsum([0, *(p.channels for p in chunk)])
+        finite: list[bool]
         if _all_finite(scaled, buffers):  # the usual case, 10x cheaper than the per-row answer
             finite = [True] * len(chunk)
         else:
-            finite = np.logical_and.reduceat(np.isfinite(scaled).all(axis=1), starts[:-1])
-            finite = finite.tolist()
+            by_row = np.isfinite(scaled).all(axis=1)
+            finite = np.logical_and.reduceat(by_row, starts[:-1]).tolist()
         yield [
             (pair, scaled[start:stop])
             for pair, start, stop, ok in zip(chunk, starts[:-1], starts[1:], finite, strict=True)
@@ -353,7 +358,7 @@ def _weight_rows(chunk: list[_Pair], dtype: np.dtype, buffers: _Buffers) -> np.n
         return np.frombuffer(b"".join(map(_RAW_DATA, weights)), dtype=dtype)
     sizes = list(map(data_size, weights))
     flat = buffers.array("weights", sum(sizes) // dtype.itemsize, dtype)
-    target = memoryview(flat.view(np.uint8))
+    target = memoryview(flat.view(np.uint8))  # type: ignore[arg-type]
     at = 0
     for weight, size in zip(weights, sizes, strict=True):
         if is_on_disk(weight):
@@ -384,7 +389,8 @@ def _weight_chunks(pairs: list[_Pair]) -> Iterator[list[_Pair]]:
         groups[pair.weight.data_type, pair.row].append(pair)
     for (code, row), group in groups.items():
         row_bytes = row * RAW_FLOATS[code].itemsize
-        chunk, size = [], 0
+        chunk: list[_Pair] = []
+        size = 0
         for pair in group:
             weight_bytes = pair.channels * row_bytes
             if chunk and size + weight_bytes > CHUNK_BYTES:
@@ -411,7 +417,8 @@ def _folded_biases(pairs: list[_Pair]) -> dict[int, tuple[np.ndarray, int]]:
         folded = shift.copy()
         if with_bias:
             present = np.repeat([pair.bias is not None for pair in group], _lengths(group))
-            bias = _concatenated([pair.bias for pair in with_bias], dtype).astype(np.float64)
+            biases = [pair.bias for pair in with_bias if pair.bias is not None]
+            bias = _concatenated(biases, dtype).astype(np.float64)
             folded[present] = bias * scale[present] + shift[present]
         with np.errstate(over="ignore", invalid="ignore"):
             rounded = folded.astype(dtype)
@@ -428,7 +435,7 @@ def _joined(pairs: list[_Pair], role: int) -> np.ndarray:
     share when they lie there end to end in this order (the usual case), else a copy."""
     first = pairs[0]
     shared = first.factors
-    if all(
+    if shared is not None and all(
         pair.factors is shared and pair.start == before.start + before.channels
         for before, pair in itertools.pairwise(pairs)
     ):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from .graph_view import GraphView, attributes
+from .graph_view import GraphView
+from .graphs import attributes
 from .numerics import ChannelAffine, NotRepresentable, batchnorm_affine, is_float
 
 PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
@@ -73,7 +74,8 @@ def read_batchnorm(node: onnx.NodeProto, opset: int, view: GraphView) -> BatchNo
         )
         return f"parameters are not 1-D vectors of one length ({listed})"
     try:
-        affine = batchnorm_affine(*values, attrs.get("epsilon", 1e-5))
+        gamma, beta, mean, var = values
+        affine = batchnorm_affine(gamma, beta, mean, var, attrs.get("epsilon", 1e-5))
     except NotRepresentable as exc:
         return str(exc)
     return BatchNorm(node.input[0], node.output[0], affine)

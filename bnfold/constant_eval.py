@@ -10,6 +10,7 @@ except the three most common, which are done directly.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -69,7 +70,9 @@ def evaluate(
 ):
     """The node's first output computed from constant `inputs`, or None if it cannot or may not be.
 
-    `inputs` holds None for absent optional inputs. Counts the result against `budget`.
+    `inputs` holds None for absent optional inputs (the helpers below take them as present
+    where the operator needs them: an absent one fails there, and any failure means "not
+    constant"). Counts the result against `budget`.
     """
     if node.op_type not in EVALUATED_OPS or node.domain not in ("", "ai.onnx"):
         return None
@@ -88,7 +91,7 @@ def evaluate(
     return result
 
 
-def _cast_target(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> np.dtype | None:
+def _cast_target(node: onnx.NodeProto, inputs: list[Any]) -> np.dtype | None:
     """The target dtype of a Cast/CastLike when numpy converts exactly as ONNX does, else None."""
     if node.op_type == "Cast":
         target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(_attribute(node, "to")))
@@ -115,7 +118,7 @@ def _cast_target(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> np.dt
     return target if str(target) in EXACT_CAST_TARGETS and exact_source else None
 
 
-def _output_elements(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> int | None:
+def _output_elements(node: onnx.NodeProto, inputs: list[Any]) -> int | None:
     present = [a for a in inputs if a is not None]
     largest = max((a.size for a in present), default=1)
     op = node.op_type
@@ -144,7 +147,7 @@ def _attribute(node: onnx.NodeProto, name: str):
     return None
 
 
-def _evaluate_directly(node: onnx.NodeProto, inputs: list[np.ndarray | None]):
+def _evaluate_directly(node: onnx.NodeProto, inputs: list[Any]):
     op = node.op_type
     if op == "Identity":
         return inputs[0]
@@ -182,5 +185,5 @@ def _evaluate_with_reference(node: onnx.NodeProto, inputs: list[np.ndarray | Non
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     feeds = {name: array for name, array in zip(names, inputs, strict=True) if array is not None}
-    result = ReferenceEvaluator(model).run(None, feeds)[0]
-    return np.asarray(result)
+    outputs = cast(list, ReferenceEvaluator(model).run(None, feeds))
+    return np.asarray(outputs[0])

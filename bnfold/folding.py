@@ -30,11 +30,10 @@ from .constant_eval import EvaluationBudget
 from .element_types import inferred_element_types
 from .errors import InputError
 from .functions import inline_batchnorm_functions
-from .graph_view import (
+from .graph_view import GraphView, NameAllocator
+from .graphs import (
     CONTROL_FLOW_OPS,
     ONNX_DOMAINS,
-    GraphView,
-    NameAllocator,
     attributes,
     node_label,
     nodes_with_subgraphs,
@@ -252,15 +251,19 @@ def _fold_graph(
     del pairs
     for index in _visited_positions(view):
         if view.op_types[index] == "BatchNormalization":
+            record: Folded | Skipped
             if index in pending:  # (popped: each pair's memory goes as its fold completes)
                 record = pending.pop(index).finish(view, context.names, vanished, maybe_dead)
             else:
                 record = _fold_one(view, index, context, vanished, maybe_dead)
-            (context.folded if isinstance(record, Folded) else context.skipped).append(record)
+            if isinstance(record, Folded):
+                context.folded.append(record)
+            else:
+                context.skipped.append(record)
         elif not context.refusal:
-            record = _fold_affine(view, index, context, vanished, maybe_dead)
-            if record is not None:
-                context.folded_affine.append(record)
+            affine = _fold_affine(view, index, context, vanished, maybe_dead)
+            if affine is not None:
+                context.folded_affine.append(affine)
     for index in view.holders:
         if index in view.removed_nodes:
             continue

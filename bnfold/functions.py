@@ -28,15 +28,8 @@ from dataclasses import dataclass, field, replace
 import onnx
 
 from .batchnorm import PARAMETER_NAMES
-from .graph_view import (
-    ONNX_DOMAINS,
-    GraphView,
-    NameAllocator,
-    node_label,
-    outer_references,
-    subgraphs,
-)
-from .model_io import default_opset
+from .graph_view import GraphView, NameAllocator
+from .graphs import ONNX_DOMAINS, default_opset, node_label, outer_references, subgraphs
 from .naming import option
 from .records import Inlined, Skipped
 
@@ -427,7 +420,7 @@ def _join(prefix: str, name: str) -> str:
 def _definitions(nodes) -> list[str]:
     """Every name a body defines: node outputs, and the inputs, initializers and node outputs of
     its subgraphs (sibling subgraphs may reuse a name: one fresh name serves them all)."""
-    names = []
+    names: list[str] = []
     for node in nodes:
         names.extend(name for name in node.output if name)
         for _, sub in subgraphs(node):
@@ -527,7 +520,7 @@ def _calls_everywhere(model: onnx.ModelProto, functions) -> set[FunctionId]:
 
 def _callers(functions) -> dict[FunctionId, FunctionId]:
     """For each function called by another, one caller."""
-    callers = {}
+    callers: dict[FunctionId, FunctionId] = {}
     for fid, function in functions.items():
         for node in _all_nodes(function.node):
             if call_id(node) in functions and call_id(node) != fid:

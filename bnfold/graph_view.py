@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import functools
 import operator
-import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import repeat
 
 import numpy as np
@@ -19,67 +18,15 @@ import onnx
 
 from .constant_eval import EVALUATED_OPS, EvaluationBudget, evaluate
 from .element_types import castlike_target_problem, declared_element_types, type_witness
-from .tensor_data import RAW_DTYPES, is_on_disk, tensor_to_array
-
-# Default-domain ops with graph attributes; ops of other domains are always looked at.
-CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
-ONNX_DOMAINS = ("", "ai.onnx")
-
-
-def may_hold_graphs(op_type: str, domain: str) -> bool:
-    """Whether a node of this op type and domain may hold graphs (control flow, or any op of
-    another domain)."""
-    return op_type in CONTROL_FLOW_OPS or domain not in ONNX_DOMAINS
-
-
-def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
-    """The graphs held in a node's attributes (If branches, Loop/Scan bodies, ...)."""
-    if not may_hold_graphs(node.op_type, node.domain):
-        return
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            for i, g in enumerate(attr.graphs):
-                yield f"{attr.name}[{i}]", g
-
-
-def outer_references(graph: onnx.GraphProto) -> set[str]:
-    """Names a graph reads that it does not define (values from enclosing scopes)."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    defined |= {t.name for t in graph.sparse_initializer if t.values.name}
-    used: set[str] = set()
-    for node in graph.node:
-        used.update(n for n in node.input if n)
-        for _, sub in subgraphs(node):
-            used |= outer_references(sub)
-        defined.update(node.output)
-    used.update(o.name for o in graph.output)
-    return used - defined
-
-
-def attributes(node: onnx.NodeProto) -> dict:
-    """A node's attributes as Python values (ints, floats, strings, lists, tensors)."""
-    values = {}
-    for attr in node.attribute[:]:  # (see `_ALL`)
-        kind = attr.type
-        if kind == onnx.AttributeProto.INT:
-            values[attr.name] = attr.i
-        elif kind == onnx.AttributeProto.FLOAT:
-            values[attr.name] = attr.f
-        elif kind == onnx.AttributeProto.INTS:
-            values[attr.name] = list(attr.ints)
-        else:
-            values[attr.name] = onnx.helper.get_attribute_value(attr)
-    return values
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    """A readable identity for a node: its name, or its op type and first output."""
-    if node.name:
-        return node.name
-    first = node.output[0] if node.output else "?"
-    return f"<{node.op_type} -> {first}>"
+from .graphs import (
+    ONNX_DOMAINS,
+    may_hold_graphs,
+    node_label,
+    nodes_with_subgraphs,
+    outer_references,
+    subgraphs,
+)
+from .tensor_data import RAW_DTYPES, is_on_disk, little_endian_bytes, tensor_to_array
 
 
 class NameAllocator:
@@ -126,6 +73,7 @@ class NameAllocator:
         return taken
 
     def _is_taken(self, name: str) -> bool:
+        assert self._taken is not None  # (collected by `fresh` first)
         if name in self._taken:
             return True
         main = self._main
@@ -166,11 +114,6 @@ def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
         taken.update(node.input)  # reads of the outer scope from inside stay visible
         for _, sub in subgraphs(node):
             _add_graph_names(sub, taken)
-
-
-def nodes_with_subgraphs(nodes) -> list[int]:
-    """Positions of the nodes that may hold graphs (`may_hold_graphs`)."""
-    return [index for index, node in enumerate(nodes) if may_hold_graphs(node.op_type, node.domain)]
 
 
 _OP_TYPE = operator.attrgetter("op_type")
@@ -314,7 +257,7 @@ class GraphView:
         # Each node's op type and domain, read once for the pass's loops (each distinct value
         # kept once, not once per node; protobuf gives bytes for a string that is not UTF-8)
         op_types, domains = list(map(_OP_TYPE, nodes)), list(map(_DOMAIN, nodes))
-        distinct = {}
+        distinct: dict[str, str] = {}
         self.op_types = list(map(distinct.setdefault, op_types, op_types))
         self.domains = list(map(distinct.setdefault, domains, domains))
         self.holders = [  # positions of nodes that may hold graphs (`nodes_with_subgraphs`)
@@ -595,8 +538,8 @@ class GraphView:
         repeated = self.graph.initializer
         # the index lists each initializer once, in order (a name given twice, refused by the
         # structure checks, would leave it shorter: then the names are read again)
-        order = self.initializers
-        if len(order) != len(repeated):
+        order: Iterable[str] = self.initializers
+        if len(self.initializers) != len(repeated):
             order = map(_NAME, repeated)
         _delete_flagged(repeated, [name in names for name in order])
         for name in names:
@@ -652,14 +595,6 @@ def _fill_tensor(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     tensor.data_type = tensor_dtype(value.dtype)
     tensor.dims.extend(value.shape)
     tensor.raw_data = little_endian_bytes(value)
-
-
-def little_endian_bytes(value: np.ndarray) -> bytes:
-    """The array's bytes as raw data holds them (little-endian), copied once."""
-    order = value.dtype.byteorder
-    if order == "<" or order == "|" or (order == "=" and sys.byteorder == "little"):
-        return value.tobytes()
-    return value.astype(value.dtype.newbyteorder("<")).tobytes()
 
 
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:

@@ -28,9 +28,10 @@ from onnx import numpy_helper
 from . import skim, tensor_data
 from .encoding import Encoding
 from .errors import InputError
-from .graph_view import (
+from .graphs import (
     CONTROL_FLOW_OPS,
     ONNX_DOMAINS,
+    default_opset,
     node_label,
     nodes_with_subgraphs,
     outer_references,
@@ -97,14 +98,6 @@ def tensor_data_size(model: onnx.ModelProto) -> int:
 def fits_in_one_protobuf(model: onnx.ModelProto) -> bool:
     """Whether the model can be serialized as one protobuf (under 2 GB with room for the graph)."""
     return tensor_data_size(model) <= INLINE_TENSOR_BUDGET
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's opset version for the default ONNX domain (0 if it imports none)."""
-    for entry in model.opset_import:
-        if entry.domain in ONNX_DOMAINS:
-            return int(entry.version)
-    return 0
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -364,7 +357,7 @@ def _initializer_size_mismatch(initializers: Iterable[onnx.TensorProto]) -> str 
 _KNOWN_TYPES = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 _T = onnx.TensorProto
 # The typed field each element type keeps its values in, and how many entries an element takes.
-_TYPED_FIELDS = {
+_TYPED_FIELDS: dict[int, tuple[str, int]] = {
     _T.FLOAT: ("float_data", 1),
     _T.COMPLEX64: ("float_data", 2),
     _T.DOUBLE: ("double_data", 1),
@@ -420,7 +413,7 @@ def _shape_problem(
 
 
 _STRING = onnx.TensorProto.STRING
-_ITEMSIZE = {
+_ITEMSIZE: dict[int, int] = {
     onnx.TensorProto.FLOAT: 4,
     onnx.TensorProto.FLOAT16: 2,
     onnx.TensorProto.BFLOAT16: 2,

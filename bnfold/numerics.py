@@ -121,7 +121,9 @@ def is_float(dtype: np.dtype) -> bool:
 
 
 FOLDABLE_FLOATS = frozenset(
-    np.dtype(d).newbyteorder(order) for d in (np.float16, np.float32, np.float64) for order in "<>"
+    np.dtype(d).newbyteorder(order)
+    for d in (np.float16, np.float32, np.float64)
+    for order in ("<", ">")
 ) | {np.dtype(ml_dtypes.bfloat16)}
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -64,7 +65,7 @@ def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(tensor)
 
 
-RAW_DTYPES = {  # TensorProto types whose raw_data numpy reads as is
+RAW_DTYPES: dict[int, np.dtype] = {  # TensorProto types whose raw_data numpy reads as is
     onnx.TensorProto.FLOAT: np.dtype("<f4"),
     onnx.TensorProto.FLOAT16: np.dtype("<f2"),
     onnx.TensorProto.DOUBLE: np.dtype("<f8"),
@@ -248,7 +249,7 @@ class DataFile:
     def put(self, tensor: onnx.TensorProto, values: np.ndarray | bytes) -> None:
         """Append `values` (the tensor's new contents: C-contiguous, little-endian) and make the
         tensor an on-disk tensor reading them here."""
-        offset, length = self._append(memoryview(values).cast("B"))
+        offset, length = self._append(memoryview(values).cast("B"))  # type: ignore[arg-type]
         self.flush()
         point_to_file(tensor, self.path, offset, length)
 
@@ -329,3 +330,11 @@ def umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def little_endian_bytes(value: np.ndarray) -> bytes:
+    """The array's bytes as raw data holds them (little-endian), copied once."""
+    order = value.dtype.byteorder
+    if order == "<" or order == "|" or (order == "=" and sys.byteorder == "little"):
+        return value.tobytes()
+    return value.astype(value.dtype.newbyteorder("<")).tobytes()

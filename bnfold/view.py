@@ -13,8 +13,8 @@ from pathlib import Path
 
 import onnx
 
-from .model_io import default_opset
-from .records import FoldResult
+from .graphs import default_opset
+from .records import Folded, FoldResult
 from .validation import ValidationReport
 
 NAME_WIDTH = 64  # names longer than this are not padded to (the columns then shift)
@@ -36,7 +36,7 @@ def record_lines(result: FoldResult, verbose: bool) -> list[str]:
     lines = [_inlined_line(call) for call in result.inlined]
     for record in shown:
         name = (_where(record) + record.batchnorm).ljust(width)
-        if record.kind == "folded":
+        if isinstance(record, Folded):
             into = f"into {record.into_op} '{record.into}'"
             lines.append(f"FOLDED  | {name} | {into} | {record.how}")
         else:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..graph_view import GraphView, attributes, node_label
+from ..graph_view import GraphView
+from ..graphs import attributes, node_label
 from ..numerics import NotRepresentable, is_float, round_to
 
 

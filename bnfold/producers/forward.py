@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..graph_view import GraphView, attributes
+from ..graph_view import GraphView
+from ..graphs import attributes
 from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
 from .base import FoldPlan, constant_input, rounded_updates
 

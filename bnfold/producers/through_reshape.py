@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from ..graph_view import ONNX_DOMAINS, GraphView, attributes, node_label
+from ..graph_view import GraphView
+from ..graphs import ONNX_DOMAINS, attributes, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
@@ -55,9 +56,9 @@ def plan_through_layout(
     name, reader = bn_input, bn_index
     for _ in range(MAX_CHAIN + 1):
         index = view.producer.get(name)
-        node = view.nodes[index] if index is not None else None
-        if node is None or node.domain not in ONNX_DOMAINS:
+        if index is None or view.nodes[index].domain not in ONNX_DOMAINS:
             return None if not chain else _no_layer_reason(view, chain, name)
+        node = view.nodes[index]
         if node.op_type not in LAYOUT_OPS and node.op_type not in PLANNERS:
             return None if not chain else _no_layer_reason(view, chain, name)
         if view.sole_consumer(name) != reader:
@@ -94,11 +95,12 @@ def _plan(
     # The plan has checked that the layer has as many columns as the BN has channels. With one
     # channel every element gets the same affine map, whatever the layout.
     if moves and affine.channels > 1:
-        layout: Layout | str = Layout((ROWS, affine.channels), rows=0, columns=1)
+        layout = Layout((ROWS, affine.channels), rows=0, columns=1)
         for index in chain:
-            layout = follow(view.nodes[index], layout, view, opset)
-            if isinstance(layout, str):
-                return layout
+            followed = follow(view.nodes[index], layout, view, opset)
+            if isinstance(followed, str):
+                return followed
+            layout = followed
         if layout.columns != 1:
             return (
                 f"the {affine.channels} columns of {layer.op_type} '{node_label(layer)}' reach it "
@@ -113,6 +115,7 @@ def follow(node: onnx.NodeProto, layout: Layout, view: GraphView, opset: int) ->
         return layout
     if node.op_type == "Transpose":
         return _transpose(node, layout)
+    target: np.ndarray | None
     if opset < 5:  # Reshape-1: the target is an attribute
         target = np.asarray(attributes(node).get("shape", []), dtype=np.int64)
     else:
@@ -149,6 +152,7 @@ def reshape(layout: Layout, target: list[int], allow_zero: bool) -> Layout | Non
     the result holds for every row count with which the original model runs.
     """
     columns = layout.dims[layout.columns]
+    assert isinstance(columns, int)  # (only the row count may be unknown)
     rows = layout.dims[layout.rows] if layout.rows is not None else 1
     sizes: list[int | str | None] = []  # None: the -1 entry
     for axis, entry in enumerate(target):
@@ -163,16 +167,16 @@ def reshape(layout: Layout, target: list[int], allow_zero: bool) -> Layout | Non
     solved = _solve(sizes, rows, columns)
     if solved is None:
         return None
-    sizes, rows = solved
+    filled, rows = solved
     in_order = [("rows", rows), ("columns", columns)]
     if layout.rows is not None and layout.rows > layout.columns:
         in_order.reverse()
     expected = [(role, size) for role, size in in_order if size != 1]
-    placed = [(axis, size) for axis, size in enumerate(sizes) if size != 1]
+    placed = [(axis, size) for axis, size in enumerate(filled) if size != 1]
     if [size for _, size in placed] != [size for _, size in expected]:
         return None
     axes = {role: axis for (role, _), (axis, _) in zip(expected, placed, strict=True)}
-    return Layout(tuple(sizes), axes.get("rows"), axes["columns"])
+    return Layout(tuple(filled), axes.get("rows"), axes["columns"])
 
 
 def _solve(sizes: list, rows: int | str, columns: int) -> tuple[list, int | str] | None:
@@ -183,6 +187,7 @@ def _solve(sizes: list, rows: int | str, columns: int) -> tuple[list, int | str]
     free = sizes.count(None)
     if free > 1 or symbols > 1:
         return None
+    value: int | str | None
     if rows == ROWS and symbols == 1:  # N · known (· free) = N · C
         value = columns // known if free and columns % known == 0 else None
         if not free and known != columns:
@@ -195,6 +200,7 @@ def _solve(sizes: list, rows: int | str, columns: int) -> tuple[list, int | str]
         else:
             return None
     else:  # rows known: plain numbers
+        assert isinstance(rows, int)
         total = rows * columns
         value = total // known if free and total % known == 0 else None
         if not free and known != total:

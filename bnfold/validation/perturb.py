@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..graph_view import little_endian_bytes, subgraphs
+from ..graphs import subgraphs
 from ..tensor_data import (
     disk_span,
     is_on_disk,
+    little_endian_bytes,
     point_to_file,
     raw_bytes,
     tensor_to_array,
@@ -323,7 +324,9 @@ def _movers_for(node, widths, constants, seed, counter, renamed, rename_in_place
     width = max((widths[n] for n in node.input if n in widths), default=None)
     positions = MOVABLE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
     movers: list[onnx.NodeProto] = []
-    for index in positions if width is not None else ():
+    for index in positions:
+        if width is None:
+            break
         name = node.input[index] if index < len(node.input) else ""
         if not isinstance(name, str) or not name or name in constants or name in widths:
             continue  # (a name that is not UTF-8 comes back as bytes: left as it is)

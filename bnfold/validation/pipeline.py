@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import InputError
-from ..graph_view import subgraphs
+from ..graphs import subgraphs
 from ..model_io import load_model_and_sources, require_external_data_loaded
 from ..naming import option
 from .compare import compare, merged

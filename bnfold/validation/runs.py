@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from ..encoding import is_repeated
-from ..graph_view import subgraphs
+from ..graphs import subgraphs
 from ..model_io import (
     all_tensors,
     fits_in_one_protobuf,

@@ -1,0 +1,89 @@
+"""Walking a model's graphs, for every layer: which nodes may hold subgraphs, the subgraphs with
+their labels, the names a subgraph reads from outside, a node's attributes and label, the model's
+opset. No index, no I/O: `graph_view` builds the pass's index on these, `model_io` checks models
+with them.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator
+
+import onnx
+
+# Default-domain ops with graph attributes; ops of other domains are always looked at.
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def may_hold_graphs(op_type: str, domain: str) -> bool:
+    """Whether a node of this op type and domain may hold graphs (control flow, or any op of
+    another domain)."""
+    return op_type in CONTROL_FLOW_OPS or domain not in ONNX_DOMAINS
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graphs held in a node's attributes (If branches, Loop/Scan bodies, ...)."""
+    if not may_hold_graphs(node.op_type, node.domain):
+        return
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for i, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{i}]", g
+
+
+def outer_references(graph: onnx.GraphProto) -> set[str]:
+    """Names a graph reads that it does not define (values from enclosing scopes)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.name for t in graph.sparse_initializer if t.values.name}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(n for n in node.input if n)
+        for _, sub in subgraphs(node):
+            used |= outer_references(sub)
+        defined.update(node.output)
+    used.update(o.name for o in graph.output)
+    return used - defined
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes as Python values (ints, floats, strings, lists, tensors)."""
+    values = {}
+    for attr in node.attribute[:]:  # (see `_ALL`)
+        kind = attr.type
+        if kind == onnx.AttributeProto.INT:
+            values[attr.name] = attr.i
+        elif kind == onnx.AttributeProto.FLOAT:
+            values[attr.name] = attr.f
+        elif kind == onnx.AttributeProto.INTS:
+            values[attr.name] = list(attr.ints)
+        else:
+            values[attr.name] = onnx.helper.get_attribute_value(attr)
+    return values
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """A readable identity for a node: its name, or its op type and first output."""
+    if node.name:
+        return node.name
+    first = node.output[0] if node.output else "?"
+    return f"<{node.op_type} -> {first}>"
+
+
+def nodes_with_subgraphs(nodes) -> list[int]:
+    """Positions of the nodes that may hold graphs (`may_hold_graphs`)."""
+    return [index for index, node in enumerate(nodes) if may_hold_graphs(node.op_type, node.domain)]
+
+
+_OP_TYPE = operator.attrgetter("op_type")
+_DOMAIN = operator.attrgetter("domain")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset version for the default ONNX domain (0 if it imports none)."""
+    for entry in model.opset_import:
+        if entry.domain in ONNX_DOMAINS:
+            return int(entry.version)
+    return 0

@@ -249,3 +249,75 @@ def test_reshape_layout_matches_numpy(target, n, rows, columns):
 
 def test_reshape_with_allowzero_zero_is_refused():
     assert reshape(Layout((ROWS, C), 0, 1), [0, C], allow_zero=True) is None
+
+
+# ----- Conv / ConvTranspose → Transposes → BN (tf2onnx without its optimizers) ---------------
+
+
+def conv_layout_model(rng, perms, *, op="Conv", rank=4, group=1):
+    """x -> Conv/ConvTranspose (C out channels) -> Transpose(perm) for each perm -> BN."""
+    spatial = [5] * (rank - 2)
+    if op == "Conv":
+        weight = rng.normal(0, 0.3, [C, 3 // group if group > 1 else 3, *[3] * (rank - 2)])
+    else:
+        weight = rng.normal(0, 0.3, [3, C, *[3] * (rank - 2)])
+    nodes = [helper.make_node(op, ["x", "W"], ["c"], name="layer")]
+    inits = [tensor("W", weight.astype(np.float32)), *bn_params(rng, C)]
+    name = "c"
+    for i, perm in enumerate(perms):
+        attrs = {} if perm is None else {"perm": perm}
+        nodes.append(
+            helper.make_node("Transpose", [name], [f"t{i}"], name=f"transpose{i}", **attrs)
+        )
+        name = f"t{i}"
+    nodes.append(bn_node(name, "y"))
+    x = value_info("x", TensorProto.FLOAT, [2, 3, *spatial])
+    return make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(rank))], inits)
+
+
+@pytest.mark.parametrize(
+    ("op", "rank", "perms"),
+    [
+        ("Conv", 4, [[0, 2, 3, 1], [0, 3, 1, 2]]),  # tf2onnx's pair
+        ("Conv", 3, [[0, 2, 1], [0, 2, 1]]),  # 1-D
+        ("Conv", 5, [[0, 2, 3, 4, 1], [0, 4, 1, 2, 3]]),  # 3-D
+        ("Conv", 4, [None, None]),  # no perm: reversed twice
+        ("Conv", 4, [[2, 1, 0, 3]]),  # the channel axis stays where it is
+        ("ConvTranspose", 4, [[0, 2, 3, 1], [0, 3, 1, 2]]),
+    ],
+)
+def test_conv_through_transposes_that_keep_the_channel_axis_folds(rng, op, rank, perms):
+    model = conv_layout_model(rng, perms, op=op, rank=rank)
+    result = bnfold.fold(model)
+    assert [r.into_op for r in result.folded] == [op], result.skipped
+    assert op_types(result.model) == [op, *["Transpose"] * len(perms)]
+    assert "through Transpose 'transpose0'" in result.folded[0].how
+    assert result.model.graph.output[0].name == "y"
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    assert bnfold.fold(result.model).model == result.model  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("perms", "reason"),
+    [
+        (
+            [[0, 2, 3, 1]],
+            "output channels of Conv 'layer' reach it through Transpose 'transpose0' on axis 3",
+        ),
+        ([[0, 2, 3, 1], [0, 2, 3, 1]], "on axis 2, not on its channel axis 1"),
+        ([[0, 2, 1]], "has perm [0, 2, 1], not a permutation of the 4 axes"),
+    ],
+)
+def test_conv_through_transposes_that_move_the_channel_axis_is_left(rng, perms, reason):
+    assert reason in only_skip(conv_layout_model(rng, perms))
+
+
+def test_conv_through_a_reshape_is_left_and_says_which_layers_go_through_what(rng):
+    model = conv_layout_model(rng, [[0, 2, 3, 1], [0, 3, 1, 2]])
+    transpose = next(n for n in model.graph.node if n.name == "transpose1")
+    model.graph.initializer.append(tensor("target", np.array([2, C, 3, 3], np.int64)))
+    reshape_node = helper.make_node("Reshape", ["t1", "target"], ["r"], name="reshape")
+    model.graph.node.insert(list(model.graph.node).index(transpose) + 1, reshape_node)
+    next(n for n in model.graph.node if n.op_type == "BatchNormalization").input[0] = "r"
+    assert "a Conv or ConvTranspose through Transposes" in only_skip(model)

@@ -1,6 +1,10 @@
 """MatMul or Gemm → Reshape / Transpose / Identity (any chain) → BatchNormalization, folded into
 the layer only where every element's BatchNormalization channel is provably its column. Identity
-nodes alone are transparent for every layer (Conv → Identity → BN folds as Conv → BN).
+nodes alone are transparent for every layer (Conv → Identity → BN folds as Conv → BN). Conv or
+ConvTranspose → Transpose / Identity (any chain) → BatchNormalization folds where the composed
+permutation brings the layer's channel axis 1 back to axis 1 (tf2onnx without its optimizers
+writes `Conv → Transpose(0,2,3,1) → Transpose(0,3,1,2) → BatchNormalization`): every element then
+keeps its channel, so `BN(x) = a[c]·x + b[c]` folds into channel c of the layer.
 
 The layer's output is `[N, C]` (a Gemm; a MatMul with 2-D operands): element (n, c) is row n,
 column c. A Reshape keeps the row-major order of the elements and a Transpose permutes axes, so the
@@ -32,6 +36,8 @@ from .base import FoldPlan, shared_output_reason
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
+# layers whose channels are axis 1 of an output of known rank: followed through Transposes
+CHANNELS_FIRST_ROOTS = ("Conv", "ConvTranspose")
 ROWS = "N"  # the number of rows, unknown: a symbol in `Layout.dims`
 MAX_CHAIN = 16  # layout nodes followed between the layer and the BatchNormalization
 
@@ -76,10 +82,12 @@ def _plan(
     layer = view.nodes[layer_index]
     path = _describe(view, chain)
     moves = any(view.nodes[index].op_type != "Identity" for index in chain)
-    if moves and layer.op_type not in LAYOUT_ROOTS:
+    reshapes = any(view.nodes[index].op_type == "Reshape" for index in chain)
+    channels_first = layer.op_type in CHANNELS_FIRST_ROOTS
+    if moves and layer.op_type not in LAYOUT_ROOTS and (reshapes or not channels_first):
         return (
             f"it follows {path} after {layer.op_type} '{node_label(layer)}'; only a Gemm or "
-            "MatMul is followed through a Reshape or Transpose"
+            "MatMul is followed through a Reshape, a Conv or ConvTranspose through Transposes"
         )
     if moves and layer.op_type == "MatMul":
         rank = view.rank(layer.input[0])
@@ -92,9 +100,13 @@ def _plan(
     plan = PLANNERS[layer.op_type](layer, view, affine, opset)
     if isinstance(plan, str):
         return plan
-    # The plan has checked that the layer has as many columns as the BN has channels. With one
-    # channel every element gets the same affine map, whatever the layout.
-    if moves and affine.channels > 1:
+    # The plan has checked that the layer has as many columns (channels) as the BN has channels.
+    # With one channel every element gets the same affine map, whatever the layout.
+    if moves and affine.channels > 1 and channels_first:
+        problem = _channel_axis_problem(view, layer, chain, affine.channels, path)
+        if problem:
+            return problem
+    elif moves and affine.channels > 1:
         layout = Layout((ROWS, affine.channels), rows=0, columns=1)
         for index in chain:
             followed = follow(view.nodes[index], layout, view, opset)
@@ -107,6 +119,36 @@ def _plan(
                 f"through {path} on axis {layout.columns}, not on its channel axis 1"
             )
     return layer_index, replace(plan, how=f"{plan.how}; through {path}, unchanged")
+
+
+def _channel_axis_problem(
+    view: GraphView, layer: onnx.NodeProto, chain: list[int], channels: int, path: str
+) -> str | None:
+    """Why the output channels of a Conv or ConvTranspose (axis 1 of its output, whose rank is
+    its weight's) do not reach axis 1 of the BatchNormalization's input through the Transposes
+    of `chain`; None when they do. Each element then keeps its channel, so the BN's map for
+    channel c applies to exactly the values the layer wrote to channel c."""
+    weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
+    if weight is None or weight.ndim < 3:
+        return f"the rank of {layer.op_type} '{node_label(layer)}''s output is not known"
+    rank, axis = weight.ndim, 1
+    for index in chain:
+        node = view.nodes[index]
+        if node.op_type != "Transpose":
+            continue
+        perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
+        if sorted(perm) != list(range(rank)):
+            return (
+                f"Transpose '{node_label(node)}' has perm {perm}, not a permutation of the "
+                f"{rank} axes of {layer.op_type} '{node_label(layer)}''s output"
+            )
+        axis = perm.index(axis)
+    if axis != 1:
+        return (
+            f"the {channels} output channels of {layer.op_type} '{node_label(layer)}' reach it "
+            f"through {path} on axis {axis}, not on its channel axis 1"
+        )
+    return None
 
 
 def follow(node: onnx.NodeProto, layout: Layout, view: GraphView, opset: int) -> Layout | str:

@@ -3,7 +3,9 @@ the failure contract (one line, no traceback, no partial output, input untouched
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import re
@@ -11,19 +13,62 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
+from bnfold.cli import main
 from tests.builders import MODELS, assert_same_function
 
 BNFOLD = shutil.which("bnfold", path=str(Path(sys.executable).parent)) or shutil.which("bnfold")
 RESNET = MODELS / "resnet_tiny.onnx"
 
 
-def bnfold(*args, cwd=None):
+@dataclass
+class Ran:
+    """What a run of the command came to (as `subprocess.CompletedProcess` has it)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def bnfold(*args, cwd=None) -> Ran:
+    """The command, run in this process as the console script runs it (`bnfold.cli.main`): its
+    exit status and what it printed. The few tests about the process itself (signals, pipes,
+    the console script) start a real one (`bnfold_process`)."""
+    out, err = io.StringIO(), io.StringIO()
+    status: object = 0
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        _working_in(cwd),
+    ):
+        try:
+            main([str(arg) for arg in args])
+        except SystemExit as exc:
+            status = exc.code
+    code = status if isinstance(status, int) else 0 if status is None else 1
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _working_in(folder):
+    """`contextlib.chdir` (Python 3.11+), for 3.10 too; None: where we are."""
+    before = os.getcwd()
+    if folder is not None:
+        os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def bnfold_process(*args, cwd=None) -> subprocess.CompletedProcess:
+    """The installed console script, in a process of its own."""
     assert BNFOLD, "the bnfold console script is not installed"
     return subprocess.run(
         [BNFOLD, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
@@ -40,7 +85,7 @@ def assert_clean_failure(proc, status, *, mentions):
 
 def test_fold_a_shipped_model(tmp_path):
     out = tmp_path / "out.onnx"
-    proc = bnfold(RESNET, "-o", out)
+    proc = bnfold_process(RESNET, "-o", out)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "resnet_tiny.onnx | 0.3 MB | opset 17 | IR 8 | from pytorch 2.13.0"

@@ -121,3 +121,20 @@ __all__ = [
     "tensor",
     "value_info",
 ]
+
+
+def conv_bn_with(nodes_before, rng, *, opset=17, drop=(), channels=4, **kwargs):
+    """x -> Conv(W) -> BN(bn_*) -> y, with `nodes_before` computing some of the parameters."""
+    inits = [
+        tensor("W", rng.normal(0, 0.5, [channels, 3, 1, 1]).astype(np.float32)),
+        *[t for t in bn_params(rng, channels) if t.name not in drop],
+    ]
+    nodes = [*nodes_before, helper.make_node("Conv", ["x", "W"], ["c"]), bn_node("c", "y")]
+    return make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [value_info("y", TensorProto.FLOAT, symbolic(4))],
+        inits,
+        opset=opset,
+        **kwargs,
+    )

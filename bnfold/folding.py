@@ -50,6 +50,7 @@ from .model_io import (
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
 from .producers.base import shared_output_reason
+from .producers.concat import SplitPlan, plan_concat_split
 from .producers.forward import plan_forward, plan_forward_conv
 from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
 from .records import Folded, FoldResult, Skipped
@@ -365,7 +366,11 @@ def _fold_one(
         return Skipped(label, output, reason, view.path)
     producer_index, plan, bn = decision
     into = node_label(view.nodes[producer_index])  # before the fold renames its output
-    into_op = _apply(plan, view, producer_index, context, maybe_dead)
+    if isinstance(plan, SplitPlan):  # the layers before a Concat, each with its slice
+        folded = [_apply(part, view, layer, context, maybe_dead) for layer, part in plan.parts]
+        into_op = "+".join(dict.fromkeys(folded))
+    else:
+        into_op = _apply(plan, view, producer_index, context, maybe_dead)
     vanished.add(bn.input)
     maybe_dead.update(name for name in bn_node.input[1:] if name)
     view.bypass(index, view.producer[bn.input])  # the producer, or the Reshape after it
@@ -461,6 +466,13 @@ def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
         through = plan_through_layout(view, bn.input, index, bn.affine, opset)
         if through is not None:
             return through if isinstance(through, str) else (*through, bn)
+    if producer.domain in ONNX_DOMAINS and producer.op_type == "Concat":
+        split = plan_concat_split(view, producer_index, bn.affine, opset)
+        if isinstance(split, str):  # (said first: the layers before it are the usual obstacle)
+            return split
+        if view.sole_consumer(bn.input) != index:
+            return shared_output_reason(view, bn.input, producer)
+        return producer_index, split, bn
     if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
         return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
     if view.sole_consumer(bn.input) != index:

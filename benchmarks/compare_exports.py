@@ -352,12 +352,17 @@ def run_tool(tool: str, source: Path, work: Path, timeout: float, tolerance: flo
 
 
 def compare(name: str, flavour_name: str, args, work: Path) -> dict:
-    case = {"model": name, "flavour": flavour_name}
     path, why = export(name, flavour_name, args.cache, args.fresh)
     if path is None:
-        return {**case, "export_error": why}
-    original = census(path)
+        return {"model": name, "flavour": flavour_name, "export_error": why}
     dtype = "float16" if FLAVOURS[flavour_name].half else "float32"
+    return compare_file(path, name, flavour_name, dtype, args, work)
+
+
+def compare_file(path: Path, name: str, flavour_name: str, dtype: str, args, work: Path) -> dict:
+    """Every tool on one ONNX file: BN and nodes left, outputs equal, time."""
+    case: dict = {"model": name, "flavour": flavour_name}
+    original = census(path)
     case.update(dtype=dtype, bn=original["bn"], nodes=original["nodes"], tools=[])
     runs = relative_error(path, path)  # does onnxruntime run the export itself?
     if isinstance(runs, str):
@@ -574,6 +579,85 @@ def versions() -> dict[str, str]:
     return {**bench.versions(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
+# ----- files exported elsewhere (--files): tf2onnx, timm, ultralytics, ... ----------------------
+
+
+def file_cases(paths: list[Path], args, work: Path) -> list[dict]:
+    """`compare_file` on each file; its exporter from a manifest.json beside it (as
+    `benchmarks/export_real_models.py` writes one), else "file"."""
+    cases = []
+    for path in paths:
+        manifest = path.parent / "manifest.json"
+        about = {}
+        if manifest.exists():
+            about = json.loads(manifest.read_text()).get("models", {}).get(path.stem, {})
+        flavour = str(about.get("exporter", "file"))
+        dtype = "float16" if "fp16" in path.stem else "float32"
+        print(f"{path.stem} / {flavour}", flush=True)
+        cases.append(compare_file(path, path.stem, flavour, dtype, args, work))
+    return cases
+
+
+def write_files_report(folder: Path, cases: list[dict], args, elapsed: float) -> None:
+    """docs/comparison_files.md and .json: the summary, the standings and bnfold's reasons."""
+    summary = verdicts(cases)
+    lines = [
+        "# bnfold and other tools on exports from other frameworks",
+        "",
+        f"`benchmarks/compare_exports.py --files ...` on {platform.machine()} with "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, {elapsed / 60:.0f} min. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in bench.versions().items())
+        + ".",
+        "",
+        "The files of `benchmarks/export_real_models.py` (Keras through tf2onnx with and without "
+        "its optimizers, timm, torchvision, ultralytics; trained-looking BN statistics), each "
+        "tool in its own process as in `comparison.md`, stopped after "
+        f"{args.timeout:.0f} s; outputs compared the same way.",
+        "",
+        "| tool | BN left | fewest (ties included) | outputs changed | failed | time s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for tool, counts in summary.items():
+        if counts["exports"]:
+            lines.append(
+                f"| {tool} | {counts['bn_left']} of {counts['bn']} | {counts['best']} of "
+                f"{counts['exports']} | {counts['wrong']} | {counts['failed']} | "
+                f"{counts['seconds']:.0f} |"
+            )
+    lines += [
+        "",
+        "| model | exporter | BN in file | bnfold leaves | fewest by another tool | standing |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(_standing_row(c) for c in cases if c.get("tools")),
+        "",
+        "## Why bnfold leaves the BN it leaves",
+        "",
+        "| model | exporter | records | reason |",
+        "| --- | --- | --- | --- |",
+    ]
+    for case in cases:
+        for reason, count in case.get("bnfold_skipped", {}).items():
+            lines.append(f"| {case['model']} | {case['flavour']} | {count} | {reason} |")
+    lines += [
+        "",
+        "## Per file",
+        "",
+        "| model / exporter | BN / nodes in file | " + " | ".join(args.tools) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in args.tools) + " |",
+    ]
+    for case in cases:
+        lines.append(
+            _case_line({**case, "flavour": f"{case['model']} / {case['flavour']}"}, args.tools)
+        )
+    (folder / "comparison_files.md").write_text("\n".join(lines) + "\n")
+    (folder / "comparison_files.json").write_text(
+        json.dumps(
+            {"versions": bench.versions(), "timeout": args.timeout, "cases": cases}, indent=1
+        )
+        + "\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", choices=MODELS, default=list(MODELS))
@@ -588,11 +672,26 @@ def main() -> None:
     )
     parser.add_argument("--fresh", action="store_true", help="export again, ignoring the cache")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where to write results")
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        type=Path,
+        help="compare on these ONNX files instead of exporting (no torch needed); writes "
+        "comparison_files.md",
+    )
     args = parser.parse_args()
     # the tool processes bench.py starts import bnfold from this checkout too
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
     )
+    if args.files:
+        args.tools = [t for t in bench.available_tools(args.tools) if t in TOOLS]
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="bnfold-compare-") as work:
+            cases = file_cases(args.files, args, Path(work))
+        write_files_report(args.out, cases, args, time.perf_counter() - start)
+        print(f"wrote {args.out / 'comparison_files.md'}")
+        return
     torch, _ = _torch()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     args.cache = args.cache / f"torch-{torch.__version__}"

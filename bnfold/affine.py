@@ -5,6 +5,11 @@ linear layer, as TensorFlow/Keras-style exports and some converters write it.
 axis (axis 1) alone: `[C, 1, 1]`, `[1, C, 1, 1]`, a scalar. A `[C]` constant broadcasts along the
 *last* axis of a 4-D tensor, so it is not per-channel there (it is for the 2-D output of a Gemm).
 The constant must not add axes to `x`, so that the output keeps the producer's shape.
+
+Forward (`read_affine_forward`): one or two such nodes on the 2-D input of a Gemm (transA=0) or
+MatMul, each read only by the next, are a per-feature map `x·s + b` over the K features the
+layer reduces over (Keras writes a BatchNormalization before a Dense layer this way); the layer
+absorbs it as it absorbs a BatchNormalization before it (`producers.forward.plan_forward`).
 """
 
 from __future__ import annotations
@@ -73,3 +78,76 @@ def read_affine(
             return producer_index, ChannelAffine(values, np.zeros_like(values)), data
         return producer_index, ChannelAffine(np.ones_like(values), values), data
     return None
+
+
+FORWARD_LAYERS = ("Gemm", "MatMul")
+
+
+def read_affine_forward(
+    start: int, view: GraphView
+) -> tuple[list[int], ChannelAffine, str, int] | None:
+    """(the Mul/Add nodes from `start` on, their composed per-feature map, the data they read,
+    the Gemm/MatMul reading them) when `start` begins a run of one or two Mul/Add by constants
+    that broadcast along the last axis of a 2-D tensor alone, each read only by the next, the
+    last only by the first input of a Gemm or MatMul; else None."""
+    run = [start]
+    reader = view.sole_consumer(view.nodes[start].output[0])
+    if reader is not None and _is_affine_op(view, reader):
+        run.append(reader)
+        reader = view.sole_consumer(view.nodes[reader].output[0])
+    if reader is None or view.nodes[reader].op_type not in FORWARD_LAYERS:
+        return None
+    layer = view.nodes[reader]
+    if view.domains[reader] not in ONNX_DOMAINS or layer.input[0] != view.nodes[run[-1]].output[0]:
+        return None
+    features = _features(layer, view)
+    if features is None:
+        return None
+    affine = ChannelAffine(np.ones(features), np.zeros(features))
+    data, flowing = None, None
+    for index in run:
+        node = view.nodes[index]
+        operands = _operands(node, view, flowing)
+        if operands is None:
+            return None
+        source, constant = operands
+        values = per_channel(constant, features, 2)
+        if values is None or not np.isfinite(values).all():
+            return None
+        if node.op_type == "Mul":
+            affine = ChannelAffine(affine.scale * values, affine.shift * values)
+        else:
+            affine = ChannelAffine(affine.scale, affine.shift + values)
+        data = source if data is None else data
+        flowing = node.output[0]
+    assert data is not None
+    return run, affine, data, reader
+
+
+def _is_affine_op(view: GraphView, index: int) -> bool:
+    return view.op_types[index] in AFFINE_OPS and view.domains[index] in ONNX_DOMAINS
+
+
+def _operands(node: onnx.NodeProto, view: GraphView, flowing: str | None):
+    """(data, float constant) of a two-input Mul/Add: the data is `flowing` (the previous
+    node's output) when given, else the input that is not constant; None if neither works."""
+    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+        return None
+    for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        if flowing is not None and data != flowing:
+            continue
+        if view.constant(data) is not None:
+            continue
+        constant = view.constant(other)
+        if constant is not None and is_float(constant.dtype):
+            return data, constant
+    return None
+
+
+def _features(layer: onnx.NodeProto, view: GraphView) -> int | None:
+    """How many features (the last axis of its 2-D input) a Gemm/MatMul reduces over."""
+    weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
+    if weight is None or weight.ndim != 2:
+        return None
+    trans_b = layer.op_type == "Gemm" and int(attributes(layer).get("transB", 0))
+    return int(weight.shape[1] if trans_b else weight.shape[0])

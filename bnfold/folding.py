@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .affine import AFFINE_OPS, read_affine
+from .affine import AFFINE_OPS, read_affine, read_affine_forward
 from .batched import checked_names, find_pairs, fold_conv_batchnorm_weights
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
@@ -261,10 +261,12 @@ def _fold_graph(
                 context.folded.append(record)
             else:
                 context.skipped.append(record)
-        elif not context.refusal:
+        elif not context.refusal and index not in view.removed_nodes:
             affine = _fold_affine(view, index, context, vanished, maybe_dead)
             if affine is not None:
                 context.folded_affine.append(affine)
+            else:
+                context.folded_affine.extend(_fold_affine_forward(view, index, context, maybe_dead))
     for index in view.holders:
         if index in view.removed_nodes:
             continue
@@ -325,6 +327,36 @@ def _fold_affine(
         else "Add of a per-channel constant, moved into the bias"
     )
     return Folded(node_label(node), node.output[0], into, into_op, how, view.path)
+
+
+def _fold_affine_forward(
+    view: GraphView, index: int, context: _Context, maybe_dead: set[str]
+) -> list[Folded]:
+    """Fold a run of Mul/Add by per-feature constants into the Gemm/MatMul reading it, if exact
+    (`affine.read_affine_forward`): one record per node. Ordinary Mul/Add are not recorded."""
+    try:
+        found = read_affine_forward(index, view)
+        if found is None:
+            return []
+        run, affine, data, layer_index = found
+        plan = plan_forward(view.nodes[layer_index], view, affine, context.opset, view.rank(data))
+    except ANALYSIS_ERRORS:
+        return []
+    if isinstance(plan, str):
+        return []
+    layer = view.nodes[layer_index]
+    into = node_label(layer)
+    into_op = _apply(plan, view, layer_index, context, maybe_dead)
+    records = []
+    for position in reversed(run):  # the layer reads the run's data, node by node
+        node = view.nodes[position]
+        source = data if position == run[0] else view.nodes[run[run.index(position) - 1]].output[0]
+        maybe_dead.update(name for name in node.input if name and name != source)
+        view.absorb_into_consumer(position, layer_index, source=source)
+        what = "Mul by" if node.op_type == "Mul" else "Add of"
+        how = f"{what} a per-feature constant before it, folded forward; {plan.how}"
+        records.append(Folded(node_label(node), node.output[0], into, into_op, how, view.path))
+    return records[::-1]
 
 
 def _skip_all(graph: onnx.GraphProto, context: _Context, path: str, reason: str) -> None:

@@ -28,6 +28,41 @@ from .graphs import (
 )
 from .tensor_data import RAW_DTYPES, is_on_disk, little_endian_bytes, tensor_to_array
 
+# Ops whose (first) output has the rank of their first input.
+SAME_RANK_OPS = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Clip",
+        "Identity",
+        "Dropout",
+        "Cast",
+        "CastLike",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Erf",
+        "Gelu",
+        "Mish",
+        "BatchNormalization",
+        "Softmax",
+        "LogSoftmax",
+    }
+)
+MAX_RANK_DEPTH = 64  # producers followed back to find a rank
+
 
 class NameAllocator:
     """Hands out tensor names that no tensor of the model has.
@@ -400,8 +435,41 @@ class GraphView:
         if name in self._declared_ranks:
             return self._declared_ranks[name]
         if self._inferred_ranks is not None:
-            return self._inferred_ranks().get(name)
+            found = self._inferred_ranks().get(name)
+            if found is not None:
+                return found
+        return self._propagated_rank(name)
+
+    def _propagated_rank(self, name: str, depth: int = 0) -> int | None:
+        """The rank a tensor provably has from its producer's op and inputs' ranks: ops that
+        keep their input's rank (activations, casts, BatchNormalization), Gemm and Flatten (2),
+        MatMul and the broadcasting arithmetic of known ranks. None when not provable here."""
+        index = self.producer.get(name)
+        if index is None or depth > MAX_RANK_DEPTH or self.domains[index] not in ONNX_DOMAINS:
+            return None
+        op, node = self.op_types[index], self.nodes[index]
+        if op in ("Gemm", "Flatten"):
+            return 2
+        if op in SAME_RANK_OPS and node.input and node.output[0] == name:
+            return self._rank_within(node.input[0], depth)
+        if op in ("MatMul", "Add", "Sub", "Mul", "Div") and len(node.input) == 2:
+            ranks = [self._rank_within(n, depth) for n in node.input]
+            if None in ranks:
+                return None
+            known = [r for r in ranks if r is not None]
+            if op == "MatMul" and min(known) < 2:
+                return None  # (a 1-D operand drops an axis)
+            return max(known)
         return None
+
+    def _rank_within(self, name: str, depth: int) -> int | None:
+        value = self.constant(name)
+        if value is not None:
+            return value.ndim
+        assert self._declared_ranks is not None
+        if name in self._declared_ranks:
+            return self._declared_ranks[name]
+        return self._propagated_rank(name, depth + 1)
 
     # ----- edits -----------------------------------------------------------------------------
 
@@ -482,16 +550,20 @@ class GraphView:
         self.removed_nodes.add(bn_index)
         return new_output
 
-    def absorb_into_consumer(self, bn_index: int, consumer_index: int) -> None:
-        """Remove a BatchNormalization folded forward: its consumer reads the BN's input."""
+    def absorb_into_consumer(
+        self, bn_index: int, consumer_index: int, source: str | None = None
+    ) -> None:
+        """Remove a node folded forward (a BatchNormalization; a Mul/Add, whose data input is
+        `source`): its consumer reads the node's data input instead of its output."""
         bn = self.nodes[bn_index]
         consumer = self.nodes[consumer_index]
-        source, output = bn.input[0], bn.output[0]
+        source = bn.input[0] if source is None else source
+        output = bn.output[0]
         consumer.input[0] = source
         self.consumers.remove(source, bn_index)
         self.consumers.add(source, consumer_index)
-        for name in bn.input[1:]:
-            if name:
+        for name in bn.input[:]:
+            if name and name != source:
                 self.consumers.remove(name, bn_index)
         del self.producer[output]
         self.consumers.pop(output, None)

@@ -116,3 +116,96 @@ def test_bn_then_mul_chain(rng):
     assert len(result.folded) == 1 and len(result.folded_affine) == 1
     assert op_types(result.model) == ["Conv"]
     assert_same_function(model, result.model)
+
+
+# ----- forward: Mul/Add on the input of a Dense layer (Keras' BatchNormalization before it) ----
+
+K, M = 5, 3
+
+
+def before_linear(ops, rng, *, layer="MatMul", trans_b=0, x_shape=("N", K), declare=True):
+    """x[N, K] -> op(k) ... -> layer(W) -> y, each op (type, constant shape, constant first?)."""
+    nodes, inits, name = [], [], "x"
+    for i, (op, shape, first) in enumerate(ops):
+        k = f"k{i}"
+        inits.append(tensor(k, rng.uniform(0.5, 1.5, shape).astype(np.float32)))
+        inputs = [k, name] if first else [name, k]
+        nodes.append(helper.make_node(op, inputs, [f"t{i}"], name=f"{op.lower()}{i}"))
+        name = f"t{i}"
+    weight = rng.normal(0, 0.5, [M, K] if trans_b else [K, M]).astype(np.float32)
+    inits.append(tensor("W", weight))
+    attrs = {"transB": trans_b} if layer == "Gemm" else {}
+    nodes.append(helper.make_node(layer, [name, "W"], ["y"], name="dense", **attrs))
+    x = value_info("x", TensorProto.FLOAT, list(x_shape) if declare else None)
+    return make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(2))], inits)
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [("Mul", [K], False), ("Add", [K], False)],  # Keras: x·s + b
+        [("Add", [1, K], True), ("Mul", [K], True)],  # (x + b)·s
+        [("Mul", [K], False)],
+        [("Add", [], False)],  # a scalar broadcasts along every axis
+    ],
+)
+@pytest.mark.parametrize(("layer", "trans_b"), [("MatMul", 0), ("Gemm", 0), ("Gemm", 1)])
+def test_mul_add_before_a_dense_layer_fold_forward(rng, ops, layer, trans_b):
+    model = before_linear(ops, rng, layer=layer, trans_b=trans_b)
+    result = bnfold.fold(model)
+    assert [r.batchnorm for r in result.folded_affine] == [n.name for n in model.graph.node[:-1]]
+    assert all("folded forward" in r.how and r.into == "dense" for r in result.folded_affine)
+    assert op_types(result.model) == ["Gemm"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    assert bnfold.fold(result.model).model == result.model
+
+
+@pytest.mark.parametrize(
+    ("ops", "why"),
+    [
+        ([("Mul", [2, 1], False)], "per row, not per feature"),
+        ([("Mul", [K], False), ("Add", [2, K], False)], "varies along the rows"),
+    ],
+)
+def test_constants_that_are_not_per_feature_stay(rng, ops, why):
+    model = before_linear(ops, rng, x_shape=(2, K))
+    result = bnfold.fold(model)
+    assert not result.folded_affine, why
+    assert op_types(result.model) == [op for op, _, _ in ops] + ["MatMul"]
+
+
+def test_a_mul_read_elsewhere_or_an_unproven_rank_stays(rng):
+    model = before_linear([("Mul", [K], False)], rng)
+    model.graph.output.append(value_info("t0", TensorProto.FLOAT, symbolic(2)))
+    assert not bnfold.fold(model).folded_affine
+    undeclared = before_linear([("Mul", [K], False)], rng, declare=False)
+    assert not bnfold.fold(undeclared).folded_affine  # a MatMul needs a provably 2-D input
+
+
+def test_ranks_are_proven_through_activations_and_layers(rng):
+    """Keras' MLP: Gemm → Relu → MatMul → Mul → Add: the MatMul's input is provably 2-D (a Gemm's
+    output through a Relu), so the BN written as arithmetic folds into it."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "W0"], ["g"], name="dense0"),
+        helper.make_node("Relu", ["g"], ["r"]),
+        helper.make_node("MatMul", ["r", "W1"], ["m"], name="dense1"),
+        helper.make_node("Mul", ["m", "s"], ["a"], name="mul"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+    ]
+    inits = [
+        tensor("W0", rng.normal(0, 0.5, [K, 6]).astype(np.float32)),
+        tensor("W1", rng.normal(0, 0.5, [6, M]).astype(np.float32)),
+        tensor("s", rng.uniform(0.5, 1.5, [M]).astype(np.float32)),
+        tensor("b", rng.normal(0, 0.5, [M]).astype(np.float32)),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, ["N", K])],
+        [value_info("y", TensorProto.FLOAT, symbolic(2))],
+        inits,
+    )
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded_affine] == ["dense1", "dense1"]
+    assert op_types(result.model) == ["Gemm", "Relu", "Gemm"]
+    assert_same_function(model, result.model)

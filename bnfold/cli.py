@@ -202,7 +202,8 @@ class _DefaultDict(dict):
 @click.option(
     "--strict",
     is_flag=True,
-    help="Exit 4, writing no model, when any BatchNormalization is left unfolded (a CI gate).",
+    help="Exit 4, writing no model, when any BatchNormalization (or BN-like Mul/Add next to a "
+    "layer) is left unfolded (a CI gate).",
 )
 @click.option(
     "--json",

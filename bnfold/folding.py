@@ -115,14 +115,15 @@ def fold_in_place(
     context.names.index(None)  # let the main graph's index go now, not at the next collection
     nodes_inlined = context.nodes_indexed
     return FoldResult(
-        model,
-        functions.annotate(context.folded),
-        functions.annotate(context.skipped) + functions.skipped,
-        nodes_inlined if nodes_before is None else nodes_before,
-        nodes_inlined - context.removed,
-        context.folded_affine,
-        functions.inlined,
-        functions.removed,
+        model=model,
+        folded=functions.annotate(context.folded),
+        skipped=functions.annotate(context.skipped) + functions.skipped,
+        nodes_before=nodes_inlined if nodes_before is None else nodes_before,
+        nodes_after=nodes_inlined - context.removed,
+        folded_affine=context.folded_affine,
+        skipped_affine=context.skipped_affine,
+        inlined=functions.inlined,
+        functions_removed=functions.removed,
         ops_before=ops_before,
         ops_after=op_counts(model.graph),
     )
@@ -188,6 +189,7 @@ class _Context:
     folded: list[Folded] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     folded_affine: list[Folded] = field(default_factory=list)
+    skipped_affine: list[Skipped] = field(default_factory=list)
     removed: int = 0  # nodes removed, all graphs
     nodes_indexed: int = 0  # nodes of the main graph and its subgraphs, before the pass
     batched: bool = True  # plain Conv -> BatchNormalization pairs through `bnfold.batched`
@@ -262,11 +264,7 @@ def _fold_graph(
             else:
                 context.skipped.append(record)
         elif not context.refusal and index not in view.removed_nodes:
-            affine = _fold_affine(view, index, context, vanished, maybe_dead)
-            if affine is not None:
-                context.folded_affine.append(affine)
-            else:
-                context.folded_affine.extend(_fold_affine_forward(view, index, context, maybe_dead))
+            _fold_affine_either_way(view, index, context, vanished, maybe_dead)
     for index in view.holders:
         if index in view.removed_nodes:
             continue
@@ -299,23 +297,27 @@ def _visited_positions(view: GraphView) -> list[int]:
 
 def _fold_affine(
     view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
-) -> Folded | None:
-    """Fold a Mul/Add by a per-channel constant into the linear layer before it, if exact.
-    Ordinary Mul/Add nodes are not recorded."""
+) -> Folded | Skipped | None:
+    """Fold a Mul/Add by a per-channel constant into the linear layer before it, if exact;
+    Skipped (with the reason) where such a Mul/Add cannot fold into the layer before it. Ordinary
+    Mul/Add nodes are not recorded."""
     node = view.nodes[index]
     try:
         found = read_affine(node, view, PLANNERS)
         if found is None:
             return None
         producer_index, affine, data = found
-        if view.sole_consumer(data) != index:
-            return None
         producer = view.nodes[producer_index]
-        plan = PLANNERS[producer.op_type](producer, view, affine, context.opset)
+        if view.sole_consumer(data) != index:
+            plan: FoldPlan | str = shared_output_reason(view, data, producer)
+        else:
+            plan = PLANNERS[producer.op_type](producer, view, affine, context.opset)
     except ANALYSIS_ERRORS:
         return None
     if isinstance(plan, str):
-        return None
+        what = "a Mul by" if node.op_type == "Mul" else "an Add of"
+        reason = f"{what} a per-channel constant after {producer.op_type}: {plan}"
+        return Skipped(node_label(node), node.output[0], reason, view.path)
     into = node_label(producer)
     into_op = _apply(plan, view, producer_index, context, maybe_dead)
     vanished.add(data)
@@ -327,6 +329,21 @@ def _fold_affine(
         else "Add of a per-channel constant, moved into the bias"
     )
     return Folded(node_label(node), node.output[0], into, into_op, how, view.path)
+
+
+def _fold_affine_either_way(
+    view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
+) -> None:
+    """A Mul/Add: into the layer before it, else into the Gemm/MatMul after it; recorded as left
+    only where it is BN-like next to a layer and neither way folds."""
+    backward = _fold_affine(view, index, context, vanished, maybe_dead)
+    if isinstance(backward, Folded):
+        context.folded_affine.append(backward)
+        return
+    forward = _fold_affine_forward(view, index, context, maybe_dead)
+    context.folded_affine.extend(forward)
+    if backward is not None and not forward:
+        context.skipped_affine.append(backward)
 
 
 def _fold_affine_forward(

@@ -47,8 +47,9 @@ class FileResult:
 
     @property
     def unfolded(self) -> int:
-        """BatchNormalizations left (counted only with `strict`, where they stop the write)."""
-        return len(self.fold.skipped) if self.strict else 0
+        """BatchNormalizations (and BN-like Mul/Add next to a layer) left: counted only with
+        `strict`, where they stop the write."""
+        return len(self.fold.left) if self.strict else 0
 
     @property
     def passed(self) -> bool:

@@ -77,6 +77,8 @@ class FoldResult:
     # Mul/Add by a per-channel constant right after a linear layer (a BatchNormalization written
     # as arithmetic), folded the same way; `batchnorm` then names the Mul/Add node.
     folded_affine: list[Folded] = field(default_factory=list)
+    # such Mul/Add left where they are (the layer's output is read elsewhere, the layer refuses)
+    skipped_affine: list[Skipped] = field(default_factory=list)
     # Calls of model-local functions inlined so that their BatchNormalizations could be folded,
     # and the functions removed because no call of them was left.
     inlined: list[Inlined] = field(default_factory=list)
@@ -87,7 +89,12 @@ class FoldResult:
 
     @property
     def records(self) -> list[Folded | Skipped]:
-        return [*self.folded, *self.folded_affine, *self.skipped]
+        return [*self.folded, *self.folded_affine, *self.skipped, *self.skipped_affine]
+
+    @property
+    def left(self) -> list[Skipped]:
+        """Every BatchNormalization, and BN-like Mul/Add next to a layer, left unfolded."""
+        return [*self.skipped, *self.skipped_affine]
 
     @property
     def batchnorm_count(self) -> int:
@@ -98,6 +105,7 @@ class FoldResult:
             "folded": [r.to_dict() for r in self.folded],
             "skipped": [r.to_dict() for r in self.skipped],
             "folded_affine": [r.to_dict() for r in self.folded_affine],
+            "skipped_affine": [r.to_dict() for r in self.skipped_affine],
             "batchnorm_total": self.batchnorm_count,
             "batchnorm_folded": len(self.folded),
             "nodes_before": self.nodes_before,

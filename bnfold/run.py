@@ -82,9 +82,10 @@ class Settings:
 def _refusal(result: FileResult) -> BnfoldError | None:
     """Why OUT was not written (--strict, or validation), as the error the command ends with."""
     if result.unfolded:
-        first = result.fold.skipped[0]
+        first = result.fold.left[0]
+        kind = "BatchNormalization" if result.fold.skipped else "BN-like Mul/Add"
         return Unfolded(
-            f"{result.unfolded} BatchNormalization left unfolded (--strict); the folded model "
+            f"{result.unfolded} {kind} left unfolded (--strict); the folded model "
             f"was not written: {first.batchnorm}: {first.reason}"
         )
     if not result.passed and result.validation is not None:

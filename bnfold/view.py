@@ -75,8 +75,9 @@ def summary_line(
         f"folded {len(result.folded)} of {result.batchnorm_count} BatchNormalization",
         f"{result.nodes_before} → {result.nodes_after} nodes",
     ]
-    if result.folded_affine:
-        parts[0] += f" (+ {len(result.folded_affine)} Mul/Add)"
+    if result.folded_affine or result.skipped_affine:
+        left = f", {len(result.skipped_affine)} left" if result.skipped_affine else ""
+        parts[0] += f" (+ {len(result.folded_affine)} Mul/Add{left})"
     if result.inlined:
         calls = len(result.inlined)
         parts.insert(1, f"inlined {calls} function call{'s' if calls != 1 else ''}")

@@ -4,10 +4,12 @@ arithmetic): folded only when the constant broadcasts along the channel axis alo
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
 import bnfold
+from bnfold import view
 from tests.builders import (
     TensorProto,
     assert_same_function,
@@ -209,3 +211,36 @@ def test_ranks_are_proven_through_activations_and_layers(rng):
     assert [r.into for r in result.folded_affine] == ["dense1", "dense1"]
     assert op_types(result.model) == ["Gemm", "Relu", "Gemm"]
     assert_same_function(model, result.model)
+
+
+def test_a_bn_like_mul_that_cannot_fold_is_reported_and_stops_strict(rng, tmp_path):
+    """Conv's output read by the Mul and by a residual Add: the Mul stays, with its reason, in
+    the records, the report and the command's lines; --strict refuses to write."""
+    model = conv_then([("Mul", [C, 1, 1], False)], rng)
+    model.graph.node[-1].output[0] = "t1"
+    model.graph.node.append(helper.make_node("Add", ["t1", "t0"], ["y"], name="residual"))
+    result = bnfold.fold(model)
+    assert not result.folded_affine
+    (left,) = result.skipped_affine
+    assert left.batchnorm == "mul0"
+    assert left.reason == (
+        "a Mul by a per-channel constant after Conv: the output 't0' of Conv 'conv' is also "
+        "read by 1 other node"
+    )
+    assert result.to_dict()["skipped_affine"][0]["reason"] == left.reason
+    assert "(+ 0 Mul/Add, 1 left)" in view.summary_line(result, 0.0, None, True)
+
+    from tests.test_cli import bnfold as run_command
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    proc = run_command(path, "-o", tmp_path / "o.onnx", "--strict", "--no-validate")
+    assert proc.returncode == 4 and not (tmp_path / "o.onnx").exists()
+    assert "1 BN-like Mul/Add left unfolded (--strict)" in proc.stderr
+    assert any(line.startswith("SKIPPED | mul0") for line in proc.stdout.splitlines())
+
+
+def test_ordinary_mul_add_are_not_recorded(rng):
+    model = conv_then([("Mul", [1, 1, 1, 5], False)], rng)  # along the last axis: not BN-like
+    result = bnfold.fold(model)
+    assert not result.folded_affine and not result.skipped_affine

@@ -193,7 +193,7 @@ def test_a_signal_stops_every_worker_and_leaves_nothing_behind(tmp_path):
         onnx.save(benchmark_models.chain(1500, channels=16), source / f"{name}.onnx")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)}
     proc = subprocess.Popen(
-        [BNFOLD, str(source), "-o", str(out), "-j", "2", "--providers", "cpu", "--samples", "8"],
+        [BNFOLD, str(source), "-o", str(out), "-j", "2", "--providers", "cpu", "--samples", "64"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -38,14 +38,24 @@ def fold_models(
     """Fold `models` as the command does: one to the file `output`, several (or a folder) to
     the folder `output` (None: a dry run). Raises the error the command ends with."""
     console = Console(settings.quiet, settings.verbose, settings.as_json)
-    for warning in warnings:
-        console.out(warning)
-    if batch.is_batch(models):
-        _fold_many(models, output, recursive, workers, report_path, settings, console)
-        return
-    check_paths(models[0], output, report_path)
+    try:
+        for warning in warnings:
+            console.out(warning)
+        if batch.is_batch(models):
+            _fold_many(models, output, recursive, workers, report_path, settings, console)
+        else:
+            _fold_one_file(models[0], output, report_path, settings, console)
+    finally:  # (an error's line must not land after a progress line)
+        console.progress_done()
+
+
+def _fold_one_file(
+    source: Path, output: Path | None, report_path: Path | None, settings: Settings, console
+) -> None:
+    """One model to the file `output`, as `fold_models` says."""
+    check_paths(source, output, report_path)
     started = time.perf_counter()
-    result = fold_file(models[0], output, report=report_path, reporter=console, **settings.fold)
+    result = fold_file(source, output, report=report_path, reporter=console, **settings.fold)
     elapsed = time.perf_counter() - started
     console.out(view.summary_line(result.fold, elapsed, result.validation, output is None))
     if settings.as_json:

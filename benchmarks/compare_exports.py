@@ -336,7 +336,7 @@ def bnfold_reasons(path: Path) -> dict[str, int]:
 def run_tool(tool: str, source: Path, work: Path, timeout: float, tolerance: float) -> dict:
     target = work / f"{tool}.onnx"
     target.unlink(missing_ok=True)
-    seconds, _, error = bench.measure(bench.command(tool, source, target), timeout)
+    seconds, _, error, _ = bench.measure(bench.command(tool, source, target), timeout)
     row = {"tool": tool, "seconds": round(seconds, 2), "error": error}
     if error or not target.exists():
         row["error"] = error or "wrote no model"

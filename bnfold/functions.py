@@ -66,15 +66,18 @@ class FunctionInlining:
         ]
 
 
-def inline_batchnorm_functions(model: onnx.ModelProto, *, enabled: bool = True) -> FunctionInlining:
-    """Inline, in `model`, the calls of local functions whose BatchNormalizations could fold.
+def inline_batchnorm_functions(
+    model: onnx.ModelProto, *, enabled: bool = True, max_nodes: int = MAX_INLINED_NODES
+) -> FunctionInlining:
+    """Inline, in `model`, the calls of local functions whose BatchNormalizations could fold,
+    adding at most `max_nodes` nodes (calls beyond stay calls, with the reason).
 
     With `enabled=False` nothing changes, and every BatchNormalization inside a function is
     reported skipped. See the module docstring for what is guaranteed.
     """
     if not model.functions:
         return FunctionInlining()
-    inliner = _Inliner(model)
+    inliner = _Inliner(model, max_nodes)
     if not enabled:
         return inliner.finish(
             f"inside a model-local function, left unchanged ({option('inline_functions')})"
@@ -127,8 +130,9 @@ class _Scope:
 
 
 class _Inliner:
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, max_nodes: int = MAX_INLINED_NODES) -> None:
         self.model = model
+        self.max_nodes = max_nodes
         self.functions = {function_id(f): f for f in model.functions}
         self.with_batchnorm = _holding_batchnorm(self.functions)
         self.originally_called = _calls_everywhere(model, self.functions)
@@ -254,8 +258,8 @@ class _Inliner:
         expanded too; None if the node budget is spent."""
         fid = call_id(call)
         function = self.functions[fid]
-        if self.inlined_nodes + len(function.node) > MAX_INLINED_NODES:
-            self.reasons.setdefault(fid, f"inlining would add more than {MAX_INLINED_NODES} nodes")
+        if self.inlined_nodes + len(function.node) > self.max_nodes:
+            self.reasons.setdefault(fid, f"inlining would add more than {self.max_nodes} nodes")
             return None
         self.inlined_nodes += len(function.node)
         body = _instantiate(function, call, self.names)

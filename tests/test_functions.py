@@ -372,12 +372,12 @@ def test_call_with_more_outputs_than_the_function_is_not_inlined(rng):
     assert op_types(result.model) == ["Conv", "Relu", "ConvBnRelu"]
 
 
-def test_node_budget_bounds_inlining(rng, monkeypatch):
-    monkeypatch.setattr(functions, "MAX_INLINED_NODES", 4)
-    result = bnfold.fold(two_calls_model(rng))
+def test_node_budget_bounds_inlining(rng):
+    model = two_calls_model(rng)
+    result = functions.inline_batchnorm_functions(model, max_nodes=4)
     assert [r.call for r in result.inlined] == ["block1"]
     assert result.skipped[0].reason.endswith("inlining would add more than 4 nodes")
-    assert op_types(result.model) == ["Conv", "Relu", "ConvBnRelu"]
+    assert op_types(model) == ["Conv", "BatchNormalization", "Relu", "ConvBnRelu"]
 
 
 def test_call_in_a_custom_op_graph_attribute_is_not_inlined(rng):

@@ -49,8 +49,8 @@ from .model_io import (
 )
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
-from .producers.base import shared_output_reason
-from .producers.concat import SplitPlan, plan_concat_split
+from .producers.base import SplitPlan, shared_output_reason
+from .producers.concat import plan_concat_split
 from .producers.forward import plan_forward, plan_forward_conv
 from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
 from .records import Folded, FoldResult, Skipped

@@ -321,3 +321,79 @@ def test_conv_through_a_reshape_is_left_and_says_which_layers_go_through_what(rn
     model.graph.node.insert(list(model.graph.node).index(transpose) + 1, reshape_node)
     next(n for n in model.graph.node if n.op_type == "BatchNormalization").input[0] = "r"
     assert "a Conv or ConvTranspose through Transposes" in only_skip(model)
+
+
+# ----- Linear on a rank ≥ 3 input (MatMul + bias Add) → Transposes → BN (point clouds) --------
+
+
+def linear_nd_model(rng, perms, *, x_shape=(2, 7, K), bias_shape=(C,), bias_first=False, bias=True):
+    """x[B, N, K] -> MatMul(W[K, C]) -> Add(bias) -> Transposes -> BN(C) -> y."""
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="linear")]
+    inits = [tensor("W", rng.normal(0, 0.5, [K, C]).astype(np.float32)), *bn_params(rng, C)]
+    name = "m"
+    if bias:
+        inits.append(tensor("bias", rng.normal(0, 0.5, bias_shape).astype(np.float32)))
+        inputs = ["bias", "m"] if bias_first else ["m", "bias"]
+        nodes.append(helper.make_node("Add", inputs, ["a"], name="bias_add"))
+        name = "a"
+    for i, perm in enumerate(perms):
+        nodes.append(
+            helper.make_node("Transpose", [name], [f"t{i}"], name=f"transpose{i}", perm=perm)
+        )
+        name = f"t{i}"
+    nodes.append(bn_node(name, "y"))
+    x = value_info("x", TensorProto.FLOAT, list(x_shape))
+    return make_model(
+        nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(len(x_shape)))], inits
+    )
+
+
+@pytest.mark.parametrize(
+    ("perms", "x_shape", "bias_shape", "bias_first"),
+    [
+        ([[0, 2, 1]], (2, 7, K), (C,), False),  # PointNet: Linear, then x.transpose(1, 2), BN1d
+        ([[0, 2, 1]], (2, 7, K), (1, 1, C), True),
+        ([[0, 2, 1]], (2, 7, K), (), False),  # one bias for every feature
+        ([[0, 3, 1, 2]], (2, 3, 7, K), (C,), False),  # 4-D: features to axis 1
+        ([[0, 1, 3, 2], [0, 2, 1, 3]], (2, 3, 7, K), (C,), False),  # two steps
+    ],
+)
+def test_linear_on_a_3d_input_folds_into_its_columns_and_bias(
+    rng, perms, x_shape, bias_shape, bias_first
+):
+    model = linear_nd_model(
+        rng, perms, x_shape=x_shape, bias_shape=bias_shape, bias_first=bias_first
+    )
+    result = bnfold.fold(model)
+    (record,) = result.folded
+    assert record.into == "linear" and record.into_op == "MatMul+Add"
+    assert "scaled 4 columns of MatMul 'linear' and its bias; through Transpose" in record.how
+    assert op_types(result.model) == ["MatMul", "Add", *["Transpose"] * len(perms)]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    assert bnfold.fold(result.model).model == result.model
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"perms": [[0, 1, 2]]},
+            "output features of MatMul 'linear' reach it through Transpose 'transpose0' on axis 2",
+        ),
+        (
+            {"bias_shape": (7, 1)},
+            "the Add after MatMul 'linear' does not add one bias per output feature",
+        ),
+        ({"bias": False}, "whose left operand has rank 3; only a 2-D one can become a Gemm"),
+    ],
+)
+def test_linear_on_a_3d_input_is_left_where_not_exact(rng, change, reason):
+    arguments = {"perms": [[0, 2, 1]], **change}
+    assert reason in only_skip(linear_nd_model(rng, **arguments))
+
+
+def test_linear_on_a_3d_input_whose_output_is_read_elsewhere_is_left(rng):
+    model = linear_nd_model(rng, [[0, 2, 1]])
+    model.graph.output.append(value_info("m", TensorProto.FLOAT, symbolic(3)))
+    assert "the output 'm' of MatMul 'linear' is also a graph output" in only_skip(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConstantUpdate",
     "FoldPlan",
+    "SplitPlan",
     "attributes",
     "constant_input",
     "rounded_updates",
@@ -42,6 +43,15 @@ class FoldPlan:
     how: str
     new_op_type: str | None = None  # e.g. MatMul becomes Gemm
     new_attributes: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A fold that changes several nodes: one `FoldPlan` each (the layers before a Concat; a
+    MatMul and its bias Add)."""
+
+    parts: tuple[tuple[int, FoldPlan], ...]  # (index of the node, its plan)
+    how: str
 
 
 def constant_input(node: onnx.NodeProto, slot: int, role: str, view: GraphView):

@@ -21,17 +21,9 @@ from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
-from .base import FoldPlan, shared_output_reason
+from .base import SplitPlan, shared_output_reason
 
 LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """A BatchNormalization after a Concat, as one `FoldPlan` per Concat input."""
-
-    parts: tuple[tuple[int, FoldPlan], ...]  # (index of the layer, its plan), in Concat order
-    how: str
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
-from .base import FoldPlan, shared_output_reason
+from .base import FoldPlan, SplitPlan, shared_output_reason
+from .linear_nd import plan_linear_nd
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
@@ -53,7 +54,7 @@ class Layout:
 
 def plan_through_layout(
     view: GraphView, bn_input: str, bn_index: int, affine: ChannelAffine, opset: int
-) -> tuple[int, FoldPlan] | str | None:
+) -> tuple[int, FoldPlan | SplitPlan] | str | None:
     """(layer index, plan) if the BatchNormalization at `bn_index` reads `bn_input` through
     Identity nodes from a linear layer, or through layout nodes from a Gemm/MatMul whose columns
     reach its channel axis; else the reason. None when `bn_input` is not the output of a layout
@@ -65,6 +66,10 @@ def plan_through_layout(
         if index is None or view.nodes[index].domain not in ONNX_DOMAINS:
             return None if not chain else _no_layer_reason(view, chain, name)
         node = view.nodes[index]
+        if node.op_type == "Add" and chain and view.sole_consumer(name) == reader:
+            linear = plan_linear_nd(view, index, chain[::-1], affine, _describe(view, chain[::-1]))
+            if linear is not None:
+                return linear
         if node.op_type not in LAYOUT_OPS and node.op_type not in PLANNERS:
             return None if not chain else _no_layer_reason(view, chain, name)
         if view.sole_consumer(name) != reader:

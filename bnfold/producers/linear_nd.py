@@ -1,0 +1,133 @@
+"""A Linear layer on a rank ≥ 3 input, then Transposes, then a BatchNormalization over its
+features (point-cloud and audio models: `MatMul(x[B, N, K], W[K, D]) → Add(bias[D]) →
+Transpose(0, 2, 1) → BatchNormalization`), folded into the weight's columns and the bias.
+
+The MatMul writes feature d on the last axis of its output and the Add adds `bias[d]` there. When
+the Transposes bring that axis to axis 1, the BatchNormalization maps feature d by
+`a[d]·y + b[d]`, so
+
+    BN(T(x·W + bias)) = T(x·(W·diag(a)) + (a ⊙ bias + b))
+
+exactly, element for element: the MatMul's columns are scaled and the Add's constant becomes
+`a ⊙ bias + b`, each computed in float64 and rounded once; the Transposes stay and write the BN's
+output. A MatMul on such an input cannot become a Gemm to carry the shift, so without a bias Add
+(and a non-zero shift) the fold is refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..graph_view import GraphView
+from ..graphs import ONNX_DOMAINS, attributes, node_label
+from ..numerics import ChannelAffine
+from .base import FoldPlan, SplitPlan, constant_input, rounded_updates, shared_output_reason
+
+
+def plan_linear_nd(
+    view: GraphView, add_index: int, chain: list[int], affine: ChannelAffine, path: str
+) -> tuple[int, SplitPlan] | str | None:
+    """(MatMul index, plan) when the Add at `add_index` adds a per-feature bias to a MatMul on a
+    rank ≥ 3 input and the Transposes of `chain` (layer first) bring its features to axis 1;
+    the reason it cannot; None when the Add is no such bias."""
+    add = view.nodes[add_index]
+    operands = _matmul_and_bias(view, add)
+    if operands is None:
+        return None
+    matmul_index, bias_slot = operands
+    matmul = view.nodes[matmul_index]
+    label = f"MatMul '{node_label(matmul)}'"
+    rank = view.rank(matmul.input[0])
+    if rank is None or rank < 3:
+        return None  # (2-D: the Gemm rules; unknown: not provable)
+    if view.sole_consumer(matmul.output[0]) != add_index:
+        return shared_output_reason(view, matmul.output[0], matmul)
+    weight, problem = constant_input(matmul, 1, "weight", view)
+    if problem or weight is None or weight.ndim != 2:
+        return f"it follows {label} (through its bias Add), whose weight is not a constant matrix"
+    features = weight.shape[1]
+    if features != affine.channels:
+        return f"{label} has {features} output features, the BatchNormalization {affine.channels}"
+    axis = _feature_axis(view, chain, rank)
+    if isinstance(axis, str):
+        return axis
+    if axis != 1:
+        return (
+            f"the {features} output features of {label} reach it through {path} on axis {axis}, "
+            "not on its channel axis 1"
+        )
+    bias = view.constant(add.input[bias_slot])
+    assert bias is not None  # (found constant by `_matmul_and_bias`)
+    bias_values = _per_feature(bias, features, rank)
+    if bias_values is None:
+        return f"the Add after {label} does not add one bias per output feature"
+    new_weight = weight.astype(np.float64) * affine.scale[None, :]
+    new_bias = affine.scale * bias_values + affine.shift
+    # (a bias of one value per feature keeps its shape; a scalar one becomes [D])
+    bias_shape = bias.shape if bias.size == features else (features,)
+    updates, problem = rounded_updates(
+        [
+            (1, new_weight, weight.dtype, "weight"),
+            (bias_slot, new_bias.reshape(bias_shape), bias.dtype, "bias"),
+        ]
+    )
+    if problem:
+        return problem
+    assert updates is not None
+    how = f"scaled {features} columns of {label} and its bias; through {path}, unchanged"
+    parts = (
+        (matmul_index, FoldPlan(updates[:1], how)),
+        (add_index, FoldPlan(updates[1:], how)),
+    )
+    return matmul_index, SplitPlan(parts, how)
+
+
+def _matmul_and_bias(view: GraphView, add: onnx.NodeProto) -> tuple[int, int] | None:
+    """(the MatMul index, the slot of the bias constant) of an Add of a MatMul's output and a
+    float constant; None otherwise."""
+    if len(add.input) != 2:
+        return None
+    for data_slot, bias_slot in ((0, 1), (1, 0)):
+        index = view.producer.get(add.input[data_slot])
+        if index is None or view.op_types[index] != "MatMul":
+            continue
+        if view.domains[index] not in ONNX_DOMAINS:
+            continue
+        bias = view.constant(add.input[bias_slot])
+        if bias is not None and bias.dtype.kind == "f":
+            return index, bias_slot
+    return None
+
+
+def _per_feature(bias: np.ndarray, features: int, rank: int) -> np.ndarray | None:
+    """The bias as one float64 value per feature, if it broadcasts along the last axis only
+    (`[D]`, `[1, ..., D]`, or a scalar) without adding axes."""
+    if bias.ndim > rank:
+        return None
+    shape = (1,) * (rank - bias.ndim) + bias.shape
+    if any(size != 1 for size in shape[:-1]) or shape[-1] not in (1, features):
+        return None
+    return np.broadcast_to(bias.astype(np.float64).reshape(-1), (features,)).copy()
+
+
+def _feature_axis(view: GraphView, chain: list[int], rank: int) -> int | str:
+    """Where the features (the last axis) end after the chain's Transposes (Identity keeps
+    them); why not followed for anything else."""
+    axis = rank - 1
+    for index in chain:
+        node = view.nodes[index]
+        if node.op_type == "Identity":
+            continue
+        if node.op_type != "Transpose":
+            return (
+                f"{node.op_type} '{node_label(node)}' reshapes the output of a MatMul on a "
+                f"rank-{rank} input; only Transposes are followed there"
+            )
+        perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
+        if sorted(perm) != list(range(rank)):
+            return (
+                f"Transpose '{node_label(node)}' has perm {perm}, not a permutation of {rank} axes"
+            )
+        axis = perm.index(axis)
+    return axis

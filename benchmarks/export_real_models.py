@@ -138,6 +138,33 @@ def _yolo_head():
     return YoloHead()
 
 
+def _pointnet_linear():
+    """A PointNet-style encoder written with nn.Linear on the points (input [1, N, 3]): per block
+    Linear → transpose(1, 2) → BatchNorm1d → ReLU → transpose back, then a max over the points
+    and a classifier. The export has MatMul → Add(bias) → Transpose → BatchNormalization."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c_out: int) -> None:
+            super().__init__()
+            self.linear, self.bn = nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.linear(x).transpose(1, 2))).transpose(1, 2)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.Sequential(Block(3, 64), Block(64, 128), Block(128, 1024))
+            self.head = nn.Linear(1024, 40)
+
+        def forward(self, x):
+            return self.head(self.blocks(x).max(dim=1).values)
+
+    return Net()
+
+
 def _ultralytics(cfg: str):
     """An ultralytics model built from its YAML (no weights, no download), e.g. yolov8n.yaml
     (Detect head: output [1, 4 + 80, anchors], boxes in pixels and sigmoid class scores) or
@@ -181,6 +208,7 @@ MODELS = {
     "yolo_head": (_yolo_head, 640),
     "yolov8n": (_ultralytics("yolov8n.yaml"), 640),
     "yolov8n_cls": (_ultralytics("yolov8n-cls.yaml"), 224),
+    "pointnet_linear": (_pointnet_linear, (1, 1024, 3)),  # (an input shape: not an image)
 }
 
 
@@ -226,7 +254,8 @@ def export_torch(name: str, out: Path, seed: int, fuse_bn: bool) -> dict:
     torch.manual_seed(s)
     model = build().eval()
     n_bn = set_trained_bn_stats(model, s)
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(s + 1))
+    shape = (1, 3, size, size) if isinstance(size, int) else size
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(s + 1))
     path = out / f"{name}.onnx"
     common = dict(input_names=["input"], output_names=["output"], opset_version=OPSET)
     exporter = "torchscript"

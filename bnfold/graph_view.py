@@ -59,6 +59,7 @@ SAME_RANK_OPS = frozenset(
         "BatchNormalization",
         "Softmax",
         "LogSoftmax",
+        "Transpose",
     }
 )
 MAX_RANK_DEPTH = 64  # producers followed back to find a rank
@@ -450,6 +451,9 @@ class GraphView:
         op, node = self.op_types[index], self.nodes[index]
         if op in ("Gemm", "Flatten"):
             return 2
+        if op == "Reshape" and len(node.input) > 1:
+            target = self.constant(node.input[1])
+            return int(target.size) if target is not None and target.ndim == 1 else None
         if op in SAME_RANK_OPS and node.input and node.output[0] == name:
             return self._rank_within(node.input[0], depth)
         if op in ("MatMul", "Add", "Sub", "Mul", "Div") and len(node.input) == 2:

@@ -397,3 +397,17 @@ def test_linear_on_a_3d_input_whose_output_is_read_elsewhere_is_left(rng):
     model = linear_nd_model(rng, [[0, 2, 1]])
     model.graph.output.append(value_info("m", TensorProto.FLOAT, symbolic(3)))
     assert "the output 'm' of MatMul 'linear' is also a graph output" in only_skip(model)
+
+
+def test_a_linear_whose_input_rank_is_proven_through_transposes_folds(rng):
+    """The second block of a PointNet: its MatMul reads Transpose(Relu(...)) of the first block's
+    output: rank 3, proven from the producers (nothing declares it)."""
+    model = linear_nd_model(rng, [[0, 2, 1]])
+    first = model.graph.node[0]
+    first.input[0] = "p"
+    model.graph.node.insert(0, helper.make_node("Transpose", ["r"], ["p"], perm=[0, 2, 1]))
+    model.graph.node.insert(0, helper.make_node("Relu", ["x"], ["r"]))
+    model.graph.input[0].CopyFrom(value_info("x", TensorProto.FLOAT, [2, K, 7]))
+    result = bnfold.fold(model)
+    assert [r.into_op for r in result.folded] == ["MatMul+Add"], result.skipped
+    assert_same_function(model, result.model)

@@ -127,7 +127,15 @@ def fold_file(
         reporter.progress_done()
         reporter.detail(f"folded in {time.perf_counter() - mark:.2f} s")
         reporter.folded(folded)
-        result = FileResult(source, output, folded, None, False, 0.0, strict)
+        result = FileResult(
+            source=source,
+            output=output,
+            fold=folded,
+            validation=None,
+            written=False,
+            seconds=0.0,
+            strict=strict,
+        )
 
         def staged() -> StagedModel:
             """OUT, written under a temporary name (put in place only if all passes)."""

@@ -120,12 +120,11 @@ def validate(
         "reference": changed_tensors(candidate_model, reference_model),
     }
     report = ValidationReport(
-        [],
-        _describe_inputs(sample_set),
-        seed,
-        _settings(ort, request, names, tf32, sample_set, changed),
-        [],
-        [*sample_set.notes, *notes],
+        providers=[],
+        inputs=_describe_inputs(sample_set),
+        seed=seed,
+        settings=_settings(ort, request, names, tf32, sample_set, changed),
+        notes=[*sample_set.notes, *notes],
     )
     if save_inputs is not None:
         for index, feeds in enumerate(sample_set.runs):

@@ -14,11 +14,13 @@ absorbs it as it absorbs a BatchNormalization before it (`producers.forward.plan
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
 from .graph_view import GraphView
-from .graphs import ONNX_DOMAINS, attributes
+from .graphs import ONNX_DOMAINS, attributes, node_label
 from .numerics import ChannelAffine, is_float
 
 AFFINE_OPS = ("Mul", "Add")
@@ -42,42 +44,95 @@ def producer_channels(producer: onnx.NodeProto, view: GraphView) -> tuple[int, i
     return None
 
 
-def per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """The constant as C per-channel float64 values, if it broadcasts along axis 1 only."""
+def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -> np.ndarray | None:
+    """The constant as C per-channel float64 values, if it broadcasts along `axis` only."""
     if constant.ndim > rank:
         return None
     shape = (1,) * (rank - constant.ndim) + constant.shape
-    if any(size != 1 for axis, size in enumerate(shape) if axis != 1):
+    if any(size != 1 for at, size in enumerate(shape) if at != axis):
         return None
-    if shape[1] not in (1, channels):
+    if shape[axis] not in (1, channels):
         return None
     return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def read_affine(
-    node: onnx.NodeProto, view: GraphView, producers: dict
-) -> tuple[int, ChannelAffine, str] | None:
-    """(producer index, affine map, data input) if `node` is a foldable Mul/Add, else None."""
+@dataclass(frozen=True)
+class AffineMatch:
+    """A Mul/Add by a per-channel constant after a linear layer: the layer, the map, the data
+    input, and the node writing it (the layer, or the last Transpose/Identity after it)."""
+
+    layer: int
+    affine: ChannelAffine
+    data: str
+    writer: int
+    path: str  # the Transposes/Identity between the layer and the Mul/Add ("" if none)
+
+
+def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> AffineMatch | None:
+    """The match if `node` is a Mul/Add by a constant per channel of the linear layer before it
+    (directly, or through Transposes that move the channel axis: the constant must broadcast
+    along the axis the channels are on there), else None."""
     if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
-        producer_index = view.producer.get(data)
-        if producer_index is None:
+        found = _layer_before(view, data, producers)
+        if found is None:
             continue
-        producer = view.nodes[producer_index]
-        if producer.domain not in ONNX_DOMAINS or producer.op_type not in producers:
-            continue
+        layer_index, chain = found
         constant = view.constant(other)
         if constant is None or not is_float(constant.dtype):
             return None
-        shape = producer_channels(producer, view)
-        values = per_channel(constant, *shape) if shape else None
+        shape = producer_channels(view.nodes[layer_index], view)
+        axis = _channel_axis(view, chain, shape[1]) if shape else None
+        values = per_channel(constant, *shape, axis=axis) if shape and axis is not None else None
         if values is None or not np.isfinite(values).all():
             return None
         if node.op_type == "Mul":
-            return producer_index, ChannelAffine(values, np.zeros_like(values)), data
-        return producer_index, ChannelAffine(np.ones_like(values), values), data
+            affine = ChannelAffine(values, np.zeros_like(values))
+        else:
+            affine = ChannelAffine(np.ones_like(values), values)
+        writer = chain[-1] if chain else layer_index
+        path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
+        return AffineMatch(layer_index, affine, data, writer, path)
     return None
+
+
+MAX_CHAIN = 16  # Transpose/Identity nodes followed back from a Mul/Add to its layer
+
+
+def _layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, list[int]] | None:
+    """(the linear layer computing `data`, the Transpose/Identity nodes in between, layer
+    first, each read only by the next) or None."""
+    chain: list[int] = []
+    name = data
+    for _ in range(MAX_CHAIN + 1):
+        if chain and view.sole_consumer(name) != chain[-1]:
+            return None  # (the data itself: its one reader is checked by the caller)
+        index = view.producer.get(name)
+        if index is None or view.domains[index] not in ONNX_DOMAINS:
+            return None
+        op = view.op_types[index]
+        if op in producers:
+            return index, chain[::-1]
+        if op not in ("Transpose", "Identity"):
+            return None
+        chain.append(index)
+        name = view.nodes[index].input[0] if view.nodes[index].input else ""
+    return None
+
+
+def _channel_axis(view: GraphView, chain: list[int], rank: int) -> int | None:
+    """Where the layer's channel axis (1) is after the chain's Transposes."""
+    axis = 1
+    for index in chain:
+        node = view.nodes[index]
+        if node.op_type != "Transpose":
+            continue
+        perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
+        if sorted(perm) != list(range(rank)):
+            return None
+        axis = perm.index(axis)
+    return axis
 
 
 FORWARD_LAYERS = ("Gemm", "MatMul")

@@ -306,7 +306,7 @@ def _fold_affine(
         found = read_affine(node, view, PLANNERS)
         if found is None:
             return None
-        producer_index, affine, data = found
+        producer_index, affine, data = found.layer, found.affine, found.data
         producer = view.nodes[producer_index]
         if view.sole_consumer(data) != index:
             plan: FoldPlan | str = shared_output_reason(view, data, producer)
@@ -322,12 +322,14 @@ def _fold_affine(
     into_op = _apply(plan, view, producer_index, context, maybe_dead)
     vanished.add(data)
     maybe_dead.update(name for name in node.input if name and name != data)
-    view.bypass(index, producer_index)
+    view.bypass(index, found.writer)  # the layer, or the last Transpose after it
     how = (
         f"Mul by a per-channel constant; {plan.how}"
         if node.op_type == "Mul"
         else "Add of a per-channel constant, moved into the bias"
     )
+    if found.path:
+        how += f"; through {found.path}, unchanged"
     return Folded(node_label(node), node.output[0], into, into_op, how, view.path)
 
 

@@ -244,3 +244,45 @@ def test_ordinary_mul_add_are_not_recorded(rng):
     model = conv_then([("Mul", [1, 1, 1, 5], False)], rng)  # along the last axis: not BN-like
     result = bnfold.fold(model)
     assert not result.folded_affine and not result.skipped_affine
+
+
+def nhwc_then(ops, rng, *, read_elsewhere=False):
+    """x -> Conv -> Transpose(0,2,3,1) (NHWC) -> op(k)... -> Transpose(0,3,1,2) -> y: a
+    BatchNormalization written as arithmetic on a channels-last tensor (tf2onnx, no optimizers)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Transpose", ["c"], ["t0"], name="to_nhwc", perm=[0, 2, 3, 1]),
+    ]
+    inits = [tensor("W", rng.normal(0, 0.5, [C, 3, 3, 3]).astype(np.float32))]
+    for i, (op, shape) in enumerate(ops):
+        inits.append(tensor(f"k{i}", rng.uniform(0.5, 1.5, shape).astype(np.float32)))
+        nodes.append(
+            helper.make_node(op, [f"t{i}", f"k{i}"], [f"t{i + 1}"], name=f"{op.lower()}{i}")
+        )
+    nodes.append(helper.make_node("Transpose", [f"t{len(ops)}"], ["y"], perm=[0, 3, 1, 2]))
+    outputs = [value_info("y", TensorProto.FLOAT, symbolic(4))]
+    if read_elsewhere:
+        outputs.append(value_info("c", TensorProto.FLOAT, symbolic(4)))
+    return make_model(nodes, [value_info("x", TensorProto.FLOAT, [1, 3, 7, 7])], outputs, inits)
+
+
+def test_mul_add_per_channel_after_transposes_fold_into_the_layer(rng):
+    model = nhwc_then([("Mul", [C]), ("Add", [1, 1, 1, C])], rng)
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded_affine] == ["conv", "conv"]
+    assert "through Transpose 'to_nhwc', unchanged" in result.folded_affine[0].how
+    assert op_types(result.model) == ["Conv", "Transpose", "Transpose"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+def test_a_constant_along_another_axis_after_transposes_stays(rng):
+    model = nhwc_then([("Mul", [C, 1, 1])], rng)  # axis 1 of NHWC is H, not the channels
+    assert not bnfold.fold(model).folded_affine
+
+
+def test_a_layer_read_elsewhere_before_the_transposes_stays(rng):
+    model = nhwc_then([("Mul", [C])], rng, read_elsewhere=True)
+    result = bnfold.fold(model)
+    assert not result.folded_affine
+    assert op_types(result.model) == ["Conv", "Transpose", "Mul", "Transpose"]

@@ -49,10 +49,10 @@ from .model_io import (
 )
 from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
+from .producers.backward import BACKWARD_RULES
 from .producers.base import SplitPlan, shared_output_reason
-from .producers.concat import plan_concat_split
 from .producers.forward import plan_forward, plan_forward_conv
-from .producers.through_reshape import LAYOUT_OPS, plan_through_layout
+from .producers.through_reshape import LAYOUT_OPS
 from .records import Folded, FoldResult, Skipped
 from .tensor_data import DataFile
 
@@ -505,33 +505,19 @@ def _apply_forward(forward, view, index, context, vanished, maybe_dead) -> Folde
 
 
 def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
-    """(producer index, plan, BatchNorm) if the rules allow the fold, else the reason."""
+    """(producer index, plan, BatchNorm) if a backward rule allows the fold, else the reason."""
     bn = read_batchnorm(bn_node, opset, view)
     if isinstance(bn, str):
         return bn
     producer_index = view.producer.get(bn.input)
     if producer_index is None:
         return _no_producer_reason(view, bn.input)
+    for rule in BACKWARD_RULES:
+        decision = rule(view, index, bn, opset)
+        if decision is not None:
+            return decision if isinstance(decision, str) else (*decision, bn)
     producer = view.nodes[producer_index]
-    if producer.domain in ONNX_DOMAINS and producer.op_type in LAYOUT_OPS:
-        through = plan_through_layout(view, bn.input, index, bn.affine, opset)
-        if through is not None:
-            return through if isinstance(through, str) else (*through, bn)
-    if producer.domain in ONNX_DOMAINS and producer.op_type == "Concat":
-        split = plan_concat_split(view, producer_index, bn.affine, opset)
-        if isinstance(split, str):  # (said first: the layers before it are the usual obstacle)
-            return split
-        if view.sole_consumer(bn.input) != index:
-            return shared_output_reason(view, bn.input, producer)
-        return producer_index, split, bn
-    if producer.domain not in ONNX_DOMAINS or producer.op_type not in PLANNERS:
-        return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
-    if view.sole_consumer(bn.input) != index:
-        return shared_output_reason(view, bn.input, producer)
-    plan = PLANNERS[producer.op_type](producer, view, bn.affine, opset)
-    if isinstance(plan, str):
-        return plan
-    return producer_index, plan, bn
+    return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
 
 
 def _no_producer_reason(view: GraphView, name: str) -> str:

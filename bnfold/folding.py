@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from .affine import AFFINE_OPS, read_affine, read_affine_forward
@@ -34,7 +33,6 @@ from .graph_view import GraphView, NameAllocator
 from .graphs import (
     CONTROL_FLOW_OPS,
     ONNX_DOMAINS,
-    attributes,
     node_label,
     nodes_with_subgraphs,
     subgraphs,
@@ -47,17 +45,15 @@ from .model_io import (
     load_model_and_sources,
     require_external_data_loaded,
 )
-from .numerics import ChannelAffine
 from .producers import PLANNERS, FoldPlan
 from .producers.backward import BACKWARD_RULES
 from .producers.base import SplitPlan, shared_output_reason
-from .producers.forward import plan_forward, plan_forward_conv
+from .producers.forward import FORWARD_LAYERS, FORWARD_RULES, plan_forward
 from .producers.through_reshape import LAYOUT_OPS
 from .records import Folded, FoldResult, Skipped
 from .tensor_data import DataFile
 
 LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
-FORWARD_CONVS = ("Conv", "ConvTranspose")  # ConvTranspose only to say why it is not folded
 # What malformed attributes or tensors raise while a fold is decided: then the node is not folded.
 ANALYSIS_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError)
 
@@ -429,68 +425,38 @@ def _fold_one(
 
 
 def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
-    """(linear index, plan, BatchNorm, reader index) to fold the BN into the Gemm/MatMul after it
-    (directly, or through a Flatten(axis=1), the reader); a reason if such a layer follows but the
-    fold is not exact; None if no such layer follows."""
+    """(linear index, plan, BatchNorm, reader index) to fold the BN into the layer after it (a
+    forward rule's decision); a reason if such a layer follows but the fold is not exact; None
+    if no such layer follows."""
     bn = read_batchnorm(bn_node, opset, view)
     if isinstance(bn, str):
         return None
-    consumer_index = view.sole_consumer(bn.output)
-    if consumer_index is None:
+    reader_index = view.sole_consumer(bn.output)
+    if reader_index is None:
         return _shared_forward_reason(view, bn_node)
-    consumer = view.nodes[consumer_index]
-    if consumer.domain not in ONNX_DOMAINS:
+    if view.domains[reader_index] not in ONNX_DOMAINS:
         return None
-    if consumer.op_type == "Flatten" and int(attributes(consumer).get("axis", 1)) == 1:
-        # BN -> Flatten(axis=1) -> Gemm: channel c becomes the block of features c·HW .. c·HW+HW-1
-        linear_index = view.sole_consumer(consumer.output[0])
-        if linear_index is None:
-            return None
-        linear = view.nodes[linear_index]
-        if linear.op_type not in ("Gemm", "MatMul") or linear.input[0] != consumer.output[0]:
-            return None
-        affine = _repeat_per_block(bn.affine, linear, view)
-        if affine is None:
-            return "the layer after its Flatten does not take a whole block of features per channel"
-        plan = plan_forward(linear, view, affine, opset, 2)  # Flatten's output is 2-D
-        return plan if isinstance(plan, str) else (linear_index, plan, bn, consumer_index)
-    if consumer.op_type not in ("Gemm", "MatMul", *FORWARD_CONVS):
-        return None
-    if consumer.input[0] != bn.output:
-        return f"it feeds the weight side of {consumer.op_type} '{node_label(consumer)}'"
-    if consumer.op_type in FORWARD_CONVS:
-        plan = plan_forward_conv(consumer, view, bn.affine)
-        return plan if isinstance(plan, str) else (consumer_index, plan, bn, consumer_index)
-    rank = view.rank(bn.input)
-    rank = rank if rank is not None else view.rank(bn.output)
-    plan = plan_forward(consumer, view, bn.affine, opset, rank)
-    return plan if isinstance(plan, str) else (consumer_index, plan, bn, consumer_index)
+    for rule in FORWARD_RULES:
+        decision = rule(view, reader_index, bn, opset)
+        if decision is not None:
+            if isinstance(decision, str):
+                return decision
+            layer_index, plan, reader = decision
+            return layer_index, plan, bn, reader
+    return None
 
 
 def _shared_forward_reason(view: GraphView, bn_node: onnx.NodeProto) -> str | None:
     """Why a linear layer reading the BN output cannot absorb it when others read it too."""
     output = bn_node.output[0]
     readers = [view.nodes[i] for i in view.consumers.of(output)]
-    linear = [r.op_type for r in readers if r.op_type in ("Gemm", "MatMul", *FORWARD_CONVS)]
+    linear = [r.op_type for r in readers if r.op_type in FORWARD_LAYERS]
     if not linear:
         return None
     if output in view.output_names:
         return f"its output '{output}' is also a graph output"
     times = len(readers)
     return f"its output '{output}' is read {times} times, not only by the {linear[0]} after it"
-
-
-def _repeat_per_block(affine: ChannelAffine, linear: onnx.NodeProto, view: GraphView):
-    """The per-channel affine repeated over each channel's block of flattened features."""
-    weight = view.constant(linear.input[1]) if len(linear.input) > 1 else None
-    if weight is None or weight.ndim != 2:
-        return None
-    trans_b = linear.op_type == "Gemm" and int(attributes(linear).get("transB", 0))
-    features = weight.shape[1] if trans_b else weight.shape[0]
-    if features % affine.channels:
-        return None
-    block = features // affine.channels
-    return ChannelAffine(np.repeat(affine.scale, block), np.repeat(affine.shift, block))
 
 
 def _apply_forward(forward, view, index, context, vanished, maybe_dead) -> Folded:

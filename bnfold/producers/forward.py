@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from ..graph_view import GraphView
-from ..graphs import attributes
+from ..graphs import attributes, node_label
 from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
 from .base import FoldPlan, constant_input, rounded_updates
 
@@ -152,3 +152,65 @@ def _padding_problem(attrs: dict, kernel: tuple[int, ...]) -> str | None:
     if auto_pad not in ("NOTSET", "VALID"):
         return f"the Conv after it has an unknown auto_pad {auto_pad!r}"
     return None
+
+
+# ----- the forward rules: one shape, one ordered list --------------------------------------------
+#
+#     rule(view, reader_index, bn, opset) -> (layer index, plan, reader index) | reason | None
+#
+# `reader_index`: the one node reading the BN's output. None: the rule does not apply; a reason:
+# it applies and the fold is not exact; a decision: the pass folds the BN into the layer, and
+# the reader (the layer, or a Flatten before it) reads the BN's input instead.
+
+FORWARD_LAYERS = ("Gemm", "MatMul", "Conv", "ConvTranspose")  # ConvTranspose: to say why not
+
+
+def through_flatten(view: GraphView, reader_index: int, bn, opset: int):
+    """BN → Flatten(axis=1) → Gemm/MatMul: channel c becomes the block of features c·HW ..
+    c·HW + HW - 1 of the 2-D input."""
+    flatten = view.nodes[reader_index]
+    if flatten.op_type != "Flatten" or int(attributes(flatten).get("axis", 1)) != 1:
+        return None
+    linear_index = view.sole_consumer(flatten.output[0])
+    if linear_index is None:
+        return None
+    linear = view.nodes[linear_index]
+    if linear.op_type not in ("Gemm", "MatMul") or linear.input[0] != flatten.output[0]:
+        return None
+    affine = _repeat_per_block(bn.affine, linear, view)
+    if affine is None:
+        return "the layer after its Flatten does not take a whole block of features per channel"
+    plan = plan_forward(linear, view, affine, opset, 2)  # Flatten's output is 2-D
+    return plan if isinstance(plan, str) else (linear_index, plan, reader_index)
+
+
+def into_next_layer(view: GraphView, reader_index: int, bn, opset: int):
+    """BN → Gemm/MatMul (its first input), BN → Conv without padding."""
+    layer = view.nodes[reader_index]
+    if layer.op_type not in FORWARD_LAYERS:
+        return None
+    if layer.input[0] != bn.output:
+        return f"it feeds the weight side of {layer.op_type} '{node_label(layer)}'"
+    if layer.op_type in ("Conv", "ConvTranspose"):
+        plan = plan_forward_conv(layer, view, bn.affine)
+    else:
+        rank = view.rank(bn.input)
+        rank = rank if rank is not None else view.rank(bn.output)
+        plan = plan_forward(layer, view, bn.affine, opset, rank)
+    return plan if isinstance(plan, str) else (reader_index, plan, reader_index)
+
+
+FORWARD_RULES = (through_flatten, into_next_layer)
+
+
+def _repeat_per_block(affine: ChannelAffine, linear: onnx.NodeProto, view: GraphView):
+    """The per-channel affine repeated over each channel's block of flattened features."""
+    weight = view.constant(linear.input[1]) if len(linear.input) > 1 else None
+    if weight is None or weight.ndim != 2:
+        return None
+    trans_b = linear.op_type == "Gemm" and int(attributes(linear).get("transB", 0))
+    features = weight.shape[1] if trans_b else weight.shape[0]
+    if features % affine.channels:
+        return None
+    block = features // affine.channels
+    return ChannelAffine(np.repeat(affine.scale, block), np.repeat(affine.shift, block))

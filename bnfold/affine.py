@@ -176,6 +176,12 @@ def read_affine_forward(
         data = source if data is None else data
         flowing = node.output[0]
     assert data is not None
+    if view.rank(data) != 2:
+        return None  # (the layer must read a 2-D tensor once the run is gone)
+    constants = [view.constant(name) for i in run for name in view.nodes[i].input]
+    broadcasts = any(c is not None and c.size > 1 for c in constants)
+    if broadcasts and _last_dim(view, data) != features:
+        return None  # (the run may broadcast its data up to the features: not provably not)
     return run, affine, data, reader
 
 
@@ -206,3 +212,27 @@ def _features(layer: onnx.NodeProto, view: GraphView) -> int | None:
         return None
     trans_b = layer.op_type == "Gemm" and int(attributes(layer).get("transB", 0))
     return int(weight.shape[1] if trans_b else weight.shape[0])
+
+
+def _last_dim(view: GraphView, name: str) -> int | None:
+    """The size of a tensor's last axis, if declared or the output of a Gemm/MatMul with a
+    constant 2-D weight (its columns); else None."""
+    for infos in (view.graph.input, view.graph.value_info, view.graph.output):
+        for info in infos:
+            if info.name == name and info.type.tensor_type.HasField("shape"):
+                dims = info.type.tensor_type.shape.dim
+                if dims and dims[-1].HasField("dim_value") and dims[-1].dim_value > 0:
+                    return int(dims[-1].dim_value)
+    index = view.producer.get(name)
+    if index is not None and view.op_types[index] in FORWARD_LAYERS:
+        return _features_out(view.nodes[index], view)
+    return None
+
+
+def _features_out(layer: onnx.NodeProto, view: GraphView) -> int | None:
+    """The columns of a Gemm/MatMul's constant 2-D weight."""
+    weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
+    if weight is None or weight.ndim != 2:
+        return None
+    trans_b = layer.op_type == "Gemm" and int(attributes(layer).get("transB", 0))
+    return int(weight.shape[0] if trans_b else weight.shape[1])

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError, Terminated
+from .errors import EXIT_INTERNAL, InputError, Terminated
 
 # Exit statuses of single models, from least to most severe: the batch exits with the worst.
 SEVERITY = (0, 4, 1, 2, 3)
@@ -112,24 +112,83 @@ def run_jobs(
     jobs: Sequence[Job], run_one: Callable[[Job], Outcome], workers: int
 ) -> Iterator[Outcome]:
     """`run_one(job)` for every job, in the jobs' order; with `workers` > 1 in as many worker
-    processes (a fresh interpreter each: onnxruntime's threads do not survive a fork). An
-    interrupt stops the workers (each removes its temporary files) and goes on up."""
+    processes (a fresh interpreter each: onnxruntime's threads do not survive a fork). A worker
+    that dies (killed for memory, a crash in a provider) costs only its own model: the models
+    it had not finished are run again, one worker at a time, so that a second death names the
+    model that causes it (exit status 3 for that one). An interrupt stops the workers (each
+    removes its temporary files and exits) and goes on up."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield run_one(job)
         return
-    context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_worker_started
-    )
+    runner = _Runner(run_one, min(workers, len(jobs)))
     try:
-        futures = [pool.submit(run_one, job) for job in jobs]
-        for future in futures:
-            yield future.result()
+        futures = [runner.submit(job) for job in jobs]
+        for position in range(len(jobs)):
+            yield runner.result(futures, jobs, position)
     except BaseException:
-        _stop(pool)
+        runner.stop()
         raise
-    pool.shutdown()
+    runner.close()
+
+
+class _Runner:
+    """A process pool that is replaced by a one-worker pool when a worker dies."""
+
+    def __init__(self, run_one: Callable[[Job], Outcome], workers: int) -> None:
+        self.run_one = run_one
+        self.context = multiprocessing.get_context("spawn")
+        self.pool = self._pool(workers)
+        self.careful = False  # one worker at a time, after a death
+
+    def _pool(self, workers: int) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=self.context, initializer=_worker_started
+        )
+
+    def submit(self, job: Job) -> concurrent.futures.Future:
+        return self.pool.submit(_in_worker, self.run_one, job)
+
+    def result(self, futures: list, jobs: Sequence[Job], position: int) -> Outcome:
+        """Job `position`'s outcome; after a worker's death, the models not finished (this one
+        and those after it) run again in a one-worker pool."""
+        try:
+            return futures[position].result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            if self.careful:  # this model's own worker died
+                self._restart(futures, jobs, position + 1)
+                message = f"bnfold: internal error: {_died(exc)}"
+                return Outcome(jobs[position].label, EXIT_INTERNAL, message)
+            self.careful = True
+            self._restart(futures, jobs, position)
+            return self.result(futures, jobs, position)
+
+    def _restart(self, futures: list, jobs: Sequence[Job], start: int) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = self._pool(1)
+        for position in range(start, len(jobs)):
+            done = futures[position].done() and not futures[position].cancelled()
+            if not (done and futures[position].exception() is None):  # (finished: kept)
+                futures[position] = self.submit(jobs[position])
+
+    def stop(self) -> None:
+        _stop(self.pool)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def _died(exc: BaseException) -> str:
+    return f"the worker process folding it died ({exc})"
+
+
+def _in_worker(run_one: Callable[[Job], Outcome], job: Job) -> Outcome:
+    """`run_one(job)` in a worker; an interrupt ends the worker once it has cleaned up (it must
+    not go on to a model still queued for it)."""
+    try:
+        return run_one(job)
+    except Terminated as exc:
+        os._exit(128 + exc.signum)
 
 
 def _worker_started() -> None:

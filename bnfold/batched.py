@@ -223,12 +223,13 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
 
 def _may_fold_again(view: GraphView, pair: _Pair) -> bool:
     """Whether something reading the BatchNormalization's output may fold into the same Conv
-    afterwards (rewriting its weight again): another BatchNormalization, or a Mul/Add whose
-    other operand may be constant (a residual Add of two branches is not)."""
+    afterwards (rewriting its weight again): another BatchNormalization, a Concat or a
+    Transpose/Identity (a BN after them folds back into it), or a Mul/Add whose other operand
+    may be constant (a residual Add of two branches is not)."""
     output = view.nodes[pair.bn_index].output[0]
     for reader in view.consumers.of(output):
         op_type = view.op_types[reader]
-        if op_type == "BatchNormalization":
+        if op_type in _FOLDS_BACK_THROUGH:
             return True
         if op_type in AFFINE_OPS:
             for name in view.nodes[reader].input[:]:
@@ -241,6 +242,8 @@ def _may_fold_again(view: GraphView, pair: _Pair) -> bool:
 
 
 _CONSTANT_MAKERS = frozenset({"Constant", *EVALUATED_OPS})
+# readers of a folded BN's output after which a later fold may rewrite the same Conv again
+_FOLDS_BACK_THROUGH = frozenset({"BatchNormalization", "Concat", "Transpose", "Identity"})
 
 
 def _owned_float_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:

@@ -276,6 +276,7 @@ class GraphView:
         self.removed_nodes: set[int] = set()
         self._inferred_ranks = inferred_ranks
         self._declared_ranks: dict[str, int] | None = None
+        self._proven_ranks: dict[str, int | None] = {}  # (`_rank_within`)
         self._inferred_types = inferred_types
         self._declared_types: dict[str, int] | None = None
 
@@ -439,7 +440,7 @@ class GraphView:
             found = self._inferred_ranks().get(name)
             if found is not None:
                 return found
-        return self._propagated_rank(name)
+        return self._rank_within(name, -1)
 
     def _propagated_rank(self, name: str, depth: int = 0) -> int | None:
         """The rank a tensor provably has from its producer's op and inputs' ranks: ops that
@@ -473,7 +474,12 @@ class GraphView:
         assert self._declared_ranks is not None
         if name in self._declared_ranks:
             return self._declared_ranks[name]
-        return self._propagated_rank(name, depth + 1)
+        # remembered: a residual chain reads each tensor twice (2^depth walks otherwise); a fold
+        # never changes a tensor's rank
+        proven = self._proven_ranks
+        if name not in proven:
+            proven[name] = self._propagated_rank(name, depth + 1)
+        return proven[name]
 
     # ----- edits -----------------------------------------------------------------------------
 

@@ -126,9 +126,11 @@ def load_model_and_sources(
     if model is None:
         model = parse_model(_read(path), path)
     for index, offset, length in in_file:  # (their tensors have no external data: checked)
-        tensor_data.point_to_file(
-            model.graph.initializer[index], str(path.resolve()), offset, length
-        )
+        tensor = model.graph.initializer[index]
+        problem = _shape_problem(tensor, length, "initializer", "holds")  # (as a full parse)
+        if problem:
+            raise InputError(path, problem)
+        tensor_data.point_to_file(tensor, str(path.resolve()), offset, length)
     if check:
         check_model_structure(model, path)
     in_model_file = {index for index, _, _ in in_file}
@@ -755,9 +757,15 @@ def data_file_for(path: Path) -> Path:
 
 def _encoding(model: onnx.ModelProto) -> Encoding | None:
     """The model's `Encoding` (tensors on disk inlined), or None if protobuf cannot encode a
-    part of it (over 2 GB)."""
+    part of it (over 2 GB). A model with fields this onnx does not know is encoded whole: its
+    tensors on disk are read into it first."""
     try:
-        return Encoding(model, inline_on_disk=holds_data_on_disk(model))
+        on_disk = holds_data_on_disk(model)
+        encoding = Encoding(model, inline_on_disk=on_disk)
+        if encoding.whole and on_disk:
+            tensor_data.load_into_model(all_tensors(model))
+            encoding = Encoding(model)
+        return encoding
     except (EncodeError, ValueError):
         return None
 

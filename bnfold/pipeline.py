@@ -141,9 +141,12 @@ def fold_file(
             """OUT, written under a temporary name (put in place only if all passes)."""
             assert output is not None
             reporter.progress(f"saving {output}")
-            model = StagedModel(folded.model, output, external_data=external, data_file=spill)
+            # (entered at once: an interrupt right after still removes what it wrote)
+            model = stack.enter_context(
+                StagedModel(folded.model, output, external_data=external, data_file=spill)
+            )
             reporter.progress_done()
-            return stack.enter_context(model)
+            return model
 
         written_out = None
         if validate and not result.unfolded and _needs_validation(folded, reporter):

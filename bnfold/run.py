@@ -168,6 +168,7 @@ def _folded_outcome(job: batch.Job, settings: Settings, console: Console | None)
             raise refusal
     except Exception as exc:
         outcome.status, outcome.message = _failure(exc)
+        console.progress_done()  # (the phase it failed in is over)
         console.error(outcome.message)
     if outcome.report is not None:
         outcome.report["exit_status"] = outcome.status

@@ -286,3 +286,46 @@ def test_a_layer_read_elsewhere_before_the_transposes_stays(rng):
     result = bnfold.fold(model)
     assert not result.folded_affine
     assert op_types(result.model) == ["Conv", "Transpose", "Mul", "Transpose"]
+
+
+@pytest.mark.parametrize("layer", ["MatMul", "Gemm"])
+def test_a_run_that_broadcasts_its_data_up_to_the_features_stays(rng, layer):
+    """x[2, 1] · k[1, K] is [2, K]: the layer could not read x itself."""
+    model = before_linear([("Mul", [1, K], False)], rng, layer=layer, x_shape=(2, 1))
+    assert not bnfold.fold(model).folded_affine
+    model = before_linear([("Mul", [1, K], False)], rng, layer=layer, x_shape=(K,))
+    assert not bnfold.fold(model).folded_affine  # (and a 1-D x would not be 2-D)
+
+
+def test_ranks_are_proven_once_per_tensor(rng, monkeypatch):
+    """A residual chain reads each tensor twice: proving ranks must not walk it 2^depth times."""
+    from bnfold.graph_view import GraphView
+
+    calls = []
+    original = GraphView._propagated_rank
+
+    def counted(self, name, depth=0):
+        calls.append(name)
+        return original(self, name, depth)
+
+    monkeypatch.setattr(GraphView, "_propagated_rank", counted)
+    nodes, inits, x = [], [], "x"
+    for i in range(30):
+        nodes += [
+            helper.make_node("MatMul", [x, f"W{i}"], [f"h{i}"]),
+            helper.make_node("Add", [f"h{i}", f"b{i}"], [f"a{i}"]),
+            helper.make_node("Add", [f"a{i}", x], [f"x{i + 1}"]),
+        ]
+        inits += [
+            tensor(f"W{i}", rng.normal(0, 0.5, [M, M]).astype(np.float32)),
+            tensor(f"b{i}", rng.normal(0, 0.5, [M]).astype(np.float32)),
+        ]
+        x = f"x{i + 1}"
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, ["B", "T", M])],
+        [value_info(x, TensorProto.FLOAT, symbolic(3))],
+        inits,
+    )
+    bnfold.fold(model)
+    assert len(calls) < 10 * len(nodes)

@@ -221,3 +221,61 @@ def _wait_for_staged_outputs(out: Path, proc: subprocess.Popen) -> None:
             return
         time.sleep(0.05)
     pytest.fail("the workers did not get to validation")
+
+
+def crash_on_b(job: batch.Job) -> batch.Outcome:
+    """A worker that dies on model b (the OOM killer, a crash in a provider)."""
+    if job.label == "b":
+        os._exit(137)
+    return batch.Outcome(job.label, 0)
+
+
+def test_a_worker_that_dies_costs_only_its_own_model():
+    jobs = [batch.Job(Path(name), None, name, Path(name)) for name in "abcd"]
+    outcomes = list(batch.run_jobs(jobs, crash_on_b, workers=2))
+    assert [(o.label, o.status) for o in outcomes] == [("a", 0), ("b", 3), ("c", 0), ("d", 0)]
+    assert "the worker process folding it died" in outcomes[1].message
+
+
+def test_weights_spilled_once_where_a_concat_refolds_them(tmp_path, capsys):
+    """Conv → BN → Concat → BN: both BN fold into the Convs; the first fold must not spill the
+    weights it writes to OUT.data (the second rewrites them): OUT.data holds each weight once."""
+    import numpy as np
+    from onnx import helper
+
+    from tests.builders import bn_node, bn_params, make_model, tensor, value_info
+
+    rng = np.random.default_rng(0)
+    channels = 256  # (weights of 256 KB: left on disk by the load, spilled by the fold)
+    inits = [
+        tensor(f"W{i}", rng.normal(0, 0.3, [channels, channels, 1, 1]).astype(np.float32))
+        for i in (1, 2)
+    ]
+    inits += bn_params(rng, channels, prefix="a") + bn_params(rng, channels, prefix="b")
+    inits += bn_params(rng, 2 * channels, prefix="c")
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"]),
+        bn_node("c1", "y1", prefix="a"),
+        helper.make_node("Conv", ["x", "W2"], ["c2"]),
+        bn_node("c2", "y2", prefix="b"),
+        helper.make_node("Concat", ["y1", "y2"], ["cat"], axis=1),
+        bn_node("cat", "y", prefix="c"),
+    ]
+    model = make_model(
+        nodes,
+        [value_info("x", onnx.TensorProto.FLOAT, [1, channels, 2, 2])],
+        [value_info("y", onnx.TensorProto.FLOAT, [1, 2 * channels, 2, 2])],
+        inits,
+    )
+    source = save_with_external_data(model, tmp_path / "in")
+    out = tmp_path / "o.onnx"
+    status, _, _ = run_in_process([str(source), "-o", str(out), "--no-validate"], capsys)
+    assert status == 0
+    saved = onnx.load(out, load_external_data=False)
+    lengths = [
+        int({e.key: e.value for e in t.external_data}["length"])
+        for t in saved.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    data = (tmp_path / "o.onnx.data").stat().st_size
+    assert data < sum(lengths) + 4096 * len(lengths)  # (each page-aligned), not twice the weights

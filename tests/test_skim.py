@@ -122,3 +122,26 @@ def test_a_file_that_is_not_a_model_is_reported_as_by_a_full_parse(tmp_path):
     path.write_bytes(conv_model().SerializeToString()[:-100])
     with pytest.raises(bnfold.InputError, match="not an ONNX model"):
         model_io.load_model_and_sources(path, lazy=True)
+
+
+def test_a_model_with_fields_onnx_does_not_know_is_still_written_whole(tmp_path):
+    """Unknown fields make the encoder write the model in one piece: the weights left in the
+    input file are read back into it first (not left pointing at the input)."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(conv_model().SerializeToString() + skim.field_header(100, 3) + b"new")
+    out = tmp_path / "o.onnx"
+    assert bnfold.fold_file(path, out, validate=False).written
+    eager = model_io.load_model(path)
+    fold_in_place(eager)
+    bnfold.save_model(eager, tmp_path / "e.onnx")
+    assert out.read_bytes() == (tmp_path / "e.onnx").read_bytes()
+
+
+def test_raw_data_of_the_wrong_size_is_refused_by_a_lazy_load_too(tmp_path):
+    model = conv_model()
+    model.graph.initializer[0].raw_data += b"\0\0\0\0"
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    for lazy in (False, True):
+        with pytest.raises(bnfold.InputError, match=r"declares shape .* but holds"):
+            model_io.load_model_and_sources(path, lazy=lazy)

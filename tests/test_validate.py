@@ -613,3 +613,19 @@ def test_messages_name_options_as_the_api_or_the_command_spells_them():
     assert naming.option("validate") == "validate=False"
     with naming.command_line():
         assert naming.option("validate") == "--no-validate"
+
+
+def test_an_unread_initializer_listed_as_an_input_leaves_calibration_whole():
+    """IR 3 lists initializers as graph inputs; one nothing reads must not break the skeleton of
+    the runs moved by rounding (onnxruntime drops it)."""
+    from tests.test_skim import conv_model
+
+    model = conv_model(channels=32)
+    model.ir_version = 3
+    for tensor_ in model.graph.initializer:
+        model.graph.input.append(
+            helper.make_tensor_value_info(tensor_.name, tensor_.data_type, tensor_.dims)
+        )
+    report = validate(model, bnfold.fold(model).model, providers=["cpu"])
+    assert report.passed and not report.providers[0].notes
+    assert report.providers[0].outputs[0].rounding_noise > 0

@@ -133,10 +133,12 @@ def skeleton(
     _copied_fields(model.graph, copy.graph, left_out={"initializer"})
     supplied: dict[str, np.ndarray] = {}
     read = _names_read(model.graph) | {o.name for o in model.graph.output}
+    unread = set()
     for tensor in model.graph.initializer:
         values = replaced.get(tensor.name)
         if tensor.name not in read:
-            continue  # (onnxruntime drops what nothing reads, and refuses to be handed it)
+            unread.add(tensor.name)  # (onnxruntime drops what nothing reads, refuses it handed)
+            continue
         if _suppliable(tensor):
             own = tensor_to_array(tensor) if values is None else values
             supplied[tensor.name] = np.ascontiguousarray(own)
@@ -149,6 +151,10 @@ def skeleton(
             copy.graph.initializer.append(onnx.numpy_helper.from_array(values, tensor.name))
         else:
             copy.graph.initializer.append(tensor)
+    if unread & {info.name for info in copy.graph.input}:  # (IR 3: initializers as inputs too)
+        kept = [info for info in copy.graph.input if info.name not in unread]
+        del copy.graph.input[:]
+        copy.graph.input.extend(kept)
     for tensor in all_tensors(copy):
         if is_on_disk(tensor):  # small, in a subgraph or a Constant: into the encoding
             set_raw_data(tensor, raw_bytes(tensor))

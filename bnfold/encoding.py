@@ -43,10 +43,16 @@ class Encoding:
     Computing `size` encodes each node and initializer once on its own (`ByteSize`), one at a
     time; no encoding of the whole graph is ever held."""
 
-    def __init__(self, model: onnx.ModelProto, *, inline_on_disk: bool = False) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        inline_on_disk: bool = False,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
         """`inline_on_disk`: main-graph initializers left on disk by a lazy load
         (`bnfold.tensor_data`) are encoded holding their bytes, read from their file one at a
-        time (the model is not touched)."""
+        time (the model is not touched). `chunk_bytes`: how much goes in one piece."""
         self.model = model
         self.inline_on_disk = inline_on_disk
         self.whole = _has_unknown_fields(model) or _has_unknown_fields(model.graph)
@@ -56,7 +62,7 @@ class Encoding:
             return
         self._before = _fields_encoded(model, lambda number: number < MODEL_GRAPH)
         self._after = _fields_encoded(model, lambda number: number > MODEL_GRAPH)
-        self._graph_parts = _graph_parts(model.graph, inline_on_disk)
+        self._graph_parts = _graph_parts(model.graph, inline_on_disk, chunk_bytes)
         self.graph_size = sum(map(_part_size, self._graph_parts))
         header = field_header(MODEL_GRAPH, self.graph_size)
         self.size = len(self._before) + len(header) + self.graph_size + len(self._after)
@@ -86,7 +92,9 @@ class Encoding:
         yield self._after
 
 
-def _graph_parts(graph: onnx.GraphProto, inline_on_disk: bool = False) -> list:
+def _graph_parts(
+    graph: onnx.GraphProto, inline_on_disk: bool = False, chunk_bytes: int = CHUNK_BYTES
+) -> list:
     """The graph as encoded, in field-number order: bytes for a stretch of ordinary fields, and
     for each of `GRAPH_RUNS` a list of runs `(number, start, stop, bytes of their records)`."""
     parts: list = []
@@ -94,7 +102,8 @@ def _graph_parts(graph: onnx.GraphProto, inline_on_disk: bool = False) -> list:
     for number, name in sorted(GRAPH_RUNS.items()):
         inlined = inline_on_disk and name == "initializer"
         parts.append(_fields_encoded(graph, lambda n, low=previous, high=number: low < n < high))
-        parts.append(_runs(number, getattr(graph, name), _inlined_size if inlined else _BYTE_SIZE))
+        size_of = _inlined_size if inlined else _BYTE_SIZE
+        parts.append(_runs(number, getattr(graph, name), size_of, chunk_bytes))
         previous = number
     parts.append(_fields_encoded(graph, lambda n, low=previous: n > low))
     return [part for part in parts if len(part)]
@@ -105,8 +114,8 @@ def _part_size(part) -> int:
     return len(part) if isinstance(part, bytes) else sum(run[3] for run in part)
 
 
-def _runs(number: int, items, size_of) -> list[tuple[int, int, int, int]]:
-    """Consecutive items in runs of about `CHUNK_BYTES` of records (a bigger item on its own),
+def _runs(number: int, items, size_of, chunk_bytes: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive items in runs of about `chunk_bytes` of records (a bigger item on its own),
     each with the bytes of its records (per item: tag, length, the item)."""
     count = len(items)
     if not count:
@@ -114,8 +123,8 @@ def _runs(number: int, items, size_of) -> list[tuple[int, int, int, int]]:
     sizes = np.fromiter(map(size_of, items), dtype=np.int64, count=count)
     records = sizes + len(_varint(number << 3 | 2)) + _varint_lengths(sizes)
     starts = np.cumsum(records) - records
-    big = records > CHUNK_BYTES
-    cuts = (np.diff(starts // CHUNK_BYTES) != 0) | big[1:] | big[:-1]
+    big = records > chunk_bytes
+    cuts = (np.diff(starts // chunk_bytes) != 0) | big[1:] | big[:-1]
     firsts = np.concatenate(([0], np.flatnonzero(cuts) + 1))
     totals = np.add.reduceat(records, firsts)
     stops = [*firsts[1:].tolist(), count]

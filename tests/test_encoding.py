@@ -8,7 +8,6 @@ import pytest
 from onnx import helper
 
 import bnfold
-from bnfold import encoding
 from bnfold.encoding import Encoding, EncodingError
 from tests.builders import MODELS, tensor
 
@@ -52,18 +51,17 @@ def everything_model() -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("chunk", [1, 64, 1 << 22])
-def test_pieces_are_serialize_to_string_byte_for_byte(monkeypatch, chunk):
-    monkeypatch.setattr(encoding, "CHUNK_BYTES", chunk)
+def test_pieces_are_serialize_to_string_byte_for_byte(chunk):
     for model in (everything_model(), onnx.load(RESNET), bnfold.fold(RESNET).model):
         reference = model.SerializeToString()
-        assert encoded(model) == reference
-        assert Encoding(model).size == len(reference)
+        plan = Encoding(model, chunk_bytes=chunk)
+        assert b"".join(plan.pieces()) == reference
+        assert plan.size == len(reference)
 
 
-def test_pieces_are_bounded_and_big_items_come_alone(monkeypatch):
-    monkeypatch.setattr(encoding, "CHUNK_BYTES", 4096)
+def test_pieces_are_bounded_and_big_items_come_alone():
     model = onnx.load(RESNET)
-    pieces = list(Encoding(model).pieces())
+    pieces = list(Encoding(model, chunk_bytes=4096).pieces())
     assert b"".join(pieces) == model.SerializeToString()
     alone = {t.SerializeToString() for t in model.graph.initializer if t.ByteSize() > 4096}
     assert alone and alone <= set(pieces)  # not joined with others (no second copy)

@@ -165,12 +165,11 @@ def test_out_of_order_graph_is_accepted():
     np.testing.assert_array_equal(run(model, {"x": np.array([-1, 2], np.float32)})[0], [1, 2])
 
 
-def test_models_are_written_in_pieces_exactly_as_serialized(tmp_path, monkeypatch):
+def test_models_are_written_in_pieces_exactly_as_serialized(tmp_path):
     """No copy of all tensors at once, and the file is the canonical encoding (readers that do
     not merge repeated messages, like Netron's, see the whole model)."""
-    monkeypatch.setattr(encoding, "CHUNK_BYTES", 1 << 12)
     folded = bnfold.fold(RESNET).model
-    pieces = list(encoding.Encoding(folded).pieces())
+    pieces = list(encoding.Encoding(folded, chunk_bytes=1 << 12).pieces())
     assert len(pieces) > 10
     assert max(map(len, pieces)) < len(folded.SerializeToString()) / 2
     (written,) = bnfold.save_model(folded, tmp_path / "o.onnx")

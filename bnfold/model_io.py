@@ -106,7 +106,11 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def load_model_and_sources(
-    path: str | os.PathLike, *, check: bool = True, lazy: bool = False
+    path: str | os.PathLike,
+    *,
+    check: bool = True,
+    lazy: bool = False,
+    lazy_from: int | None = None,
 ) -> tuple[onnx.ModelProto, set[Path]]:
     """`load_model`, plus the resolved paths of every file read (the model, its data files).
 
@@ -114,7 +118,8 @@ def load_model_and_sources(
     index); the file, protobuf and external-data checks are always made. `lazy=True` checks
     external data but leaves it in its files, and the big initializers of the model file itself
     in that file (`bnfold.skim`): those tensors are then "on disk" (`bnfold.tensor_data`) and
-    the model must be saved with `save_model`, which copies them."""
+    the model must be saved with `save_model`, which copies them. `lazy_from`: the least size
+    in bytes of a tensor left on disk (`LAZY_BYTES`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
@@ -122,7 +127,8 @@ def load_model_and_sources(
         raise InputError(path, "is a directory, not an ONNX file")
     if not path.is_file():  # a FIFO or a device would block or never end
         raise InputError(path, "is not a regular file")
-    model, in_file = _skimmed_model(path) if lazy else (None, [])
+    lazy_from = LAZY_BYTES if lazy_from is None else lazy_from
+    model, in_file = _skimmed_model(path, lazy_from) if lazy else (None, [])
     if model is None:
         model = parse_model(_read(path), path)
     for index, offset, length in in_file:  # (their tensors have no external data: checked)
@@ -134,7 +140,9 @@ def load_model_and_sources(
     if check:
         check_model_structure(model, path)
     in_model_file = {index for index, _, _ in in_file}
-    sources = load_external_data(model, path, lazy=lazy, in_model_file=in_model_file)
+    sources = load_external_data(
+        model, path, lazy=lazy, in_model_file=in_model_file, lazy_from=lazy_from
+    )
     return model, {path.resolve(), *sources}
 
 
@@ -149,7 +157,9 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _skimmed_model(path: Path) -> tuple[onnx.ModelProto | None, list[tuple[int, int, int]]]:
+def _skimmed_model(
+    path: Path, lazy_from: int
+) -> tuple[onnx.ModelProto | None, list[tuple[int, int, int]]]:
     """The model without the raw data of its big initializers, and where that is in the file
     (`bnfold.skim`), read through a memory map: only the graph's pages are read. (None, []) when
     skimming gains nothing or cannot be done: then the file is parsed whole, which reports any
@@ -161,7 +171,7 @@ def _skimmed_model(path: Path) -> tuple[onnx.ModelProto | None, list[tuple[int, 
         ):
             if len(data) < SKIM_FROM:
                 return None, []
-            encoding, spans = skim.skimmed(data, LAZY_BYTES)
+            encoding, spans = skim.skimmed(data, lazy_from)
     except (OSError, ValueError):  # (an empty file cannot be mapped; Unskimmable)
         return None, []
     if not spans:
@@ -505,6 +515,7 @@ def load_external_data(
     *,
     lazy: bool = False,
     in_model_file: Collection[int] = (),
+    lazy_from: int | None = None,
 ) -> set[Path]:
     """Read external tensor data that lies inside the model's folder; refuse anything else.
     Returns the data files read. Each tensor's bytes must be there, as many as its dims and type
@@ -516,6 +527,7 @@ def load_external_data(
     base = path.resolve().parent
     tensors = all_tensors(model)
     main_initializers = len(model.graph.initializer)  # (all_tensors lists them first)
+    lazy_from = LAZY_BYTES if lazy_from is None else lazy_from
     files: set[Path] = set()
     with contextlib.ExitStack() as stack:
         handles: dict[Path, BinaryIO] = {}
@@ -525,7 +537,7 @@ def load_external_data(
             data_path, offset, length = _external_span(tensor, base, path)
             _check_external_size(tensor, length, path)
             files.add(data_path)
-            if lazy and index < main_initializers and length >= LAZY_BYTES:
+            if lazy and index < main_initializers and length >= lazy_from:
                 tensor_data.point_to_file(tensor, str(data_path), offset, length)
                 continue
             if data_path not in handles:

@@ -29,13 +29,6 @@ from tests.test_model_io import save_with_external_data
 SHIPPED = sorted(MODELS.glob("*.onnx"))
 
 
-@pytest.fixture
-def all_lazy(monkeypatch):
-    """Every external initializer of the main graph stays on disk, however small (the shipped
-    models' tensors are all under `model_io.LAZY_BYTES`)."""
-    monkeypatch.setattr(model_io, "LAZY_BYTES", 0)
-
-
 def save_external(model, folder, location="m.onnx.data"):
     """`model` saved as exporters do: tensors of 1 KB and more in one data file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,8 +70,8 @@ def big_model(tail: str = "Relu") -> onnx.ModelProto:
     )
 
 
-def lazy_and_eager(path):
-    lazy = model_io.load_model_and_sources(path, lazy=True)[0]
+def lazy_and_eager(path, lazy_from=None):
+    lazy = model_io.load_model_and_sources(path, lazy=True, lazy_from=lazy_from)[0]
     eager = model_io.load_model(path)
     return lazy, eager
 
@@ -98,7 +91,7 @@ def test_lazy_load_leaves_big_initializers_on_disk_and_reads_the_rest(tmp_path):
         assert value.tobytes() == expected[name].tobytes()
 
 
-def test_tensors_outside_the_main_graphs_initializers_are_read(tmp_path, all_lazy):
+def test_tensors_outside_the_main_graphs_initializers_are_read(tmp_path):
     """Constant values (and an If branch's) come back into the model even when everything
     else may stay on disk: saving relies on only main-graph initializers being on disk."""
     big = np.arange(64, dtype=np.float32)
@@ -119,7 +112,7 @@ def test_tensors_outside_the_main_graphs_initializers_are_read(tmp_path, all_laz
         [tensor("k", big)],
     )
     source = save_with_external_data(model, tmp_path / "m", convert_attribute=True)
-    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    lazy = model_io.load_model_and_sources(source, lazy=True, lazy_from=0)[0]
     on_disk = [t.name for t in model_io.all_tensors(lazy) if tensor_data.is_on_disk(t)]
     assert on_disk == ["k"]
     out = tmp_path / "o.onnx"
@@ -129,9 +122,9 @@ def test_tensors_outside_the_main_graphs_initializers_are_read(tmp_path, all_laz
     assert np.array_equal(onnx.numpy_helper.to_array(saved.graph.initializer[0]), big)
 
 
-def test_lazy_load_of_tiny_tensors_leaves_them_on_disk_when_asked(tmp_path, all_lazy):
+def test_lazy_load_of_tiny_tensors_leaves_them_on_disk_when_asked(tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
-    lazy, eager = lazy_and_eager(source)
+    lazy, eager = lazy_and_eager(source, lazy_from=0)
     tensors = model_io.all_tensors(lazy)
     assert tensors and all(map(tensor_data.is_on_disk, tensors))  # (all initializers)
     assert not any(t.HasField("raw_data") for t in tensors)
@@ -147,9 +140,9 @@ def test_lazy_load_of_tiny_tensors_leaves_them_on_disk_when_asked(tmp_path, all_
 
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_folding_a_lazy_load_gives_the_eager_result_bit_for_bit(all_lazy, tmp_path, path, batched):
+def test_folding_a_lazy_load_gives_the_eager_result_bit_for_bit(tmp_path, path, batched):
     source = save_with_external_data(onnx.load(path), tmp_path / "in")
-    lazy, eager = lazy_and_eager(source)
+    lazy, eager = lazy_and_eager(source, lazy_from=0)
     from_lazy = fold_in_place(lazy, batched=batched)
     from_eager = fold_in_place(eager, batched=batched)
     assert from_lazy.records == from_eager.records
@@ -167,9 +160,9 @@ def test_folding_a_lazy_load_gives_the_eager_result_bit_for_bit(all_lazy, tmp_pa
 
 
 @pytest.mark.parametrize("external_data", [None, True, False])
-def test_a_lazy_model_saves_whole_and_self_contained(all_lazy, tmp_path, external_data):
+def test_a_lazy_model_saves_whole_and_self_contained(tmp_path, external_data):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
-    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    lazy = model_io.load_model_and_sources(source, lazy=True, lazy_from=0)[0]
     fold_in_place(lazy)
     out = tmp_path / "out" / "folded.onnx"
     out.parent.mkdir()
@@ -185,11 +178,11 @@ def test_a_lazy_model_saves_whole_and_self_contained(all_lazy, tmp_path, externa
     assert_same_function(onnx.load(MODELS / "resnet_tiny.onnx"), onnx.load(out))
 
 
-def test_small_tensors_on_disk_come_back_into_the_model(all_lazy, tmp_path):
+def test_small_tensors_on_disk_come_back_into_the_model(tmp_path):
     """The input put every tensor in its data file (threshold 0); the output keeps those under
     1 KB in the model, like any other."""
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
-    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    lazy = model_io.load_model_and_sources(source, lazy=True, lazy_from=0)[0]
     out = tmp_path / "o.onnx"
     bnfold.save_model(lazy, out, external_data=True)
     on_disk = onnx.load(out, load_external_data=False)
@@ -203,9 +196,9 @@ def test_small_tensors_on_disk_come_back_into_the_model(all_lazy, tmp_path):
 
 
 @pytest.mark.parametrize("kernel", ["refuses", "copies part, then refuses", "missing"])
-def test_copy_through_memory_where_the_kernel_will_not(all_lazy, tmp_path, monkeypatch, kernel):
+def test_copy_through_memory_where_the_kernel_will_not(tmp_path, monkeypatch, kernel):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path / "in")
-    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    lazy = model_io.load_model_and_sources(source, lazy=True, lazy_from=0)[0]
     real = os.copy_file_range
     calls = []
 
@@ -228,7 +221,7 @@ def test_copy_through_memory_where_the_kernel_will_not(all_lazy, tmp_path, monke
         assert value.tobytes() == expected[name].tobytes(), name
 
 
-def test_external_data_of_the_wrong_size_is_refused_by_a_lazy_load(all_lazy, tmp_path):
+def test_external_data_of_the_wrong_size_is_refused_by_a_lazy_load(tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
     model = onnx.load(source, load_external_data=False)
     weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
@@ -237,14 +230,14 @@ def test_external_data_of_the_wrong_size_is_refused_by_a_lazy_load(all_lazy, tmp
             entry.value = str(int(entry.value) - 4)
     onnx.save(model, source)
     with pytest.raises(InputError, match=f"'{weight.name}' declares shape .* holds"):
-        model_io.load_model_and_sources(source, lazy=True)
+        model_io.load_model_and_sources(source, lazy=True, lazy_from=0)
     with pytest.raises(InputError, match="declares shape"):  # the eager load says so too
         model_io.load_model(source)
 
 
-def test_a_data_file_that_changes_after_loading_is_a_clean_error(all_lazy, tmp_path):
+def test_a_data_file_that_changes_after_loading_is_a_clean_error(tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
-    lazy = model_io.load_model_and_sources(source, lazy=True)[0]
+    lazy = model_io.load_model_and_sources(source, lazy=True, lazy_from=0)[0]
     os.truncate(tmp_path / "weights.bin", 100)
     with pytest.raises(InputError, match=r"weights\.bin: changed while bnfold used it"):
         fold_in_place(lazy)
@@ -266,9 +259,9 @@ def test_other_tensor_types_on_disk_read_through_numpy_helper(tmp_path):
     assert tensor_data.is_on_disk(tensor)  # reading leaves it on disk
 
 
-def test_fold_accepts_a_lazily_loaded_model(all_lazy, tmp_path):
+def test_fold_accepts_a_lazily_loaded_model(tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
-    lazy, eager = lazy_and_eager(source)
+    lazy, eager = lazy_and_eager(source, lazy_from=0)
     result = bnfold.fold(lazy)
     assert len(result.folded) == len(bnfold.fold(eager).folded) > 0
     assert model_io.holds_data_on_disk(lazy)  # `fold` left its argument alone
@@ -293,9 +286,9 @@ def test_output_whose_data_file_is_the_inputs_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_folded_weights_on_disk_go_to_the_spill_file(all_lazy, tmp_path, path):
+def test_folded_weights_on_disk_go_to_the_spill_file(tmp_path, path):
     source = save_with_external_data(onnx.load(path), tmp_path / "in")
-    lazy, eager = lazy_and_eager(source)
+    lazy, eager = lazy_and_eager(source, lazy_from=0)
     fold_in_place(eager)
     with tensor_data.DataFile(tmp_path) as spill:
         result = fold_in_place(lazy, spill=spill)

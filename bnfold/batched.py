@@ -139,18 +139,23 @@ def checked_names(pairs: list[_Pair]) -> set[str]:
 
 
 def fold_conv_batchnorm_weights(
-    view: GraphView, pairs: list[_Pair], spill: DataFile | None = None
+    view: GraphView,
+    pairs: list[_Pair],
+    spill: DataFile | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[int, PendingFold]:
     """Write the folded weights of `pairs` (from `find_pairs`); return the pending folds by
     BatchNormalization position (the pass calls `finish` on each when it gets there). A weight
     on disk goes to `spill` when one is given (it stays on disk) unless a later fold may
-    rewrite it again (it would leave unused bytes there); any other into the model."""
+    rewrite it again (it would leave unused bytes there); any other into the model. Small
+    weights are scaled together, up to `chunk_bytes` at a time."""
     if not pairs:
         return {}
     pairs = _with_affines(pairs)
     new_biases = _folded_biases(pairs)
     pending: dict[int, PendingFold] = {}
-    for chunk in _scaled_weights([pair for pair in pairs if pair.bn_index in new_biases]):
+    folding = [pair for pair in pairs if pair.bn_index in new_biases]
+    for chunk in _scaled_weights(folding, chunk_bytes):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
             if spill is not None and is_on_disk(pair.weight) and not _may_fold_again(view, pair):
                 spill.put(pair.weight, weight)
@@ -308,12 +313,14 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
     return kept
 
 
-def _scaled_weights(pairs: list[_Pair]) -> Iterator[list[tuple[_Pair, np.ndarray]]]:
+def _scaled_weights(
+    pairs: list[_Pair], chunk_bytes: int
+) -> Iterator[list[tuple[_Pair, np.ndarray]]]:
     """`W'[c] = a[c]·W[c]` rounded once to W's dtype, a chunk at a time, for the pairs where
     every value is finite (`numerics.multiply_exactly`). The arrays are views of a buffer the
     next chunk reuses: use them before asking for it."""
     buffers = _Buffers()
-    for chunk in _weight_chunks(pairs):
+    for chunk in _weight_chunks(pairs, chunk_bytes):
         first = chunk[0]
         dtype = RAW_FLOATS[first.weight.data_type]
         rows = _weight_rows(chunk, dtype, buffers).reshape(-1, first.row)  # a row per channel
@@ -384,9 +391,9 @@ def _all_finite(values: np.ndarray, buffers: _Buffers) -> bool:
     return True
 
 
-def _weight_chunks(pairs: list[_Pair]) -> Iterator[list[_Pair]]:
+def _weight_chunks(pairs: list[_Pair], chunk_bytes: int) -> Iterator[list[_Pair]]:
     """Pairs whose weights share a dtype and a row length (elements per output channel), in
-    runs of at most CHUNK_BYTES of weights (a bigger weight makes a run of its own)."""
+    runs of at most chunk_bytes of weights (a bigger weight makes a run of its own)."""
     groups: dict[tuple[int, int], list[_Pair]] = defaultdict(list)
     for pair in pairs:
         groups[pair.weight.data_type, pair.row].append(pair)
@@ -396,7 +403,7 @@ def _weight_chunks(pairs: list[_Pair]) -> Iterator[list[_Pair]]:
         size = 0
         for pair in group:
             weight_bytes = pair.channels * row_bytes
-            if chunk and size + weight_bytes > CHUNK_BYTES:
+            if chunk and size + weight_bytes > chunk_bytes:
                 yield chunk
                 chunk, size = [], 0
             chunk.append(pair)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .affine import AFFINE_OPS, read_affine, read_affine_forward
-from .batched import checked_names, find_pairs, fold_conv_batchnorm_weights
+from .batched import CHUNK_BYTES, checked_names, find_pairs, fold_conv_batchnorm_weights
 from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .element_types import inferred_element_types
@@ -88,6 +88,7 @@ def fold_in_place(
     inline_functions: bool = True,
     batched: bool = True,
     spill: DataFile | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> FoldResult:
     """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it).
 
@@ -97,7 +98,8 @@ def fold_in_place(
     `bnfold.batched` is tested against (same model, bit for bit). `spill`: a `DataFile` where
     the new values of weights left on disk by a lazy load go (`bnfold.tensor_data`); the model
     reads them there until it is saved (pass it to `save_model` to make it the output's data
-    file), so it must stay open until then."""
+    file), so it must stay open until then. `chunk_bytes`: how much weight the vectorised path
+    scales at once."""
     check_model_opset(model)
     ops_before = op_counts(model.graph)
     nodes_before = None  # without functions to inline, counted from the pass's index
@@ -105,7 +107,7 @@ def fold_in_place(
         check_model_structure(model)
         nodes_before = count_nodes(model.graph)
     functions = inline_batchnorm_functions(model, enabled=inline_functions)
-    context = _Context(model, batched=batched, spill=spill)
+    context = _Context(model, batched=batched, spill=spill, chunk_bytes=chunk_bytes)
     with collector_paused():
         _fold_graph(model.graph, context, parent=None, path="")
     context.names.index(None)  # let the main graph's index go now, not at the next collection
@@ -190,6 +192,7 @@ class _Context:
     nodes_indexed: int = 0  # nodes of the main graph and its subgraphs, before the pass
     batched: bool = True  # plain Conv -> BatchNormalization pairs through `bnfold.batched`
     spill: DataFile | None = None  # where folded weights that were on disk go
+    chunk_bytes: int = CHUNK_BYTES  # weights the vectorised path scales at once
 
     def __post_init__(self) -> None:
         self.opset = default_opset(self.model)
@@ -246,7 +249,7 @@ def _fold_graph(
         context.nodes_indexed = len(view.nodes) + sum(map(count_nodes, inner))
     vanished: set[str] = set()
     maybe_dead: set[str] = set()
-    pending = fold_conv_batchnorm_weights(view, pairs, context.spill)
+    pending = fold_conv_batchnorm_weights(view, pairs, context.spill, context.chunk_bytes)
     del pairs
     for index in _visited_positions(view):
         if view.op_types[index] == "BatchNormalization":

@@ -71,20 +71,19 @@ MIXES = {
 }
 
 
-def _fold_both(model):
+def _fold_both(model, chunk_bytes=batched.CHUNK_BYTES):
     fast = onnx.ModelProto()
     fast.CopyFrom(model)
     slow = onnx.ModelProto()
     slow.CopyFrom(model)
-    return fold_in_place(fast), fold_in_place(slow, batched=False)
+    return fold_in_place(fast, chunk_bytes=chunk_bytes), fold_in_place(slow, batched=False)
 
 
-@pytest.mark.parametrize("chunk_bytes", [batched.CHUNK_BYTES, 64, 1])
+@pytest.mark.parametrize("chunk_bytes", [batched.CHUNK_BYTES, 64, 1])  # one, several, one each
 @pytest.mark.parametrize("mix", MIXES)
-def test_vectorised_path_is_bit_identical(mix, chunk_bytes, monkeypatch):
-    monkeypatch.setattr(batched, "CHUNK_BYTES", chunk_bytes)  # one chunk, several, one each
+def test_vectorised_path_is_bit_identical(mix, chunk_bytes):
     model = _chain(MIXES[mix])
-    fast, slow = _fold_both(model)
+    fast, slow = _fold_both(model, chunk_bytes)
     assert fast.model.SerializeToString() == slow.model.SerializeToString()
     assert [r.to_dict() for r in fast.records] == [r.to_dict() for r in slow.records]
     assert fast.folded, "the fast path must have had something to do"

@@ -115,7 +115,8 @@ def _width(names: Iterable[str]) -> int:
 def batch_table(outcomes) -> list[str]:
     """One row per model of several (`batch.Outcome`s), then how many were written."""
     rows = [_batch_row(o) for o in outcomes]
-    lines = ["", *table(("model", "BN folded", "BN left", "validation", "seconds", "result"), rows)]
+    header = ("model", "BN folded", "BN left", "Mul/Add folded", "validation", "seconds", "result")
+    lines = ["", *table(header, rows)]
     written = sum(1 for o in outcomes if o.report and o.report.get("written"))
     failed = sum(1 for o in outcomes if o.status)
     lines.append(f"{len(outcomes)} models: {written} written, {failed} failed")
@@ -126,13 +127,14 @@ def _batch_row(outcome) -> list[str]:
     report = outcome.report
     result = _result_text(outcome)
     if report is None:
-        return [outcome.label, "-", "-", "-", "-", result]
+        return [outcome.label, "-", "-", "-", "-", "-", result]
     validation = report.get("validation")
     checked = "not run" if validation is None else "passed" if validation["passed"] else "FAILED"
     return [
         outcome.label,
         str(report["batchnorm_folded"]),
         str(report["batchnorm_total"] - report["batchnorm_folded"]),
+        str(len(report["folded_affine"])),
         checked,
         f"{report['seconds']:.2f}",
         result,

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from .graph_view import GraphView
-from .graphs import ONNX_DOMAINS, attributes, node_label
+from .graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
 from .numerics import ChannelAffine, is_float
 
 AFFINE_OPS = ("Mul", "Add")
@@ -83,8 +83,10 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
         if constant is None or not is_float(constant.dtype):
             return None
         shape = producer_channels(view.nodes[layer_index], view)
-        axis = _channel_axis(view, chain, shape[1]) if shape else None
-        values = per_channel(constant, *shape, axis=axis) if shape and axis is not None else None
+        if shape is None:
+            return None
+        axis = axis_after_transposes((view.nodes[i] for i in chain), 1, shape[1])
+        values = per_channel(constant, *shape, axis=axis) if isinstance(axis, int) else None
         if values is None or not np.isfinite(values).all():
             return None
         if node.op_type == "Mul":
@@ -121,20 +123,6 @@ def _layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, lis
     return None
 
 
-def _channel_axis(view: GraphView, chain: list[int], rank: int) -> int | None:
-    """Where the layer's channel axis (1) is after the chain's Transposes."""
-    axis = 1
-    for index in chain:
-        node = view.nodes[index]
-        if node.op_type != "Transpose":
-            continue
-        perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
-        if sorted(perm) != list(range(rank)):
-            return None
-        axis = perm.index(axis)
-    return axis
-
-
 FORWARD_LAYERS = ("Gemm", "MatMul")
 
 
@@ -155,9 +143,10 @@ def read_affine_forward(
     layer = view.nodes[reader]
     if view.domains[reader] not in ONNX_DOMAINS or layer.input[0] != view.nodes[run[-1]].output[0]:
         return None
-    features = _features(layer, view)
-    if features is None:
+    matrix = _weight_matrix(layer, view)
+    if matrix is None:
         return None
+    features = matrix[0]
     affine = ChannelAffine(np.ones(features), np.zeros(features))
     data, flowing = None, None
     for index in run:
@@ -205,13 +194,14 @@ def _operands(node: onnx.NodeProto, view: GraphView, flowing: str | None):
     return None
 
 
-def _features(layer: onnx.NodeProto, view: GraphView) -> int | None:
-    """How many features (the last axis of its 2-D input) a Gemm/MatMul reduces over."""
+def _weight_matrix(layer: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
+    """(features reduced over, output columns) of a Gemm/MatMul with a constant 2-D weight."""
     weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
     if weight is None or weight.ndim != 2:
         return None
     trans_b = layer.op_type == "Gemm" and int(attributes(layer).get("transB", 0))
-    return int(weight.shape[1] if trans_b else weight.shape[0])
+    rows, columns = weight.shape[::-1] if trans_b else weight.shape
+    return int(rows), int(columns)
 
 
 def _last_dim(view: GraphView, name: str) -> int | None:
@@ -225,14 +215,6 @@ def _last_dim(view: GraphView, name: str) -> int | None:
                     return int(dims[-1].dim_value)
     index = view.producer.get(name)
     if index is not None and view.op_types[index] in FORWARD_LAYERS:
-        return _features_out(view.nodes[index], view)
+        matrix = _weight_matrix(view.nodes[index], view)
+        return None if matrix is None else matrix[1]
     return None
-
-
-def _features_out(layer: onnx.NodeProto, view: GraphView) -> int | None:
-    """The columns of a Gemm/MatMul's constant 2-D weight."""
-    weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
-    if weight is None or weight.ndim != 2:
-        return None
-    trans_b = layer.op_type == "Gemm" and int(attributes(layer).get("transB", 0))
-    return int(weight.shape[0] if trans_b else weight.shape[1])

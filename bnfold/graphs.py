@@ -7,7 +7,7 @@ with them.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import onnx
 
@@ -87,3 +87,27 @@ def default_opset(model: onnx.ModelProto) -> int:
         if entry.domain in ONNX_DOMAINS:
             return int(entry.version)
     return 0
+
+
+def axis_after_transposes(nodes: Iterable[onnx.NodeProto], axis: int, rank: int) -> int | str:
+    """Where `axis` of a rank-`rank` tensor is after `nodes`, in order: each Transpose moves it
+    (without a perm, the axes are reversed), the others (Identity) keep it; the reason when a
+    Transpose's perm is not a permutation of `rank` axes."""
+    for node in nodes:
+        if node.op_type != "Transpose":
+            continue
+        perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
+        if sorted(perm) != list(range(rank)):
+            label = node_label(node)
+            return f"Transpose '{label}' has perm {perm}, not a permutation of the {rank} axes"
+        axis = perm.index(axis)
+    return axis
+
+
+def names_read(node: onnx.NodeProto) -> set[str]:
+    """The names a node reads from its graph: its inputs, and what its subgraphs read from
+    outside themselves."""
+    names = {name for name in node.input if name}
+    for _, sub in subgraphs(node):
+        names |= outer_references(sub)
+    return names

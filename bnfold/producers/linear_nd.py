@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..affine import per_channel
 from ..graph_view import GraphView
-from ..graphs import ONNX_DOMAINS, attributes, node_label
+from ..graphs import ONNX_DOMAINS, axis_after_transposes, node_label
 from ..numerics import ChannelAffine
 from .base import FoldPlan, SplitPlan, constant_input, rounded_updates, shared_output_reason
 
@@ -59,7 +60,7 @@ def plan_linear_nd(
         )
     bias = view.constant(add.input[bias_slot])
     assert bias is not None  # (found constant by `_matmul_and_bias`)
-    bias_values = _per_feature(bias, features, rank)
+    bias_values = per_channel(bias, features, rank, axis=rank - 1)
     if bias_values is None:
         return f"the Add after {label} does not add one bias per output feature"
     new_weight = weight.astype(np.float64) * affine.scale[None, :]
@@ -100,34 +101,14 @@ def _matmul_and_bias(view: GraphView, add: onnx.NodeProto) -> tuple[int, int] | 
     return None
 
 
-def _per_feature(bias: np.ndarray, features: int, rank: int) -> np.ndarray | None:
-    """The bias as one float64 value per feature, if it broadcasts along the last axis only
-    (`[D]`, `[1, ..., D]`, or a scalar) without adding axes."""
-    if bias.ndim > rank:
-        return None
-    shape = (1,) * (rank - bias.ndim) + bias.shape
-    if any(size != 1 for size in shape[:-1]) or shape[-1] not in (1, features):
-        return None
-    return np.broadcast_to(bias.astype(np.float64).reshape(-1), (features,)).copy()
-
-
 def _feature_axis(view: GraphView, chain: list[int], rank: int) -> int | str:
     """Where the features (the last axis) end after the chain's Transposes (Identity keeps
     them); why not followed for anything else."""
-    axis = rank - 1
     for index in chain:
         node = view.nodes[index]
-        if node.op_type == "Identity":
-            continue
-        if node.op_type != "Transpose":
+        if node.op_type not in ("Transpose", "Identity"):
             return (
                 f"{node.op_type} '{node_label(node)}' reshapes the output of a MatMul on a "
                 f"rank-{rank} input; only Transposes are followed there"
             )
-        perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
-        if sorted(perm) != list(range(rank)):
-            return (
-                f"Transpose '{node_label(node)}' has perm {perm}, not a permutation of {rank} axes"
-            )
-        axis = perm.index(axis)
-    return axis
+    return axis_after_transposes((view.nodes[i] for i in chain), rank - 1, rank)

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from ..graph_view import GraphView
-from ..graphs import ONNX_DOMAINS, attributes, node_label
+from ..graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
 from .base import FoldPlan, SplitPlan, shared_output_reason
@@ -136,18 +136,9 @@ def _channel_axis_problem(
     weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
     if weight is None or weight.ndim < 3:
         return f"the rank of {layer.op_type} '{node_label(layer)}''s output is not known"
-    rank, axis = weight.ndim, 1
-    for index in chain:
-        node = view.nodes[index]
-        if node.op_type != "Transpose":
-            continue
-        perm = [int(p) for p in attributes(node).get("perm", range(rank - 1, -1, -1))]
-        if sorted(perm) != list(range(rank)):
-            return (
-                f"Transpose '{node_label(node)}' has perm {perm}, not a permutation of the "
-                f"{rank} axes of {layer.op_type} '{node_label(layer)}''s output"
-            )
-        axis = perm.index(axis)
+    axis = axis_after_transposes((view.nodes[i] for i in chain), 1, weight.ndim)
+    if isinstance(axis, str):
+        return f"{axis} of {layer.op_type} '{node_label(layer)}''s output"
     if axis != 1:
         return (
             f"the {channels} output channels of {layer.op_type} '{node_label(layer)}' reach it "

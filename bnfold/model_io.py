@@ -32,6 +32,7 @@ from .graphs import (
     CONTROL_FLOW_OPS,
     ONNX_DOMAINS,
     default_opset,
+    names_read,
     node_label,
     nodes_with_subgraphs,
     outer_references,
@@ -444,7 +445,7 @@ def _cycle(graph: onnx.GraphProto) -> str | None:
     waiting = [0] * len(graph.node)
     readers: dict[int, list[int]] = {}
     for index, node in enumerate(graph.node):
-        sources = {producer[name] for name in _reads(node) if name in producer}
+        sources = {producer[name] for name in names_read(node) if name in producer}
         waiting[index] = len(sources)
         for source in sources:
             readers.setdefault(source, []).append(index)
@@ -461,13 +462,6 @@ def _cycle(graph: onnx.GraphProto) -> str | None:
         return None
     stuck = next(i for i, count in enumerate(waiting) if count > 0)
     return f"the graph has a cycle through node '{node_label(graph.node[stuck])}'"
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    names = {name for name in node.input if name}
-    for _, sub in subgraphs(node):
-        names |= outer_references(sub)
-    return names
 
 
 # ----- external data ---------------------------------------------------------------------------

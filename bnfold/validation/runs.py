@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from ..encoding import is_repeated
-from ..graphs import subgraphs
+from ..graphs import names_read
 from ..model_io import (
     all_tensors,
     fits_in_one_protobuf,
@@ -132,7 +132,7 @@ def skeleton(
     copy = _copied_fields(model, onnx.ModelProto(), left_out={"graph"})
     _copied_fields(model.graph, copy.graph, left_out={"initializer"})
     supplied: dict[str, np.ndarray] = {}
-    read = _names_read(model.graph) | {o.name for o in model.graph.output}
+    read = {o.name for o in model.graph.output}.union(*map(names_read, model.graph.node))
     unread = set()
     for tensor in model.graph.initializer:
         values = replaced.get(tensor.name)
@@ -190,16 +190,6 @@ def _suppliable(tensor: onnx.TensorProto) -> bool:
     for dim in tensor.dims:
         size *= dim
     return size >= SUPPLIED_FROM
-
-
-def _names_read(graph: onnx.GraphProto) -> set[str]:
-    """The names the nodes of `graph` and of its subgraphs read."""
-    names: set[str] = set()
-    for node in graph.node:
-        names.update(node.input)
-        for _, sub in subgraphs(node):
-            names |= _names_read(sub)
-    return names
 
 
 def _copied_fields(message, into, left_out: set[str]):

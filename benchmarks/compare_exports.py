@@ -505,11 +505,7 @@ def write_report(folder: Path, cases: list[dict], args, elapsed: float) -> None:
         "| tool | BN left | fewest (ties included) | outputs changed | failed | time s |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for tool, s in summary.items():
-        lines.append(
-            f"| {tool} | {s['bn_left']} of {s['bn']} | {s['best']} of {s['exports']} "
-            f"| {s['wrong']} | {s['failed']} | {s['seconds']:.0f} |"
-        )
+    lines.extend(_summary_row(tool, counts) for tool, counts in summary.items())
     lines += [
         "",
         "Per export with BN in it: BN left by bnfold against the fewest left by any other tool "
@@ -529,9 +525,7 @@ def write_report(folder: Path, cases: list[dict], args, elapsed: float) -> None:
         "| model | flavour | records | reason |",
         "| --- | --- | --- | --- |",
     ]
-    for case in cases:
-        for reason, count in case.get("bnfold_skipped", {}).items():
-            lines.append(f"| {case['model']} | {case['flavour']} | {count} | {reason} |")
+    lines.extend(_reason_rows(cases))
     lines += ["", "## Per model", ""]
     lines += [
         "Each cell: BN left / nodes left, ✓ outputs equal or ✗ changed (relative error) or "
@@ -561,6 +555,24 @@ def write_report(folder: Path, cases: list[dict], args, elapsed: float) -> None:
         )
         + "\n"
     )
+
+
+def _summary_row(tool: str, counts: Counter) -> str:
+    """One tool's line of the summary table (`verdicts`)."""
+    return (
+        f"| {tool} | {counts['bn_left']} of {counts['bn']} | {counts['best']} of "
+        f"{counts['exports']} | {counts['wrong']} | {counts['failed']} | "
+        f"{counts['seconds']:.0f} |"
+    )
+
+
+def _reason_rows(cases: list[dict]) -> list[str]:
+    """Lines of the table of why bnfold left what it left, per case and reason."""
+    return [
+        f"| {case['model']} | {case['flavour']} | {count} | {reason} |"
+        for case in cases
+        for reason, count in case.get("bnfold_skipped", {}).items()
+    ]
 
 
 def _case_line(case: dict, tools: list[str]) -> str:
@@ -617,13 +629,7 @@ def write_files_report(folder: Path, cases: list[dict], args, elapsed: float) ->
         "| tool | BN left | fewest (ties included) | outputs changed | failed | time s |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for tool, counts in summary.items():
-        if counts["exports"]:
-            lines.append(
-                f"| {tool} | {counts['bn_left']} of {counts['bn']} | {counts['best']} of "
-                f"{counts['exports']} | {counts['wrong']} | {counts['failed']} | "
-                f"{counts['seconds']:.0f} |"
-            )
+    lines.extend(_summary_row(t, counts) for t, counts in summary.items() if counts["exports"])
     lines += [
         "",
         "| model | exporter | BN in file | bnfold leaves | fewest by another tool | standing |",
@@ -635,9 +641,7 @@ def write_files_report(folder: Path, cases: list[dict], args, elapsed: float) ->
         "| model | exporter | records | reason |",
         "| --- | --- | --- | --- |",
     ]
-    for case in cases:
-        for reason, count in case.get("bnfold_skipped", {}).items():
-            lines.append(f"| {case['model']} | {case['flavour']} | {count} | {reason} |")
+    lines.extend(_reason_rows(cases))
     lines += [
         "",
         "## Per file",

@@ -629,3 +629,67 @@ def test_an_unread_initializer_listed_as_an_input_leaves_calibration_whole():
     report = validate(model, bnfold.fold(model).model, providers=["cpu"])
     assert report.passed and not report.providers[0].notes
     assert report.providers[0].outputs[0].rounding_noise > 0
+
+
+def pair_sources(model, folded) -> ModelSources:
+    changed = {
+        "reference": changed_tensors(folded, model),
+        "candidate": changed_tensors(model, folded),
+    }
+    return ModelSources(model, folded, {"reference": model, "candidate": folded}, changed)
+
+
+def test_the_fed_folded_model_runs_as_it_is_and_moved_from_one_session():
+    import onnxruntime
+
+    model, folded = big_folded_pair()
+    sources = pair_sources(model, folded)
+    fed = sources.fed_candidate()
+    assert fed is not None
+    source, written = fed
+    assert set(written) == set(sources.changed["candidate"])  # the weight and the new bias
+    inputs = {i.name for i in onnx.ModelProto.FromString(source.model).graph.input}
+    assert set(written) <= inputs and not set(written) & set(source.supplied)
+    feeds = {"x": np.random.default_rng(0).standard_normal([1, 192, 6, 6]).astype(np.float32)}
+    own, first = sources.fed_weights(written, None), sources.fed_weights(written, 0)
+    factory = SessionFactory(onnxruntime, tf32=False, options={})
+    runs = [{**feeds, **own}, {**feeds, **first}]
+    plain, moved = run_model(factory, source, CPU, runs)
+    (expected,) = run_model(factory, SessionSource(folded.SerializeToString()), CPU, [feeds])
+    np.testing.assert_allclose(plain["y"], expected["y"], rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(moved["y"], plain["y"])
+    # the draws are those of the one-session-per-draw path
+    assert first["w"].tobytes() == sources.moved_candidate(0).supplied["w"].tobytes()
+
+
+def test_written_tensors_that_cannot_be_fed_keep_one_session_per_draw():
+    model, folded = big_folded_pair()
+    as_output = onnx.ModelProto()
+    as_output.CopyFrom(folded)
+    as_output.graph.output.append(value_info("w", TensorProto.FLOAT, None))
+    assert pair_sources(model, as_output).fed_candidate() is None
+    as_constant = onnx.ModelProto()
+    as_constant.CopyFrom(folded)
+    weight = next(t for t in as_constant.graph.initializer if t.name == "w")
+    as_constant.graph.node.insert(0, helper.make_node("Constant", [], ["w"], value=weight))
+    as_constant.graph.initializer.remove(weight)
+    assert pair_sources(model, as_constant).fed_candidate() is None
+    report = validate(model, as_constant, providers=["cpu"])
+    assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
+
+
+def test_calibration_on_the_cpu_makes_one_session_for_the_folded_model_s_draws(monkeypatch):
+    """On the CPU: the original, the folded model, the original moved (all draws) and the
+    folded model fed its moved weights (all draws): four sessions."""
+    model, folded = big_folded_pair()
+    made: list = []
+    create = SessionFactory.create
+
+    def counted(self, source, provider, supplied=None):
+        made.append(provider)
+        return create(self, source, provider, supplied)
+
+    monkeypatch.setattr(SessionFactory, "create", counted)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
+    assert len(made) == 4

@@ -45,6 +45,21 @@ def test_largest_of_several_draws_counts():
     assert noise == pytest.approx(2e-4)
 
 
+def test_draws_are_measured_from_the_unmoved_run_of_their_own_session():
+    """Weights fed as inputs may take another kernel path than constant ones: the draws' noise is
+    their distance from that session's unmoved output, not from the candidate's."""
+    reference = np.zeros(4, dtype=np.float32)
+    base = np.array([1e-3, 0, 0, 0], np.float32)  # the fed session, unmoved: another path
+    draw = base + np.array([0, 1e-5, 0, 0], np.float32)
+    _, against_base = calibrated_limits(reference, reference, [draw], perturbed_base=base)
+    _, against_candidate = calibrated_limits(reference, reference, [draw])
+    assert against_base == pytest.approx(1e-5) and against_candidate == pytest.approx(1e-3)
+    flips = np.array([0, 1, 0, 0], np.int64)
+    same = np.zeros(4, np.int64)
+    assert compare("cpu", "n", same, flips, perturbed=[flips], perturbed_base=same).passed
+    assert not compare("cpu", "n", same, flips, perturbed=[flips]).passed
+
+
 def test_calibrated_comparison_catches_small_values_next_to_big_ones():
     """An output concatenating x·1e4 and x·0.01: a 1 % error in the small half fails, because
     each block of elements gets its own limit (not one from the max of the whole output)."""

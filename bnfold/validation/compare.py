@@ -28,19 +28,23 @@ def compare(
     perturbed_reference: list[np.ndarray] | None = None,
     tolerance: Tolerance | None = None,
     provider_gap: np.ndarray | None = None,
+    perturbed_base: np.ndarray | None = None,
 ) -> OutputComparison:
     """Compare one output. With `tolerance`, allclose semantics; else the limit calibrated from
     `perturbed` and `perturbed_reference` (the candidate's and the reference's outputs with what
     the fold wrote or consumed moved by rounding, one per draw; none: nothing changed, so only
-    the rounding floor applies): for floats `criterion.calibrated_limits`, for integers and
-    booleans as many flips as rounding makes (`_counted`); strings must match exactly."""
+    the rounding floor applies; `perturbed_base`: the candidate's unmoved output from the
+    session `perturbed` came from, if not `candidate`): for floats
+    `criterion.calibrated_limits`, for integers and booleans as many flips as rounding makes
+    (`_counted`); strings must match exactly."""
     if reference.shape != candidate.shape or reference.dtype != candidate.dtype:
         return _mismatched(provider, name, reference, candidate)
     if reference.dtype == object or reference.dtype.kind not in "fiub":
         return _exact(provider, name, reference, candidate)
     if tolerance is None and reference.dtype.kind in "iub":
         draws = [*(perturbed or []), *(perturbed_reference or [])]
-        bases = [candidate] * len(perturbed or []) + [reference] * len(perturbed_reference or [])
+        base = candidate if perturbed_base is None else perturbed_base
+        bases = [base] * len(perturbed or []) + [reference] * len(perturbed_reference or [])
         return _counted(provider, name, reference, candidate, draws, bases)
     diff = deviation(candidate, reference)
     gap = None if provider_gap is None else finite_part(provider_gap)
@@ -53,7 +57,7 @@ def compare(
         }
     else:
         limit, noise = calibrated_limits(
-            reference, candidate, perturbed or [], perturbed_reference or [], gap
+            reference, candidate, perturbed or [], perturbed_reference or [], gap, perturbed_base
         )
         details = {"criterion": "calibrated", "rounding_noise": noise}
         details["noise_factor"] = NOISE_FACTOR

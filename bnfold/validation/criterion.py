@@ -170,16 +170,20 @@ def calibrated_limits(
     perturbed: list[np.ndarray],
     perturbed_reference: list[np.ndarray] = (),  # type: ignore[assignment]
     provider_gap: np.ndarray | None = None,
+    perturbed_base: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """(limit per element, largest rounding noise) for the calibrated criterion (module doc).
 
     `perturbed` holds the candidate's outputs with the weights the fold wrote moved by rounding,
-    one per independent draw; `perturbed_reference` the original's with the weights the fold
-    consumed moved likewise; `provider_gap` the original on this provider against the original
-    on the CPU (None on the CPU itself)."""
+    one per independent draw, and `perturbed_base` the unmoved output of the session they came
+    from where that is not `candidate`'s (weights fed as inputs take other kernel paths than
+    constant ones); `perturbed_reference` the original's with the weights the fold consumed
+    moved likewise; `provider_gap` the original on this provider against the original on the
+    CPU (None on the CPU itself)."""
     noise = np.zeros(candidate.shape, dtype=np.float64)
+    base = candidate if perturbed_base is None else perturbed_base
     for draw in perturbed:
-        noise = np.maximum(noise, finite_part(deviation(draw, candidate)))
+        noise = np.maximum(noise, finite_part(deviation(draw, base)))
     for draw in perturbed_reference:
         noise = np.maximum(noise, finite_part(deviation(draw, reference)))
     limit = NOISE_FACTOR * block_max(noise)

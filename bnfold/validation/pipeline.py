@@ -7,6 +7,8 @@ import inspect
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -301,30 +303,60 @@ class _Context:
         self.saver.save(provider, _LABELS[role], result)
         return result
 
-    def run_moved(self, role: str, provider: str) -> list:
-        """CALIBRATION_DRAWS runs of `role` moved by rounding on `provider`: the original's
-        draws from one session (its movers draw anew each run), the folded model's one session
-        each (its weights are fixed when the session is made). A failure ends the list."""
-        runs = self.samples.runs
-        results: list = []
-        if role == "reference":
-            source = self.sources.moved_reference()
-            whole = run_model(self.factory, source, provider, runs * CALIBRATION_DRAWS)
-            del source
-            if isinstance(whole, (Unavailable, str)):
-                return [whole]
-            results = [whole[d * len(runs) : (d + 1) * len(runs)] for d in range(CALIBRATION_DRAWS)]
+    def run_moved(self, role: str, provider: str) -> tuple[list, list | None]:
+        """(CALIBRATION_DRAWS runs of `role` moved by rounding on `provider`, the unmoved runs
+        of the session they came from where that is not the plain model's). The original's
+        draws come from one session (its movers draw anew each run); the folded model's too on
+        the CPU, fed its written weights as inputs (`fed_candidate`: once as they are, then each
+        draw), elsewhere one session each (its weights fixed when the session is made: other
+        providers may need constant weights). A failure ends the list."""
+        fed = self.sources.fed_candidate() if role == "candidate" and provider == CPU else None
+        if role == "candidate" and fed is None:
+            results: list = self._moved_one_session_each(provider)
+            base = None
         else:
-            results = []
-            for draw in range(CALIBRATION_DRAWS):
-                results.append(
-                    run_model(self.factory, self.sources.moved_candidate(draw), provider, runs)
-                )
-                if isinstance(results[-1], (Unavailable, str)):
-                    return results
+            results, base = self._moved_in_one_session(provider, fed)
         for draw, result in enumerate(results):
-            self.saver.save(provider, f"{_LABELS[role]}-moved{draw}", result)
+            if not isinstance(result, (Unavailable, str)):
+                self.saver.save(provider, f"{_LABELS[role]}-moved{draw}", result)
+        return results, base
+
+    def _moved_in_one_session(self, provider: str, fed) -> tuple[list, list | None]:
+        """The original's draws (`fed` None), or the folded model's fed its written weights
+        (`fed`: `ModelSources.fed_candidate`), with the fed session's unmoved runs."""
+        runs = self.samples.runs
+        feeds: Iterable[dict]
+        if fed is None:
+            source, draws = self.sources.moved_reference(), range(CALIBRATION_DRAWS)
+            feeds = runs * CALIBRATION_DRAWS
+        else:
+            (source, written), draws = fed, range(-1, CALIBRATION_DRAWS)
+            feeds = _fed_runs(self.sources, written, runs, draws)
+        whole = run_model(self.factory, source, provider, feeds)
+        del source, feeds
+        if isinstance(whole, (Unavailable, str)):
+            return [whole], None
+        results = [whole[i * len(runs) : (i + 1) * len(runs)] for i in range(len(draws))]
+        return (results[1:], results[0]) if fed is not None else (results, None)
+
+    def _moved_one_session_each(self, provider: str) -> list:
+        results: list = []
+        for draw in range(CALIBRATION_DRAWS):
+            source = self.sources.moved_candidate(draw)
+            results.append(run_model(self.factory, source, provider, self.samples.runs))
+            if isinstance(results[-1], (Unavailable, str)):
+                break
         return results
+
+
+def _fed_runs(sources, written, runs: list[dict], draws: range) -> Iterator[dict]:
+    """Each run's feeds with the written weights added: their own values for draw -1, then
+    moved by rounding for each draw (one draw's arrays made at a time)."""
+    for draw in draws:
+        weights = sources.fed_weights(written, None if draw < 0 else draw)
+        for feeds in runs:
+            yield {**feeds, **weights}
+        del weights
 
 
 _LABELS = {"reference": "original", "candidate": "folded"}
@@ -381,28 +413,40 @@ def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome
     return outcome
 
 
-def _moved_runs(provider, context: _Context, outputs: Outputs, outcome) -> dict[str, list]:
+def _moved_runs(provider, context: _Context, outputs: Outputs, outcome) -> _MovedRuns:
     """The runs with what the fold changed moved by rounding, by model. One that cannot run
     (an operator onnxruntime lacks for a mover, say) is left out, with a note: the limit is
     then made of the others."""
-    moved: dict[str, list] = {"reference": [], "candidate": []}
+    moved = _MovedRuns({"reference": [], "candidate": []})
     if not _needs_calibration(context, outputs):
         return moved
     for role in ("candidate", "reference"):
         if not context.changed[role]:
             continue
-        for result in context.run_moved(role, provider):
+        results, base = context.run_moved(role, provider)
+        for result in results:
             if isinstance(result, (Unavailable, str)):
                 outcome.notes.append(
                     f"the {_LABELS[role]} model moved by rounding could not run, so its rounding "
                     f"is not in the limit: {_reason(result).splitlines()[0]}"
                 )
                 break
-            moved[role].append(result)
+            moved.draws[role].append(result)
+        if role == "candidate" and moved.draws[role]:
+            moved.candidate_base = base
     return moved
 
 
-def _compared_output(provider, context: _Context, own, got, moved, k: int, name: str):
+@dataclass
+class _MovedRuns:
+    """Per model, the outputs of each draw moved by rounding; and the folded model's unmoved
+    outputs from the session its draws came from, when that is not the folded model's own."""
+
+    draws: dict[str, list]
+    candidate_base: list | None = None
+
+
+def _compared_output(provider, context: _Context, own, got, moved: _MovedRuns, k: int, name):
     reference = own[k][name]
     if name not in got[k]:
         return compare(provider, name, reference, np.empty(0, dtype=reference.dtype))
@@ -410,19 +454,24 @@ def _compared_output(provider, context: _Context, own, got, moved, k: int, name:
     def draws(role: str, base: np.ndarray) -> list[np.ndarray]:
         """The draws' outputs that can be set against `base` (shapes that depend on the
         values can come out otherwise)."""
-        found = [run[k].get(name) for run in moved[role] if k < len(run)]
+        found = [run[k].get(name) for run in moved.draws[role] if k < len(run)]
         return [a for a in found if a is not None and a.shape == base.shape]
 
     candidate = got[k][name]
+    base = None if moved.candidate_base is None else moved.candidate_base[k].get(name)
+    if base is not None and base.shape != candidate.shape:
+        base = None
+    perturbed = draws("candidate", candidate if base is None else base)
     return compare(
         provider,
         name,
         reference,
         candidate,
-        perturbed=draws("candidate", candidate),
+        perturbed=perturbed,
         perturbed_reference=draws("reference", reference),
         tolerance=context.tolerances.for_output(name, reference.dtype),
         provider_gap=_gap(context, provider, own, k, name),
+        perturbed_base=base if perturbed else None,
     )
 
 

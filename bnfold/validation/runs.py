@@ -11,6 +11,7 @@ for the rest.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,14 +86,48 @@ class ModelSources:
         that are main-graph initializers as supplied arrays, others (Constant nodes, subgraphs)
         moved in the skeleton's copy of the graph."""
         model = self.models["candidate"]
+        supplied, others = self._written_initializers()
+        with weights_moved_by_rounding(others, seed=draw):
+            return skeleton(model, self.fed_weights(supplied, draw))
+
+    def fed_candidate(self) -> tuple[SessionSource, dict[str, onnx.TensorProto]] | None:
+        """The candidate with the main-graph initializers the fold wrote (and the graph reads)
+        made graph inputs, and those initializers: for one session that runs the candidate as it
+        is and with every draw of them moved by rounding (fed from `fed_weights`). None when some
+        written tensor cannot be fed (a Constant's or a subgraph's, a type numpy lacks, one the
+        graph also outputs)."""
+        model = self.models["candidate"]
+        written, others = self._written_initializers()
+        read = set().union(*map(names_read, model.graph.node))
+        written = {name: t for name, t in written.items() if name in read}
+        outputs = {o.name for o in model.graph.output}
+        feedable = all(t.data_type in FED_TYPES for t in written.values())
+        if others or not written or not feedable or outputs & written.keys():
+            return None
+        return skeleton(model, fed=set(written)), written
+
+    def fed_weights(
+        self, written: dict[str, onnx.TensorProto], draw: int | None
+    ) -> dict[str, np.ndarray]:
+        """The `written` initializers as arrays: their own values (`draw` None) or moved by
+        rounding (`one_ulp_moved`, seeded by `draw`)."""
+        if draw is None:
+            return {name: tensor_to_array(t) for name, t in written.items()}
+        rng = np.random.default_rng(draw)
+        return {
+            name: one_ulp_moved(tensor_to_array(t), rng, record=False)[0]
+            for name, t in written.items()
+        }
+
+    def _written_initializers(
+        self,
+    ) -> tuple[dict[str, onnx.TensorProto], list[onnx.TensorProto]]:
+        """What the fold wrote into the candidate: (main-graph initializers by name, the rest)."""
+        model = self.models["candidate"]
         names = {t.name for t in model.graph.initializer}
         written = self.changed["candidate"]
-        supplied = {k: t for k, t in written.items() if k in names and t.name == k}
-        others = [t for k, t in written.items() if k not in supplied]
-        rng = np.random.default_rng(draw)
-        moved = {k: one_ulp_moved(tensor_to_array(t), rng)[0] for k, t in supplied.items()}
-        with weights_moved_by_rounding(others, seed=draw):
-            return skeleton(model, moved)
+        initializers = {k: t for k, t in written.items() if k in names and t.name == k}
+        return initializers, [t for k, t in written.items() if k not in initializers]
 
     def _encoded(self, model: onnx.ModelProto, name: str) -> bytes | str:
         small = tensor_data_size(model) <= AS_BYTES
@@ -122,24 +157,34 @@ class ModelSources:
 
 
 def skeleton(
-    model: onnx.ModelProto, replaced: dict[str, np.ndarray] | None = None
+    model: onnx.ModelProto,
+    replaced: dict[str, np.ndarray] | None = None,
+    fed: set[str] | frozenset[str] = frozenset(),
 ) -> SessionSource:
     """`model` as a small encoding plus supplied arrays: every main-graph initializer of at least
     SUPPLIED_FROM bytes whose values numpy holds as they are goes as an array (`replaced`'s
     where it names it, else the model's own, read from its file if on disk); the rest of the
-    model is copied (what `replaced` names among small initializers with its new values)."""
+    model is copied (what `replaced` names among small initializers with its new values). The
+    initializers `fed` names become graph inputs of their type and shape instead: every run
+    feeds them."""
     replaced = replaced or {}
     copy = _copied_fields(model, onnx.ModelProto(), left_out={"graph"})
     _copied_fields(model.graph, copy.graph, left_out={"initializer"})
     supplied: dict[str, np.ndarray] = {}
     read = {o.name for o in model.graph.output}.union(*map(names_read, model.graph.node))
     unread = set()
+    listed = {info.name for info in copy.graph.input}
     for tensor in model.graph.initializer:
         values = replaced.get(tensor.name)
         if tensor.name not in read:
             unread.add(tensor.name)  # (onnxruntime drops what nothing reads, refuses it handed)
             continue
-        if _suppliable(tensor):
+        if tensor.name in fed:
+            if tensor.name not in listed:
+                shape = list(tensor.dims)
+                info = onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, shape)
+                copy.graph.input.append(info)
+        elif _suppliable(tensor):
             own = tensor_to_array(tensor) if values is None else values
             supplied[tensor.name] = np.ascontiguousarray(own)
             placeholder = copy.graph.initializer.add()
@@ -167,6 +212,8 @@ AS_BYTES = 64 << 20
 SUPPLIED_FROM = 1 << 10
 # Where a supplied initializer's data "is" (onnxruntime takes it from memory, never reads this).
 SUPPLIED_LOCATION = "bnfold-supplied-from-memory"
+# Element types a written weight may have to be fed as an input (numpy holds them as they are).
+FED_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 _SUPPLIED_TYPES = {
     onnx.TensorProto.FLOAT,
     onnx.TensorProto.FLOAT16,
@@ -208,9 +255,10 @@ def _copied_fields(message, into, left_out: set[str]):
 
 
 def run_model(
-    factory: SessionFactory, source: SessionSource, provider: str, runs: list[dict]
+    factory: SessionFactory, source: SessionSource, provider: str, runs: Iterable[dict]
 ) -> list[Outputs] | Unavailable | str:
-    """The model's outputs for each feed dict, on `provider`, from one session: `Unavailable` if
+    """The model's outputs for each feed dict (taken one at a time from `runs`), on `provider`,
+    from one session: `Unavailable` if
     no session could be made there, a string (onnxruntime's full message) if a run failed."""
     session = factory.create(source.model, provider, source.supplied)
     del source
@@ -219,6 +267,7 @@ def run_model(
     results = []
     for feeds in runs:
         outputs = _run(session, feeds)
+        del feeds  # (before the next is made: runs may make big feeds one at a time)
         if isinstance(outputs, str):
             return outputs
         results.append(outputs)

@@ -99,9 +99,7 @@ class PendingFold:
     def bias(self) -> np.ndarray:
         return self.biases[self.start : self.start + self.pair.channels]
 
-    def finish(
-        self, view: GraphView, names: NameAllocator, vanished: set[str], maybe_dead: set[str]
-    ) -> Folded:
+    def finish(self, view: GraphView, names: NameAllocator) -> Folded:
         """Write the bias, let the Conv take over the BatchNormalization's output, and say so
         (as `fold._fold_one` does)."""
         pair = self.pair
@@ -113,8 +111,6 @@ class PendingFold:
         else:
             stem = conv_name or pair.source
             view.set_constant_input(pair.conv_index, 2, self.bias, f"{stem}_bnfold_bias", names)
-        vanished.add(pair.source)
-        maybe_dead.update(pair.param_names)
         output = view.bypass(pair.bn_index, pair.conv_index, pair.param_names)
         verb = "updated" if pair.bias is not None else "added"
         how = f"scaled {pair.channels} output channels; bias {verb}"

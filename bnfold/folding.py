@@ -247,23 +247,21 @@ def _fold_graph(
         context.names.index(view)
         inner = (g for i in view.holders for _, g in subgraphs(view.nodes[i]))
         context.nodes_indexed = len(view.nodes) + sum(map(count_nodes, inner))
-    vanished: set[str] = set()
-    maybe_dead: set[str] = set()
     pending = fold_conv_batchnorm_weights(view, pairs, context.spill, context.chunk_bytes)
     del pairs
     for index in _visited_positions(view):
         if view.op_types[index] == "BatchNormalization":
             record: Folded | Skipped
             if index in pending:  # (popped: each pair's memory goes as its fold completes)
-                record = pending.pop(index).finish(view, context.names, vanished, maybe_dead)
+                record = pending.pop(index).finish(view, context.names)
             else:
-                record = _fold_one(view, index, context, vanished, maybe_dead)
+                record = _fold_one(view, index, context)
             if isinstance(record, Folded):
                 context.folded.append(record)
             else:
                 context.skipped.append(record)
         elif not context.refusal and index not in view.removed_nodes:
-            _fold_affine_either_way(view, index, context, vanished, maybe_dead)
+            _fold_affine_either_way(view, index, context)
     for index in view.holders:
         if index in view.removed_nodes:
             continue
@@ -278,8 +276,7 @@ def _fold_graph(
                     "whose use of it is unknown"
                 )
                 _skip_all(sub, context, sub_path, reason)
-    vanished |= view.remove_dead(maybe_dead)
-    view.commit(vanished)
+    view.finish()
     context.removed += len(view.removed_nodes)
 
 
@@ -294,9 +291,7 @@ def _visited_positions(view: GraphView) -> list[int]:
     ]
 
 
-def _fold_affine(
-    view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
-) -> Folded | Skipped | None:
+def _fold_affine(view: GraphView, index: int, context: _Context) -> Folded | Skipped | None:
     """Fold a Mul/Add by a per-channel constant into the linear layer before it, if exact;
     Skipped (with the reason) where such a Mul/Add cannot fold into the layer before it. Ordinary
     Mul/Add nodes are not recorded."""
@@ -318,9 +313,7 @@ def _fold_affine(
         reason = f"{what} a per-channel constant after {producer.op_type}: {plan}"
         return Skipped(node_label(node), node.output[0], reason, view.path)
     into = node_label(producer)
-    into_op = _apply(plan, view, producer_index, context, maybe_dead)
-    vanished.add(data)
-    maybe_dead.update(name for name in node.input if name and name != data)
+    into_op = _apply(plan, view, producer_index, context)
     view.bypass(index, found.writer)  # the layer, or the last Transpose after it
     how = (
         f"Mul by a per-channel constant; {plan.how}"
@@ -332,24 +325,20 @@ def _fold_affine(
     return Folded(node_label(node), node.output[0], into, into_op, how, view.path)
 
 
-def _fold_affine_either_way(
-    view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
-) -> None:
+def _fold_affine_either_way(view: GraphView, index: int, context: _Context) -> None:
     """A Mul/Add: into the layer before it, else into the Gemm/MatMul after it; recorded as left
     only where it is BN-like next to a layer and neither way folds."""
-    backward = _fold_affine(view, index, context, vanished, maybe_dead)
+    backward = _fold_affine(view, index, context)
     if isinstance(backward, Folded):
         context.folded_affine.append(backward)
         return
-    forward = _fold_affine_forward(view, index, context, maybe_dead)
+    forward = _fold_affine_forward(view, index, context)
     context.folded_affine.extend(forward)
     if backward is not None and not forward:
         context.skipped_affine.append(backward)
 
 
-def _fold_affine_forward(
-    view: GraphView, index: int, context: _Context, maybe_dead: set[str]
-) -> list[Folded]:
+def _fold_affine_forward(view: GraphView, index: int, context: _Context) -> list[Folded]:
     """Fold a run of Mul/Add by per-feature constants into the Gemm/MatMul reading it, if exact
     (`affine.read_affine_forward`): one record per node. Ordinary Mul/Add are not recorded."""
     try:
@@ -364,12 +353,11 @@ def _fold_affine_forward(
         return []
     layer = view.nodes[layer_index]
     into = node_label(layer)
-    into_op = _apply(plan, view, layer_index, context, maybe_dead)
+    into_op = _apply(plan, view, layer_index, context)
     records = []
     for position in reversed(run):  # the layer reads the run's data, node by node
         node = view.nodes[position]
         source = data if position == run[0] else view.nodes[run[run.index(position) - 1]].output[0]
-        maybe_dead.update(name for name in node.input if name and name != source)
         view.absorb_into_consumer(position, layer_index, source=source)
         what = "Mul by" if node.op_type == "Mul" else "Add of"
         how = f"{what} a per-feature constant before it, folded forward; {plan.how}"
@@ -393,9 +381,7 @@ def _plain_message(exc: BaseException) -> str:
     return lines[0] if lines else "unreadable"
 
 
-def _fold_one(
-    view: GraphView, index: int, context: _Context, vanished: set[str], maybe_dead: set[str]
-) -> Folded | Skipped:
+def _fold_one(view: GraphView, index: int, context: _Context) -> Folded | Skipped:
     bn_node = view.nodes[index]
     label = node_label(bn_node)
     output = bn_node.output[0] if bn_node.output else ""
@@ -410,19 +396,17 @@ def _fold_one(
         # do not fold.
         decision = f"its attributes or constants are malformed ({_plain_message(exc)})"
     if isinstance(forward, tuple):
-        return _apply_forward(forward, view, index, context, vanished, maybe_dead)
+        return _apply_forward(forward, view, index, context)
     if isinstance(decision, str):
         reason = decision if forward is None else f"{decision}; and forward: {forward}"
         return Skipped(label, output, reason, view.path)
     producer_index, plan, bn = decision
     into = node_label(view.nodes[producer_index])  # before the fold renames its output
     if isinstance(plan, SplitPlan):  # the layers before a Concat, each with its slice
-        folded = [_apply(part, view, layer, context, maybe_dead) for layer, part in plan.parts]
+        folded = [_apply(part, view, layer, context) for layer, part in plan.parts]
         into_op = "+".join(dict.fromkeys(folded))
     else:
-        into_op = _apply(plan, view, producer_index, context, maybe_dead)
-    vanished.add(bn.input)
-    maybe_dead.update(name for name in bn_node.input[1:] if name)
+        into_op = _apply(plan, view, producer_index, context)
     view.bypass(index, view.producer[bn.input])  # the producer, or the Reshape after it
     return Folded(label, output, into, into_op, plan.how, view.path)
 
@@ -462,13 +446,11 @@ def _shared_forward_reason(view: GraphView, bn_node: onnx.NodeProto) -> str | No
     return f"its output '{output}' is read {times} times, not only by the {linear[0]} after it"
 
 
-def _apply_forward(forward, view, index, context, vanished, maybe_dead) -> Folded:
+def _apply_forward(forward, view, index, context) -> Folded:
     linear_index, plan, bn, reader_index = forward  # reader: the linear layer or a Flatten
     bn_node = view.nodes[index]
     into = node_label(view.nodes[linear_index])
-    into_op = _apply(plan, view, linear_index, context, maybe_dead)
-    vanished.add(bn.output)
-    maybe_dead.update(name for name in bn_node.input[1:] if name)
+    into_op = _apply(plan, view, linear_index, context)
     view.absorb_into_consumer(index, reader_index)
     return Folded(node_label(bn_node), bn.output, into, into_op, plan.how, view.path)
 
@@ -499,14 +481,10 @@ def _no_producer_reason(view: GraphView, name: str) -> str:
     return f"its input '{name}' is {where}: no layer before it to fold into"
 
 
-def _apply(
-    plan: FoldPlan, view: GraphView, producer_index: int, context: _Context, maybe_dead: set[str]
-) -> str:
+def _apply(plan: FoldPlan, view: GraphView, producer_index: int, context: _Context) -> str:
     producer = view.nodes[producer_index]
     stem = producer.name or producer.output[0]
     for update in plan.updates:
-        if update.slot < len(producer.input) and producer.input[update.slot]:
-            maybe_dead.add(producer.input[update.slot])
         view.set_constant_input(
             producer_index, update.slot, update.value, f"{stem}_bnfold_{update.role}", context.names
         )

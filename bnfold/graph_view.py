@@ -231,11 +231,13 @@ class Readers(dict):
 
 
 class GraphView:
-    """Producer/consumer index and constant lookup for one graph.
+    """Producer/consumer index and constant lookup for one graph, and its editor.
 
-    Node positions stay valid until `remove_nodes`, which the pass calls once at the end.
-    A consumer is counted once per input slot; a value read inside a subgraph counts as consumed
-    by the node that holds the subgraph.
+    The edits (`set_constant_input`, `bypass`, `absorb_into_consumer`) keep the index up to
+    date and their own books: the names that lost a reader and the tensors that no longer exist.
+    `finish()`, called once at the end, removes what nothing reads any more and deletes the
+    removed nodes; node positions stay valid until then. A consumer is counted once per input
+    slot; a value read inside a subgraph counts as consumed by the node that holds the subgraph.
     """
 
     def __init__(
@@ -274,6 +276,8 @@ class GraphView:
         self.budget = budget if budget is not None else EvaluationBudget()
         self.evaluated_nodes: set[int] = set()  # pure nodes computed at fold time
         self.removed_nodes: set[int] = set()
+        self._orphaned: set[str] = set()  # lost a reader to an edit: removed if unread at the end
+        self._vanished: set[str] = set()  # no longer exist: their value_info goes at the end
         self._inferred_ranks = inferred_ranks
         self._declared_ranks: dict[str, int] | None = None
         self._proven_ranks: dict[str, int | None] = {}  # (`_rank_within`)
@@ -506,6 +510,7 @@ class GraphView:
         self.consumers.add(name, node_index)
         if old:
             self.consumers.remove(old, node_index)
+            self._orphaned.add(old)
         return name
 
     def _home_for_new_constants(self) -> GraphView:
@@ -543,8 +548,8 @@ class GraphView:
 
     def bypass(self, bn_index: int, producer_index: int, inputs: list[str] | None = None) -> str:
         """Remove a folded node (BatchNormalization, Mul, Add): its producer takes over its
-        output tensor; its other inputs lose a reader. `inputs`: the node's inputs, when the
-        caller has them. Returns the output taken over."""
+        output tensor (the producer's own output vanishes); its other inputs lose a reader.
+        `inputs`: the node's inputs, when the caller has them. Returns the output taken over."""
         bn = self.nodes[bn_index]
         outputs = self.nodes[producer_index].output
         old_output, new_output = outputs[0], bn.output[0]
@@ -554,9 +559,12 @@ class GraphView:
         del producer[old_output]
         consumers = self.consumers
         consumers.pop(old_output, None)
+        orphaned = self._orphaned
         for name in bn.input[:] if inputs is None else inputs:
             if name and name != old_output:
                 consumers.remove(name, bn_index)
+                orphaned.add(name)
+        self._vanished.add(old_output)
         self.removed_nodes.add(bn_index)
         return new_output
 
@@ -575,11 +583,20 @@ class GraphView:
         for name in bn.input[:]:
             if name and name != source:
                 self.consumers.remove(name, bn_index)
+                self._orphaned.add(name)
         del self.producer[output]
         self.consumers.pop(output, None)
+        self._vanished.add(output)
         self.removed_nodes.add(bn_index)
 
-    def remove_dead(self, candidates: set[str]) -> set[str]:
+    def finish(self) -> None:
+        """End the edits: remove what they left unread (initializers, Constant and evaluated
+        nodes, transitively), delete the removed nodes and the value_info of every tensor that
+        no longer exists."""
+        self._vanished |= self._remove_dead(self._orphaned)
+        self._commit(self._vanished)
+
+    def _remove_dead(self, candidates: set[str]) -> set[str]:
         """Remove the initializers and Constant/evaluated nodes among `candidates` (and their
         inputs, transitively) that nothing reads any more. Returns the names that disappeared."""
         unread = candidates - self.consumers.keys() - self.output_names
@@ -630,7 +647,7 @@ class GraphView:
             _delete_flagged(self.graph.input, [info.name in names for info in self.graph.input])
             self.input_names -= names
 
-    def commit(self, vanished: set[str]) -> None:
+    def _commit(self, vanished: set[str]) -> None:
         """Delete the removed nodes and the value_info of tensors that no longer exist."""
         if self.removed_nodes:
             removed = self.removed_nodes

@@ -163,6 +163,17 @@ def test_mul_add_before_a_dense_layer_fold_forward(rng, ops, layer, trans_b):
     assert bnfold.fold(result.model).model == result.model
 
 
+def test_what_a_forward_fold_removes_leaves_no_value_info(rng):
+    """The value_info of the folded Mul/Add's outputs goes with them (the editor's books)."""
+    model = before_linear([("Mul", [K], False), ("Add", [K], False)], rng)
+    for name in ("t0", "t1"):
+        model.graph.value_info.append(value_info(name, TensorProto.FLOAT, ["N", K]))
+    result = bnfold.fold(model)
+    assert len(result.folded_affine) == 2
+    assert not result.model.graph.value_info
+    check_full(result.model)
+
+
 @pytest.mark.parametrize(
     ("ops", "why"),
     [

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .affine import AFFINE_OPS, read_affine, read_affine_forward
 from .batched import CHUNK_BYTES, checked_names, find_pairs, fold_conv_batchnorm_weights
-from .batchnorm import read_batchnorm
 from .constant_eval import EvaluationBudget
 from .element_types import inferred_element_types
 from .errors import InputError
@@ -45,15 +43,12 @@ from .model_io import (
     load_model_and_sources,
     require_external_data_loaded,
 )
-from .producers import PLANNERS, FoldPlan
-from .producers.backward import BACKWARD_RULES
-from .producers.base import SplitPlan, shared_output_reason
-from .producers.forward import FORWARD_LAYERS, FORWARD_RULES, plan_forward
+from .producers.registry import RULES, NodeRules, conv_pairs_batchable
+from .producers.rule import Match, Skip
 from .producers.through_reshape import LAYOUT_OPS
 from .records import Folded, FoldResult, Skipped
 from .tensor_data import DataFile
 
-LINEAR_LAYERS = "a Conv, ConvTranspose, Gemm or MatMul"
 # What malformed attributes or tensors raise while a fold is decided: then the node is not folded.
 ANALYSIS_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError)
 
@@ -207,6 +202,16 @@ class _Context:
             else None
         )
 
+    def record(self, family: str, outcome: list[Folded] | Skipped | None) -> None:
+        """Keep a node's records with its family's (BatchNormalization, or Mul/Add)."""
+        if outcome is None:
+            return
+        affine = family == "affine"
+        if isinstance(outcome, Skipped):
+            (self.skipped_affine if affine else self.skipped).append(outcome)
+        else:
+            (self.folded_affine if affine else self.folded).extend(outcome)
+
     def inferred_ranks(self) -> dict[str, int]:
         return self.ranks
 
@@ -238,7 +243,8 @@ def _fold_graph(
     )
     # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
     # fold is completed (or decided, for the rest) one by one, in node order.
-    pairs = [] if context.refusal or not context.batched else find_pairs(view, context.opset)
+    batchable = context.batched and not context.refusal and conv_pairs_batchable()
+    pairs = find_pairs(view, context.opset) if batchable else []
     if parent is None:  # the main graph, before any edit
         problem = indexed_structure_problem(view, checked_names(pairs))
         if problem:
@@ -250,18 +256,13 @@ def _fold_graph(
     pending = fold_conv_batchnorm_weights(view, pairs, context.spill, context.chunk_bytes)
     del pairs
     for index in _visited_positions(view):
-        if view.op_types[index] == "BatchNormalization":
-            record: Folded | Skipped
-            if index in pending:  # (popped: each pair's memory goes as its fold completes)
-                record = pending.pop(index).finish(view, context.names)
-            else:
-                record = _fold_one(view, index, context)
-            if isinstance(record, Folded):
-                context.folded.append(record)
-            else:
-                context.skipped.append(record)
-        elif not context.refusal and index not in view.removed_nodes:
-            _fold_affine_either_way(view, index, context)
+        if index in view.removed_nodes:  # (a Mul/Add folded forward with the one before it)
+            continue
+        rules = RULES[view.op_types[index]]
+        if index in pending:  # (popped: each pair's memory goes as its fold completes)
+            context.record(rules.family, [pending.pop(index).finish(view, context.names)])
+        else:
+            context.record(rules.family, _fold_node(view, index, rules, context))
     for index in view.holders:
         if index in view.removed_nodes:
             continue
@@ -283,7 +284,7 @@ def _fold_graph(
 def _visited_positions(view: GraphView) -> list[int]:
     """Positions of the default-domain BatchNormalization, Mul and Add nodes, in node order
     (a fold never turns a node into one of these or one of these into something else)."""
-    wanted = ("BatchNormalization", *AFFINE_OPS)
+    wanted = tuple(RULES)
     return [
         index
         for index, (op_type, domain) in enumerate(zip(view.op_types, view.domains, strict=True))
@@ -291,78 +292,58 @@ def _visited_positions(view: GraphView) -> list[int]:
     ]
 
 
-def _fold_affine(view: GraphView, index: int, context: _Context) -> Folded | Skipped | None:
-    """Fold a Mul/Add by a per-channel constant into the linear layer before it, if exact;
-    Skipped (with the reason) where such a Mul/Add cannot fold into the layer before it. Ordinary
-    Mul/Add nodes are not recorded."""
+def _fold_node(
+    view: GraphView, index: int, rules: NodeRules, context: _Context
+) -> list[Folded] | Skipped | None:
+    """Ask the node's rules (`producers.registry`) and make the first fold they match: its
+    records; else the node's `Skipped` record (None: nothing to say, an ordinary Mul/Add)."""
     node = view.nodes[index]
-    try:
-        found = read_affine(node, view, PLANNERS)
-        if found is None:
-            return None
-        producer_index, affine, data = found.layer, found.affine, found.data
-        producer = view.nodes[producer_index]
-        if view.sole_consumer(data) != index:
-            plan: FoldPlan | str = shared_output_reason(view, data, producer)
-        else:
-            plan = PLANNERS[producer.op_type](producer, view, affine, context.opset)
-    except ANALYSIS_ERRORS:
+    if context.refusal:
+        answer: Match | Skip | None = Skip(context.refusal) if rules.family == "batchnorm" else None
+    else:
+        answer = _decide(view, index, node, rules, context.opset)
+    if isinstance(answer, Match):
+        return answer.apply(view, context.names)
+    if answer is None:
         return None
-    if isinstance(plan, str):
-        what = "a Mul by" if node.op_type == "Mul" else "an Add of"
-        reason = f"{what} a per-channel constant after {producer.op_type}: {plan}"
-        return Skipped(node_label(node), node.output[0], reason, view.path)
-    into = node_label(producer)
-    into_op = _apply(plan, view, producer_index, context)
-    view.bypass(index, found.writer)  # the layer, or the last Transpose after it
-    how = (
-        f"Mul by a per-channel constant; {plan.how}"
-        if node.op_type == "Mul"
-        else "Add of a per-channel constant, moved into the bias"
+    return Skipped(
+        node_label(node), node.output[0] if node.output else "", answer.reason, view.path
     )
-    if found.path:
-        how += f"; through {found.path}, unchanged"
-    return Folded(node_label(node), node.output[0], into, into_op, how, view.path)
 
 
-def _fold_affine_either_way(view: GraphView, index: int, context: _Context) -> None:
-    """A Mul/Add: into the layer before it, else into the Gemm/MatMul after it; recorded as left
-    only where it is BN-like next to a layer and neither way folds."""
-    backward = _fold_affine(view, index, context)
-    if isinstance(backward, Folded):
-        context.folded_affine.append(backward)
-        return
-    forward = _fold_affine_forward(view, index, context)
-    context.folded_affine.extend(forward)
-    if backward is not None and not forward:
-        context.skipped_affine.append(backward)
-
-
-def _fold_affine_forward(view: GraphView, index: int, context: _Context) -> list[Folded]:
-    """Fold a run of Mul/Add by per-feature constants into the Gemm/MatMul reading it, if exact
-    (`affine.read_affine_forward`): one record per node. Ordinary Mul/Add are not recorded."""
+def _decide(
+    view: GraphView, index: int, node: onnx.NodeProto, rules: NodeRules, opset: int
+) -> Match | Skip | None:
+    """The first Match of the rule groups, in order (within a group the first rule with an
+    answer decides); else the groups' reasons as one Skip; None if no rule applies. Malformed
+    attributes or tensors (a rule raising) mean: do not fold; a BatchNormalization says so."""
+    reasons: list[str] = []
     try:
-        found = read_affine_forward(index, view)
-        if found is None:
-            return []
-        run, affine, data, layer_index = found
-        plan = plan_forward(view.nodes[layer_index], view, affine, context.opset, view.rank(data))
-    except ANALYSIS_ERRORS:
-        return []
-    if isinstance(plan, str):
-        return []
-    layer = view.nodes[layer_index]
-    into = node_label(layer)
-    into_op = _apply(plan, view, layer_index, context)
-    records = []
-    for position in reversed(run):  # the layer reads the run's data, node by node
-        node = view.nodes[position]
-        source = data if position == run[0] else view.nodes[run[run.index(position) - 1]].output[0]
-        view.absorb_into_consumer(position, layer_index, source=source)
-        what = "Mul by" if node.op_type == "Mul" else "Add of"
-        how = f"{what} a per-feature constant before it, folded forward; {plan.how}"
-        records.append(Folded(node_label(node), node.output[0], into, into_op, how, view.path))
-    return records[::-1]
+        subject = rules.read(view, index, node, opset)
+        if isinstance(subject, Skip):
+            return subject
+        for direction, group in rules.groups:
+            answer = _first_answer(group, view, index, subject, opset, rules.family)
+            if isinstance(answer, Match):
+                return answer
+            if answer is not None:
+                reasons.append(f"; and {direction}: {answer.reason}" if reasons else answer.reason)
+    except ANALYSIS_ERRORS as exc:
+        return Skip(f"its attributes or constants are malformed ({_plain_message(exc)})")
+    return Skip("".join(reasons)) if reasons else None
+
+
+def _first_answer(group, view, index, subject, opset, family) -> Match | Skip | None:
+    for rule in group:
+        try:
+            answer = rule(view, index, subject, opset)
+        except ANALYSIS_ERRORS:
+            if family == "batchnorm":
+                raise
+            answer = None  # (a Mul/Add that trips a rule is no BatchNormalization to it)
+        if answer is not None:
+            return answer
+    return None
 
 
 def _skip_all(graph: onnx.GraphProto, context: _Context, path: str, reason: str) -> None:
@@ -379,129 +360,6 @@ def _plain_message(exc: BaseException) -> str:
     """An exception's message for a user: its first line, without the exception's type."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else "unreadable"
-
-
-def _fold_one(view: GraphView, index: int, context: _Context) -> Folded | Skipped:
-    bn_node = view.nodes[index]
-    label = node_label(bn_node)
-    output = bn_node.output[0] if bn_node.output else ""
-
-    forward = None
-    try:
-        decision = context.refusal or _decide(view, index, bn_node, context.opset)
-        if isinstance(decision, str) and not context.refusal:
-            forward = _decide_forward(view, index, bn_node, context.opset)
-    except ANALYSIS_ERRORS as exc:
-        # Malformed attributes or tensors (e.g. dims that do not match the data): when in doubt,
-        # do not fold.
-        decision = f"its attributes or constants are malformed ({_plain_message(exc)})"
-    if isinstance(forward, tuple):
-        return _apply_forward(forward, view, index, context)
-    if isinstance(decision, str):
-        reason = decision if forward is None else f"{decision}; and forward: {forward}"
-        return Skipped(label, output, reason, view.path)
-    producer_index, plan, bn = decision
-    into = node_label(view.nodes[producer_index])  # before the fold renames its output
-    if isinstance(plan, SplitPlan):  # the layers before a Concat, each with its slice
-        folded = [_apply(part, view, layer, context) for layer, part in plan.parts]
-        into_op = "+".join(dict.fromkeys(folded))
-    else:
-        into_op = _apply(plan, view, producer_index, context)
-    view.bypass(index, view.producer[bn.input])  # the producer, or the Reshape after it
-    return Folded(label, output, into, into_op, plan.how, view.path)
-
-
-def _decide_forward(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
-    """(linear index, plan, BatchNorm, reader index) to fold the BN into the layer after it (a
-    forward rule's decision); a reason if such a layer follows but the fold is not exact; None
-    if no such layer follows."""
-    bn = read_batchnorm(bn_node, opset, view)
-    if isinstance(bn, str):
-        return None
-    reader_index = view.sole_consumer(bn.output)
-    if reader_index is None:
-        return _shared_forward_reason(view, bn_node)
-    if view.domains[reader_index] not in ONNX_DOMAINS:
-        return None
-    for rule in FORWARD_RULES:
-        decision = rule(view, reader_index, bn, opset)
-        if decision is not None:
-            if isinstance(decision, str):
-                return decision
-            layer_index, plan, reader = decision
-            return layer_index, plan, bn, reader
-    return None
-
-
-def _shared_forward_reason(view: GraphView, bn_node: onnx.NodeProto) -> str | None:
-    """Why a linear layer reading the BN output cannot absorb it when others read it too."""
-    output = bn_node.output[0]
-    readers = [view.nodes[i] for i in view.consumers.of(output)]
-    linear = [r.op_type for r in readers if r.op_type in FORWARD_LAYERS]
-    if not linear:
-        return None
-    if output in view.output_names:
-        return f"its output '{output}' is also a graph output"
-    times = len(readers)
-    return f"its output '{output}' is read {times} times, not only by the {linear[0]} after it"
-
-
-def _apply_forward(forward, view, index, context) -> Folded:
-    linear_index, plan, bn, reader_index = forward  # reader: the linear layer or a Flatten
-    bn_node = view.nodes[index]
-    into = node_label(view.nodes[linear_index])
-    into_op = _apply(plan, view, linear_index, context)
-    view.absorb_into_consumer(index, reader_index)
-    return Folded(node_label(bn_node), bn.output, into, into_op, plan.how, view.path)
-
-
-def _decide(view: GraphView, index: int, bn_node: onnx.NodeProto, opset: int):
-    """(producer index, plan, BatchNorm) if a backward rule allows the fold, else the reason."""
-    bn = read_batchnorm(bn_node, opset, view)
-    if isinstance(bn, str):
-        return bn
-    producer_index = view.producer.get(bn.input)
-    if producer_index is None:
-        return _no_producer_reason(view, bn.input)
-    for rule in BACKWARD_RULES:
-        decision = rule(view, index, bn, opset)
-        if decision is not None:
-            return decision if isinstance(decision, str) else (*decision, bn)
-    producer = view.nodes[producer_index]
-    return f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}"
-
-
-def _no_producer_reason(view: GraphView, name: str) -> str:
-    if name in view.input_names:
-        where = "a graph input"
-    elif name in view.initializers:
-        where = "an initializer"
-    else:
-        where = "a value of the enclosing graph"
-    return f"its input '{name}' is {where}: no layer before it to fold into"
-
-
-def _apply(plan: FoldPlan, view: GraphView, producer_index: int, context: _Context) -> str:
-    producer = view.nodes[producer_index]
-    stem = producer.name or producer.output[0]
-    for update in plan.updates:
-        view.set_constant_input(
-            producer_index, update.slot, update.value, f"{stem}_bnfold_{update.role}", context.names
-        )
-    if plan.new_op_type:
-        producer.op_type = view.op_types[producer_index] = plan.new_op_type
-    for name, value in plan.new_attributes.items():
-        _set_attribute(producer, name, value)
-    return producer.op_type
-
-
-def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
-    new = onnx.helper.make_attribute(name, value)
-    for attr in node.attribute:
-        if attr.name == name:
-            attr.CopyFrom(new)
-            return
-    node.attribute.append(new)
 
 
 def _needs_ranks(graph: onnx.GraphProto, op_types: set[str] | None = None) -> bool:

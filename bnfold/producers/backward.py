@@ -1,66 +1,89 @@
-"""The backward rules: a BatchNormalization folded into what computes its input. Each rule has
-one shape,
+"""The backward rules: a BatchNormalization folded into what computes its input. Each has the
+rule protocol's shape (`rule.py`),
 
-    rule(view, bn_index, bn, opset) -> (layer index, plan) | reason | None
+    rule(view, bn_index, bn, opset) -> Match | Skip | None
 
-None: the rule does not apply to this BatchNormalization (the next one is asked); a reason: it
-applies, and the fold is not exact (that is the BN's record); a plan (`FoldPlan`, or `SplitPlan`
-for several nodes): the pass applies it and the node writing the BN's input takes over its
-output. `BACKWARD_RULES` is the order they are asked in: a new rule is a function (in its own
-module) and one line there.
+with `bn` the node read as a `BatchNorm`. A Match folds the BN's scale and shift into the layer
+(or the layers before a Concat) and the node writing the BN's input takes over its output.
+`BACKWARD_RULES` is the order they are asked in; the last always answers (why no layer before it
+can take the BN).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..batchnorm import BatchNorm
 from ..graph_view import GraphView
-from ..graphs import ONNX_DOMAINS
+from ..graphs import ONNX_DOMAINS, node_label
 from . import PLANNERS
-from .base import FoldPlan, SplitPlan, shared_output_reason
-from .concat import plan_concat_split
+from .base import shared_output_reason
+from .concat import LINEAR_LAYERS, plan_concat_split
+from .rule import Match, Rule, Skip, about_producers, bypassing
 from .through_reshape import LAYOUT_OPS, plan_through_layout
 
-Decision = tuple[int, FoldPlan | SplitPlan]
-BackwardRule = Callable[[GraphView, int, BatchNorm, int], Decision | str | None]
 
-
-def through_layout(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
+@about_producers(*LAYOUT_OPS)
+def through_layout(
+    view: GraphView, bn_index: int, bn: BatchNorm, opset: int
+) -> Match | Skip | None:
     """Reshape/Transpose/Identity between a layer and the BN (`through_reshape.py`,
     `linear_nd.py`)."""
     if _producer_op(view, bn) not in LAYOUT_OPS:
         return None
-    return plan_through_layout(view, bn.input, bn_index, bn.affine, opset)
+    decision = plan_through_layout(view, bn.input, bn_index, bn.affine, opset)
+    if decision is None:
+        return None
+    if isinstance(decision, str):
+        return Skip(decision)
+    layer_index, plan = decision
+    return bypassing(bn_index, view.producer[bn.input], layer_index, plan)
 
 
-def concat_split(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
+@about_producers("Concat")
+def concat_split(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Match | Skip | None:
     """A channel Concat of layers before the BN, split per input (`concat.py`)."""
     if _producer_op(view, bn) != "Concat":
         return None
     concat_index = view.producer[bn.input]
     split = plan_concat_split(view, concat_index, bn.affine, opset)
     if isinstance(split, str):  # (said first: the layers before it are the usual obstacle)
-        return split
+        return Skip(split)
     if view.sole_consumer(bn.input) != bn_index:
-        return shared_output_reason(view, bn.input, view.nodes[concat_index])
-    return concat_index, split
+        return Skip(shared_output_reason(view, bn.input, view.nodes[concat_index]))
+    return bypassing(bn_index, concat_index, concat_index, split)
 
 
-def into_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
-    """The layer right before the BN (one rule per layer kind: `PLANNERS`)."""
+@about_producers(*PLANNERS)
+def into_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Match | Skip | None:
+    """The layer right before the BN (one planner per layer kind: `PLANNERS`)."""
     op = _producer_op(view, bn)
     if op not in PLANNERS:
         return None
     layer_index = view.producer[bn.input]
     layer = view.nodes[layer_index]
     if view.sole_consumer(bn.input) != bn_index:
-        return shared_output_reason(view, bn.input, layer)
+        return Skip(shared_output_reason(view, bn.input, layer))
     plan = PLANNERS[op](layer, view, bn.affine, opset)
-    return plan if isinstance(plan, str) else (layer_index, plan)
+    if isinstance(plan, str):
+        return Skip(plan)
+    return bypassing(bn_index, layer_index, layer_index, plan)
 
 
-BACKWARD_RULES: tuple[BackwardRule, ...] = (through_layout, concat_split, into_layer)
+def no_layer_before(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Skip:
+    """Why nothing before the BN can take it (asked last: every other rule passed)."""
+    producer_index = view.producer.get(bn.input)
+    if producer_index is None:
+        if bn.input in view.input_names:
+            where = "a graph input"
+        elif bn.input in view.initializers:
+            where = "an initializer"
+        else:
+            where = "a value of the enclosing graph"
+        return Skip(f"its input '{bn.input}' is {where}: no layer before it to fold into")
+    producer = view.nodes[producer_index]
+    return Skip(f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}")
+
+
+BACKWARD_RULES: tuple[Rule, ...] = (through_layout, concat_split, into_layer, no_layer_before)
 
 
 def _producer_op(view: GraphView, bn: BatchNorm) -> str | None:

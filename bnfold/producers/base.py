@@ -1,7 +1,8 @@
 """What every producer rule shares: the plan it returns and reading its weight and bias.
 
-A rule answers *may I, and with which new constants?* by returning a `FoldPlan`, or a reason
-string when it may not. The pass (`bnfold.fold`) applies plans; rules never edit the graph.
+A layer's planner answers *may I, and with which new constants?* by returning a `FoldPlan`, or a
+reason string when it may not; the rules (`rule.py`) wrap plans in a `Match`, whose `apply` is
+the one place a fold edits the graph.
 """
 
 from __future__ import annotations

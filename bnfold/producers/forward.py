@@ -23,10 +23,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..batchnorm import BatchNorm
 from ..graph_view import GraphView
-from ..graphs import attributes, node_label
+from ..graphs import ONNX_DOMAINS, attributes, node_label
 from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
 from .base import FoldPlan, constant_input, rounded_updates
+from .rule import Absorb, Match, Rule, Skip
 
 
 def plan_forward(
@@ -154,20 +156,41 @@ def _padding_problem(attrs: dict, kernel: tuple[int, ...]) -> str | None:
     return None
 
 
-# ----- the forward rules: one shape, one ordered list --------------------------------------------
+# ----- the forward rules: the rule protocol's shape (`rule.py`), one ordered list -------------
 #
-#     rule(view, reader_index, bn, opset) -> (layer index, plan, reader index) | reason | None
+#     rule(view, bn_index, bn, opset) -> Match | Skip | None
 #
-# `reader_index`: the one node reading the BN's output. None: the rule does not apply; a reason:
-# it applies and the fold is not exact; a decision: the pass folds the BN into the layer, and
-# the reader (the layer, or a Flatten before it) reads the BN's input instead.
+# A Match folds the BN into the layer after it; the node reading the BN's output (the layer, or a
+# Flatten before it) reads the BN's input instead.
 
 FORWARD_LAYERS = ("Gemm", "MatMul", "Conv", "ConvTranspose")  # ConvTranspose: to say why not
 
 
-def through_flatten(view: GraphView, reader_index: int, bn, opset: int):
+def read_elsewhere(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Skip | None:
+    """A linear layer reads the BN's output, and so does something else (or it is a graph
+    output): the layer cannot absorb it. None when the output has one reader, or no linear
+    layer among its readers."""
+    if view.sole_consumer(bn.output) is not None:
+        return None
+    output = bn.output
+    readers = [view.nodes[i] for i in view.consumers.of(output)]
+    linear = [r.op_type for r in readers if r.op_type in FORWARD_LAYERS]
+    if not linear:
+        return None
+    if output in view.output_names:
+        return Skip(f"its output '{output}' is also a graph output")
+    times = len(readers)
+    return Skip(
+        f"its output '{output}' is read {times} times, not only by the {linear[0]} after it"
+    )
+
+
+def through_flatten(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     """BN → Flatten(axis=1) → Gemm/MatMul: channel c becomes the block of features c·HW ..
     c·HW + HW - 1 of the 2-D input."""
+    reader_index = _sole_reader(view, bn)
+    if reader_index is None:
+        return None
     flatten = view.nodes[reader_index]
     if flatten.op_type != "Flatten" or int(attributes(flatten).get("axis", 1)) != 1:
         return None
@@ -179,28 +202,47 @@ def through_flatten(view: GraphView, reader_index: int, bn, opset: int):
         return None
     affine = _repeat_per_block(bn.affine, linear, view)
     if affine is None:
-        return "the layer after its Flatten does not take a whole block of features per channel"
+        return Skip(
+            "the layer after its Flatten does not take a whole block of features per channel"
+        )
     plan = plan_forward(linear, view, affine, opset, 2)  # Flatten's output is 2-D
-    return plan if isinstance(plan, str) else (linear_index, plan, reader_index)
+    return _absorbed(bn_index, reader_index, linear_index, plan)
 
 
-def into_next_layer(view: GraphView, reader_index: int, bn, opset: int):
+def into_next_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     """BN → Gemm/MatMul (its first input), BN → Conv without padding."""
+    reader_index = _sole_reader(view, bn)
+    if reader_index is None:
+        return None
     layer = view.nodes[reader_index]
     if layer.op_type not in FORWARD_LAYERS:
         return None
     if layer.input[0] != bn.output:
-        return f"it feeds the weight side of {layer.op_type} '{node_label(layer)}'"
+        return Skip(f"it feeds the weight side of {layer.op_type} '{node_label(layer)}'")
     if layer.op_type in ("Conv", "ConvTranspose"):
         plan = plan_forward_conv(layer, view, bn.affine)
     else:
         rank = view.rank(bn.input)
         rank = rank if rank is not None else view.rank(bn.output)
         plan = plan_forward(layer, view, bn.affine, opset, rank)
-    return plan if isinstance(plan, str) else (reader_index, plan, reader_index)
+    return _absorbed(bn_index, reader_index, reader_index, plan)
 
 
-FORWARD_RULES = (through_flatten, into_next_layer)
+FORWARD_RULES: tuple[Rule, ...] = (read_elsewhere, through_flatten, into_next_layer)
+
+
+def _sole_reader(view: GraphView, bn: BatchNorm) -> int | None:
+    """The one default-domain node reading the BN's output, if it has exactly one reader."""
+    reader = view.sole_consumer(bn.output)
+    if reader is None or view.domains[reader] not in ONNX_DOMAINS:
+        return None
+    return reader
+
+
+def _absorbed(bn_index: int, reader: int, layer: int, plan: FoldPlan | str) -> Match | Skip:
+    if isinstance(plan, str):
+        return Skip(plan)
+    return Match(((layer, plan),), (Absorb(bn_index, reader, plan.how),), layer)
 
 
 def _repeat_per_block(affine: ChannelAffine, linear: onnx.NodeProto, view: GraphView):

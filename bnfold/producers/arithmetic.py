@@ -1,0 +1,74 @@
+"""The rules for a BatchNormalization written as arithmetic: a Mul and/or Add by per-channel
+constants (`bnfold.affine` reads them). Each has the rule protocol's shape (`rule.py`),
+
+    rule(view, index, node, opset) -> Match | Skip | None
+
+with `node` the Mul/Add itself. An ordinary Mul/Add (no constant per channel of a layer next
+to it) gets None from every rule, and no record.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..affine import read_affine, read_affine_forward
+from ..graph_view import GraphView
+from . import PLANNERS
+from .base import FoldPlan, shared_output_reason
+from .forward import plan_forward
+from .rule import Absorb, Bypass, Match, Rule, Skip
+
+
+def into_layer_before(
+    view: GraphView, index: int, node: onnx.NodeProto, opset: int
+) -> Match | Skip | None:
+    """A Mul/Add by a per-channel constant after a linear layer (directly, or through
+    Transposes/Identity that keep track of the channel axis): folded into the layer as a
+    BatchNormalization with scale k and shift 0 (Mul) or scale 1 and shift k (Add) is."""
+    found = read_affine(node, view, PLANNERS)
+    if found is None:
+        return None
+    producer = view.nodes[found.layer]
+    plan: FoldPlan | str
+    if view.sole_consumer(found.data) != index:
+        plan = shared_output_reason(view, found.data, producer)
+    else:
+        plan = PLANNERS[producer.op_type](producer, view, found.affine, opset)
+    if isinstance(plan, str):
+        what = "a Mul by" if node.op_type == "Mul" else "an Add of"
+        return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
+    how = (
+        f"Mul by a per-channel constant; {plan.how}"
+        if node.op_type == "Mul"
+        else "Add of a per-channel constant, moved into the bias"
+    )
+    if found.path:
+        how += f"; through {found.path}, unchanged"
+    return Match(((found.layer, plan),), (Bypass(index, found.writer, how),), found.layer)
+
+
+def forward_into_dense(
+    view: GraphView, index: int, node: onnx.NodeProto, opset: int
+) -> Match | None:
+    """A run of one or two Mul/Add by per-feature constants on the 2-D input of a Gemm/MatMul
+    (`affine.read_affine_forward`): folded forward as a BatchNormalization before the layer is
+    (`forward.plan_forward`); one record per node. Where the layer cannot absorb it, nothing is
+    said (the Mul/Add may be anything)."""
+    found = read_affine_forward(index, view)
+    if found is None:
+        return None
+    run, affine, data, layer_index = found
+    plan = plan_forward(view.nodes[layer_index], view, affine, opset, view.rank(data))
+    if isinstance(plan, str):
+        return None
+    removals = []
+    for at, position in reversed(list(enumerate(run))):  # the layer reads the run's last node
+        source = data if at == 0 else view.nodes[run[at - 1]].output[0]
+        what = "Mul by" if view.op_types[position] == "Mul" else "Add of"
+        how = f"{what} a per-feature constant before it, folded forward; {plan.how}"
+        removals.append(Absorb(position, layer_index, how, source))
+    return Match(((layer_index, plan),), tuple(removals), layer_index)
+
+
+BACKWARD_AFFINE_RULES: tuple[Rule, ...] = (into_layer_before,)
+FORWARD_AFFINE_RULES: tuple[Rule, ...] = (forward_into_dense,)

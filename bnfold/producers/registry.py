@@ -1,0 +1,70 @@
+"""Which rules the pass asks for which node: the rule lists by op type.
+
+For each node kind, `NodeRules` says what the rules read from the node (once, for all of them)
+and the groups of rules asked in order: backward (into the layer before), then forward (into
+the layer after). Within a group the first rule with an answer decides; the first `Match` of any
+group is made; otherwise the groups' `Skip` reasons are the node's record. A new rule is a
+function in its own module and one line in its group's list (`BACKWARD_RULES`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import onnx
+
+from ..affine import AFFINE_OPS
+from ..batchnorm import read_batchnorm
+from ..graph_view import GraphView
+from .arithmetic import BACKWARD_AFFINE_RULES, FORWARD_AFFINE_RULES
+from .backward import BACKWARD_RULES, into_layer
+from .forward import FORWARD_RULES
+from .rule import Rule, Skip
+
+
+@dataclass(frozen=True)
+class NodeRules:
+    """The rules for one kind of node. `family`: "batchnorm" nodes are always recorded (folded
+    or skipped, with the reason); "affine" ones (Mul/Add) only where a rule matched or said why
+    not: an ordinary Mul/Add is no BatchNormalization."""
+
+    read: Callable[[GraphView, int, onnx.NodeProto, int], Any]  # the subject, or a Skip
+    groups: tuple[tuple[str, tuple[Rule, ...]], ...]  # (direction, rules)
+    family: Literal["batchnorm", "affine"]
+
+
+def _batchnorm(view: GraphView, index: int, node: onnx.NodeProto, opset: int):
+    bn = read_batchnorm(node, opset, view)
+    return Skip(bn) if isinstance(bn, str) else bn
+
+
+def _the_node(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> onnx.NodeProto:
+    return node
+
+
+_AFFINE = NodeRules(
+    _the_node, (("backward", BACKWARD_AFFINE_RULES), ("forward", FORWARD_AFFINE_RULES)), "affine"
+)
+RULES: dict[str, NodeRules] = {
+    "BatchNormalization": NodeRules(
+        _batchnorm, (("backward", BACKWARD_RULES), ("forward", FORWARD_RULES)), "batchnorm"
+    ),
+    **dict.fromkeys(AFFINE_OPS, _AFFINE),
+}
+
+
+def conv_pairs_batchable() -> bool:
+    """Whether the plain Conv → BatchNormalization pairs may be folded together up front
+    (`bnfold.batched`: `into_layer`'s folds, vectorised): only while every backward rule asked
+    before `into_layer` declares (`rule.about_producers`) that it never answers about a Conv."""
+    rules = RULES["BatchNormalization"]
+    if rules.read is not _batchnorm:
+        return False
+    for rule in rules.groups[0][1]:
+        if rule is into_layer:
+            return True
+        if "Conv" in getattr(rule, "producer_ops", {"Conv"}):
+            return False
+    return False

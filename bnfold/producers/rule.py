@@ -1,0 +1,133 @@
+"""The rule protocol: every rule, whatever it folds, has one shape.
+
+    rule(view, index, subject, opset) -> Match | Skip | None
+
+`index` is the position of the node to fold (a BatchNormalization, or a Mul/Add written as one),
+`subject` what was read from it once for every rule (the `BatchNorm` of a BatchNormalization;
+the node itself for a Mul/Add). None: the rule does not apply (the next is asked); `Skip`: it
+applies, and the fold is not exact (the reason is the node's record); `Match`: the fold is exact,
+and `Match.apply` makes it. Rules only read the graph; `apply` is the one place a fold edits it,
+through the view's editor (which keeps its own books of what the edit leaves unread).
+
+A rule module holds the rule function, its maths in the docstring; it is added with one line in
+its ordered list (`backward.BACKWARD_RULES`, `forward.FORWARD_RULES`, the lists of
+`arithmetic.py`), which `registry.RULES` gives the pass by op type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import onnx
+
+from ..graph_view import GraphView, NameAllocator
+from ..graphs import node_label
+from ..records import Folded
+from .base import FoldPlan, SplitPlan
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The rule applies, and the fold is not exact: why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Bypass:
+    """The folded node leaves the graph: `writer` (the layer, or the last layout node after
+    it) takes over its output tensor."""
+
+    node: int
+    writer: int
+    how: str
+
+
+@dataclass(frozen=True)
+class Absorb:
+    """The folded node leaves the graph: `reader` (the layer after it, or a Flatten before the
+    layer) reads the node's data input (`source`; None: its first input) instead."""
+
+    node: int
+    reader: int
+    how: str
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """An exact fold: each layer's plan (new constants, op type, attributes), then the folded
+    nodes removed in this order; one `Folded` record per removed node, in node order, naming
+    `into` (the layer; the Concat of a split) as what they were folded into."""
+
+    layers: tuple[tuple[int, FoldPlan], ...]
+    removals: tuple[Bypass | Absorb, ...]
+    into: int
+
+    def apply(self, view: GraphView, names: NameAllocator) -> list[Folded]:
+        """Make the fold in `view` (new constants get names from `names`); its records."""
+        into = node_label(view.nodes[self.into])  # (before a bypass renames its output)
+        said = [
+            (node_label(view.nodes[r.node]), view.nodes[r.node].output[0]) for r in self.removals
+        ]
+        into_op = "+".join(dict.fromkeys(_rewrite(view, i, plan, names) for i, plan in self.layers))
+        for removal in self.removals:
+            if isinstance(removal, Bypass):
+                view.bypass(removal.node, removal.writer)
+            else:
+                view.absorb_into_consumer(removal.node, removal.reader, source=removal.source)
+        records = [
+            (r.node, Folded(label, output, into, into_op, r.how, view.path))
+            for r, (label, output) in zip(self.removals, said, strict=True)
+        ]
+        return [record for _, record in sorted(records, key=lambda pair: pair[0])]
+
+
+Rule = Callable[[GraphView, int, Any, int], "Match | Skip | None"]
+_R = TypeVar("_R")
+
+
+def about_producers(*op_types: str) -> Callable[[_R], _R]:
+    """Declare that a rule answers None unless the node computing its subject's input is one of
+    `op_types` (default domain). What the pass may do without asking it: the vectorised Conv →
+    BatchNormalization folds (`registry.conv_pairs_batchable`) skip rules that declare they
+    never answer about a Conv. An undeclared rule may answer about anything."""
+
+    def declared(rule: _R) -> _R:
+        rule.producer_ops = frozenset(op_types)  # type: ignore[attr-defined]
+        return rule
+
+    return declared
+
+
+def bypassing(node: int, writer: int, layer: int, plan: FoldPlan | SplitPlan) -> Match:
+    """The fold of a node into the layer(s) before it (`plan`: one layer's, or a split's over
+    several), `writer` taking over its output."""
+    layers = plan.parts if isinstance(plan, SplitPlan) else ((layer, plan),)
+    return Match(layers, (Bypass(node, writer, plan.how),), layer)
+
+
+def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) -> str:
+    """Give a layer its plan's constants, op type and attributes; its op type after."""
+    layer = view.nodes[index]
+    stem = layer.name or layer.output[0]
+    for update in plan.updates:
+        view.set_constant_input(
+            index, update.slot, update.value, f"{stem}_bnfold_{update.role}", names
+        )
+    if plan.new_op_type:
+        layer.op_type = view.op_types[index] = plan.new_op_type
+    for name, value in plan.new_attributes.items():
+        _set_attribute(layer, name, value)
+    return layer.op_type
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
+    new = onnx.helper.make_attribute(name, value)
+    for attr in node.attribute:
+        if attr.name == name:
+            attr.CopyFrom(new)
+            return
+    node.attribute.append(new)

@@ -1,0 +1,106 @@
+"""The rule protocol (`bnfold/producers/rule.py`): every rule of every list answers in one shape,
+only reads the graph, and a new rule is one function and one line in its list."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+
+import onnx
+import pytest
+
+import bnfold
+from bnfold.graph_view import GraphView
+from bnfold.graphs import default_opset
+from bnfold.producers import registry
+from bnfold.producers.backward import into_layer
+from bnfold.producers.rule import Absorb, Bypass, Match, Skip
+from tests.builders import MODELS, assert_same_function
+
+REAL_MODELS = sorted(glob.glob(str(MODELS / "*.onnx")))
+
+
+def every_answer(model: onnx.ModelProto):
+    """(op type, rule, answer) for every rule asked about every node of the main graph."""
+    opset = default_opset(model)
+    view = GraphView(model.graph, ir_version=model.ir_version, opset=opset)
+    for index, node in enumerate(view.nodes):
+        rules = registry.RULES.get(node.op_type)
+        if rules is None:
+            continue
+        subject = rules.read(view, index, node, opset)
+        if isinstance(subject, Skip):
+            yield node.op_type, rules.read, subject
+            continue
+        for _, group in rules.groups:
+            for rule in group:
+                yield node.op_type, rule, rule(view, index, subject, opset)
+
+
+@pytest.mark.parametrize("path", REAL_MODELS, ids=lambda p: p.rsplit("/", 1)[-1])
+def test_every_rule_answers_in_the_protocol_s_shape_and_only_reads(path):
+    model = onnx.load(path)
+    before = model.SerializeToString()
+    answers = list(every_answer(model))
+    assert any(isinstance(answer, Match) for _, _, answer in answers)
+    for op_type, rule, answer in answers:
+        assert answer is None or isinstance(answer, Match | Skip), (op_type, rule)
+        if isinstance(answer, Skip):
+            assert isinstance(answer.reason, str) and answer.reason, (op_type, rule)
+        if isinstance(answer, Match):
+            assert answer.layers and answer.removals, (op_type, rule)
+            assert all(isinstance(r, Bypass | Absorb) for r in answer.removals)
+    assert model.SerializeToString() == before  # asking never edits
+
+
+def test_the_batchnorm_rules_always_end_with_an_answer():
+    """The last backward rule says why nothing before a BN can take it: every BN gets a record."""
+    *_, last = registry.RULES["BatchNormalization"].groups[0][1]
+    model = onnx.load(REAL_MODELS[0])
+    opset = default_opset(model)
+    view = GraphView(model.graph, ir_version=model.ir_version, opset=opset)
+    for index, node in enumerate(view.nodes):
+        if node.op_type == "BatchNormalization":
+            subject = registry.RULES["BatchNormalization"].read(view, index, node, opset)
+            assert isinstance(last(view, index, subject, opset), Skip)
+
+
+def test_a_new_rule_is_one_function_and_one_line(monkeypatch):
+    """A rule put first in the backward list is asked first: here one that refuses every Conv
+    whose name starts with "keep", and otherwise lets the next rules answer."""
+
+    def keep_some(view, bn_index, bn, opset):
+        layer = view.producer.get(bn.input)
+        if layer is not None and view.nodes[layer].name.startswith("keep"):
+            return Skip("the layer before it is to be kept as it is")
+        return None
+
+    rules = registry.RULES["BatchNormalization"]
+    (direction, backward), *rest = rules.groups
+    changed = dataclasses.replace(rules, groups=((direction, (keep_some, *backward)), *rest))
+    assert registry.conv_pairs_batchable()
+    monkeypatch.setitem(registry.RULES, "BatchNormalization", changed)
+    assert not registry.conv_pairs_batchable()  # (it might answer about a Conv: it is asked)
+    model = onnx.load(MODELS / "resnet_tiny.onnx")
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.name = "keep_this_one"
+    result = bnfold.fold(model)
+    kept = [r for r in result.skipped if r.reason == "the layer before it is to be kept as it is"]
+    assert len(kept) == 1 and result.folded
+    assert_same_function(model, result.model)
+
+
+def test_a_rule_s_match_is_what_the_pass_makes():
+    """`Match.apply` edits through the view's editor; the records name the layer folded into."""
+    model = onnx.load(MODELS / "resnet_tiny.onnx")
+    opset = default_opset(model)
+    view = GraphView(model.graph, ir_version=model.ir_version, opset=opset)
+    index = next(i for i, n in enumerate(view.nodes) if n.op_type == "BatchNormalization")
+    bn = registry.RULES["BatchNormalization"].read(view, index, view.nodes[index], opset)
+    match = into_layer(view, index, bn, opset)
+    assert isinstance(match, Match)
+    layer = view.nodes[match.into]
+    records = match.apply(view, bnfold.graph_view.NameAllocator(model))
+    view.finish()
+    assert [r.into for r in records] == [layer.name] and records[0].into_op == "Conv"
+    assert len(model.graph.node) == len(view.nodes) - 1

@@ -36,7 +36,9 @@ Transposes around them); and, with the default optimizers, keras_mlp_bn (Dense �
 [1, 20]: Keras writes that BN as arithmetic, MatMul → Mul → Add in the ONNX), keras_cnn_bn
 (Conv2D → BN → ReLU → DepthwiseConv2D → BN → ReLU → pool → Dense, [1, 32, 32, 3]; tf2onnx folds
 both BNs into the Convs) and keras_cnn_bn_unfused (the same with BatchNormalization(fused=False):
-the depthwise Conv is followed by Mul → Add).
+the depthwise Conv is followed by Mul → Add); keras_mixconv (three Conv2D branches → Concatenate
+→ BN, [1, 16, 16, 8]) and keras_mixconv_unfused (its BN as Mul → Add after the Concat), each
+with and without the optimizers.
 It needs a TensorFlow environment with
 Keras 2 (TF 2.15) and an onnx that works with TF's ml_dtypes 0.3:
 
@@ -355,6 +357,27 @@ def _keras_cnn(fused: bool = True):
     return build
 
 
+def _keras_mixconv(fused: bool = True):
+    """MixConv block (NHWC): three Conv2D branches (kernels 1, 3, 5; 6, 5 and 5 filters) →
+    Concatenate → BN → ReLU → global average pool → Dense. fused=False: Keras computes the BN
+    as arithmetic, which tf2onnx writes as Mul → Add after the Concat."""
+
+    def build():
+        import tensorflow as tf
+        from tensorflow.keras import layers
+
+        inp = layers.Input((16, 16, 8))
+        branches = [
+            layers.Conv2D(width, kernel, padding="same")(inp)
+            for width, kernel in ((6, 1), (5, 3), (5, 5))
+        ]
+        x = layers.BatchNormalization(fused=fused)(layers.Concatenate()(branches))
+        out = layers.Dense(10)(layers.GlobalAveragePooling2D()(layers.ReLU()(x)))
+        return tf.keras.Model(inp, out, name="mixconv_bn")
+
+    return build
+
+
 # seed name: (builder, input shape, {file name: tf2onnx optimizers}); optimizers=None: all of
 # tf2onnx's optimizers; {}: none of them.
 KERAS_MODELS = {
@@ -369,6 +392,16 @@ KERAS_MODELS = {
         _keras_cnn(fused=False),
         (1, 32, 32, 3),
         {"keras_cnn_bn_unfused": None},
+    ),
+    "keras_mixconv": (
+        _keras_mixconv(),
+        (1, 16, 16, 8),
+        {"keras_mixconv": None, "keras_mixconv_noopt": {}},
+    ),
+    "keras_mixconv_unfused": (
+        _keras_mixconv(fused=False),
+        (1, 16, 16, 8),
+        {"keras_mixconv_unfused": None, "keras_mixconv_unfused_noopt": {}},
     ),
 }
 KERAS_FILES = [name for _, _, files in KERAS_MODELS.values() for name in files]

@@ -56,6 +56,13 @@ def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -
     return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
+def as_affine(op_type: str, values: np.ndarray) -> ChannelAffine:
+    """A Mul by `values` (scale, no shift) or an Add of them (shift) as a per-channel map."""
+    if op_type == "Mul":
+        return ChannelAffine(values, np.zeros_like(values))
+    return ChannelAffine(np.ones_like(values), values)
+
+
 @dataclass(frozen=True)
 class AffineMatch:
     """A Mul/Add by a per-channel constant after a linear layer: the layer, the map, the data
@@ -75,7 +82,7 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
     if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
-        found = _layer_before(view, data, producers)
+        found = layer_before(view, data, producers)
         if found is None:
             continue
         layer_index, chain = found
@@ -89,10 +96,7 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
         values = per_channel(constant, *shape, axis=axis) if isinstance(axis, int) else None
         if values is None or not np.isfinite(values).all():
             return None
-        if node.op_type == "Mul":
-            affine = ChannelAffine(values, np.zeros_like(values))
-        else:
-            affine = ChannelAffine(np.ones_like(values), values)
+        affine = as_affine(node.op_type, values)
         writer = chain[-1] if chain else layer_index
         path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
         return AffineMatch(layer_index, affine, data, writer, path)
@@ -102,7 +106,7 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
 MAX_CHAIN = 16  # Transpose/Identity nodes followed back from a Mul/Add to its layer
 
 
-def _layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, list[int]] | None:
+def layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, list[int]] | None:
     """(the linear layer computing `data`, the Transpose/Identity nodes in between, layer
     first, each read only by the next) or None."""
     chain: list[int] = []

@@ -9,14 +9,20 @@ to it) gets None from every rule, and no record.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import onnx
 
-from ..affine import read_affine, read_affine_forward
+from ..affine import as_affine, per_channel, read_affine, read_affine_forward
 from ..graph_view import GraphView
+from ..graphs import ONNX_DOMAINS
+from ..numerics import is_float
 from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
+from .concat import concat_channels, plan_concat_split
 from .forward import plan_forward
-from .rule import Absorb, Bypass, Match, Rule, Skip
+from .rule import Absorb, Bypass, Match, Rule, Skip, bypassing
 
 
 def into_layer_before(
@@ -47,6 +53,46 @@ def into_layer_before(
     return Match(((found.layer, plan),), (Bypass(index, found.writer, how),), found.layer)
 
 
+def split_after_concat(
+    view: GraphView, index: int, node: onnx.NodeProto, opset: int
+) -> Match | Skip | None:
+    """A Mul/Add by a per-channel constant after a Concat of layers that joins on the axis their
+    channels are on (axis 1; the last axis in NHWC, behind Transposes): split by channel and
+    folded slice by slice into the layers, as a BatchNormalization there is (`concat.py`). The
+    constant is per-channel if it broadcasts along that axis alone of the Concat's output, whose
+    channels, rank and channel axis the layers before it give (else the Mul/Add is left
+    unrecorded)."""
+    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+        return None
+    for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        concat_index = view.producer.get(data)
+        if concat_index is None or view.op_types[concat_index] != "Concat":
+            continue
+        if view.domains[concat_index] not in ONNX_DOMAINS:
+            return None
+        constant = view.constant(other)
+        shape = concat_channels(view, concat_index)
+        if constant is None or not is_float(constant.dtype) or shape is None:
+            return None
+        channels, rank, axis = shape
+        values = per_channel(constant, channels, rank, axis)
+        if values is None or not np.isfinite(values).all():
+            return None
+        affine = as_affine(node.op_type, values)
+        concat = view.nodes[concat_index]
+        what = "a Mul by" if node.op_type == "Mul" else "an Add of"
+        split = plan_concat_split(view, concat_index, affine, opset, target_axis=axis)
+        if isinstance(split, str):
+            return Skip(f"{what} a per-channel constant after Concat: {split}")
+        if view.sole_consumer(data) != index:
+            reason = shared_output_reason(view, data, concat)
+            return Skip(f"{what} a per-channel constant after Concat: {reason}")
+        verb = "Mul by" if node.op_type == "Mul" else "Add of"
+        how = f"{verb} a per-channel constant; {split.how}"
+        return bypassing(index, concat_index, concat_index, replace(split, how=how))
+    return None
+
+
 def forward_into_dense(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | None:
@@ -70,5 +116,5 @@ def forward_into_dense(
     return Match(((layer_index, plan),), tuple(removals), layer_index)
 
 
-BACKWARD_AFFINE_RULES: tuple[Rule, ...] = (into_layer_before,)
+BACKWARD_AFFINE_RULES: tuple[Rule, ...] = (into_layer_before, split_after_concat)
 FORWARD_AFFINE_RULES: tuple[Rule, ...] = (forward_into_dense,)

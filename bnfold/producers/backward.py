@@ -16,7 +16,7 @@ from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, node_label
 from . import PLANNERS
 from .base import shared_output_reason
-from .concat import LINEAR_LAYERS, plan_concat_split
+from .concat import LINEAR_LAYERS, concat_before, plan_concat_split
 from .rule import Match, Rule, Skip, about_producers, bypassing
 from .through_reshape import LAYOUT_OPS, plan_through_layout
 
@@ -38,18 +38,21 @@ def through_layout(
     return bypassing(bn_index, view.producer[bn.input], layer_index, plan)
 
 
-@about_producers("Concat")
+@about_producers("Concat", "Transpose", "Identity")
 def concat_split(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Match | Skip | None:
-    """A channel Concat of layers before the BN, split per input (`concat.py`)."""
-    if _producer_op(view, bn) != "Concat":
+    """A Concat of layers before the BN, directly or through Transposes/Identity, split per
+    input (`concat.py`); the node before the BN takes over its output."""
+    found = concat_before(view, bn.input, bn_index)
+    if found is None:
         return None
-    concat_index = view.producer[bn.input]
-    split = plan_concat_split(view, concat_index, bn.affine, opset)
+    concat_index, after = found
+    split = plan_concat_split(view, concat_index, bn.affine, opset, after)
     if isinstance(split, str):  # (said first: the layers before it are the usual obstacle)
         return Skip(split)
-    if view.sole_consumer(bn.input) != bn_index:
-        return Skip(shared_output_reason(view, bn.input, view.nodes[concat_index]))
-    return bypassing(bn_index, concat_index, concat_index, split)
+    concat = view.nodes[concat_index]
+    if view.sole_consumer(concat.output[0]) != (after[0] if after else bn_index):
+        return Skip(shared_output_reason(view, concat.output[0], concat))
+    return bypassing(bn_index, view.producer[bn.input], concat_index, split)
 
 
 @about_producers(*PLANNERS)
@@ -83,7 +86,7 @@ def no_layer_before(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -
     return Skip(f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}")
 
 
-BACKWARD_RULES: tuple[Rule, ...] = (through_layout, concat_split, into_layer, no_layer_before)
+BACKWARD_RULES: tuple[Rule, ...] = (concat_split, through_layout, into_layer, no_layer_before)
 
 
 def _producer_op(view: GraphView, bn: BatchNorm) -> str | None:

@@ -60,7 +60,8 @@ class Absorb:
 class Match:
     """An exact fold: each layer's plan (new constants, op type, attributes), then the folded
     nodes removed in this order; one `Folded` record per removed node, in node order, naming
-    `into` (the layer; the Concat of a split) as what they were folded into."""
+    `into` (the layer; the Concat whose inputs' layers took a split) as what they were folded
+    into."""
 
     layers: tuple[tuple[int, FoldPlan], ...]
     removals: tuple[Bypass | Absorb, ...]
@@ -72,7 +73,9 @@ class Match:
         said = [
             (node_label(view.nodes[r.node]), view.nodes[r.node].output[0]) for r in self.removals
         ]
-        into_op = "+".join(dict.fromkeys(_rewrite(view, i, plan, names) for i, plan in self.layers))
+        for index, plan in self.layers:
+            _rewrite(view, index, plan, names)
+        into_op = view.op_types[self.into]  # (after the rewrite: a MatMul may be a Gemm now)
         for removal in self.removals:
             if isinstance(removal, Bypass):
                 view.bypass(removal.node, removal.writer)
@@ -109,8 +112,8 @@ def bypassing(node: int, writer: int, layer: int, plan: FoldPlan | SplitPlan) ->
     return Match(layers, (Bypass(node, writer, plan.how),), layer)
 
 
-def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) -> str:
-    """Give a layer its plan's constants, op type and attributes; its op type after."""
+def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) -> None:
+    """Give a layer its plan's constants, op type and attributes."""
     layer = view.nodes[index]
     stem = layer.name or layer.output[0]
     for update in plan.updates:
@@ -121,7 +124,6 @@ def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) 
         layer.op_type = view.op_types[index] = plan.new_op_type
     for name, value in plan.new_attributes.items():
         _set_attribute(layer, name, value)
-    return layer.op_type
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:

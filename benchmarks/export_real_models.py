@@ -140,17 +140,19 @@ def _yolo_head():
     return YoloHead()
 
 
-def _pointnet_linear():
+def _pointnet_linear(bias: bool = True):
     """A PointNet-style encoder written with nn.Linear on the points (input [1, N, 3]): per block
     Linear → transpose(1, 2) → BatchNorm1d → ReLU → transpose back, then a max over the points
-    and a classifier. The export has MatMul → Add(bias) → Transpose → BatchNormalization."""
+    and a classifier. The export has MatMul → Add(bias) → Transpose → BatchNormalization (with
+    bias=False, as the Linear before a BN is often written: MatMul → Transpose → BN)."""
     import torch
     from torch import nn
 
     class Block(nn.Module):
         def __init__(self, c_in: int, c_out: int) -> None:
             super().__init__()
-            self.linear, self.bn = nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out)
+            self.linear = nn.Linear(c_in, c_out, bias=bias)
+            self.bn = nn.BatchNorm1d(c_out)
 
         def forward(self, x):
             return torch.relu(self.bn(self.linear(x).transpose(1, 2))).transpose(1, 2)
@@ -211,6 +213,7 @@ MODELS = {
     "yolov8n": (_ultralytics("yolov8n.yaml"), 640),
     "yolov8n_cls": (_ultralytics("yolov8n-cls.yaml"), 224),
     "pointnet_linear": (_pointnet_linear, (1, 1024, 3)),  # (an input shape: not an image)
+    "pointnet_linear_nobias": (lambda: _pointnet_linear(bias=False), (1, 1024, 3)),
 }
 
 

@@ -278,7 +278,7 @@ def _fold_graph(
                 )
                 _skip_all(sub, context, sub_path, reason)
     view.finish()
-    context.removed += len(view.removed_nodes)
+    context.removed += view.nodes_removed
 
 
 def _visited_positions(view: GraphView) -> list[int]:

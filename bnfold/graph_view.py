@@ -278,6 +278,7 @@ class GraphView:
         self.removed_nodes: set[int] = set()
         self._orphaned: set[str] = set()  # lost a reader to an edit: removed if unread at the end
         self._vanished: set[str] = set()  # no longer exist: their value_info goes at the end
+        self._placed_after: dict[int, int] = {}  # a node added by `interpose`: after which node
         self._inferred_ranks = inferred_ranks
         self._declared_ranks: dict[str, int] | None = None
         self._proven_ranks: dict[str, int | None] = {}  # (`_rank_within`)
@@ -501,8 +502,7 @@ class GraphView:
         if old and self._exclusively_owned(old, node_index, value):
             _overwrite_tensor(self.initializers[old], value)
             return old
-        name = names.fresh(base_name)
-        self._home_for_new_constants()._add_initializer(name, value)
+        name = self.add_constant(value, base_name, names)
         if slot < len(inputs):
             inputs[slot] = name
         else:
@@ -512,6 +512,38 @@ class GraphView:
             self.consumers.remove(old, node_index)
             self._orphaned.add(old)
         return name
+
+    def add_constant(self, value: np.ndarray, base_name: str, names: NameAllocator) -> str:
+        """A new initializer holding `value` under a fresh name (this graph's, or the main
+        graph's where this one cannot hold it: `_home_for_new_constants`); the name."""
+        name = names.fresh(base_name)
+        self._home_for_new_constants()._add_initializer(name, value)
+        return name
+
+    def interpose(self, index: int, op_type: str, operands: list[str], output: str) -> int:
+        """Put a new default-domain node right after node `index`: it reads that node's first
+        output, then `operands`, and writes `output`, which the old output's readers read
+        instead (each reads it as a plain input: the caller checks). Its position."""
+        old = self.nodes[index].output[0]
+        readers = self.consumers.of(old)
+        node = self.graph.node.add(op_type=op_type, input=[old, *operands], output=[output])
+        node.name = output + "_node"
+        added = len(self.nodes)
+        self.nodes.append(node)
+        self.op_types.append(op_type)
+        self.domains.append("")
+        self._placed_after[added] = self._placed_after.get(index, index)
+        for reader in list(dict.fromkeys(readers)):
+            inputs = self.nodes[reader].input
+            for slot, name in enumerate(inputs[:]):
+                if name == old:
+                    inputs[slot] = output
+                    self.consumers.remove(old, reader)
+                    self.consumers.add(output, reader)
+        self.producer[output] = added
+        for name in node.input:
+            self.consumers.add(name, added)
+        return added
 
     def _home_for_new_constants(self) -> GraphView:
         """Where a new initializer goes: this graph, except an IR < 4 subgraph that does not list
@@ -589,6 +621,11 @@ class GraphView:
         self._vanished.add(output)
         self.removed_nodes.add(bn_index)
 
+    @property
+    def nodes_removed(self) -> int:
+        """How many fewer nodes the graph has after the edits (removed less added)."""
+        return len(self.removed_nodes) - len(self._placed_after)
+
     def finish(self) -> None:
         """End the edits: remove what they left unread (initializers, Constant and evaluated
         nodes, transitively), delete the removed nodes and the value_info of every tensor that
@@ -648,10 +685,16 @@ class GraphView:
             self.input_names -= names
 
     def _commit(self, vanished: set[str]) -> None:
-        """Delete the removed nodes and the value_info of tensors that no longer exist."""
+        """Delete the removed nodes and the value_info of tensors that no longer exist; move
+        the nodes `interpose` added to right after the nodes they follow."""
         if self.removed_nodes:
             removed = self.removed_nodes
             _delete_flagged(self.graph.node, [i in removed for i in range(len(self.nodes))])
+        if self._placed_after:
+            placed = self._placed_after
+            kept = (i for i in range(len(self.nodes)) if i not in self.removed_nodes)
+            keys = [(placed[i], 1, i) if i in placed else (i, 0, 0) for i in kept]
+            self.graph.node.sort(key=functools.partial(next, iter(keys)))
         if vanished:
             infos = self.graph.value_info
             _delete_flagged(infos, [info.name in vanished for info in infos])

@@ -168,13 +168,10 @@ def test_rows_split_across_the_channel_axis_is_skipped(rng):
     assert "to [2, 4, 4] does not provably keep the 4 columns" in only_skip(model)
 
 
-@pytest.mark.parametrize(
-    "chain", [[reshape_to([-1, C])], [("Transpose", {"perm": [0, 2, 1]}, None)]]
-)
-def test_3d_matmul_left_operand_is_skipped(rng, chain):
-    """[B, T, K] · [K, C]: the columns may reach the channel axis, but the bias needs a Gemm."""
-    model = layout_model(rng, chain, a_shape=[2, 3, K])
-    assert "left operand has rank 3" in only_skip(model)
+def test_a_reshape_after_a_3d_matmul_is_not_followed(rng):
+    """[B, T, K] · [K, C] → Reshape: the rows of the 3-D product are not followed."""
+    model = layout_model(rng, [reshape_to([-1, C])], a_shape=[2, 3, K])
+    assert "reshapes the output of a MatMul on a rank-3 input" in only_skip(model)
 
 
 def test_non_ignorable_node_between_is_skipped(rng):
@@ -385,12 +382,52 @@ def test_linear_on_a_3d_input_folds_into_its_columns_and_bias(
             {"bias_shape": (7, 1)},
             "the Add after MatMul 'linear' does not add one bias per output feature",
         ),
-        ({"bias": False}, "whose left operand has rank 3; only a 2-D one can become a Gemm"),
     ],
 )
 def test_linear_on_a_3d_input_is_left_where_not_exact(rng, change, reason):
     arguments = {"perms": [[0, 2, 1]], **change}
     assert reason in only_skip(linear_nd_model(rng, **arguments))
+
+
+@pytest.mark.parametrize(
+    ("perms", "x_shape"),
+    [
+        ([[0, 2, 1]], (2, 7, K)),  # PointNet with Linear(bias=False)
+        ([[0, 3, 1, 2]], (2, 3, 7, K)),
+        ([[0, 1, 3, 2], [0, 2, 1, 3]], (2, 3, 7, K)),
+    ],
+)
+def test_linear_without_bias_on_a_3d_input_gets_a_bias_add(rng, perms, x_shape):
+    """BN(T(x·W)) = T(x·(W·diag(a)) + b): the columns scaled, the shift added by a new Add right
+    after the MatMul (where a Linear with a bias has it)."""
+    model = linear_nd_model(rng, perms, x_shape=x_shape, bias=False)
+    result = bnfold.fold(model)
+    (record,) = result.folded
+    assert record.into == "linear" and record.into_op == "MatMul"
+    assert "its shift added by a new Add after it (it had no bias)" in record.how
+    assert op_types(result.model) == ["MatMul", "Add", *["Transpose"] * len(perms)]
+    assert result.nodes_after == len(result.model.graph.node) == result.nodes_before
+    add = result.model.graph.node[1]
+    assert add.input[0] == "m" and result.model.graph.node[2].input[0] == add.output[0]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    assert bnfold.fold(result.model).model == result.model
+
+
+def test_linear_without_bias_and_a_zero_shift_gets_no_add(rng):
+    model = linear_nd_model(rng, [[0, 2, 1]], bias=False)
+    _, shift, mean, _ = (t for t in model.graph.initializer if t.name.startswith("bn"))
+    mean.CopyFrom(tensor(mean.name, np.zeros(C, np.float32)))
+    shift.CopyFrom(tensor(shift.name, np.zeros(C, np.float32)))
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1 and op_types(result.model) == ["MatMul", "Transpose"]
+    assert_same_function(model, result.model)
+
+
+def test_linear_without_bias_whose_output_is_read_elsewhere_is_left(rng):
+    model = linear_nd_model(rng, [[0, 2, 1]], bias=False)
+    model.graph.output.append(value_info("m", TensorProto.FLOAT, symbolic(3)))
+    assert "the output 'm' of MatMul 'linear' is also a graph output" in only_skip(model)
 
 
 def test_linear_on_a_3d_input_whose_output_is_read_elsewhere_is_left(rng):

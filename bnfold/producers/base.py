@@ -44,6 +44,9 @@ class FoldPlan:
     how: str
     new_op_type: str | None = None  # e.g. MatMul becomes Gemm
     new_attributes: dict[str, object] = field(default_factory=dict)
+    # a layer without a bias input: this constant (in its final dtype) is added to its output by
+    # a new Add right after it
+    added_bias: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

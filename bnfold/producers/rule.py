@@ -124,6 +124,9 @@ def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) 
         layer.op_type = view.op_types[index] = plan.new_op_type
     for name, value in plan.new_attributes.items():
         _set_attribute(layer, name, value)
+    if plan.added_bias is not None:
+        bias = view.add_constant(plan.added_bias, f"{stem}_bnfold_bias", names)
+        view.interpose(index, "Add", [bias], names.fresh(f"{layer.output[0]}_bnfold_biased"))
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:

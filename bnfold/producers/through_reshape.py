@@ -33,7 +33,7 @@ from ..graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
 from .base import FoldPlan, SplitPlan, shared_output_reason
-from .linear_nd import plan_linear_nd
+from .linear_nd import plan_linear_nd, plan_linear_nd_unbiased
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
@@ -94,14 +94,9 @@ def _plan(
             f"it follows {path} after {layer.op_type} '{node_label(layer)}'; only a Gemm or "
             "MatMul is followed through a Reshape, a Conv or ConvTranspose through Transposes"
         )
-    if moves and layer.op_type == "MatMul":
-        rank = view.rank(layer.input[0])
-        if rank != 2:
-            shown = "unknown" if rank is None else str(rank)
-            return (
-                f"it follows {path} after MatMul '{node_label(layer)}', whose left operand has "
-                f"rank {shown}; only a 2-D one can become a Gemm with the folded bias"
-            )
+    if moves and layer.op_type == "MatMul" and view.rank(layer.input[0]) != 2:
+        unbiased = plan_linear_nd_unbiased(view, layer_index, chain, affine, path)
+        return unbiased if isinstance(unbiased, str) else (layer_index, unbiased)
     plan = PLANNERS[layer.op_type](layer, view, affine, opset)
     if isinstance(plan, str):
         return plan

@@ -1,9 +1,10 @@
 """Many Conv → BatchNormalization folds at once: the common case, vectorised.
 
-The general pass (`fold._fold_one`) decides and folds one BatchNormalization at a time with a few
-dozen small numpy calls; on a graph of tens of thousands of small layers those calls, not the
-arithmetic, are the cost. This module takes the pairs that need nothing beyond a few lookups to
-decide, and does their arithmetic with a handful of numpy calls over all of them:
+The general pass (the rules of `bnfold.producers`, through `folding`) decides and folds one
+BatchNormalization at a time with a few dozen small numpy calls; on a graph of tens of thousands
+of small layers those calls, not the arithmetic, are the cost. This module takes the pairs that
+need nothing beyond a few lookups to decide, and does their arithmetic with a handful of numpy
+calls over all of them:
 
 - a default-domain Conv whose output only the BatchNormalization reads (not a graph output);
 - the BatchNormalization in inference mode (`batchnorm.mode_problem`), its four parameters
@@ -15,8 +16,11 @@ decide, and does their arithmetic with a handful of numpy calls over all of them
 `find_pairs` only reads the graph, and it runs before the pass checks the main graph's
 initializers: the tensors it has read and checked (`checked_names`) are not read again there.
 
-The arithmetic is `numerics`' operation for operation (float64, one rounding to the stored dtype),
-so the results are bit for bit those of the general path (tests/test_batched.py compares them). A
+This is `producers.backward.into_layer`'s fold for many Conv → BN pairs at once, made only while
+no rule asked before it may answer about a Conv (`registry.conv_pairs_batchable`). The arithmetic
+is `numerics`' own functions over the pairs' values laid end to end (`batchnorm_affines`,
+`multiply_exactly`, `folded_bias`: float64, one rounding to the stored dtype), so the results are
+bit for bit those of the general path (tests/test_batched.py compares them). A
 pair whose variance or result is not representable is not folded here: the general path then
 looks at it again and says why. Small weights are scaled together in chunks of `CHUNK_BYTES`,
 big ones one at a time, so the extra memory stays a few chunks whatever the model's size.
@@ -47,6 +51,7 @@ from .batchnorm import mode_problem
 from .constant_eval import EVALUATED_OPS
 from .graph_view import GraphView, NameAllocator
 from .graphs import ONNX_DOMAINS, attributes
+from .numerics import ChannelAffine, batchnorm_affines, folded_bias, multiply_exactly
 from .records import Folded
 from .tensor_data import (
     RAW_DTYPES,
@@ -294,13 +299,10 @@ def _with_affines(pairs: list[_Pair]) -> list[_Pair]:
         )
         lengths = np.array([pair.channels for pair in group])
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        epsilons = np.array([pair.epsilon for pair in group], dtype=np.float32)
-        radicand = var + np.repeat(epsilons.astype(np.float64), lengths)
-        good = np.logical_and.reduceat((radicand > 0) & (radicand < math.inf), starts)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scale = gamma / np.sqrt(radicand)
-        shift = beta - mean * scale
-        factors = (scale, shift)
+        epsilons = np.repeat(np.array([pair.epsilon for pair in group], np.float32), lengths)
+        affine, representable = batchnorm_affines(gamma, beta, mean, var, epsilons)
+        good = np.logical_and.reduceat(representable, starts)
+        factors = (affine.scale, affine.shift)
         for pair, start, ok in zip(group, starts.tolist(), good.tolist(), strict=True):
             if ok:
                 pair.factors, pair.start = factors, start
@@ -322,8 +324,7 @@ def _scaled_weights(
         rows = _weight_rows(chunk, dtype, buffers).reshape(-1, first.row)  # a row per channel
         scales = _joined(chunk, 0)
         scaled = buffers.array("scaled", rows.size, dtype).reshape(rows.shape)
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.multiply(rows, scales[:, None], out=scaled, dtype=np.float64, casting="unsafe")
+        multiply_exactly(rows, scales[:, None], out=scaled)
         del rows
         starts = np.cumsum([0, *(p.channels for p in chunk)])
         finite: list[bool]
@@ -424,8 +425,8 @@ def _folded_biases(pairs: list[_Pair]) -> dict[int, tuple[np.ndarray, int]]:
         if with_bias:
             present = np.repeat([pair.bias is not None for pair in group], _lengths(group))
             biases = [pair.bias for pair in with_bias if pair.bias is not None]
-            bias = _concatenated(biases, dtype).astype(np.float64)
-            folded[present] = bias * scale[present] + shift[present]
+            bias = _concatenated(biases, dtype)
+            folded[present] = folded_bias(bias, ChannelAffine(scale[present], shift[present]))
         with np.errstate(over="ignore", invalid="ignore"):
             rounded = folded.astype(dtype)
         starts = np.concatenate(([0], np.cumsum(_lengths(group))[:-1]))

@@ -44,21 +44,41 @@ def batchnorm_affine(
 
     Raises `NotRepresentable` if √(σ² + ε) is not a positive finite number for some channel.
     """
-    # epsilon is stored as float32 in the attribute; the runtimes add it in the data dtype.
-    radicand = var.astype(np.float64) + np.float64(np.float32(epsilon))
-    # NaN fails both comparisons; sqrt of a positive finite float64 is positive and finite
-    if radicand.size and not (radicand.min() > 0 and radicand.max() < math.inf):
+    affine, representable = batchnorm_affines(gamma, beta, mean, var, epsilon)
+    if not representable.all():
         raise NotRepresentable("variance + epsilon is not a positive finite number")
-    scale = gamma.astype(np.float64) / np.sqrt(radicand)
+    return affine
+
+
+def batchnorm_affines(
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    epsilon: float | np.ndarray,
+) -> tuple[ChannelAffine, np.ndarray]:
+    """`a = γ/√(σ²+ε)`, `b = β − μ·a` per channel in float64, for the channels of one or of
+    many BatchNormalizations laid end to end (`epsilon` then per channel), and per channel
+    whether σ²+ε is a positive finite number (where it is not, a and b mean nothing)."""
+    # epsilon is stored as float32 in the attribute; the runtimes add it in the data dtype.
+    epsilon64 = np.asarray(epsilon, dtype=np.float32).astype(np.float64)
+    radicand = var.astype(np.float64) + epsilon64
+    # NaN fails both comparisons; sqrt of a positive finite float64 is positive and finite
+    representable = (radicand > 0) & (radicand < math.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = gamma.astype(np.float64) / np.sqrt(radicand)
     shift = beta.astype(np.float64) - mean.astype(np.float64) * scale
-    return ChannelAffine(scale, shift)
+    return ChannelAffine(scale, shift), representable
 
 
 NATIVE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
-def multiply_exactly(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """`array · factors` (broadcast), each product computed in float64 and rounded once.
+def multiply_exactly(
+    array: np.ndarray, factors: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """`array · factors` (broadcast), each product computed in float64 and rounded once (into
+    `out` when given: an array of `array`'s shape and dtype).
 
     For float16/32/64 arrays numpy does this in buffered chunks straight into the array's dtype,
     so no float64 copy of a big weight is ever made; other dtypes (bfloat16) get a float64
@@ -66,7 +86,7 @@ def multiply_exactly(array: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """
     with np.errstate(invalid="ignore", over="ignore"):
         if array.dtype in NATIVE_FLOATS:
-            out = np.empty(array.shape, dtype=array.dtype)
+            out = np.empty(array.shape, dtype=array.dtype) if out is None else out
             np.multiply(array, factors, out=out, dtype=np.float64, casting="unsafe")
             return out
         return array.astype(np.float64) * factors

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from .constant_eval import EXACT_CAST_TARGETS
+from .graphs import all_graphs
 
 
 def declared_element_types(graph: onnx.GraphProto) -> dict[str, int]:
@@ -33,13 +34,8 @@ def inferred_element_types(model: onnx.ModelProto) -> dict[str, int]:
     except Exception:  # a hint only: without it such a CastLike is not evaluated
         return {}
     types: dict[str, int] = {}
-    pending = [inferred.graph]
-    while pending:
-        graph = pending.pop()
+    for _, graph in all_graphs(inferred.graph):
         types.update(declared_element_types(graph))
-        for node in graph.node:
-            for attr in node.attribute:
-                pending.extend([attr.g] if attr.HasField("g") else attr.graphs)
     return types
 
 

@@ -28,13 +28,7 @@ from .element_types import inferred_element_types
 from .errors import InputError
 from .functions import inline_batchnorm_functions
 from .graph_view import GraphView, NameAllocator
-from .graphs import (
-    CONTROL_FLOW_OPS,
-    ONNX_DOMAINS,
-    node_label,
-    nodes_with_subgraphs,
-    subgraphs,
-)
+from .graphs import CONTROL_FLOW_OPS, ONNX_DOMAINS, all_graphs, node_label, subgraphs
 from .model_io import (
     check_model_opset,
     check_model_structure,
@@ -153,16 +147,14 @@ def _text(name: str | bytes) -> str:
 
 
 def _count_ops(graph: onnx.GraphProto, counts: Counter[str]) -> None:
-    nodes = graph.node
-    if any(map(_DOMAIN, nodes)):  # some node names a domain
-        counts.update(
-            n.op_type if n.domain in ONNX_DOMAINS else f"{n.domain}:{n.op_type}" for n in nodes
-        )
-    else:
-        counts.update(map(_OP_TYPE, nodes))
-    for index in nodes_with_subgraphs(nodes):
-        for _, sub in subgraphs(nodes[index]):
-            _count_ops(sub, counts)
+    for _, inner in all_graphs(graph):
+        nodes = inner.node
+        if any(map(_DOMAIN, nodes)):  # some node names a domain
+            counts.update(
+                n.op_type if n.domain in ONNX_DOMAINS else f"{n.domain}:{n.op_type}" for n in nodes
+            )
+        else:
+            counts.update(map(_OP_TYPE, nodes))
 
 
 _OP_TYPE = operator.attrgetter("op_type")
@@ -171,9 +163,7 @@ _DOMAIN = operator.attrgetter("domain")
 
 def count_nodes(graph: onnx.GraphProto) -> int:
     """Nodes in a graph and, recursively, in its subgraphs."""
-    nodes = graph.node
-    inner = (count_nodes(g) for i in nodes_with_subgraphs(nodes) for _, g in subgraphs(nodes[i]))
-    return len(nodes) + sum(inner)
+    return sum(len(inner.node) for _, inner in all_graphs(graph))
 
 
 @dataclass
@@ -268,7 +258,7 @@ def _fold_graph(
             continue
         node = view.nodes[index]
         for attr_name, sub in subgraphs(node):
-            sub_path = f"{path}/{node_label(node)}.{attr_name}".lstrip("/")
+            sub_path = f"{path}/{node_label(node)}.{attr_name}".lstrip("/")  # (`all_graphs`)
             if node.domain in ONNX_DOMAINS:
                 _fold_graph(sub, context, view, sub_path)
             else:
@@ -348,12 +338,11 @@ def _first_answer(group, view, index, subject, opset, family) -> Match | Skip | 
 
 def _skip_all(graph: onnx.GraphProto, context: _Context, path: str, reason: str) -> None:
     """Record every BatchNormalization in `graph` (and its subgraphs) as skipped."""
-    for node in graph.node:
-        if node.op_type == "BatchNormalization" and node.domain in ONNX_DOMAINS:
-            output = node.output[0] if node.output else ""
-            context.skipped.append(Skipped(node_label(node), output, reason, path))
-        for attr_name, sub in subgraphs(node):
-            _skip_all(sub, context, f"{path}/{node_label(node)}.{attr_name}", reason)
+    for where, inner in all_graphs(graph, path):
+        for node in inner.node:
+            if node.op_type == "BatchNormalization" and node.domain in ONNX_DOMAINS:
+                output = node.output[0] if node.output else ""
+                context.skipped.append(Skipped(node_label(node), output, reason, where))
 
 
 def _plain_message(exc: BaseException) -> str:
@@ -393,15 +382,9 @@ def _shape_inference_ranks(model: onnx.ModelProto) -> dict[str, int]:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # inference is a hint here; without it MatMul folds are skipped
         return {}
-    ranks: dict[str, int] = {}
-
-    def collect(graph: onnx.GraphProto) -> None:
-        for info in (*graph.value_info, *graph.input, *graph.output):
-            if info.type.tensor_type.HasField("shape"):
-                ranks[info.name] = len(info.type.tensor_type.shape.dim)
-        for node in graph.node:
-            for _, sub in subgraphs(node):
-                collect(sub)
-
-    collect(inferred.graph)
-    return ranks
+    return {
+        info.name: len(info.type.tensor_type.shape.dim)
+        for _, graph in all_graphs(inferred.graph)
+        for info in (*graph.value_info, *graph.input, *graph.output)
+        if info.type.tensor_type.HasField("shape")
+    }

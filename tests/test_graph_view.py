@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from bnfold.graph_view import GraphView, Readers
 
@@ -67,3 +68,51 @@ def test_out_of_order_reads_and_double_definitions_are_noticed():
         }"""
     )
     assert not view.reads_in_order and view.defines_twice
+
+
+def test_all_graphs_walks_every_nested_graph_with_its_path():
+    from bnfold.graphs import all_graphs
+
+    def branch(name: str, inner=None):
+        nodes = [helper.make_node("Identity", ["x"], [f"{name}_out"])]
+        if inner is not None:
+            nodes.append(
+                helper.make_node(
+                    "If",
+                    ["c"],
+                    [f"{name}_if"],
+                    name=f"{name}_if",
+                    then_branch=inner,
+                    else_branch=branch(f"{name}_e"),
+                )
+            )
+        return helper.make_graph(
+            nodes, name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)]
+        )
+
+    nested = branch("deep")
+    main = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node(
+                "If",
+                ["c"],
+                ["y"],
+                name="top",
+                then_branch=branch("t", nested),
+                else_branch=branch("e"),
+            ),
+        ],
+        "main",
+        [],
+        [],
+    )
+    found = [(path, graph.name) for path, graph in all_graphs(main)]
+    assert found == [  # (make_node writes attributes by name: else_branch first)
+        ("", "main"),
+        ("top.else_branch", "e"),
+        ("top.then_branch", "t"),
+        ("top.then_branch/t_if.else_branch", "t_e"),
+        ("top.then_branch/t_if.then_branch", "deep"),
+    ]
+    assert [p for p, _ in all_graphs(main, "outer")][1] == "outer/top.else_branch"

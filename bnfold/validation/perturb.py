@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..graphs import subgraphs
+from ..graphs import all_graphs, subgraphs
 from ..tensor_data import (
     disk_span,
     is_on_disk,
@@ -64,8 +64,7 @@ def changed_tensors(
 def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """The model's constant tensors by the name nodes read them under."""
     found: dict[str, onnx.TensorProto] = {}
-
-    def collect(graph: onnx.GraphProto) -> None:
+    for _, graph in all_graphs(model.graph):
         for tensor in graph.initializer[:]:
             found[tensor.name] = tensor
         for node in graph.node[:]:
@@ -73,10 +72,6 @@ def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
                 for attr in node.attribute:
                     if attr.type == onnx.AttributeProto.TENSOR:
                         found[node.output[0]] = attr.t
-            for _, sub in subgraphs(node):
-                collect(sub)
-
-    collect(model.graph)
     return found
 
 
@@ -85,14 +80,13 @@ SHAPE_SETTING = {"Resize": (1, 2, 3), "Upsample": (1,), "Range": (0, 1, 2)}
 
 
 def _shape_setting_names(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for node in graph.node[:]:
-        for index in SHAPE_SETTING.get(node.op_type, ()):
-            if index < len(node.input):
-                names.add(node.input[index])
-        for _, sub in subgraphs(node):
-            names |= _shape_setting_names(sub)
-    return names
+    return {
+        node.input[index]
+        for _, inner in all_graphs(graph)
+        for node in inner.node[:]
+        for index in SHAPE_SETTING.get(node.op_type, ())
+        if index < len(node.input)
+    }
 
 
 def _same(old: onnx.TensorProto | None, new: onnx.TensorProto) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..errors import InputError
-from ..graphs import subgraphs
+from ..graphs import all_graphs
 from ..model_io import load_model_and_sources, require_external_data_loaded
 from ..naming import option
 from .compare import compare, merged
@@ -571,7 +571,4 @@ class _OutputSaver:
 
 
 def _has_op(graph: onnx.GraphProto, op_type: str) -> bool:
-    return any(
-        node.op_type == op_type or any(_has_op(g, op_type) for _, g in subgraphs(node))
-        for node in graph.node
-    )
+    return any(node.op_type == op_type for _, g in all_graphs(graph) for node in g.node)

@@ -653,6 +653,7 @@ class StagedModel:
         *,
         external_data: bool | None = None,
         data_file: tensor_data.DataFile | None = None,
+        protobuf_limit: int = PROTOBUF_LIMIT,
     ) -> None:
         path = Path(path)
         _check_writable_target(path)
@@ -664,8 +665,8 @@ class StagedModel:
         if not external_data:
             encoding = _encoding(model)
             if external_data is None:
-                external_data = encoding is None or encoding.size > PROTOBUF_LIMIT
-            elif encoding is None or encoding.size > PROTOBUF_LIMIT:
+                external_data = encoding is None or encoding.size > protobuf_limit
+            elif encoding is None or encoding.size > protobuf_limit:
                 raise InputError(
                     path, "cannot be written: the model is over 2 GB (use external data)"
                 )

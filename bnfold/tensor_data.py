@@ -41,7 +41,7 @@ from onnx import numpy_helper
 from .errors import InputError
 
 _EXTERNAL = onnx.TensorProto.EXTERNAL
-_COPY_STEP = 64 << 20  # bytes per read/write when the kernel cannot copy file to file
+COPY_STEP = 64 << 20  # bytes per read/write when the kernel cannot copy file to file
 
 
 def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
@@ -173,9 +173,10 @@ def load_into_model(tensors) -> None:
             set_raw_data(tensor, read(*disk_span(tensor)))
 
 
-def _copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
+def _copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int, step: int = COPY_STEP) -> int:
     """Copy an on-disk tensor's bytes to `handle` at offset `at` (its current end); return the
-    bytes copied. The kernel copies file to file where it can (no pass through memory)."""
+    bytes copied. The kernel copies file to file where it can (no pass through memory), else
+    `step` bytes at a time pass through memory."""
     path, offset, length = disk_span(tensor)
     handle.flush()
     try:
@@ -188,7 +189,7 @@ def _copy_into(tensor: onnx.TensorProto, handle: BinaryIO, at: int) -> int:
         handle.seek(at + copied)
         while copied < length:
             try:
-                piece = source.read(min(_COPY_STEP, length - copied))
+                piece = source.read(min(step, length - copied))
             except OSError as exc:
                 raise _unreadable(path, exc) from None
             if not piece:
@@ -224,7 +225,7 @@ class DataFile:
     rewrites, which stay on disk; saving the model then `take`s every tensor: those already
     there stay where they are, the others are appended."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, copy_step: int = COPY_STEP) -> None:
         self.folder = Path(folder)
         try:
             descriptor, path = tempfile.mkstemp(dir=self.folder, prefix=".bnfold-", suffix=".tmp")
@@ -241,6 +242,7 @@ class DataFile:
         self.path = os.path.abspath(path)
         self._end = 0
         self._published = False
+        self._copy_step = copy_step  # bytes a copy passes through memory at a time
 
     def holds(self, tensor: onnx.TensorProto) -> bool:
         """Whether the tensor's bytes are in this file."""
@@ -262,7 +264,7 @@ class DataFile:
         if is_on_disk(tensor):
             self._pad()
             try:
-                length = _copy_into(tensor, self._handle, self._end)
+                length = _copy_into(tensor, self._handle, self._end, self._copy_step)
             except OSError as exc:
                 raise self._cannot_write(exc) from None
             offset, self._end = self._end, self._end + length

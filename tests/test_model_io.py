@@ -90,9 +90,10 @@ def test_a_failed_save_leaves_the_earlier_out_and_out_data_as_they_were(
     assert_same_function(onnx.load(RESNET), onnx.load(out))
 
 
-def test_external_data_chosen_automatically_over_the_protobuf_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # stands in for 2 GB
-    bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx")
+def test_external_data_chosen_automatically_over_the_protobuf_limit(tmp_path):
+    folded = bnfold.fold(RESNET).model
+    with model_io.StagedModel(folded, tmp_path / "o.onnx", protobuf_limit=1000) as staged:
+        staged.commit()  # (1000 bytes stand in for 2 GB)
     assert (tmp_path / "o.onnx.data").exists()
 
 
@@ -178,10 +179,10 @@ def test_models_are_written_in_pieces_exactly_as_serialized(tmp_path):
     assert_same_function(onnx.load(RESNET), onnx.load(written))
 
 
-def test_inline_output_refused_when_over_the_protobuf_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # stands in for 2 GB
+def test_inline_output_refused_when_over_the_protobuf_limit(tmp_path):
+    folded = bnfold.fold(RESNET).model
     with pytest.raises(bnfold.InputError, match="over 2 GB"):
-        bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx", external_data=False)
+        model_io.StagedModel(folded, tmp_path / "o.onnx", external_data=False, protobuf_limit=1000)
     assert not list(tmp_path.iterdir())
 
 

@@ -212,9 +212,9 @@ def test_copy_through_memory_where_the_kernel_will_not(tmp_path, monkeypatch, ke
         monkeypatch.delattr(os, "copy_file_range")
     else:
         monkeypatch.setattr(os, "copy_file_range", copy_file_range)
-    monkeypatch.setattr(tensor_data, "_COPY_STEP", 1000)  # several pieces per tensor
     out = tmp_path / "o.onnx"
-    bnfold.save_model(lazy, out, external_data=True)
+    pieces = tensor_data.DataFile(tmp_path, copy_step=1000)  # several pieces per tensor
+    bnfold.save_model(lazy, out, external_data=True, data_file=pieces)
     assert bool(calls) == (kernel != "missing")
     expected = arrays(onnx.load(source))
     for name, value in arrays(onnx.load(out)).items():

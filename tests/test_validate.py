@@ -14,6 +14,7 @@ from bnfold.validation.perturb import (
     changed_tensors,
     inputs_moved_by_rounding,
     weights_moved_by_rounding,
+    what_the_fold_changed,
 )
 from bnfold.validation.providers import CPU, SessionFactory
 from bnfold.validation.runs import ModelSources, SessionSource, run_model, skeleton
@@ -632,7 +633,8 @@ def test_an_unread_initializer_listed_as_an_input_leaves_calibration_whole():
 
 
 def pair_sources(model, folded) -> ModelSources:
-    changed = {
+    changed = what_the_fold_changed(model, folded)
+    assert changed == {
         "reference": changed_tensors(folded, model),
         "candidate": changed_tensors(model, folded),
     }

@@ -50,11 +50,23 @@ def changed_tensors(
     graph, by the name nodes read them under) that the reference does not hold under that name
     with the same contents. Constants that set shapes (Resize and Upsample scales, Range bounds)
     are left out: moving those by rounding changes shapes, not values."""
-    known = _constants(reference)
-    shaping = _shape_setting_names(candidate.graph)
+    return _changed(_constants(reference), _constants(candidate), candidate)
+
+
+def what_the_fold_changed(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto
+) -> dict[str, dict[str, onnx.TensorProto]]:
+    """`changed_tensors` both ways, each model's constants found once: "candidate", what the
+    fold wrote; "reference", what it consumed."""
+    old, new = _constants(reference), _constants(candidate)
+    return {"candidate": _changed(old, new, candidate), "reference": _changed(new, old, reference)}
+
+
+def _changed(known, constants, model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    shaping = _shape_setting_names(model.graph)
     return {
         name: tensor
-        for name, tensor in _constants(candidate).items()
+        for name, tensor in constants.items()
         if tensor.data_type in FLOAT_TYPES
         and name not in shaping
         and not _same(known.get(name), tensor)

@@ -21,7 +21,7 @@ from ..naming import option
 from .compare import compare, merged
 from .criterion import Tolerance, deviation, explicit_tolerance
 from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
-from .perturb import changed_tensors
+from .perturb import what_the_fold_changed
 from .providers import (
     CPU,
     ProviderRequest,
@@ -117,10 +117,7 @@ def validate(
     factory = SessionFactory(ort, tf32, dict(provider_options or {}))
     notes = register_plugin_libraries(ort, list(plugin_libraries))
     names = list(request.providers) or factory.auto()
-    changed = {
-        "candidate": changed_tensors(reference_model, candidate_model),
-        "reference": changed_tensors(candidate_model, reference_model),
-    }
+    changed = what_the_fold_changed(reference_model, candidate_model)
     report = ValidationReport(
         providers=[],
         inputs=_describe_inputs(sample_set),

@@ -695,3 +695,44 @@ def test_calibration_on_the_cpu_makes_one_session_for_the_folded_model_s_draws(m
     report = validate(model, folded, providers=["cpu"])
     assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
     assert len(made) == 4
+
+
+def bfloat16_ends(rng, *, input_type=TensorProto.FLOAT, output_type=TensorProto.BFLOAT16):
+    """x (input_type) → Cast to float → Conv → BN → Cast to output_type → y: tensors of a type
+    numpy lacks at either end (onnxruntime's numpy conversion refuses them)."""
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["xf", "w"], ["c"], name="conv"),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+        helper.make_node("Cast", ["n"], ["y"], to=output_type),
+    ]
+    params = {
+        "w": rng.normal(0, 0.5, [4, 3, 3, 3]),
+        "s": rng.uniform(0.5, 1.5, 4),
+        "b": rng.normal(0, 1, 4),
+        "m": rng.normal(0, 1, 4),
+        "v": rng.uniform(0.5, 2, 4),
+    }
+    inits = [tensor(name, value.astype(np.float32)) for name, value in params.items()]
+    x = value_info("x", input_type, [1, 3, 8, 8])
+    return make_model(nodes, [x], [value_info("y", output_type, [1, 4, 6, 6])], inits)
+
+
+@pytest.mark.parametrize(
+    ("input_type", "output_type"),
+    [
+        (TensorProto.FLOAT, TensorProto.BFLOAT16),
+        (TensorProto.BFLOAT16, TensorProto.FLOAT),
+        (TensorProto.FLOAT, TensorProto.FLOAT8E4M3FN),
+    ],
+)
+def test_inputs_and_outputs_of_types_numpy_lacks_are_validated(rng, input_type, output_type):
+    """bfloat16 and float8 go through OrtValues; outputs compare with their own precision (a
+    float8 output's 8 ULP are its whole magnitude: only a correct fold is checked there)."""
+    model = bfloat16_ends(rng, input_type=input_type, output_type=output_type)
+    folded = bnfold.fold(model).model
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed, report.lines()
+    if output_type != TensorProto.FLOAT8E4M3FN:
+        wrong = validate(model, scaled_channel(folded, 1.5), providers=["cpu"])
+        assert not wrong.passed and wrong.providers[0].outputs[0].mismatches > 0

@@ -12,6 +12,7 @@ from .criterion import (
     calibrated_limits,
     deviation,
     finite_part,
+    is_floating,
     tolerance_limits,
     worst_ratio,
 )
@@ -39,7 +40,9 @@ def compare(
     (`_counted`); strings must match exactly."""
     if reference.shape != candidate.shape or reference.dtype != candidate.dtype:
         return _mismatched(provider, name, reference, candidate)
-    if reference.dtype == object or reference.dtype.kind not in "fiub":
+    if reference.dtype == object or not (
+        is_floating(reference.dtype) or reference.dtype.kind in "iub"
+    ):
         return _exact(provider, name, reference, candidate)
     if tolerance is None and reference.dtype.kind in "iub":
         draws = [*(perturbed or []), *(perturbed_reference or [])]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 BLOCK = 32
@@ -81,11 +82,20 @@ def explicit_tolerance(dtype: np.dtype, rtol: float | None, atol: float | None) 
     )
 
 
+def is_floating(dtype: np.dtype) -> bool:
+    """numpy's floats and ml_dtypes' (bfloat16, float8: numpy calls their kind "V")."""
+    return np.dtype(dtype).kind == "f" or str(dtype) in ML_FLOATS
+
+
+ML_FLOATS = frozenset(
+    {"bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"}
+)
+
+
 def unit_roundoff(dtype: np.dtype) -> float:
     """Half the distance from 1.0 to the next value of `dtype` (0 for exact types)."""
-    name = str(dtype)
-    if name == "bfloat16":
-        return 2.0**-8
+    if str(dtype) in ML_FLOATS:
+        return float(ml_dtypes.finfo(dtype).eps) / 2
     if np.dtype(dtype).kind == "f":
         return float(np.finfo(dtype).eps) / 2
     return 0.0

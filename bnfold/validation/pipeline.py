@@ -19,7 +19,7 @@ from ..graphs import all_graphs
 from ..model_io import load_model_and_sources, require_external_data_loaded
 from ..naming import option
 from .compare import compare, merged
-from .criterion import Tolerance, deviation, explicit_tolerance
+from .criterion import Tolerance, deviation, explicit_tolerance, is_floating
 from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
 from .perturb import what_the_fold_changed
 from .providers import (
@@ -478,7 +478,8 @@ def _reason(result: Unavailable | str) -> str:
 
 def _needs_calibration(context: _Context, outputs: Outputs) -> bool:
     return any(
-        context.tolerances.for_output(name, value.dtype) is None and value.dtype.kind in "fiub"
+        context.tolerances.for_output(name, value.dtype) is None
+        and (is_floating(value.dtype) or value.dtype.kind in "iub")
         for name, value in outputs.items()
     )
 
@@ -541,7 +542,7 @@ def _insensitive_outputs(first_outputs: Outputs, probed: Outputs) -> list[str]:
     warnings = []
     for name, first in first_outputs.items():
         second = probed.get(name)
-        if second is None or first.dtype.kind != "f" or first.shape != second.shape:
+        if second is None or not is_floating(first.dtype) or first.shape != second.shape:
             continue
         scale = float(np.max(np.abs(first))) if first.size else 0.0
         change = float(np.max(deviation(first, second))) if first.size else 0.0

@@ -10,6 +10,7 @@ for the rest.
 
 from __future__ import annotations
 
+import ctypes
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -266,7 +267,7 @@ def run_model(
         return session
     results = []
     for feeds in runs:
-        outputs = _run(session, feeds)
+        outputs = _run(factory.ort, session, feeds)
         del feeds  # (before the next is made: runs may make big feeds one at a time)
         if isinstance(outputs, str):
             return outputs
@@ -274,16 +275,64 @@ def run_model(
     return results
 
 
-def _run(session, feeds: dict[str, np.ndarray]) -> Outputs | str:
+def _run(ort, session, feeds: dict[str, np.ndarray]) -> Outputs | str:
     try:
         outputs = session.get_outputs()
-        values = session.run([o.name for o in outputs], feeds)
+        names = [o.name for o in outputs]
+        lacking = [o for o in (*session.get_inputs(), *outputs) if _numpy_lacks(o.type)]
+        if lacking:  # bfloat16, float8: through OrtValues, numpy's side in ml_dtypes' types
+            values = _run_with_ort_values(ort, session, names, feeds)
+        else:
+            values = session.run(names, feeds)
     except Exception as exc:  # onnxruntime raises many types; the message is what matters
         return f"onnxruntime failed to run: {str(exc).strip() or type(exc).__name__}"
     arrays: Outputs = {}
     for output, value in zip(outputs, values, strict=True):
         arrays.update(as_arrays(output.name, value, _element_dtype(output.type)))
     return arrays
+
+
+# Element types onnxruntime's numpy conversion lacks: (TensorProto type, ml_dtypes' numpy type).
+_NUMPY_LACKS = {
+    name: (code, onnx.helper.tensor_dtype_to_np_dtype(code))
+    for name, code in {
+        "bfloat16": onnx.TensorProto.BFLOAT16,
+        "float8e4m3fn": onnx.TensorProto.FLOAT8E4M3FN,
+        "float8e4m3fnuz": onnx.TensorProto.FLOAT8E4M3FNUZ,
+        "float8e5m2": onnx.TensorProto.FLOAT8E5M2,
+        "float8e5m2fnuz": onnx.TensorProto.FLOAT8E5M2FNUZ,
+    }.items()
+}
+
+
+def _numpy_lacks(type_name: str) -> bool:
+    return type_name.removeprefix("tensor(").removesuffix(")") in _NUMPY_LACKS
+
+
+def _run_with_ort_values(ort, session, names: list[str], feeds: dict[str, np.ndarray]) -> list:
+    """`session.run` for models with tensors of a type numpy lacks: ml_dtypes arrays go in as
+    OrtValues of that type (their bits), such outputs come back as ml_dtypes arrays (copies of
+    their bits); other outputs as `run` gives them."""
+    values = {}
+    for name, array in feeds.items():
+        lacking = _NUMPY_LACKS.get(str(array.dtype).replace("_", ""))
+        if lacking is not None:
+            bits = np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+            values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, lacking[0])
+        else:
+            values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+    results = []
+    for value in session.run_with_ort_values(names, values):
+        kind = value.data_type() if value.is_tensor() else ""
+        lacking = _NUMPY_LACKS.get(kind.removeprefix("tensor(").removesuffix(")"))
+        if lacking is None:
+            results.append(value.numpy())
+            continue
+        shape = value.shape()
+        size = int(np.prod(shape)) * lacking[1].itemsize
+        raw = ctypes.string_at(value.data_ptr(), size) if size else b""
+        results.append(np.frombuffer(raw, dtype=lacking[1]).reshape(shape))
+    return results
 
 
 def as_arrays(name: str, value, dtype: np.dtype | None) -> dict[str, np.ndarray]:

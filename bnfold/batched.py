@@ -106,7 +106,7 @@ class PendingFold:
 
     def finish(self, view: GraphView, names: NameAllocator) -> Folded:
         """Write the bias, let the Conv take over the BatchNormalization's output, and say so
-        (as `fold._fold_one` does)."""
+        (as `producers.backward.into_layer`'s `Match.apply` does)."""
         pair = self.pair
         bn_node, conv = view.nodes[pair.bn_index], view.nodes[pair.conv_index]
         conv_name = conv.name

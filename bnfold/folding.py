@@ -19,6 +19,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 
@@ -28,17 +29,23 @@ from .element_types import inferred_element_types
 from .errors import InputError
 from .functions import inline_batchnorm_functions
 from .graph_view import GraphView, NameAllocator
-from .graphs import CONTROL_FLOW_OPS, ONNX_DOMAINS, all_graphs, node_label, subgraphs
+from .graphs import (
+    CONTROL_FLOW_OPS,
+    ONNX_DOMAINS,
+    all_graphs,
+    default_opset,
+    node_label,
+    subgraphs,
+)
 from .model_io import (
     check_model_opset,
     check_model_structure,
-    default_opset,
     indexed_structure_problem,
     load_model_and_sources,
     require_external_data_loaded,
 )
 from .producers.registry import RULES, NodeRules, conv_pairs_batchable
-from .producers.rule import Match, Skip
+from .producers.rule import Match, Rule, Skip
 from .producers.through_reshape import LAYOUT_OPS
 from .records import Folded, FoldResult, Skipped
 from .tensor_data import DataFile
@@ -323,7 +330,9 @@ def _decide(
     return Skip("".join(reasons)) if reasons else None
 
 
-def _first_answer(group, view, index, subject, opset, family) -> Match | Skip | None:
+def _first_answer(
+    group: tuple[Rule, ...], view: GraphView, index: int, subject: Any, opset: int, family: str
+) -> Match | Skip | None:
     for rule in group:
         try:
             answer = rule(view, index, subject, opset)

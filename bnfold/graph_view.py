@@ -74,7 +74,7 @@ class NameAllocator:
     They are collected on the first request (many models never need one). With the main graph's
     index (`index`), its node and initializer names are looked up there, not copied: a name the
     pass has removed from the graph may then be handed out again, which is safe, since nothing
-    refers to it any more and the value_info of removed tensors is dropped (`GraphView.commit`).
+    refers to it any more and the value_info of removed tensors is dropped (`GraphView.finish`).
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -520,14 +520,27 @@ class GraphView:
         self._home_for_new_constants()._add_initializer(name, value)
         return name
 
-    def interpose(self, index: int, op_type: str, operands: list[str], output: str) -> int:
+    def interpose(
+        self,
+        index: int,
+        op_type: str,
+        operands: list[str],
+        names: NameAllocator,
+        attributes: dict[str, object] | None = None,
+    ) -> int:
         """Put a new default-domain node right after node `index`: it reads that node's first
-        output, then `operands`, and writes `output`, which the old output's readers read
-        instead (each reads it as a plain input: the caller checks). Its position."""
+        output, then `operands`, and writes a fresh name, which the old output's readers read
+        instead. Every reader must read the old output as a plain input (not from a subgraph),
+        and it must not be a graph output. The new node's position."""
         old = self.nodes[index].output[0]
         readers = self.consumers.of(old)
+        if old in self.output_names or any(old not in self.nodes[r].input for r in readers):
+            raise ValueError(f"cannot put a node after the one writing '{old}': read otherwise")
+        output = names.fresh(f"{old}_bnfold_{op_type.lower()}")
         node = self.graph.node.add(op_type=op_type, input=[old, *operands], output=[output])
-        node.name = output + "_node"
+        node.name = names.fresh(f"{output}_node")
+        for name, value in (attributes or {}).items():
+            node.attribute.append(onnx.helper.make_attribute(name, value))
         added = len(self.nodes)
         self.nodes.append(node)
         self.op_types.append(op_type)

@@ -37,7 +37,7 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
 def all_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
     """(path, graph) for `graph` and every graph nested in it, depth first, each after the graph
     holding it: the path of a subgraph is its holder's path, then `node label.attribute` (as
-    records and messages name them: `loop/body_if.then_branch`). Only nodes that may hold graphs
+    records and messages name them: `loop.body/if.then_branch`). Only nodes that may hold graphs
     are looked into (`nodes_with_subgraphs`), so a graph of 10^5 plain nodes costs one pass."""
     yield path, graph
     nodes = graph.node

@@ -89,6 +89,8 @@ def multiply_exactly(
             out = np.empty(array.shape, dtype=array.dtype) if out is None else out
             np.multiply(array, factors, out=out, dtype=np.float64, casting="unsafe")
             return out
+        if out is not None:
+            raise TypeError(f"multiply_exactly cannot round into {array.dtype} itself")
         return array.astype(np.float64) * factors
 
 

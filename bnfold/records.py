@@ -17,8 +17,8 @@ class Folded:
 
     batchnorm: str  # node name, or "<BatchNormalization -> output>" when the node has none
     output: str  # the BatchNormalization's output tensor (now produced by `into`)
-    into: str  # name of the node that absorbed it
-    into_op: str  # its op type after the fold ("Conv", "Gemm", ...)
+    into: str  # name of the node that absorbed it (the Concat whose inputs' layers took a split)
+    into_op: str  # its op type after the fold ("Conv", "Gemm", ..., "Concat": `how` names them)
     how: str  # one readable sentence
     graph: str = ""  # "" for the main graph, else the path of the subgraph
     # "domain:name at call site 'label'" when the BN came from an inlined model-local function

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -434,7 +435,7 @@ def test_a_report_that_cannot_be_written_stops_the_run_before_out(tmp_path, monk
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bnfold.model_io.tempfile, "mkstemp", full_disk)
+    monkeypatch.setattr(tempfile, "mkstemp", full_disk)
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
     with pytest.raises(SystemExit) as exit_status:
         bnfold.cli.main([str(RESNET), "-o", str(out), "--report", str(report), "--no-validate"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -116,3 +117,35 @@ def test_all_graphs_walks_every_nested_graph_with_its_path():
         ("top.then_branch/t_if.then_branch", "deep"),
     ]
     assert [p for p, _ in all_graphs(main, "outer")][1] == "outer/top.else_branch"
+
+
+def test_interpose_puts_a_node_right_after_another_and_rewires_its_readers():
+    import bnfold.graph_view as graph_view
+
+    model = onnx.helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Relu", ["x"], ["a"], name="first"),
+                helper.make_node("Neg", ["a"], ["b"], name="second"),
+                helper.make_node("Abs", ["a"], ["y"], name="third"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+            [
+                helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
+            ],
+            [onnx.numpy_helper.from_array(np.ones(2, np.float32), "one")],
+        )
+    )
+    view = GraphView(model.graph, ir_version=10, opset=17)
+    names = graph_view.NameAllocator(model)
+    added = view.interpose(0, "Add", ["one"], names)
+    new = view.nodes[added].output[0]
+    assert view.producer[new] == added and sorted(view.consumers.of(new)) == [1, 2]
+    with pytest.raises(ValueError, match="read otherwise"):
+        view.interpose(1, "Add", ["one"], names)  # ('b' is a graph output)
+    view.finish()
+    assert [n.name for n in model.graph.node] == ["first", f"{new}_node", "second", "third"]
+    assert [n.input[0] for n in model.graph.node[2:]] == [new, new]
+    onnx.checker.check_model(model, full_check=True)

@@ -135,7 +135,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(model_io.os, "replace", explode)
+    monkeypatch.setattr(os, "replace", explode)
     with pytest.raises(bnfold.InputError, match="No space left"):
         bnfold.save_model(bnfold.fold(RESNET).model, tmp_path / "o.onnx", external_data=True)
     assert list(tmp_path.iterdir()) == []
@@ -228,7 +228,7 @@ def test_external_tensors_in_constant_attributes_are_loaded(tmp_path):
     folder = tmp_path / "m"
     save_with_external_data(model, folder, location="w.bin", convert_attribute=True)
     on_disk = onnx.load(folder / "m.onnx", load_external_data=False)
-    assert len(list(model_io._external_tensors(on_disk))) == 3
+    assert len(list(model_io.external_tensors(on_disk))) == 3
     loaded = bnfold.load_model(folder / "m.onnx")
     tensors = model_io.all_tensors(loaded)
     assert len(tensors) == 3

@@ -56,3 +56,11 @@ def test_forward_conv_maths_follows_the_grouped_layout(rng, c_out, c_in, group):
             want_shift[o] += weight[o, j].sum() * shift[channel]
     np.testing.assert_array_equal(scale_conv_inputs(weight, scale, group), want_weight)
     np.testing.assert_allclose(conv_input_shift(weight, shift, group), want_shift, rtol=1e-12)
+
+
+def test_multiply_exactly_refuses_an_out_it_cannot_round_into():
+    import ml_dtypes
+
+    weights = np.ones((2, 2), dtype=ml_dtypes.bfloat16)
+    with pytest.raises(TypeError, match="cannot round into bfloat16"):
+        multiply_exactly(weights, np.ones((2, 1)), out=np.empty_like(weights))

@@ -448,3 +448,14 @@ def test_a_linear_whose_input_rank_is_proven_through_transposes_folds(rng):
     result = bnfold.fold(model)
     assert [r.into_op for r in result.folded] == ["MatMul"], result.skipped
     assert_same_function(model, result.model)
+
+
+def test_the_new_bias_add_broadcasts_explicitly_before_opset_7(rng):
+    model = linear_nd_model(rng, [[0, 2, 1]], bias=False)
+    model.opset_import[0].version = 6
+    model.ir_version = 3
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.attribute.append(helper.make_attribute("is_test", 1))
+    result = bnfold.fold(model)
+    (add,) = (n for n in result.model.graph.node if n.op_type == "Add")
+    assert {a.name: a.i for a in add.attribute} == {"broadcast": 1}

@@ -736,3 +736,17 @@ def test_inputs_and_outputs_of_types_numpy_lacks_are_validated(rng, input_type, 
     if output_type != TensorProto.FLOAT8E4M3FN:
         wrong = validate(model, scaled_channel(folded, 1.5), providers=["cpu"])
         assert not wrong.passed and wrong.providers[0].outputs[0].mismatches > 0
+
+
+def test_a_fed_session_that_fails_falls_back_to_one_session_per_draw(monkeypatch):
+    model, folded = big_folded_pair()
+    real = ModelSources.fed_candidate
+
+    def broken(self):
+        found = real(self)
+        return None if found is None else (SessionSource(b"not a model"), found[1])
+
+    monkeypatch.setattr(ModelSources, "fed_candidate", broken)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and not report.providers[0].notes
+    assert report.providers[0].outputs[0].rounding_noise > 0

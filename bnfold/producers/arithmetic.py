@@ -69,7 +69,7 @@ def split_after_concat(
         if concat_index is None or view.op_types[concat_index] != "Concat":
             continue
         if view.domains[concat_index] not in ONNX_DOMAINS:
-            return None
+            continue
         constant = view.constant(other)
         shape = concat_channels(view, concat_index)
         if constant is None or not is_float(constant.dtype) or shape is None:

@@ -90,7 +90,8 @@ def plan_linear_nd_unbiased(
         shown = "unknown" if rank is None else str(rank)
         return (
             f"it follows {path} after MatMul '{node_label(matmul)}', whose left operand has "
-            f"rank {shown}; only a 2-D one can become a Gemm with the folded bias"
+            f"rank {shown}; only a 2-D one can become a Gemm with the folded bias, and only one "
+            "of rank 3 or more is followed with its features"
         )
     weight = _columns_reaching_axis_1(view, matmul, chain, affine, path, rank, "")
     if isinstance(weight, str):
@@ -116,7 +117,15 @@ def plan_linear_nd_unbiased(
     return FoldPlan(updates, how, added_bias=bias)
 
 
-def _columns_reaching_axis_1(view, matmul, chain, affine, path, rank, via) -> np.ndarray | str:
+def _columns_reaching_axis_1(
+    view: GraphView,
+    matmul: onnx.NodeProto,
+    chain: list[int],
+    affine: ChannelAffine,
+    path: str,
+    rank: int,
+    via: str,
+) -> np.ndarray | str:
     """The MatMul's constant weight matrix when its columns are the BN's channels and the
     chain's Transposes bring them to axis 1; else the reason."""
     label = f"MatMul '{node_label(matmul)}'"

@@ -124,9 +124,10 @@ def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) 
         layer.op_type = view.op_types[index] = plan.new_op_type
     for name, value in plan.new_attributes.items():
         _set_attribute(layer, name, value)
-    if plan.added_bias is not None:
+    if plan.added_bias is not None:  # (Add-1/6 broadcast only when told to)
         bias = view.add_constant(plan.added_bias, f"{stem}_bnfold_bias", names)
-        view.interpose(index, "Add", [bias], names.fresh(f"{layer.output[0]}_bnfold_biased"))
+        attributes: dict[str, object] = {"broadcast": 1} if view.opset < 7 else {}
+        view.interpose(index, "Add", [bias], names, attributes)
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:

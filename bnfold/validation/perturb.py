@@ -6,9 +6,9 @@ changes of what the fold changed:
   probability 1/4, one unit in the last place, ULP, up or down: `one_ulp_moved`);
 - the original with the values entering the arithmetic the fold replaced moved by rounding
   (`inputs_moved_by_rounding`).
-`changed_tensors` finds what the fold wrote (candidate tensors the original lacks) and consumed
-(original tensors the candidate lacks) by name and contents, so any pair of models can be
-validated, not only bnfold's.
+`what_the_fold_changed` finds what the fold wrote (candidate tensors the original lacks) and
+consumed (original tensors the candidate lacks) by name and contents (`changed_tensors`, one
+way), so any pair of models can be validated, not only bnfold's.
 """
 
 from __future__ import annotations

@@ -306,13 +306,15 @@ class _Context:
         draws come from one session (its movers draw anew each run); the folded model's too on
         the CPU, fed its written weights as inputs (`fed_candidate`: once as they are, then each
         draw), elsewhere one session each (its weights fixed when the session is made: other
-        providers may need constant weights). A failure ends the list."""
+        providers may need constant weights, and where the fed session fails). A failure ends
+        the list."""
         fed = self.sources.fed_candidate() if role == "candidate" and provider == CPU else None
-        if role == "candidate" and fed is None:
-            results: list = self._moved_one_session_each(provider)
-            base = None
-        else:
+        results: list = []
+        base = None
+        if role == "reference" or fed is not None:
             results, base = self._moved_in_one_session(provider, fed)
+        if role == "candidate" and not _all_ran(results):  # (the fed session may fail alone)
+            results, base = self._moved_one_session_each(provider), None
         for draw, result in enumerate(results):
             if not isinstance(result, (Unavailable, str)):
                 self.saver.save(provider, f"{_LABELS[role]}-moved{draw}", result)
@@ -344,6 +346,10 @@ class _Context:
             if isinstance(results[-1], (Unavailable, str)):
                 break
         return results
+
+
+def _all_ran(results: list) -> bool:
+    return bool(results) and not any(isinstance(r, (Unavailable, str)) for r in results)
 
 
 def _fed_runs(sources, written, runs: list[dict], draws: range) -> Iterator[dict]:

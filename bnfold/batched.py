@@ -174,6 +174,24 @@ def _candidates(view: GraphView, opset: int):
 
 
 def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pair | None:
+    found = _batchnorm_params(view, node, opset)
+    if found is None:
+        return None
+    source, param_names, params, epsilon = found
+    channels = params[0].dims[0]
+    conv = _conv_before(view, source, index, channels)
+    if conv is None:
+        return None
+    conv_index, weight, bias, row = conv
+    return _Pair(
+        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
+    )
+
+
+def _batchnorm_params(view: GraphView, node: onnx.NodeProto, opset: int):
+    """(data input, parameter names, parameters, epsilon) of an inference-mode BN whose four
+    parameters are initializers of this graph (not graph inputs), raw float data of one dtype,
+    1-D of one length C ≥ 1; else None."""
     attrs = attributes(node)
     if mode_problem(node, opset, attrs):
         return None
@@ -192,9 +210,15 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     dims = shapes[0]
     if len(dims) != 1 or dims[0] < 1 or shapes.count(dims) != len(shapes):
         return None
-    channels = dims[0]
-    if not _hold_bytes(params, channels * RAW_FLOATS[dtype].itemsize):
+    if not _hold_bytes(params, dims[0] * RAW_FLOATS[dtype].itemsize):
         return None  # (or the data is in a typed field, or in a file not read)
+    return source, param_names, params, epsilon
+
+
+def _conv_before(view: GraphView, source: str, index: int, channels: int):
+    """(Conv index, weight, bias or None, weight row length) of the default-domain Conv whose
+    output `source` only the BN at `index` reads, its weight and bias owned float initializers
+    of C output channels, not fed by a BatchNormalization; else None."""
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
         return None
@@ -218,13 +242,11 @@ def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pai
     bias = None
     if len(conv_inputs) > 2 and conv_inputs[2]:
         bias = _owned_float_initializer(view, conv_inputs[2], conv_index)
-        if bias is None or bias.dims[:] != dims:
+        if bias is None or bias.dims[:] != [channels]:
             return None
         if not _hold_bytes([bias], channels * RAW_FLOATS[bias.data_type].itemsize):
             return None
-    return _Pair(
-        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
-    )
+    return conv_index, weight, bias, row
 
 
 def _may_fold_again(view: GraphView, pair: _Pair) -> bool:

@@ -35,7 +35,7 @@ class BatchNorm:
 def mode_problem(node: onnx.NodeProto, opset: int, attrs: dict | None = None) -> str | None:
     """Why this BatchNormalization is not an inference-mode per-channel one, or None."""
     attrs = attributes(node) if attrs is None else attrs
-    outputs, inputs = node.output[:], node.input[:]  # lists (`graph_view._ALL`)
+    outputs, inputs = node.output[:], node.input[:]  # lists (`graph_index._ALL`)
     extra_outputs = [name for name in outputs[1:] if name]
     if opset < 7 and not attrs.get("is_test", 0):
         return f"training mode (opset {opset} BatchNormalization without is_test=1)"

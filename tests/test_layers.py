@@ -22,6 +22,9 @@ LAYERS = [
         {
             "constant_eval",
             "element_types",
+            "graph_index",
+            "graph_values",
+            "graph_editor",
             "graph_view",
             "batchnorm",
             "affine",

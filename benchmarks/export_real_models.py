@@ -45,6 +45,17 @@ Keras 2 (TF 2.15) and an onnx that works with TF's ml_dtypes 0.3:
     python3 -m venv /work/tfenv
     /work/tfenv/bin/pip install tensorflow-cpu==2.15.1 tf2onnx onnxruntime onnx==1.17.0
     /work/tfenv/bin/python benchmarks/export_real_models.py --keras
+
+`--paddle` exports PaddlePaddle's ResNet-18 and MobileNetV2 (paddle.vision, random weights, the
+same statistics) through paddle2onnx; `--jax` two Flax NNX models (a CNN with BN after Conv and
+after Linear, NHWC; an MLP with BN on its input, before a Linear) through jax2onnx:
+
+    python3 -m venv /work/paddleenv
+    /work/paddleenv/bin/pip install paddlepaddle paddle2onnx onnx onnxruntime
+    /work/paddleenv/bin/python benchmarks/export_real_models.py --paddle
+    python3 -m venv /work/jaxenv
+    /work/jaxenv/bin/pip install jax jaxlib flax jax2onnx onnx onnxruntime
+    /work/jaxenv/bin/python benchmarks/export_real_models.py --jax
 """
 
 from __future__ import annotations
@@ -454,6 +465,177 @@ def export_keras(out: Path, seed: int, only: list[str] | None) -> tuple[dict, di
     return results, failures
 
 
+# --------------------------------------------------------------------------- Paddle, JAX
+
+
+def _paddle_vision(name: str):
+    def build():
+        import paddle
+
+        return getattr(paddle.vision.models, name)(pretrained=False)
+
+    return build
+
+
+# file name: (builder, input shape), exported by paddle2onnx (through paddle.onnx.export)
+PADDLE_MODELS = {
+    "paddle_resnet18": (_paddle_vision("resnet18"), (1, 3, 224, 224)),
+    "paddle_mobilenet_v2": (_paddle_vision("mobilenet_v2"), (1, 3, 224, 224)),
+}
+
+
+def export_paddle(out: Path, seed: int, only: list[str] | None) -> tuple[dict, dict]:
+    """PaddlePaddle's vision models with trained-looking BN statistics, through paddle2onnx."""
+    import paddle
+    import paddle2onnx
+
+    results, failures = {}, {}
+    for name, (build, shape) in PADDLE_MODELS.items():
+        if only and name not in only:
+            continue
+        print(name, flush=True)
+        try:
+            s = model_seed(name, seed)
+            paddle.seed(s)
+            model = build()
+            n_bn = _set_paddle_bn_stats(model, s)
+            model.eval()
+            x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
+            expected = model(paddle.to_tensor(x)).numpy()
+            spec = [paddle.static.InputSpec(list(shape), "float32", "input")]
+            paddle.onnx.export(model, str(out / name), input_spec=spec, opset_version=OPSET)
+            path = out / f"{name}.onnx"
+            proto = _finish(path)
+            results[name] = {
+                "exporter": f"paddle2onnx {paddle2onnx.__version__} (paddle {paddle.__version__})",
+                "bn_modules": n_bn,
+                "seed": s,
+                **describe(path, proto),
+                **check_ort(path, x, expected),
+            }
+            print("  " + summary(name, results[name]), flush=True)
+        except Exception as exc:  # report it, go on
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    return results, failures
+
+
+def _set_paddle_bn_stats(model, seed: int) -> int:
+    import paddle
+
+    rng = np.random.default_rng(seed)
+    count = 0
+    for layer in model.sublayers():
+        if isinstance(layer, paddle.nn.layer.norm._BatchNormBase):
+            c = layer._mean.shape[0]
+            layer._mean.set_value((0.5 * rng.standard_normal(c)).astype("float32"))
+            layer._variance.set_value((0.2 + 2 * rng.uniform(size=c)).astype("float32"))
+            layer.weight.set_value((1 + 0.3 * rng.standard_normal(c)).astype("float32"))
+            layer.bias.set_value((0.2 * rng.standard_normal(c)).astype("float32"))
+            count += 1
+    return count
+
+
+def _flax_cnn():
+    """Flax NNX (NHWC): Conv → BN → ReLU → Conv(stride 2) → BN → ReLU → mean over H, W →
+    Linear → BN → ReLU → Linear, input [1, 32, 32, 3]."""
+    from flax import nnx
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.c1 = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+            self.b1 = nnx.BatchNorm(16, use_running_average=True, rngs=rngs)
+            self.c2 = nnx.Conv(16, 32, (3, 3), strides=2, rngs=rngs)
+            self.b2 = nnx.BatchNorm(32, use_running_average=True, rngs=rngs)
+            self.d1 = nnx.Linear(32, 64, rngs=rngs)
+            self.b3 = nnx.BatchNorm(64, use_running_average=True, rngs=rngs)
+            self.d2 = nnx.Linear(64, 10, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.relu(self.b1(self.c1(x)))
+            x = nnx.relu(self.b2(self.c2(x)))
+            x = x.mean(axis=(1, 2))
+            x = nnx.relu(self.b3(self.d1(x)))
+            return self.d2(x)
+
+    return CNN(nnx.Rngs(0))
+
+
+def _flax_mlp():
+    """Flax NNX: BN on the input features → Linear → ReLU → BN → Linear (a BN before a Dense:
+    a forward fold), input [1, 20]."""
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.b0 = nnx.BatchNorm(20, use_running_average=True, rngs=rngs)
+            self.d1 = nnx.Linear(20, 64, rngs=rngs)
+            self.b1 = nnx.BatchNorm(64, use_running_average=True, rngs=rngs)
+            self.d2 = nnx.Linear(64, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.d2(self.b1(nnx.relu(self.d1(self.b0(x)))))
+
+    return MLP(nnx.Rngs(0))
+
+
+# file name: (builder, input shape), exported by jax2onnx
+JAX_MODELS = {"flax_cnn_bn": (_flax_cnn, (1, 32, 32, 3)), "flax_mlp_bn": (_flax_mlp, (1, 20))}
+
+
+def export_jax(out: Path, seed: int, only: list[str] | None) -> tuple[dict, dict]:
+    """Flax NNX models with trained-looking BN statistics, through jax2onnx."""
+    import importlib.metadata
+
+    import jax
+    import jax2onnx
+
+    results, failures = {}, {}
+    for name, (build, shape) in JAX_MODELS.items():
+        if only and name not in only:
+            continue
+        print(name, flush=True)
+        try:
+            s = model_seed(name, seed)
+            model = build()
+            n_bn = _set_flax_bn_stats(model, s)
+            x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
+            expected = np.asarray(model(x))
+            path = out / f"{name}.onnx"
+            onnx.save(jax2onnx.to_onnx(model, [shape], model_name=name), str(path))
+            proto = _finish(path)
+            version = importlib.metadata.version("jax2onnx")
+            results[name] = {
+                "exporter": f"jax2onnx {version} (jax {jax.__version__})",
+                "bn_modules": n_bn,
+                "seed": s,
+                **describe(path, proto),
+                **check_ort(path, x, expected),
+            }
+            print("  " + summary(name, results[name]), flush=True)
+        except Exception as exc:  # report it, go on
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    return results, failures
+
+
+def _set_flax_bn_stats(model, seed: int) -> int:
+    import jax.numpy as jnp
+    from flax import nnx
+
+    rng = np.random.default_rng(seed)
+    count = 0
+    for _, layer in nnx.iter_graph(model):
+        if isinstance(layer, nnx.BatchNorm):
+            c = layer.mean.value.shape[0]
+            layer.mean.value = jnp.asarray(0.5 * rng.standard_normal(c), jnp.float32)
+            layer.var.value = jnp.asarray(0.2 + 2 * rng.uniform(size=c), jnp.float32)
+            layer.scale.value = jnp.asarray(1 + 0.3 * rng.standard_normal(c), jnp.float32)
+            layer.bias.value = jnp.asarray(0.2 * rng.standard_normal(c), jnp.float32)
+            count += 1
+    return count
+
+
 # --------------------------------------------------------------------------- checks and report
 
 
@@ -540,10 +722,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keras", action="store_true", help="export the Keras models via tf2onnx (TF venv)"
     )
+    parser.add_argument(
+        "--paddle", action="store_true", help="export Paddle models via paddle2onnx (Paddle venv)"
+    )
+    parser.add_argument(
+        "--jax", action="store_true", help="export Flax models via jax2onnx (JAX venv)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    if args.keras:
+    if args.paddle or args.jax:
+        results, failures = (export_paddle if args.paddle else export_jax)(
+            args.out, args.seed, args.models
+        )
+    elif args.keras:
         unknown = set(args.models or ()) - set(KERAS_FILES)
         if unknown:
             parser.error(f"unknown Keras models: {sorted(unknown)}; choose from {KERAS_FILES}")

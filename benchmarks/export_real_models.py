@@ -56,6 +56,13 @@ after Linear, NHWC; an MLP with BN on its input, before a Linear) through jax2on
     python3 -m venv /work/jaxenv
     /work/jaxenv/bin/pip install jax jaxlib flax jax2onnx onnx onnxruntime
     /work/jaxenv/bin/python benchmarks/export_real_models.py --jax
+
+`--keras3` exports Keras 3 models (a CNN with BN after Conv2D, DepthwiseConv2D and Dense; a
+MobileNetV2, alpha 0.35) through Keras' own `model.export(format="onnx")`:
+
+    python3 -m venv /work/keras3env
+    /work/keras3env/bin/pip install tensorflow-cpu keras tf2onnx onnx onnxruntime
+    /work/keras3env/bin/python benchmarks/export_real_models.py --keras3
 """
 
 from __future__ import annotations
@@ -636,6 +643,85 @@ def _set_flax_bn_stats(model, seed: int) -> int:
     return count
 
 
+def _keras3_cnn():
+    """Keras 3: Conv2D → BN → ReLU → DepthwiseConv2D → BN → ReLU → pool → Dense → BN → Dense
+    (NHWC, [1, 32, 32, 3])."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((32, 32, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(inp)))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(x)))
+    x = layers.BatchNormalization()(layers.Dense(32)(layers.GlobalAveragePooling2D()(x)))
+    return keras.Model(inp, layers.Dense(10)(x), name="keras3_cnn_bn")
+
+
+def _keras3_mobilenetv2():
+    import keras
+
+    return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), alpha=0.35)
+
+
+# file name: (builder, input shape), exported by Keras 3's model.export(format="onnx")
+KERAS3_MODELS = {
+    "keras3_cnn_bn": (_keras3_cnn, (1, 32, 32, 3)),
+    "keras3_mobilenetv2": (_keras3_mobilenetv2, (1, 224, 224, 3)),
+}
+
+
+def export_keras3(out: Path, seed: int, only: list[str] | None) -> tuple[dict, dict]:
+    """Keras 3 models (TensorFlow backend) with trained-looking BN statistics, through Keras'
+    own ONNX export."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    results, failures = {}, {}
+    for name, (build, shape) in KERAS3_MODELS.items():
+        if only and name not in only:
+            continue
+        print(name, flush=True)
+        try:
+            s = model_seed(name, seed)
+            keras.utils.set_random_seed(s)
+            model = build()
+            n_bn = _set_keras3_bn_stats(model, s)
+            x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
+            expected = np.asarray(model(x, training=False))
+            path = out / f"{name}.onnx"
+            model.export(str(path), format="onnx", verbose=False)
+            proto = _finish(path)
+            results[name] = {
+                "exporter": f"keras {keras.__version__} export(format='onnx')",
+                "bn_modules": n_bn,
+                "seed": s,
+                **describe(path, proto),
+                **check_ort(path, x, expected),
+            }
+            print("  " + summary(name, results[name]), flush=True)
+        except Exception as exc:  # report it, go on
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    return results, failures
+
+
+def _set_keras3_bn_stats(model, seed: int) -> int:
+    import keras
+
+    rng = np.random.default_rng(seed)
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign((0.5 * rng.standard_normal(c)).astype("float32"))
+            layer.moving_variance.assign((0.2 + 2 * rng.uniform(size=c)).astype("float32"))
+            layer.gamma.assign((1 + 0.3 * rng.standard_normal(c)).astype("float32"))
+            layer.beta.assign((0.2 * rng.standard_normal(c)).astype("float32"))
+            count += 1
+    return count
+
+
 # --------------------------------------------------------------------------- checks and report
 
 
@@ -728,13 +814,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jax", action="store_true", help="export Flax models via jax2onnx (JAX venv)"
     )
+    parser.add_argument(
+        "--keras3", action="store_true", help="export Keras 3 models (Keras 3 venv)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    if args.paddle or args.jax:
-        results, failures = (export_paddle if args.paddle else export_jax)(
-            args.out, args.seed, args.models
-        )
+    if args.paddle or args.jax or args.keras3:
+        export = export_paddle if args.paddle else export_jax if args.jax else export_keras3
+        results, failures = export(args.out, args.seed, args.models)
     elif args.keras:
         unknown = set(args.models or ()) - set(KERAS_FILES)
         if unknown:

@@ -54,6 +54,19 @@ SAME_RANK_OPS = frozenset(
         "Softmax",
         "LogSoftmax",
         "Transpose",
+        # layers and pools keep the rank of their data input
+        "Conv",
+        "ConvTranspose",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "GlobalLpPool",
+        "Pad",
+        "LRN",
+        "InstanceNormalization",
+        "LayerNormalization",
     }
 )
 MAX_RANK_DEPTH = 64  # producers followed back to find a rank
@@ -205,8 +218,9 @@ class GraphValues(GraphIndex):
 
     def _propagated_rank(self, name: str, depth: int = 0) -> int | None:
         """The rank a tensor provably has from its producer's op and inputs' ranks: ops that
-        keep their input's rank (activations, casts, BatchNormalization), Gemm and Flatten (2),
-        MatMul and the broadcasting arithmetic of known ranks. None when not provable here."""
+        keep their input's rank (activations, casts, BatchNormalization, layers, pools), Gemm
+        and Flatten (2), Squeeze/Unsqueeze by constant axes, MatMul and the broadcasting
+        arithmetic of known ranks. None when not provable here."""
         index = self.producer.get(name)
         if index is None or depth > MAX_RANK_DEPTH or self.domains[index] not in ONNX_DOMAINS:
             return None
@@ -218,6 +232,8 @@ class GraphValues(GraphIndex):
             return int(target.size) if target is not None and target.ndim == 1 else None
         if op in SAME_RANK_OPS and node.input and node.output[0] == name:
             return self._rank_within(node.input[0], depth)
+        if op in ("Squeeze", "Unsqueeze") and node.input:
+            return self._squeezed_rank(node, depth)
         if op in ("MatMul", "Add", "Sub", "Mul", "Div") and len(node.input) == 2:
             ranks = [self._rank_within(n, depth) for n in node.input]
             if None in ranks:
@@ -227,6 +243,18 @@ class GraphValues(GraphIndex):
                 return None  # (a 1-D operand drops an axis)
             return max(known)
         return None
+
+    def _squeezed_rank(self, node: onnx.NodeProto, depth: int) -> int | None:
+        """A Squeeze's or Unsqueeze's output rank, when its axes are given (an input from opset
+        13 on, else an attribute; a Squeeze without them drops every axis of size 1: unknown)."""
+        axes = self.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if axes is None:
+            listed = next((a.ints for a in node.attribute if a.name == "axes"), None)
+            axes = None if listed is None else np.asarray(listed)
+        rank = self._rank_within(node.input[0], depth)
+        if axes is None or rank is None or axes.ndim > 1:
+            return None
+        return rank - axes.size if node.op_type == "Squeeze" else rank + axes.size
 
     def _rank_within(self, name: str, depth: int) -> int | None:
         value = self.constant(name)

@@ -224,6 +224,45 @@ def test_ranks_are_proven_through_activations_and_layers(rng):
     assert_same_function(model, result.model)
 
 
+@pytest.mark.parametrize("opset", [11, 17])
+def test_ranks_are_proven_through_layers_pools_and_squeeze(rng, opset):
+    """Keras 3's Conv → pool → Squeeze → Dense → BN (as Mul/Add): the Dense's input is provably
+    2-D (a Conv keeps its input's rank, a pool too, a Squeeze of two axes drops two), with no
+    BatchNormalization in the model to make shape inference run."""
+    axes = [2, 3]
+    squeeze = (
+        helper.make_node("Squeeze", ["p", "axes"], ["q"])
+        if opset >= 13
+        else helper.make_node("Squeeze", ["p"], ["q"], axes=axes)
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        squeeze,
+        helper.make_node("MatMul", ["q", "W"], ["m"], name="dense"),
+        helper.make_node("Mul", ["m", "s"], ["a"], name="mul"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+    ]
+    inits = [
+        tensor("w", rng.normal(0, 0.5, [6, 3, 3, 3]).astype(np.float32)),
+        tensor("W", rng.normal(0, 0.5, [6, M]).astype(np.float32)),
+        tensor("s", rng.uniform(0.5, 1.5, [M]).astype(np.float32)),
+        tensor("b", rng.normal(0, 0.5, [M]).astype(np.float32)),
+    ]
+    if opset >= 13:
+        inits.append(tensor("axes", np.array(axes, np.int64)))
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [value_info("y", TensorProto.FLOAT, symbolic(2))],
+        inits,
+        opset=opset,
+    )
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded_affine] == ["dense", "dense"]
+    assert_same_function(model, result.model)
+
+
 def test_a_bn_like_mul_that_cannot_fold_is_reported_and_stops_strict(rng, tmp_path):
     """Conv's output read by the Mul and by a residual Add: the Mul stays, with its reason, in
     the records, the report and the command's lines; --strict refuses to write."""

@@ -496,25 +496,37 @@ def export_paddle(out: Path, seed: int, only: list[str] | None) -> tuple[dict, d
     import paddle
     import paddle2onnx
 
+    def export_one(build, shape, s: int, path: Path):
+        paddle.seed(s)
+        model = build()
+        n_bn = _set_paddle_bn_stats(model, s)
+        model.eval()
+        x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
+        expected = model(paddle.to_tensor(x)).numpy()
+        spec = [paddle.static.InputSpec(list(shape), "float32", "input")]
+        paddle.onnx.export(model, str(path.with_suffix("")), input_spec=spec, opset_version=OPSET)
+        exporter = f"paddle2onnx {paddle2onnx.__version__} (paddle {paddle.__version__})"
+        return exporter, n_bn, x, expected
+
+    return _export_all(PADDLE_MODELS, out, seed, only, export_one)
+
+
+def _export_all(models: dict, out: Path, seed: int, only, export_one) -> tuple[dict, dict]:
+    """`export_one(build, shape, seed, path) -> (exporter, BN count, input, framework output)`
+    for each of `models` (name: (builder, input shape)), then checked and described; a model
+    that fails is reported and the others go on."""
     results, failures = {}, {}
-    for name, (build, shape) in PADDLE_MODELS.items():
+    for name, (build, shape) in models.items():
         if only and name not in only:
             continue
         print(name, flush=True)
         try:
             s = model_seed(name, seed)
-            paddle.seed(s)
-            model = build()
-            n_bn = _set_paddle_bn_stats(model, s)
-            model.eval()
-            x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
-            expected = model(paddle.to_tensor(x)).numpy()
-            spec = [paddle.static.InputSpec(list(shape), "float32", "input")]
-            paddle.onnx.export(model, str(out / name), input_spec=spec, opset_version=OPSET)
             path = out / f"{name}.onnx"
+            exporter, n_bn, x, expected = export_one(build, shape, s, path)
             proto = _finish(path)
             results[name] = {
-                "exporter": f"paddle2onnx {paddle2onnx.__version__} (paddle {paddle.__version__})",
+                "exporter": exporter,
                 "bn_modules": n_bn,
                 "seed": s,
                 **describe(path, proto),
@@ -597,33 +609,16 @@ def export_jax(out: Path, seed: int, only: list[str] | None) -> tuple[dict, dict
     import jax
     import jax2onnx
 
-    results, failures = {}, {}
-    for name, (build, shape) in JAX_MODELS.items():
-        if only and name not in only:
-            continue
-        print(name, flush=True)
-        try:
-            s = model_seed(name, seed)
-            model = build()
-            n_bn = _set_flax_bn_stats(model, s)
-            x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
-            expected = np.asarray(model(x))
-            path = out / f"{name}.onnx"
-            onnx.save(jax2onnx.to_onnx(model, [shape], model_name=name), str(path))
-            proto = _finish(path)
-            version = importlib.metadata.version("jax2onnx")
-            results[name] = {
-                "exporter": f"jax2onnx {version} (jax {jax.__version__})",
-                "bn_modules": n_bn,
-                "seed": s,
-                **describe(path, proto),
-                **check_ort(path, x, expected),
-            }
-            print("  " + summary(name, results[name]), flush=True)
-        except Exception as exc:  # report it, go on
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-    return results, failures
+    def export_one(build, shape, s: int, path: Path):
+        model = build()
+        n_bn = _set_flax_bn_stats(model, s)
+        x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
+        expected = np.asarray(model(x))
+        onnx.save(jax2onnx.to_onnx(model, [shape], model_name=path.stem), str(path))
+        version = importlib.metadata.version("jax2onnx")
+        return f"jax2onnx {version} (jax {jax.__version__})", n_bn, x, expected
+
+    return _export_all(JAX_MODELS, out, seed, only, export_one)
 
 
 def _set_flax_bn_stats(model, seed: int) -> int:
@@ -677,33 +672,16 @@ def export_keras3(out: Path, seed: int, only: list[str] | None) -> tuple[dict, d
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    results, failures = {}, {}
-    for name, (build, shape) in KERAS3_MODELS.items():
-        if only and name not in only:
-            continue
-        print(name, flush=True)
-        try:
-            s = model_seed(name, seed)
-            keras.utils.set_random_seed(s)
-            model = build()
-            n_bn = _set_keras3_bn_stats(model, s)
-            x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
-            expected = np.asarray(model(x, training=False))
-            path = out / f"{name}.onnx"
-            model.export(str(path), format="onnx", verbose=False)
-            proto = _finish(path)
-            results[name] = {
-                "exporter": f"keras {keras.__version__} export(format='onnx')",
-                "bn_modules": n_bn,
-                "seed": s,
-                **describe(path, proto),
-                **check_ort(path, x, expected),
-            }
-            print("  " + summary(name, results[name]), flush=True)
-        except Exception as exc:  # report it, go on
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-    return results, failures
+    def export_one(build, shape, s: int, path: Path):
+        keras.utils.set_random_seed(s)
+        model = build()
+        n_bn = _set_keras3_bn_stats(model, s)
+        x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
+        expected = np.asarray(model(x, training=False))
+        model.export(str(path), format="onnx", verbose=False)
+        return f"keras {keras.__version__} export(format='onnx')", n_bn, x, expected
+
+    return _export_all(KERAS3_MODELS, out, seed, only, export_one)
 
 
 def _set_keras3_bn_stats(model, seed: int) -> int:

@@ -621,6 +621,7 @@ def file_cases(paths: list[Path], args, work: Path) -> list[dict]:
 
 def write_files_report(folder: Path, cases: list[dict], args, elapsed: float) -> None:
     """docs/comparison_files.md and .json: the summary, the standings and bnfold's reasons."""
+    folder.mkdir(parents=True, exist_ok=True)
     summary = verdicts(cases)
     lines = [
         "# bnfold and other tools on exports from other frameworks",

@@ -227,6 +227,8 @@ MODELS = {
     "mobilenetv3_large_100": (_timm("mobilenetv3_large_100"), 224),
     "regnety_008": (_timm("regnety_008"), 224),
     "mixnet_s": (_timm("mixnet_s"), 224),
+    "repvgg_a0": (_timm("repvgg_a0"), 224),  # train-time branches: 3x3 + 1x1 + identity BN
+    "dpn68": (_timm("dpn68"), 224),  # dual paths: BN after Concat of residual and dense parts
     "yolo_head": (_yolo_head, 640),
     "yolov8n": (_ultralytics("yolov8n.yaml"), 640),
     "yolov8n_cls": (_ultralytics("yolov8n-cls.yaml"), 224),

@@ -127,16 +127,19 @@ def layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, list
     return None
 
 
-FORWARD_LAYERS = ("Gemm", "MatMul")
+FORWARD_LAYERS = ("Gemm", "MatMul", "Conv")
 
 
 def read_affine_forward(
     start: int, view: GraphView
 ) -> tuple[list[int], ChannelAffine, str, int] | None:
     """(the Mul/Add nodes from `start` on, their composed per-feature map, the data they read,
-    the Gemm/MatMul reading them) when `start` begins a run of one or two Mul/Add by constants
-    that broadcast along the last axis of a 2-D tensor alone, each read only by the next, the
-    last only by the first input of a Gemm or MatMul; else None."""
+    the layer reading them) when `start` begins a run of one or two Mul/Add by constants that
+    broadcast along the axis the layer reduces over alone (the last axis of a 2-D input of a
+    Gemm or MatMul; axis 1, the channels, of a Conv's input), each read only by the next, the
+    last only by the layer's data input; the data's rank and (where a constant has several
+    values) its size on that axis must be provable, so that dropping the run changes no shape.
+    Else None."""
     run = [start]
     reader = view.sole_consumer(view.nodes[start].output[0])
     if reader is not None and _is_affine_op(view, reader):
@@ -147,10 +150,10 @@ def read_affine_forward(
     layer = view.nodes[reader]
     if view.domains[reader] not in ONNX_DOMAINS or layer.input[0] != view.nodes[run[-1]].output[0]:
         return None
-    matrix = _weight_matrix(layer, view)
-    if matrix is None:
+    reads = _layer_reads(layer, view)
+    if reads is None:
         return None
-    features = matrix[0]
+    features, rank, axis = reads
     affine = ChannelAffine(np.ones(features), np.zeros(features))
     data, flowing = None, None
     for index in run:
@@ -159,7 +162,7 @@ def read_affine_forward(
         if operands is None:
             return None
         source, constant = operands
-        values = per_channel(constant, features, 2)
+        values = per_channel(constant, features, rank, axis)
         if values is None or not np.isfinite(values).all():
             return None
         if node.op_type == "Mul":
@@ -169,13 +172,27 @@ def read_affine_forward(
         data = source if data is None else data
         flowing = node.output[0]
     assert data is not None
-    if view.rank(data) != 2:
-        return None  # (the layer must read a 2-D tensor once the run is gone)
+    if view.rank(data) != rank:
+        return None  # (the layer must read a tensor of its rank once the run is gone)
     constants = [view.constant(name) for i in run for name in view.nodes[i].input]
     broadcasts = any(c is not None and c.size > 1 for c in constants)
-    if broadcasts and _last_dim(view, data) != features:
+    if broadcasts and _dim(view, data, axis, rank) != features:
         return None  # (the run may broadcast its data up to the features: not provably not)
     return run, affine, data, reader
+
+
+def _layer_reads(layer: onnx.NodeProto, view: GraphView) -> tuple[int, int, int] | None:
+    """(features, rank of the data input, their axis) a layer reduces over: the rows of a
+    Gemm's or MatMul's constant 2-D weight (on the last axis of a 2-D input), the input
+    channels of a Conv's constant weight (axis 1)."""
+    if layer.op_type == "Conv":
+        weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
+        if weight is None or weight.ndim < 3:
+            return None
+        group = int(attributes(layer).get("group", 1))
+        return weight.shape[1] * group, weight.ndim, 1
+    matrix = _weight_matrix(layer, view)
+    return None if matrix is None else (matrix[0], 2, 1)
 
 
 def _is_affine_op(view: GraphView, index: int) -> bool:
@@ -208,17 +225,19 @@ def _weight_matrix(layer: onnx.NodeProto, view: GraphView) -> tuple[int, int] | 
     return int(rows), int(columns)
 
 
-def _last_dim(view: GraphView, name: str) -> int | None:
-    """The size of a tensor's last axis, if declared or the output of a Gemm/MatMul with a
-    constant 2-D weight (its columns); else None."""
+def _dim(view: GraphView, name: str, axis: int, rank: int) -> int | None:
+    """The size of axis `axis` of a rank-`rank` tensor, if declared, or if it is the output of a
+    layer with a constant weight and `axis` holds its output channels or columns; else None."""
     for infos in (view.graph.input, view.graph.value_info, view.graph.output):
         for info in infos:
             if info.name == name and info.type.tensor_type.HasField("shape"):
                 dims = info.type.tensor_type.shape.dim
-                if dims and dims[-1].HasField("dim_value") and dims[-1].dim_value > 0:
-                    return int(dims[-1].dim_value)
+                if len(dims) == rank and dims[axis].HasField("dim_value"):
+                    return int(dims[axis].dim_value) or None
     index = view.producer.get(name)
-    if index is not None and view.op_types[index] in FORWARD_LAYERS:
-        matrix = _weight_matrix(view.nodes[index], view)
-        return None if matrix is None else matrix[1]
-    return None
+    if index is None or view.domains[index] not in ONNX_DOMAINS:
+        return None
+    shape = producer_channels(view.nodes[index], view)
+    if shape is None or shape[1] != rank or axis != 1:
+        return None
+    return shape[0]

@@ -379,3 +379,52 @@ def test_ranks_are_proven_once_per_tensor(rng, monkeypatch):
     )
     bnfold.fold(model)
     assert len(calls) < 10 * len(nodes)
+
+
+def arithmetic_then_conv(rng, *, x_shape=(1, 4, 9, 9), group=1, pads=0, ops=("Mul", "Add")):
+    """x → Mul([C,1,1]) → Add([1,C,1,1]) → Conv(group, pads) → y (Keras' BatchNormalization
+    before a Conv, written as arithmetic; a Conv input normalisation)."""
+    c = 4
+    nodes, inits, name = [], [], "x"
+    for i, op in enumerate(ops):
+        shape = [c, 1, 1] if i == 0 else [1, c, 1, 1]
+        inits.append(tensor(f"k{i}", rng.uniform(0.5, 1.5, shape).astype(np.float32)))
+        nodes.append(helper.make_node(op, [name, f"k{i}"], [f"t{i}"], name=f"{op.lower()}{i}"))
+        name = f"t{i}"
+    weight = rng.normal(0, 0.5, [6, c // group, 3, 3]).astype(np.float32)
+    inits += [tensor("w", weight), tensor("wb", rng.normal(0, 0.5, [6]).astype(np.float32))]
+    nodes.append(
+        helper.make_node(
+            "Conv", [name, "w", "wb"], ["y"], name="conv", group=group, pads=[pads] * 4
+        )
+    )
+    x = value_info("x", TensorProto.FLOAT, list(x_shape) if x_shape else None)
+    return make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(4))], inits)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("ops", [("Mul", "Add"), ("Add", "Mul"), ("Mul",)])
+def test_mul_add_before_a_conv_without_padding_fold_forward(rng, group, ops):
+    model = arithmetic_then_conv(rng, group=group, ops=ops)
+    result = bnfold.fold(model)
+    assert [r.batchnorm for r in result.folded_affine] == [n.name for n in model.graph.node[:-1]]
+    assert all(
+        "per-channel constant before it, folded forward" in r.how for r in result.folded_affine
+    )
+    assert op_types(result.model) == ["Conv"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"pads": 1}, "the Conv pads the Mul/Add's output, not x"),
+        ({"x_shape": None}, "the data's rank is not provable"),
+        ({"x_shape": (1, 1, 9, 9)}, "the constants broadcast one channel up to four"),
+    ],
+)
+def test_mul_add_before_a_conv_stay_where_not_exact(rng, change, why):
+    model = arithmetic_then_conv(rng, **change)
+    result = bnfold.fold(model)
+    assert not result.folded_affine and not result.skipped_affine, why

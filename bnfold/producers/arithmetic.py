@@ -21,7 +21,7 @@ from ..numerics import is_float
 from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
 from .concat import concat_channels, plan_concat_split
-from .forward import plan_forward
+from .forward import plan_forward, plan_forward_conv
 from .rule import Absorb, Bypass, Match, Rule, Skip, bypassing
 
 
@@ -93,28 +93,34 @@ def split_after_concat(
     return None
 
 
-def forward_into_dense(
+def forward_into_layer(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | None:
-    """A run of one or two Mul/Add by per-feature constants on the 2-D input of a Gemm/MatMul
-    (`affine.read_affine_forward`): folded forward as a BatchNormalization before the layer is
-    (`forward.plan_forward`); one record per node. Where the layer cannot absorb it, nothing is
-    said (the Mul/Add may be anything)."""
+    """A run of one or two Mul/Add by per-feature constants on the input of a Gemm/MatMul (2-D)
+    or per-channel constants on the input of a Conv (`affine.read_affine_forward`): folded
+    forward as a BatchNormalization before the layer is (`forward.plan_forward`,
+    `forward.plan_forward_conv`: a Conv only without padding); one record per node. Where the
+    layer cannot absorb it, nothing is said (the Mul/Add may be anything)."""
     found = read_affine_forward(index, view)
     if found is None:
         return None
     run, affine, data, layer_index = found
-    plan = plan_forward(view.nodes[layer_index], view, affine, opset, view.rank(data))
+    layer = view.nodes[layer_index]
+    if layer.op_type == "Conv":
+        plan = plan_forward_conv(layer, view, affine)
+    else:
+        plan = plan_forward(layer, view, affine, opset, view.rank(data))
     if isinstance(plan, str):
         return None
+    kind = "channel" if layer.op_type == "Conv" else "feature"
     removals = []
     for at, position in reversed(list(enumerate(run))):  # the layer reads the run's last node
         source = data if at == 0 else view.nodes[run[at - 1]].output[0]
         what = "Mul by" if view.op_types[position] == "Mul" else "Add of"
-        how = f"{what} a per-feature constant before it, folded forward; {plan.how}"
+        how = f"{what} a per-{kind} constant before it, folded forward; {plan.how}"
         removals.append(Absorb(position, layer_index, how, source))
     return Match(((layer_index, plan),), tuple(removals), layer_index)
 
 
 BACKWARD_AFFINE_RULES: tuple[Rule, ...] = (into_layer_before, split_after_concat)
-FORWARD_AFFINE_RULES: tuple[Rule, ...] = (forward_into_dense,)
+FORWARD_AFFINE_RULES: tuple[Rule, ...] = (forward_into_layer,)

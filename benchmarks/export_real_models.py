@@ -58,7 +58,8 @@ after Linear, NHWC; an MLP with BN on its input, before a Linear) through jax2on
     /work/jaxenv/bin/python benchmarks/export_real_models.py --jax
 
 `--keras3` exports Keras 3 models (a CNN with BN after Conv2D, DepthwiseConv2D and Dense; a
-MobileNetV2, alpha 0.35) through Keras' own `model.export(format="onnx")`:
+MobileNetV2, alpha 0.35) through Keras' own `model.export(format="onnx")` (tf2onnx with its
+optimizers), and the CNN again through tf2onnx with its optimizers off:
 
     python3 -m venv /work/keras3env
     /work/keras3env/bin/pip install tensorflow-cpu keras tf2onnx onnx onnxruntime
@@ -662,6 +663,8 @@ def _keras3_mobilenetv2():
 # file name: (builder, input shape), exported by Keras 3's model.export(format="onnx")
 KERAS3_MODELS = {
     "keras3_cnn_bn": (_keras3_cnn, (1, 32, 32, 3)),
+    # through tf2onnx with its optimizers off (TensorFlow's own graph optimisation still runs)
+    "keras3_cnn_bn_noopt": (_keras3_cnn, (1, 32, 32, 3)),
     "keras3_mobilenetv2": (_keras3_mobilenetv2, (1, 224, 224, 3)),
 }
 
@@ -680,6 +683,16 @@ def export_keras3(out: Path, seed: int, only: list[str] | None) -> tuple[dict, d
         n_bn = _set_keras3_bn_stats(model, s)
         x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
         expected = np.asarray(model(x, training=False))
+        if path.stem.endswith("_noopt"):
+            import tensorflow as tf
+            import tf2onnx
+
+            spec = (tf.TensorSpec(shape, tf.float32, name="input"),)
+            tf2onnx.convert.from_keras(
+                model, spec, opset=OPSET, output_path=str(path), optimizers={}
+            )
+            exporter = f"tf2onnx {tf2onnx.__version__} (keras {keras.__version__}), no optimizers"
+            return exporter, n_bn, x, expected
         model.export(str(path), format="onnx", verbose=False)
         return f"keras {keras.__version__} export(format='onnx')", n_bn, x, expected
 

@@ -69,6 +69,20 @@ SAME_RANK_OPS = frozenset(
         "LayerNormalization",
     }
 )
+REDUCE_OPS = frozenset(
+    {
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+    }
+)
 MAX_RANK_DEPTH = 64  # producers followed back to find a rank
 
 
@@ -219,8 +233,8 @@ class GraphValues(GraphIndex):
     def _propagated_rank(self, name: str, depth: int = 0) -> int | None:
         """The rank a tensor provably has from its producer's op and inputs' ranks: ops that
         keep their input's rank (activations, casts, BatchNormalization, layers, pools), Gemm
-        and Flatten (2), Squeeze/Unsqueeze by constant axes, MatMul and the broadcasting
-        arithmetic of known ranks. None when not provable here."""
+        and Flatten (2), Squeeze/Unsqueeze and Reduce ops by their constant axes, MatMul and
+        the broadcasting arithmetic of known ranks. None when not provable here."""
         index = self.producer.get(name)
         if index is None or depth > MAX_RANK_DEPTH or self.domains[index] not in ONNX_DOMAINS:
             return None
@@ -234,6 +248,8 @@ class GraphValues(GraphIndex):
             return self._rank_within(node.input[0], depth)
         if op in ("Squeeze", "Unsqueeze") and node.input:
             return self._squeezed_rank(node, depth)
+        if op in REDUCE_OPS and node.input:
+            return self._reduced_rank(node, depth)
         if op in ("MatMul", "Add", "Sub", "Mul", "Div") and len(node.input) == 2:
             ranks = [self._rank_within(n, depth) for n in node.input]
             if None in ranks:
@@ -255,6 +271,28 @@ class GraphValues(GraphIndex):
         if axes is None or rank is None or axes.ndim > 1:
             return None
         return rank - axes.size if node.op_type == "Squeeze" else rank + axes.size
+
+    def _reduced_rank(self, node: onnx.NodeProto, depth: int) -> int | None:
+        """A Reduce op's output rank: its input's with keepdims (the default), else less the
+        axes it reduces (an input from opset 18 on, else an attribute; none: all of them,
+        unless noop_with_empty_axes)."""
+        rank = self._rank_within(node.input[0], depth)
+        attrs = {a.name: a for a in node.attribute}
+        if rank is None or ("keepdims" not in attrs or attrs["keepdims"].i):
+            return rank
+        if len(node.input) > 1 and node.input[1]:
+            axes = self.constant(node.input[1])
+            if axes is None or axes.ndim > 1:
+                return None
+            count = axes.size
+        elif "axes" in attrs:
+            count = len(attrs["axes"].ints)
+        else:
+            count = 0
+        if count == 0:
+            noop = "noop_with_empty_axes" in attrs and attrs["noop_with_empty_axes"].i
+            return rank if noop else 0
+        return rank - count
 
     def _rank_within(self, name: str, depth: int) -> int | None:
         value = self.constant(name)

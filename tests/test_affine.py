@@ -428,3 +428,55 @@ def test_mul_add_before_a_conv_stay_where_not_exact(rng, change, why):
     model = arithmetic_then_conv(rng, **change)
     result = bnfold.fold(model)
     assert not result.folded_affine and not result.skipped_affine, why
+
+
+@pytest.mark.parametrize(
+    ("attrs", "axes_input"),
+    [({"axes": [2, 3], "keepdims": 0}, None), ({"keepdims": 0}, [2, 3])],
+)
+def test_ranks_are_proven_through_reduce_ops(rng, attrs, axes_input):
+    """tf2onnx without optimizers: Conv → ReduceMean(axes, keepdims=0) → Dense → BN-as-Mul/Add
+    (axes an attribute before opset 18, an input from 18 on)."""
+    opset = 17 if axes_input is None else 18
+    inputs = ["c"] if axes_input is None else ["c", "axes"]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("ReduceMean", inputs, ["p"], **attrs),
+        helper.make_node("MatMul", ["p", "W"], ["m"], name="dense"),
+        helper.make_node("Mul", ["m", "s"], ["y"], name="mul"),
+    ]
+    inits = [
+        tensor("w", rng.normal(0, 0.5, [6, 3, 3, 3]).astype(np.float32)),
+        tensor("W", rng.normal(0, 0.5, [6, M]).astype(np.float32)),
+        tensor("s", rng.uniform(0.5, 1.5, [M]).astype(np.float32)),
+    ]
+    if axes_input is not None:
+        inits.append(tensor("axes", np.array(axes_input, np.int64)))
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [value_info("y", TensorProto.FLOAT, symbolic(2))],
+        inits,
+        opset=opset,
+    )
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded_affine] == ["dense"]
+    assert_same_function(model, result.model)
+
+
+def test_a_reduce_that_keeps_its_dims_keeps_the_rank(rng):
+    """keepdims=1 (the default): the MatMul's input stays 4-D, so its columns are not the
+    channels of a Mul after it: not BN-like, left without a record."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["p"], axes=[2]),
+        helper.make_node("MatMul", ["p", "W"], ["m"], name="dense"),
+        helper.make_node("Mul", ["m", "s"], ["y"], name="mul"),
+    ]
+    inits = [
+        tensor("W", rng.normal(0, 0.5, [8, M]).astype(np.float32)),
+        tensor("s", rng.uniform(0.5, 1.5, [M]).astype(np.float32)),
+    ]
+    x = value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    model = make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(4))], inits)
+    result = bnfold.fold(model)
+    assert not result.folded_affine and not result.skipped_affine

@@ -130,55 +130,119 @@ def layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, list
 FORWARD_LAYERS = ("Gemm", "MatMul", "Conv")
 
 
-def read_affine_forward(
-    start: int, view: GraphView
-) -> tuple[list[int], ChannelAffine, str, int] | None:
-    """(the Mul/Add nodes from `start` on, their composed per-feature map, the data they read,
-    the layer reading them) when `start` begins a run of one or two Mul/Add by constants that
-    broadcast along the axis the layer reduces over alone (the last axis of a 2-D input of a
-    Gemm or MatMul; axis 1, the channels, of a Conv's input), each read only by the next, the
-    last only by the layer's data input; the data's rank and (where a constant has several
-    values) its size on that axis must be provable, so that dropping the run changes no shape.
-    Else None."""
+@dataclass(frozen=True)
+class ForwardRun:
+    """Mul/Add nodes a layer after them can absorb: the nodes (in order), their composed map
+    over the features the layer reduces over, the data the first reads, the layer, and the node
+    reading the last one (the layer, or a Flatten before it)."""
+
+    run: list[int]
+    affine: ChannelAffine
+    data: str
+    layer: int
+    reader: int
+
+
+def read_affine_forward(start: int, view: GraphView) -> ForwardRun | None:
+    """The run when `start` begins one or two Mul/Add by constants that broadcast along the axis
+    the layer after them reduces over alone (the last axis of a 2-D input of a Gemm or MatMul;
+    axis 1, the channels, of a Conv's input, or of a Flatten(axis=1)'s input before a
+    Gemm/MatMul, each channel then a block of features), each read only by the next, the last
+    only by the layer's (or the Flatten's) data input; the data's rank and (where a constant
+    has several values) its size on that axis must be provable, so that dropping the run
+    changes no shape. Else None."""
+    found = _run_and_reader(view, start)
+    if found is None:
+        return None
+    run, reader = found
+    layer = _flattened_into(view, reader) if view.op_types[reader] == "Flatten" else reader
+    if layer is None or view.op_types[layer] not in FORWARD_LAYERS:
+        return None
+    reads = _layer_reads(view.nodes[layer], view)
+    constants = _run_constants(view, run)
+    if reads is None or constants is None:
+        return None
+    features, rank, axis = reads
+    data = constants[0][0]
+    if layer != reader:  # through a Flatten: the channels of the data before it
+        rank, axis = view.rank(data) or 0, 1
+    channels = features if layer == reader else _flattened_channels(view, data, rank, constants)
+    if rank < 2 or view.rank(data) != rank or channels is None or features % channels:
+        return None  # (the layer must read a tensor of its rank once the run is gone)
+    affine = _composed(view, run, constants, channels, rank, axis)
+    broadcasts = any(c.size > 1 for _, c in constants)
+    if affine is None or (broadcasts and _dim(view, data, axis, rank) != channels):
+        return None  # (the run may broadcast its data up to the features: not provably not)
+    block = features // channels
+    if block > 1:
+        affine = ChannelAffine(np.repeat(affine.scale, block), np.repeat(affine.shift, block))
+    return ForwardRun(run, affine, data, layer, reader)
+
+
+def _run_and_reader(view: GraphView, start: int) -> tuple[list[int], int] | None:
+    """The Mul/Add from `start` on (one or two, each read only by the next) and the one
+    default-domain node reading the last as its first input."""
     run = [start]
     reader = view.sole_consumer(view.nodes[start].output[0])
     if reader is not None and _is_affine_op(view, reader):
         run.append(reader)
         reader = view.sole_consumer(view.nodes[reader].output[0])
-    if reader is None or view.nodes[reader].op_type not in FORWARD_LAYERS:
+    if reader is None or view.domains[reader] not in ONNX_DOMAINS:
         return None
-    layer = view.nodes[reader]
-    if view.domains[reader] not in ONNX_DOMAINS or layer.input[0] != view.nodes[run[-1]].output[0]:
+    if view.nodes[reader].input[:1] != [view.nodes[run[-1]].output[0]]:
         return None
-    reads = _layer_reads(layer, view)
-    if reads is None:
-        return None
-    features, rank, axis = reads
-    affine = ChannelAffine(np.ones(features), np.zeros(features))
-    data, flowing = None, None
-    for index in run:
-        node = view.nodes[index]
-        operands = _operands(node, view, flowing)
-        if operands is None:
-            return None
-        source, constant = operands
-        values = per_channel(constant, features, rank, axis)
+    return run, reader
+
+
+def _flattened_channels(view: GraphView, data: str, rank: int, constants) -> int | None:
+    """The channels (axis 1) of the data before a Flatten: provable from the data, else the
+    one size the constants have there (1 when all are scalars)."""
+    channels = _dim(view, data, 1, rank) if rank >= 2 else None
+    if channels is not None:
+        return channels
+    sizes = {c.size for _, c in constants if c.size > 1}
+    if not sizes:
+        return 1
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _composed(view: GraphView, run, constants, channels: int, rank: int, axis: int):
+    """The run's Mul/Add composed into one per-channel map, or None where a constant does not
+    broadcast along `axis` alone or is not finite."""
+    affine = ChannelAffine(np.ones(channels), np.zeros(channels))
+    for index, (_, constant) in zip(run, constants, strict=True):
+        values = per_channel(constant, channels, rank, axis)
         if values is None or not np.isfinite(values).all():
             return None
-        if node.op_type == "Mul":
+        if view.op_types[index] == "Mul":
             affine = ChannelAffine(affine.scale * values, affine.shift * values)
         else:
             affine = ChannelAffine(affine.scale, affine.shift + values)
-        data = source if data is None else data
-        flowing = node.output[0]
-    assert data is not None
-    if view.rank(data) != rank:
-        return None  # (the layer must read a tensor of its rank once the run is gone)
-    constants = [view.constant(name) for i in run for name in view.nodes[i].input]
-    broadcasts = any(c is not None and c.size > 1 for c in constants)
-    if broadcasts and _dim(view, data, axis, rank) != features:
-        return None  # (the run may broadcast its data up to the features: not provably not)
-    return run, affine, data, reader
+    return affine
+
+
+def _flattened_into(view: GraphView, flatten: int) -> int | None:
+    """The Gemm/MatMul that alone reads a Flatten(axis=1)'s output as its data input."""
+    if int(attributes(view.nodes[flatten]).get("axis", 1)) != 1:
+        return None
+    output = view.nodes[flatten].output[0]
+    layer = view.sole_consumer(output)
+    if layer is None or view.op_types[layer] not in ("Gemm", "MatMul"):
+        return None
+    return layer if view.nodes[layer].input[:1] == [output] else None
+
+
+def _run_constants(view: GraphView, run: list[int]) -> list[tuple[str, np.ndarray]] | None:
+    """(data input, constant) of each Mul/Add of the run (each node's data the previous one's
+    output), or None."""
+    found, flowing = [], None
+    for index in run:
+        operands = _operands(view.nodes[index], view, flowing)
+        if operands is None:
+            return None
+        found.append(operands)
+        flowing = view.nodes[index].output[0]
+    return found
 
 
 def _layer_reads(layer: onnx.NodeProto, view: GraphView) -> tuple[int, int, int] | None:

@@ -480,3 +480,50 @@ def test_a_reduce_that_keeps_its_dims_keeps_the_rank(rng):
     model = make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(4))], inits)
     result = bnfold.fold(model)
     assert not result.folded_affine and not result.skipped_affine
+
+
+def arithmetic_flatten_dense(rng, *, layer="Gemm", axis=1, x_shape=(2, 3, 2, 2), shapes=None):
+    """x[2,3,2,2] → Mul([3,1,1]) → Add([1,3,1,1]) → Flatten(axis) → Gemm/MatMul(W[12, M]) → y:
+    a BN written as arithmetic before a classifier's Flatten."""
+    shapes = shapes or ([3, 1, 1], [1, 3, 1, 1])
+    nodes, inits, name = [], [], "x"
+    for i, (op, shape) in enumerate(zip(("Mul", "Add"), shapes, strict=False)):
+        inits.append(tensor(f"k{i}", rng.uniform(0.5, 1.5, shape).astype(np.float32)))
+        nodes.append(helper.make_node(op, [name, f"k{i}"], [f"t{i}"], name=op.lower()))
+        name = f"t{i}"
+    nodes.append(helper.make_node("Flatten", [name], ["f"], axis=axis))
+    inits.append(tensor("W", rng.normal(0, 0.5, [12, M]).astype(np.float32)))
+    nodes.append(helper.make_node(layer, ["f", "W"], ["y"], name="dense"))
+    x = value_info("x", TensorProto.FLOAT, list(x_shape) if x_shape else None)
+    return make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, symbolic(2))], inits)
+
+
+@pytest.mark.parametrize("layer", ["Gemm", "MatMul"])
+@pytest.mark.parametrize("shapes", [None, ([], [])])  # per channel; scalars
+def test_mul_add_before_a_flatten_fold_forward_per_block(rng, layer, shapes):
+    model = arithmetic_flatten_dense(rng, layer=layer, shapes=shapes)
+    result = bnfold.fold(model)
+    assert [r.batchnorm for r in result.folded_affine] == ["mul", "add"]
+    assert all("folded forward through its Flatten" in r.how for r in result.folded_affine)
+    assert op_types(result.model) == ["Flatten", "Gemm"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"axis": 2}, "a Flatten on axis 2 mixes channels and rows"),
+        ({"x_shape": None}, "the data's rank is not provable"),
+        ({"x_shape": (2, 1, 2, 2)}, "one channel broadcast up to three"),
+    ],
+)
+def test_mul_add_before_a_flatten_stay_where_not_exact(rng, change, why):
+    if change.get("axis") == 2:
+        model = arithmetic_flatten_dense(rng, **change)
+        model.graph.initializer[-1].CopyFrom(
+            tensor("W", rng.normal(0, 0.5, [4, M]).astype(np.float32))
+        )
+    else:
+        model = arithmetic_flatten_dense(rng, **change)
+    assert not bnfold.fold(model).folded_affine, why

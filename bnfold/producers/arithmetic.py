@@ -96,30 +96,34 @@ def split_after_concat(
 def forward_into_layer(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | None:
-    """A run of one or two Mul/Add by per-feature constants on the input of a Gemm/MatMul (2-D)
-    or per-channel constants on the input of a Conv (`affine.read_affine_forward`): folded
-    forward as a BatchNormalization before the layer is (`forward.plan_forward`,
-    `forward.plan_forward_conv`: a Conv only without padding); one record per node. Where the
-    layer cannot absorb it, nothing is said (the Mul/Add may be anything)."""
+    """A run of one or two Mul/Add by per-feature constants on the input of a Gemm/MatMul (2-D),
+    per-channel constants on the input of a Conv, or on the input of a Flatten(axis=1) before a
+    Gemm/MatMul (`affine.read_affine_forward`): folded forward as a BatchNormalization before
+    the layer is (`forward.plan_forward`, `forward.plan_forward_conv`: a Conv only without
+    padding; through a Flatten each channel's values over its block of features); one record
+    per node. Where the layer cannot absorb it, nothing is said (the Mul/Add may be
+    anything)."""
     found = read_affine_forward(index, view)
     if found is None:
         return None
-    run, affine, data, layer_index = found
-    layer = view.nodes[layer_index]
+    layer = view.nodes[found.layer]
     if layer.op_type == "Conv":
-        plan = plan_forward_conv(layer, view, affine)
-    else:
-        plan = plan_forward(layer, view, affine, opset, view.rank(data))
+        plan = plan_forward_conv(layer, view, found.affine)
+    else:  # (a Flatten's output is 2-D)
+        rank = 2 if found.reader != found.layer else view.rank(found.data)
+        plan = plan_forward(layer, view, found.affine, opset, rank)
     if isinstance(plan, str):
         return None
-    kind = "channel" if layer.op_type == "Conv" else "feature"
+    kind = "feature" if layer.op_type != "Conv" and found.reader == found.layer else "channel"
+    through = "" if found.reader == found.layer else " through its Flatten"
     removals = []
-    for at, position in reversed(list(enumerate(run))):  # the layer reads the run's last node
-        source = data if at == 0 else view.nodes[run[at - 1]].output[0]
+    run = found.run
+    for at, position in reversed(list(enumerate(run))):  # the reader reads the run's last node
+        source = found.data if at == 0 else view.nodes[run[at - 1]].output[0]
         what = "Mul by" if view.op_types[position] == "Mul" else "Add of"
-        how = f"{what} a per-{kind} constant before it, folded forward; {plan.how}"
-        removals.append(Absorb(position, layer_index, how, source))
-    return Match(((layer_index, plan),), tuple(removals), layer_index)
+        how = f"{what} a per-{kind} constant before it, folded forward{through}; {plan.how}"
+        removals.append(Absorb(position, found.reader, how, source))
+    return Match(((found.layer, plan),), tuple(removals), found.layer)
 
 
 BACKWARD_AFFINE_RULES: tuple[Rule, ...] = (into_layer_before, split_after_concat)

@@ -69,6 +69,9 @@ class Match:
 
     def apply(self, view: GraphView, names: NameAllocator) -> list[Folded]:
         """Make the fold in `view` (new constants get names from `names`); its records."""
+        biased = {index for index, plan in self.layers if plan.added_bias is not None}
+        if any(isinstance(r, Bypass) and r.writer in biased for r in self.removals):
+            raise ValueError("a layer given a new bias Add cannot also take over the output")
         into = node_label(view.nodes[self.into])  # (before a bypass renames its output)
         said = [
             (node_label(view.nodes[r.node]), view.nodes[r.node].output[0]) for r in self.removals

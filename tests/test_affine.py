@@ -525,3 +525,52 @@ def test_mul_add_before_a_flatten_stay_where_not_exact(rng, change, why):
             tensor("W", rng.normal(0, 0.5, [4, M]).astype(np.float32))
         )
     assert not bnfold.fold(model).folded_affine, why
+
+
+def dense_reshape_arithmetic(rng, target=(0, 4, 1, 1), shapes=((1, 4, 1, 1), (4, 1, 1))):
+    """x[2, 5] → Gemm(W[5, 4], b) → Reshape(target) → Mul → Add → y: a BN written as arithmetic
+    after a Linear reshaped to NCHW (the constants per column)."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "W", "b"], ["g"], name="dense"),
+        helper.make_node("Reshape", ["g", "shape"], ["r"], name="reshape"),
+        helper.make_node("Mul", ["r", "s"], ["m"], name="mul"),
+        helper.make_node("Add", ["m", "t"], ["y"], name="add"),
+    ]
+    inits = [
+        tensor("W", rng.normal(0, 0.5, [5, 4]).astype(np.float32)),
+        tensor("b", rng.normal(0, 0.5, [4]).astype(np.float32)),
+        tensor("shape", np.array(target, np.int64)),
+        tensor("s", rng.uniform(0.5, 1.5, shapes[0]).astype(np.float32)),
+        tensor("t", rng.normal(0, 0.5, shapes[1]).astype(np.float32)),
+    ]
+    x = value_info("x", TensorProto.FLOAT, [2, 5])
+    y = value_info("y", TensorProto.FLOAT, symbolic(len(target)))
+    return make_model(nodes, [x], [y], inits)
+
+
+def test_mul_add_after_a_reshaped_dense_fold_into_its_columns(rng):
+    model = dense_reshape_arithmetic(rng)
+    result = bnfold.fold(model)
+    assert [r.batchnorm for r in result.folded_affine] == ["mul", "add"]
+    assert all("through Reshape 'reshape', unchanged" in r.how for r in result.folded_affine)
+    assert op_types(result.model) == ["Gemm", "Reshape"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+def test_mul_add_after_a_reshape_that_splits_the_columns_stay(rng):
+    """[2, 4] → [2, 2, 2]: each axis holds part of the columns; a [1, 2, 1] constant is not per
+    column (not BN-like: no record)."""
+    model = dense_reshape_arithmetic(rng, (0, 2, 2), ((1, 2, 1), (1, 2, 1)))
+    result = bnfold.fold(model)
+    assert not result.folded_affine and not result.skipped_affine
+
+
+def test_mul_after_a_reshaped_dense_read_elsewhere_says_why(rng):
+    model = dense_reshape_arithmetic(rng)
+    model.graph.output.append(value_info("r", TensorProto.FLOAT, symbolic(4)))
+    result = bnfold.fold(model)
+    (record,) = result.skipped_affine
+    assert not result.folded_affine and record.reason.startswith(
+        "a Mul by a per-channel constant after Gemm: the output 'r' of Reshape 'reshape' is also"
+    )

@@ -14,15 +14,16 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from ..affine import as_affine, per_channel, read_affine, read_affine_forward
+from ..affine import as_affine, per_channel, producer_channels, read_affine, read_affine_forward
 from ..graph_view import GraphView
-from ..graphs import ONNX_DOMAINS
+from ..graphs import ONNX_DOMAINS, node_label
 from ..numerics import is_float
 from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
 from .concat import concat_channels, plan_concat_split
 from .forward import plan_forward, plan_forward_conv
 from .rule import Absorb, Bypass, Match, Rule, Skip, bypassing
+from .through_reshape import LAYOUT_OPS, MAX_CHAIN, ROWS, Layout, follow
 
 
 def into_layer_before(
@@ -93,6 +94,77 @@ def split_after_concat(
     return None
 
 
+def into_dense_through_reshape(
+    view: GraphView, index: int, node: onnx.NodeProto, opset: int
+) -> Match | Skip | None:
+    """A Mul/Add by a constant per column of a Gemm or MatMul (2-D) behind layout nodes with a
+    Reshape among them (Transposes and Identity alone are `into_layer_before`'s), each read by
+    the next alone, that provably keep the columns whole on one axis (`through_reshape.follow`,
+    as for a BatchNormalization there), the constant broadcasting along that axis alone: folded
+    into the layer's columns and bias; the layout nodes stay and carry the folded values."""
+    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+        return None
+    for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        found = _dense_behind_layout(view, data)
+        if found is None:
+            continue
+        layer_index, chain = found
+        constant = view.constant(other)
+        shape = producer_channels(view.nodes[layer_index], view)
+        if constant is None or not is_float(constant.dtype) or shape is None:
+            return None
+        layout = Layout((ROWS, shape[0]), rows=0, columns=1)
+        for at in chain:
+            followed = follow(view.nodes[at], layout, view, opset)
+            if isinstance(followed, str):
+                return None  # (where the columns go is not provable: no BN-like constant)
+            layout = followed
+        values = per_channel(constant, shape[0], len(layout.dims), layout.columns)
+        if values is None or not np.isfinite(values).all():
+            return None
+        return _into_layer(view, index, node, data, layer_index, chain, values, opset)
+    return None
+
+
+def _dense_behind_layout(view: GraphView, data: str) -> tuple[int, list[int]] | None:
+    """(the Gemm/MatMul computing `data`, the layout nodes in between, layer first) when a
+    Reshape is among them and each output is read by the next node alone."""
+    chain: list[int] = []
+    name = data
+    for _ in range(MAX_CHAIN + 1):
+        at = view.producer.get(name)
+        if at is None or view.domains[at] not in ONNX_DOMAINS:
+            return None
+        if chain and view.sole_consumer(name) != chain[-1]:
+            return None
+        op = view.op_types[at]
+        if op in ("Gemm", "MatMul"):
+            reshaped = any(view.op_types[i] == "Reshape" for i in chain)
+            return (at, chain[::-1]) if reshaped else None
+        if op not in LAYOUT_OPS or not view.nodes[at].input:
+            return None
+        chain.append(at)
+        name = view.nodes[at].input[0]
+    return None
+
+
+def _into_layer(view, index, node, data, layer_index, chain, values, opset) -> Match | Skip:
+    """The Mul/Add at `index` (per-column `values`) folded into the layer before it."""
+    producer = view.nodes[layer_index]
+    what = "a Mul by" if node.op_type == "Mul" else "an Add of"
+    plan: FoldPlan | str
+    if view.sole_consumer(data) != index:
+        plan = shared_output_reason(view, data, view.nodes[view.producer[data]])
+    else:
+        plan = PLANNERS[producer.op_type](producer, view, as_affine(node.op_type, values), opset)
+    if isinstance(plan, str):
+        return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
+    verb = "Mul by" if node.op_type == "Mul" else "Add of"
+    path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
+    how = f"{verb} a per-column constant; {plan.how}; through {path}, unchanged"
+    return Match(((layer_index, plan),), (Bypass(index, chain[-1], how),), layer_index)
+
+
 def forward_into_layer(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | None:
@@ -126,5 +198,9 @@ def forward_into_layer(
     return Match(((found.layer, plan),), tuple(removals), found.layer)
 
 
-BACKWARD_AFFINE_RULES: tuple[Rule, ...] = (into_layer_before, split_after_concat)
+BACKWARD_AFFINE_RULES: tuple[Rule, ...] = (
+    into_layer_before,
+    split_after_concat,
+    into_dense_through_reshape,
+)
 FORWARD_AFFINE_RULES: tuple[Rule, ...] = (forward_into_layer,)

@@ -498,6 +498,10 @@ def write_report(folder: Path, cases: list[dict], args, elapsed: float) -> None:
         + " (float32), ".join(f"{v:g}" for v in TOLERANCE.values())
         + " (float16).",
         "",
+        "Exports from other frameworks (Keras 2 and 3 through tf2onnx with and without its "
+        "optimizers, PaddlePaddle, Flax/JAX, timm, torchvision, ultralytics; BN written as Mul/Add "
+        "counted too): [comparison_files.md](comparison_files.md).",
+        "",
         "Tools, as `benchmarks/bench.py` runs them: `bnfold IN -o OUT --no-validate`; "
         "onnxruntime writing `optimized_model_filepath` at `ORT_ENABLE_BASIC` (which includes "
         "its Conv+BN fusion; `ORT_ENABLE_ALL` may write contrib ops); onnxoptimizer with "

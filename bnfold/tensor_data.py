@@ -32,7 +32,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import onnx
@@ -95,17 +95,25 @@ def point_to_file(tensor: onnx.TensorProto, location: str, offset: int, length: 
     tensor.data_location = _EXTERNAL
 
 
-def disk_span(tensor: onnx.TensorProto) -> tuple[str, int, int]:
-    """(absolute path, offset, length) of an on-disk tensor."""
+class DiskSpan(NamedTuple):
+    """Where an on-disk tensor's bytes are: `length` bytes at `offset` of the file `path`."""
+
+    path: str  # absolute, checked when the model was loaded (or written by this process)
+    offset: int
+    length: int
+
+
+def disk_span(tensor: onnx.TensorProto) -> DiskSpan:
+    """Where an on-disk tensor's bytes are."""
     info = {entry.key: entry.value for entry in tensor.external_data}
-    return info["location"], int(info["offset"]), int(info["length"])
+    return DiskSpan(info["location"], int(info["offset"]), int(info["length"]))
 
 
 def data_size(tensor: onnx.TensorProto) -> int:
     """Bytes of raw data the tensor holds, in the model or on disk (0 for typed fields, and for
     data in an external file this process has not checked)."""
     if tensor.data_location == _EXTERNAL:
-        return disk_span(tensor)[2] if is_on_disk(tensor) else 0
+        return disk_span(tensor).length if is_on_disk(tensor) else 0
     return len(tensor.raw_data)
 
 
@@ -246,7 +254,7 @@ class DataFile:
 
     def holds(self, tensor: onnx.TensorProto) -> bool:
         """Whether the tensor's bytes are in this file."""
-        return is_on_disk(tensor) and disk_span(tensor)[0] == self.path
+        return is_on_disk(tensor) and disk_span(tensor).path == self.path
 
     def put(self, tensor: onnx.TensorProto, values: np.ndarray | bytes) -> None:
         """Append `values` (the tensor's new contents: C-contiguous, little-endian) and make the
@@ -260,7 +268,8 @@ class DataFile:
         here already (copied file to file for an on-disk tensor). The caller points the tensor
         at its place."""
         if self.holds(tensor):
-            return disk_span(tensor)[1:]
+            span = disk_span(tensor)
+            return span.offset, span.length
         if is_on_disk(tensor):
             self._pad()
             try:

@@ -23,6 +23,7 @@ import onnx
 
 from ..graphs import all_graphs, subgraphs
 from ..tensor_data import (
+    DiskSpan,
     disk_span,
     is_on_disk,
     little_endian_bytes,
@@ -185,11 +186,11 @@ def weights_moved_by_rounding(tensors: list[onnx.TensorProto], seed: int = 0) ->
     (`runs.skeleton`) cannot hand over as arrays: Constant nodes', subgraphs'. Yields how many
     elements were moved."""
     rng = np.random.default_rng(seed)
-    done: list[tuple[onnx.TensorProto, Moves, tuple | onnx.TensorProto | None]] = []
+    done: list[tuple[onnx.TensorProto, Moves, DiskSpan | onnx.TensorProto | None]] = []
     moved_elements = 0
     try:
         for tensor in tensors:
-            span: tuple | onnx.TensorProto | None = None
+            span: DiskSpan | onnx.TensorProto | None = None
             if is_on_disk(tensor):
                 span = disk_span(tensor)
             elif not tensor.raw_data:  # typed fields (small tensors): kept as they were

@@ -1,7 +1,8 @@
-"""A BatchNormalization written as arithmetic: `Mul` and/or `Add` by a constant right after a
-linear layer, as TensorFlow/Keras-style exports and some converters write it.
+"""A BatchNormalization written as arithmetic: `Mul` and/or `Add` (or `Sub`, `Div`) by a constant
+right after a linear layer, as TensorFlow/Keras-style exports and some converters write it.
 
-`y = x · k` or `y = x + k` is a per-channel affine map only if `k` broadcasts along the channel
+`y = x · k`, `x + k`, `x − k`, `k − x` or `x / k` is a per-channel affine map (`as_affine`; `k / x`
+is not) only if `k` broadcasts along the channel
 axis (axis 1) alone: `[C, 1, 1]`, `[1, C, 1, 1]`, a scalar. A `[C]` constant broadcasts along the
 *last* axis of a 4-D tensor, so it is not per-channel there (it is for the 2-D output of a Gemm).
 The constant must not add axes to `x`, so that the output keeps the producer's shape.
@@ -23,7 +24,14 @@ from .graph_view import GraphView
 from .graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
 from .numerics import ChannelAffine, is_float
 
-AFFINE_OPS = ("Mul", "Add")
+AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+# How records name them: (the node, as a noun phrase; the node, as the start of a sentence).
+OP_WORDS = {
+    "Mul": ("a Mul by", "Mul by"),
+    "Add": ("an Add of", "Add of"),
+    "Sub": ("a Sub of", "Sub of"),
+    "Div": ("a Div by", "Div by"),
+}
 
 
 def producer_channels(producer: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
@@ -56,11 +64,31 @@ def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -
     return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def as_affine(op_type: str, values: np.ndarray) -> ChannelAffine:
-    """A Mul by `values` (scale, no shift) or an Add of them (shift) as a per-channel map."""
+def as_affine(
+    op_type: str, values: np.ndarray, constant_first: bool = False
+) -> ChannelAffine | None:
+    """The per-channel map `x ↦ scale·x + shift` a Mul, Add, Sub or Div of the data `x` and the
+    constant `values` computes (`constant_first`: the constant is the first input, which
+    matters for Sub and Div): `x·k`, `x + k`, `x − k` (scale 1, shift −k), `k − x` (scale −1,
+    shift k), `x / k` (scale 1/k, in float64). None for `k / x` (not affine) and for a Div by a
+    value whose reciprocal is not finite."""
+    ones, zeros = np.ones_like(values), np.zeros_like(values)
     if op_type == "Mul":
-        return ChannelAffine(values, np.zeros_like(values))
-    return ChannelAffine(np.ones_like(values), values)
+        return ChannelAffine(values, zeros)
+    if op_type == "Add":
+        return ChannelAffine(ones, values)
+    if op_type == "Sub":
+        return ChannelAffine(-ones, values) if constant_first else ChannelAffine(ones, -values)
+    if op_type == "Div" and not constant_first:
+        with np.errstate(divide="ignore", over="ignore"):
+            reciprocal = 1.0 / values.astype(np.float64)
+        return ChannelAffine(reciprocal, zeros) if np.isfinite(reciprocal).all() else None
+    return None
+
+
+def composed(first: ChannelAffine, then: ChannelAffine) -> ChannelAffine:
+    """`then ∘ first`: x ↦ then.scale·(first.scale·x + first.shift) + then.shift."""
+    return ChannelAffine(then.scale * first.scale, then.scale * first.shift + then.shift)
 
 
 @dataclass(frozen=True)
@@ -96,7 +124,9 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
         values = per_channel(constant, *shape, axis=axis) if isinstance(axis, int) else None
         if values is None or not np.isfinite(values).all():
             return None
-        affine = as_affine(node.op_type, values)
+        affine = as_affine(node.op_type, values, constant_first=other == node.input[0])
+        if affine is None:
+            return None
         writer = chain[-1] if chain else layer_index
         path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
         return AffineMatch(layer_index, affine, data, writer, path)
@@ -163,14 +193,14 @@ def read_affine_forward(start: int, view: GraphView) -> ForwardRun | None:
     if reads is None or constants is None:
         return None
     features, rank, axis = reads
-    data = constants[0][0]
+    data = constants[0][0]  # (the first node's data input)
     if layer != reader:  # through a Flatten: the channels of the data before it
         rank, axis = view.rank(data) or 0, 1
     channels = features if layer == reader else _flattened_channels(view, data, rank, constants)
     if rank < 2 or view.rank(data) != rank or channels is None or features % channels:
         return None  # (the layer must read a tensor of its rank once the run is gone)
     affine = _composed(view, run, constants, channels, rank, axis)
-    broadcasts = any(c.size > 1 for _, c in constants)
+    broadcasts = any(c.size > 1 for _, c, _ in constants)
     if affine is None or (broadcasts and _dim(view, data, axis, rank) != channels):
         return None  # (the run may broadcast its data up to the features: not provably not)
     block = features // channels
@@ -200,24 +230,24 @@ def _flattened_channels(view: GraphView, data: str, rank: int, constants) -> int
     channels = _dim(view, data, 1, rank) if rank >= 2 else None
     if channels is not None:
         return channels
-    sizes = {c.size for _, c in constants if c.size > 1}
+    sizes = {c.size for _, c, _ in constants if c.size > 1}
     if not sizes:
         return 1
     return sizes.pop() if len(sizes) == 1 else None
 
 
 def _composed(view: GraphView, run, constants, channels: int, rank: int, axis: int):
-    """The run's Mul/Add composed into one per-channel map, or None where a constant does not
-    broadcast along `axis` alone or is not finite."""
+    """The run's Mul/Add/Sub/Div composed into one per-channel map, or None where a constant does
+    not broadcast along `axis` alone, is not finite, or a node is not affine (`k / x`)."""
     affine = ChannelAffine(np.ones(channels), np.zeros(channels))
-    for index, (_, constant) in zip(run, constants, strict=True):
+    for index, (_, constant, first) in zip(run, constants, strict=True):
         values = per_channel(constant, channels, rank, axis)
         if values is None or not np.isfinite(values).all():
             return None
-        if view.op_types[index] == "Mul":
-            affine = ChannelAffine(affine.scale * values, affine.shift * values)
-        else:
-            affine = ChannelAffine(affine.scale, affine.shift + values)
+        step = as_affine(view.op_types[index], values, constant_first=first)
+        if step is None:
+            return None
+        affine = composed(affine, step)
     return affine
 
 
@@ -232,9 +262,9 @@ def _flattened_into(view: GraphView, flatten: int) -> int | None:
     return layer if view.nodes[layer].input[:1] == [output] else None
 
 
-def _run_constants(view: GraphView, run: list[int]) -> list[tuple[str, np.ndarray]] | None:
-    """(data input, constant) of each Mul/Add of the run (each node's data the previous one's
-    output), or None."""
+def _run_constants(view: GraphView, run: list[int]) -> list[tuple[str, np.ndarray, bool]] | None:
+    """(data input, constant, constant first) of each Mul/Add/Sub/Div of the run (each node's
+    data the previous one's output), or None."""
     found, flowing = [], None
     for index in run:
         operands = _operands(view.nodes[index], view, flowing)
@@ -264,8 +294,9 @@ def _is_affine_op(view: GraphView, index: int) -> bool:
 
 
 def _operands(node: onnx.NodeProto, view: GraphView, flowing: str | None):
-    """(data, float constant) of a two-input Mul/Add: the data is `flowing` (the previous
-    node's output) when given, else the input that is not constant; None if neither works."""
+    """(data, float constant, whether the constant is the first input) of a two-input
+    Mul/Add/Sub/Div: the data is `flowing` (the previous node's output) when given, else the
+    input that is not constant; None if neither works."""
     if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
@@ -275,7 +306,7 @@ def _operands(node: onnx.NodeProto, view: GraphView, flowing: str | None):
             continue
         constant = view.constant(other)
         if constant is not None and is_float(constant.dtype):
-            return data, constant
+            return data, constant, other == node.input[0]
     return None
 
 

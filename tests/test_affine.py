@@ -574,3 +574,36 @@ def test_mul_after_a_reshaped_dense_read_elsewhere_says_why(rng):
     assert not result.folded_affine and record.reason.startswith(
         "a Mul by a per-channel constant after Gemm: the output 'r' of Reshape 'reshape' is also"
     )
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [("Sub", [C, 1, 1], False), ("Div", [1, C, 1, 1], False)],  # (x − μ) / σ
+        [("Sub", [C, 1, 1], True)],  # k − x: scale −1
+        [("Div", [C, 1, 1], False), ("Add", [C, 1, 1], True)],
+    ],
+)
+def test_sub_and_div_by_per_channel_constants_fold_like_mul_and_add(rng, ops):
+    model = conv_then(ops, rng)
+    result = bnfold.fold(model)
+    assert [r.batchnorm for r in result.folded_affine] == [
+        f"{op.lower()}{i}" for i, (op, _, _) in enumerate(ops)
+    ]
+    assert op_types(result.model) == ["Conv"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+
+
+def test_a_constant_divided_by_the_data_is_not_affine(rng):
+    result = bnfold.fold(conv_then([("Div", [C, 1, 1], True)], rng))  # k / x
+    assert not result.folded_affine and not result.skipped_affine
+
+
+def test_sub_and_div_before_a_dense_layer_fold_forward(rng):
+    """Input normalisation `(x − μ) / σ` before a Dense layer."""
+    model = before_linear([("Sub", [K], False), ("Div", [K], False)], rng)
+    result = bnfold.fold(model)
+    assert [r.batchnorm for r in result.folded_affine] == ["sub0", "div1"]
+    assert op_types(result.model) == ["Gemm"]
+    assert_same_function(model, result.model)

@@ -14,7 +14,14 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from ..affine import as_affine, per_channel, producer_channels, read_affine, read_affine_forward
+from ..affine import (
+    OP_WORDS,
+    as_affine,
+    per_channel,
+    producer_channels,
+    read_affine,
+    read_affine_forward,
+)
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, node_label
 from ..numerics import is_float
@@ -29,9 +36,10 @@ from .through_reshape import LAYOUT_OPS, MAX_CHAIN, ROWS, Layout, follow
 def into_layer_before(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | Skip | None:
-    """A Mul/Add by a per-channel constant after a linear layer (directly, or through
+    """A Mul/Add/Sub/Div by a per-channel constant after a linear layer (directly, or through
     Transposes/Identity that keep track of the channel axis): folded into the layer as a
-    BatchNormalization with scale k and shift 0 (Mul) or scale 1 and shift k (Add) is."""
+    BatchNormalization with the map it computes (`affine.as_affine`: scale k and shift 0 for a
+    Mul, scale 1 and shift k for an Add, ...) is."""
     found = read_affine(node, view, PLANNERS)
     if found is None:
         return None
@@ -41,14 +49,13 @@ def into_layer_before(
         plan = shared_output_reason(view, found.data, producer)
     else:
         plan = PLANNERS[producer.op_type](producer, view, found.affine, opset)
+    what, verb = OP_WORDS[node.op_type]
     if isinstance(plan, str):
-        what = "a Mul by" if node.op_type == "Mul" else "an Add of"
         return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
-    how = (
-        f"Mul by a per-channel constant; {plan.how}"
-        if node.op_type == "Mul"
-        else "Add of a per-channel constant, moved into the bias"
-    )
+    if np.all(found.affine.scale == 1):
+        how = f"{verb} a per-channel constant, moved into the bias"
+    else:
+        how = f"{verb} a per-channel constant; {plan.how}"
     if found.path:
         how += f"; through {found.path}, unchanged"
     return Match(((found.layer, plan),), (Bypass(index, found.writer, how),), found.layer)
@@ -79,16 +86,17 @@ def split_after_concat(
         values = per_channel(constant, channels, rank, axis)
         if values is None or not np.isfinite(values).all():
             return None
-        affine = as_affine(node.op_type, values)
+        affine = as_affine(node.op_type, values, constant_first=other == node.input[0])
+        if affine is None:
+            return None
         concat = view.nodes[concat_index]
-        what = "a Mul by" if node.op_type == "Mul" else "an Add of"
+        what, verb = OP_WORDS[node.op_type]
         split = plan_concat_split(view, concat_index, affine, opset, target_axis=axis)
         if isinstance(split, str):
             return Skip(f"{what} a per-channel constant after Concat: {split}")
         if view.sole_consumer(data) != index:
             reason = shared_output_reason(view, data, concat)
             return Skip(f"{what} a per-channel constant after Concat: {reason}")
-        verb = "Mul by" if node.op_type == "Mul" else "Add of"
         how = f"{verb} a per-channel constant; {split.how}"
         return bypassing(index, concat_index, concat_index, replace(split, how=how))
     return None
@@ -122,7 +130,10 @@ def into_dense_through_reshape(
         values = per_channel(constant, shape[0], len(layout.dims), layout.columns)
         if values is None or not np.isfinite(values).all():
             return None
-        return _into_layer(view, index, node, data, layer_index, chain, values, opset)
+        affine = as_affine(node.op_type, values, constant_first=other == node.input[0])
+        if affine is None:
+            return None
+        return _into_layer(view, index, node, data, layer_index, chain, affine, opset)
     return None
 
 
@@ -148,18 +159,17 @@ def _dense_behind_layout(view: GraphView, data: str) -> tuple[int, list[int]] | 
     return None
 
 
-def _into_layer(view, index, node, data, layer_index, chain, values, opset) -> Match | Skip:
-    """The Mul/Add at `index` (per-column `values`) folded into the layer before it."""
+def _into_layer(view, index, node, data, layer_index, chain, affine, opset) -> Match | Skip:
+    """The Mul/Add/Sub/Div at `index` (its per-column map `affine`) folded into the layer."""
     producer = view.nodes[layer_index]
-    what = "a Mul by" if node.op_type == "Mul" else "an Add of"
+    what, verb = OP_WORDS[node.op_type]
     plan: FoldPlan | str
     if view.sole_consumer(data) != index:
         plan = shared_output_reason(view, data, view.nodes[view.producer[data]])
     else:
-        plan = PLANNERS[producer.op_type](producer, view, as_affine(node.op_type, values), opset)
+        plan = PLANNERS[producer.op_type](producer, view, affine, opset)
     if isinstance(plan, str):
         return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
-    verb = "Mul by" if node.op_type == "Mul" else "Add of"
     path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
     how = f"{verb} a per-column constant; {plan.how}; through {path}, unchanged"
     return Match(((layer_index, plan),), (Bypass(index, chain[-1], how),), layer_index)
@@ -192,8 +202,8 @@ def forward_into_layer(
     run = found.run
     for at, position in reversed(list(enumerate(run))):  # the reader reads the run's last node
         source = found.data if at == 0 else view.nodes[run[at - 1]].output[0]
-        what = "Mul by" if view.op_types[position] == "Mul" else "Add of"
-        how = f"{what} a per-{kind} constant before it, folded forward{through}; {plan.how}"
+        verb = OP_WORDS[view.op_types[position]][1]
+        how = f"{verb} a per-{kind} constant before it, folded forward{through}; {plan.how}"
         removals.append(Absorb(position, found.reader, how, source))
     return Match(((found.layer, plan),), tuple(removals), found.layer)
 

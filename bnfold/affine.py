@@ -64,6 +64,12 @@ def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -
     return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
+def legacy_broadcast(node: onnx.NodeProto) -> bool:
+    """Whether an arithmetic node broadcasts the pre-opset-7 way (`broadcast`, `axis`: a
+    constant aligned with any axis, not the trailing ones): such nodes are never read as a BN."""
+    return any(attr.name in ("broadcast", "axis") for attr in node.attribute)
+
+
 def as_affine(
     op_type: str, values: np.ndarray, constant_first: bool = False
 ) -> ChannelAffine | None:
@@ -259,6 +265,8 @@ def _flattened_into(view: GraphView, flatten: int) -> int | None:
     layer = view.sole_consumer(output)
     if layer is None or view.op_types[layer] not in ("Gemm", "MatMul"):
         return None
+    if view.domains[layer] not in ONNX_DOMAINS:
+        return None
     return layer if view.nodes[layer].input[:1] == [output] else None
 
 
@@ -298,6 +306,8 @@ def _operands(node: onnx.NodeProto, view: GraphView, flowing: str | None):
     Mul/Add/Sub/Div: the data is `flowing` (the previous node's output) when given, else the
     input that is not constant; None if neither works."""
     if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+        return None
+    if legacy_broadcast(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         if flowing is not None and data != flowing:

@@ -237,7 +237,7 @@ def _conv_before(view: GraphView, source: str, index: int, channels: int):
     if not _hold_bytes([weight], channels * row * RAW_FLOATS[weight.data_type].itemsize):
         return None
     feeder = view.producer.get(conv_inputs[0])
-    if feeder is not None and view.op_types[feeder] == "BatchNormalization":
+    if feeder is not None and view.op_types[feeder] in _FOLDS_FORWARD_FROM:
         return None  # a forward fold may change this Conv first, in node order
     bias = None
     if len(conv_inputs) > 2 and conv_inputs[2]:
@@ -270,6 +270,8 @@ def _may_fold_again(view: GraphView, pair: _Pair) -> bool:
 
 
 _CONSTANT_MAKERS = frozenset({"Constant", *EVALUATED_OPS})
+# what a forward rule may fold into the Conv after it (a BN, or BN written as arithmetic)
+_FOLDS_FORWARD_FROM = frozenset({"BatchNormalization", *AFFINE_OPS})
 # readers of a folded BN's output after which a later fold may rewrite the same Conv again
 _FOLDS_BACK_THROUGH = frozenset({"BatchNormalization", "Concat", "Transpose", "Identity"})
 

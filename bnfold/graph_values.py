@@ -270,7 +270,9 @@ class GraphValues(GraphIndex):
         rank = self._rank_within(node.input[0], depth)
         if axes is None or rank is None or axes.ndim > 1:
             return None
-        return rank - axes.size if node.op_type == "Squeeze" else rank + axes.size
+        if node.op_type == "Squeeze":  # (empty axes: every axis of size 1 goes, as without)
+            return rank - axes.size if axes.size else None
+        return rank + axes.size
 
     def _reduced_rank(self, node: onnx.NodeProto, depth: int) -> int | None:
         """A Reduce op's output rank: its input's with keepdims (the default), else less the

@@ -77,7 +77,7 @@ def summary_line(
     ]
     if result.folded_affine or result.skipped_affine:
         left = f", {len(result.skipped_affine)} left" if result.skipped_affine else ""
-        parts[0] += f" (+ {len(result.folded_affine)} Mul/Add{left})"
+        parts[0] += f" (+ {len(result.folded_affine)} BN-like arithmetic{left})"
     if result.inlined:
         calls = len(result.inlined)
         parts.insert(1, f"inlined {calls} function call{'s' if calls != 1 else ''}")
@@ -115,7 +115,15 @@ def _width(names: Iterable[str]) -> int:
 def batch_table(outcomes) -> list[str]:
     """One row per model of several (`batch.Outcome`s), then how many were written."""
     rows = [_batch_row(o) for o in outcomes]
-    header = ("model", "BN folded", "BN left", "Mul/Add folded", "validation", "seconds", "result")
+    header = (
+        "model",
+        "BN folded",
+        "BN left",
+        "arithmetic folded",
+        "validation",
+        "seconds",
+        "result",
+    )
     lines = ["", *table(header, rows)]
     written = sum(1 for o in outcomes if o.report and o.report.get("written"))
     failed = sum(1 for o in outcomes if o.status)

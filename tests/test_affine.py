@@ -13,6 +13,8 @@ from bnfold import view
 from tests.builders import (
     TensorProto,
     assert_same_function,
+    bn_node,
+    bn_params,
     check_full,
     make_model,
     op_types,
@@ -278,7 +280,7 @@ def test_a_bn_like_mul_that_cannot_fold_is_reported_and_stops_strict(rng, tmp_pa
         "read by 1 other node"
     )
     assert result.to_dict()["skipped_affine"][0]["reason"] == left.reason
-    assert "(+ 0 Mul/Add, 1 left)" in view.summary_line(result, 0.0, None, True)
+    assert "(+ 0 BN-like arithmetic, 1 left)" in view.summary_line(result, 0.0, None, True)
 
     from tests.test_cli import bnfold as run_command
 
@@ -607,3 +609,82 @@ def test_sub_and_div_before_a_dense_layer_fold_forward(rng):
     assert [r.batchnorm for r in result.folded_affine] == ["sub0", "div1"]
     assert op_types(result.model) == ["Gemm"]
     assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize("op", ["Mul", "Add", "Sub"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_arithmetic_before_a_conv_then_a_bn_folds_both_ways_in_order(rng, op, bias):
+    """x → op(k) → Conv(1×1) → BN: the forward fold writes the Conv's bias first, then the BN's
+    fold must scale that (the vectorised Conv → BN path leaves such a Conv to the general one,
+    which composes them in node order)."""
+    inits = [
+        tensor("k", rng.uniform(0.5, 2, [1, 3, 1, 1]).astype(np.float32)),
+        tensor("W", rng.normal(0, 0.5, [4, 3, 1, 1]).astype(np.float32)),
+        *bn_params(rng, 4),
+    ]
+    conv_inputs = ["m", "W"]
+    if bias:
+        inits.append(tensor("B", rng.normal(0, 1, [4]).astype(np.float32)))
+        conv_inputs.append("B")
+    nodes = [
+        helper.make_node(op, ["x", "k"], ["m"], name="pre"),
+        helper.make_node("Conv", conv_inputs, ["c"], name="conv"),
+        bn_node("c", "y"),
+    ]
+    x = value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])
+    model = make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])], inits)
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1 and len(result.folded_affine) == 1
+    assert op_types(result.model) == ["Conv"]
+    assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_a_squeeze_with_empty_axes_proves_no_rank(rng, opset):
+    """Empty axes drop every axis of size 1, as no axes do: the rank is not provable."""
+    squeeze = helper.make_node("Squeeze", ["x", "axes"] if opset >= 13 else ["x"], ["q"])
+    if opset < 13:
+        empty = helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS)
+        squeeze.attribute.append(empty)
+    nodes = [
+        squeeze,
+        helper.make_node("MatMul", ["q", "W"], ["m"], name="dense"),
+        helper.make_node("Mul", ["m", "s"], ["y"], name="mul"),
+    ]
+    inits = [
+        tensor("W", rng.normal(0, 0.5, [K, M]).astype(np.float32)),
+        tensor("s", rng.uniform(0.5, 1.5, [M]).astype(np.float32)),
+    ]
+    if opset >= 13:
+        inits.append(tensor("axes", np.array([], np.int64)))
+    x = value_info("x", TensorProto.FLOAT, [1, K])
+    model = make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, None)], inits, opset=opset)
+    result = bnfold.fold(model)
+    assert not result.folded_affine and op_types(result.model) == ["Squeeze", "MatMul", "Mul"]
+
+
+def test_arithmetic_that_broadcasts_the_old_way_is_not_read_as_a_bn(rng):
+    """Before opset 7, `broadcast=1, axis=0` aligns a [C] constant with the rows of a Gemm's
+    output, not its columns: never read as per-channel."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "W"], ["g"], name="dense"),
+        helper.make_node("Mul", ["g", "s"], ["y"], name="mul", broadcast=1, axis=0),
+    ]
+    inits = [
+        tensor("W", rng.normal(0, 0.5, [2, 2]).astype(np.float32)),
+        tensor("s", rng.uniform(0.5, 1.5, [2]).astype(np.float32)),
+    ]
+    x = value_info("x", TensorProto.FLOAT, [2, 2])
+    model = make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, [2, 2])], inits, opset=6)
+    model.ir_version = 3
+    result = bnfold.fold(model)
+    assert not result.folded_affine and not result.skipped_affine
+
+
+def test_a_custom_domain_layer_after_a_flatten_is_left(rng):
+    model = arithmetic_flatten_dense(rng, layer="MatMul")
+    dense = next(n for n in model.graph.node if n.name == "dense")
+    dense.domain = "my.custom"
+    model.opset_import.append(helper.make_opsetid("my.custom", 1))
+    result = bnfold.fold(model)
+    assert not result.folded_affine and dense.op_type == "MatMul"

@@ -53,7 +53,7 @@ def test_a_folder_goes_to_a_folder_each_model_as_a_single_run_writes_it(folder, 
     table = stdout.splitlines()[-(len(SHIPPED) + 4) :]
     assert table[0] == table[0].rstrip() and table[0].startswith("model")
     assert table[0].split()[1:] == [
-        *("BN", "folded", "BN", "left", "Mul/Add", "folded"),
+        *("BN", "folded", "BN", "left", "arithmetic", "folded"),
         *("validation", "seconds", "result"),
     ]
     assert table[-1] == f"{len(SHIPPED) + 2} models: {len(SHIPPED) + 1} written, 1 failed"

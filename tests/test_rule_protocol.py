@@ -104,3 +104,14 @@ def test_a_rule_s_match_is_what_the_pass_makes():
     view.finish()
     assert [r.into for r in records] == [layer.name] and records[0].into_op == "Conv"
     assert len(model.graph.node) == len(view.nodes) - 1
+
+
+def test_a_layer_given_a_new_bias_add_cannot_also_take_over_the_output():
+    import numpy as np
+
+    from bnfold.producers.base import FoldPlan
+
+    plan = FoldPlan((), "scaled", added_bias=np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="new bias Add"):
+        Match(((0, plan),), (Bypass(1, 0, "how"),), 0)
+    assert Match(((0, plan),), (Bypass(2, 1, "how"),), 0).into == 0  # (a node after it: fine)

@@ -171,7 +171,10 @@ def _into_layer(view, index, node, data, layer_index, chain, affine, opset) -> M
     if isinstance(plan, str):
         return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
     path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
-    how = f"{verb} a per-column constant; {plan.how}; through {path}, unchanged"
+    if np.all(affine.scale == 1):
+        how = f"{verb} a per-channel constant, moved into the bias; through {path}, unchanged"
+    else:
+        how = f"{verb} a per-channel constant; {plan.how}; through {path}, unchanged"
     return Match(((layer_index, plan),), (Bypass(index, chain[-1], how),), layer_index)
 
 

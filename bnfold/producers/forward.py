@@ -200,6 +200,8 @@ def through_flatten(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     linear = view.nodes[linear_index]
     if linear.op_type not in ("Gemm", "MatMul") or linear.input[0] != flatten.output[0]:
         return None
+    if view.domains[linear_index] not in ONNX_DOMAINS:
+        return None
     affine = _repeat_per_block(bn.affine, linear, view)
     if affine is None:
         return Skip(

@@ -67,11 +67,16 @@ class Match:
     removals: tuple[Bypass | Absorb, ...]
     into: int
 
-    def apply(self, view: GraphView, names: NameAllocator) -> list[Folded]:
-        """Make the fold in `view` (new constants get names from `names`); its records."""
+    def __post_init__(self) -> None:
+        # A layer given a new bias Add (`FoldPlan.added_bias`) writes its output to that Add: it
+        # cannot also take over the folded node's output. (Raised while a rule decides, so the
+        # pass treats it as a fold that is not made.)
         biased = {index for index, plan in self.layers if plan.added_bias is not None}
         if any(isinstance(r, Bypass) and r.writer in biased for r in self.removals):
             raise ValueError("a layer given a new bias Add cannot also take over the output")
+
+    def apply(self, view: GraphView, names: NameAllocator) -> list[Folded]:
+        """Make the fold in `view` (new constants get names from `names`); its records."""
         into = node_label(view.nodes[self.into])  # (before a bypass renames its output)
         said = [
             (node_label(view.nodes[r.node]), view.nodes[r.node].output[0]) for r in self.removals

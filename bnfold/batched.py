@@ -123,12 +123,14 @@ class PendingFold:
         return Folded(label, output, into, "Conv", how, view.path)
 
 
-def find_pairs(view: GraphView, opset: int) -> list[_Pair]:
-    """The pairs of the kind above, in node order. Only reads the graph; the data of every
-    tensor a pair reads is checked to be the size its dims and type make (`checked_names`)."""
+def find_pairs(view: GraphView, opset: int, forward_from: frozenset[str]) -> list[_Pair]:
+    """The pairs of the kind above, in node order, leaving out a Conv fed by a node of
+    `forward_from` (`registry.forward_folding_ops()`: a forward rule may fold it into the Conv
+    first). Only reads the graph; the data of every tensor a pair reads is checked to be the
+    size its dims and type make (`checked_names`)."""
     if not view.reads_in_order:
         return []
-    return [pair for pair in _candidates(view, opset) if pair is not None]
+    return [pair for pair in _candidates(view, opset, forward_from) if pair is not None]
 
 
 def checked_names(pairs: list[_Pair]) -> set[str]:
@@ -144,12 +146,14 @@ def fold_conv_batchnorm_weights(
     pairs: list[_Pair],
     spill: DataFile | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    followed: frozenset[str] | None = None,
 ) -> dict[int, PendingFold]:
     """Write the folded weights of `pairs` (from `find_pairs`); return the pending folds by
     BatchNormalization position (the pass calls `finish` on each when it gets there). A weight
     on disk goes to `spill` when one is given (it stays on disk) unless a later fold may
-    rewrite it again (it would leave unused bytes there); any other into the model. Small
-    weights are scaled together, up to `chunk_bytes` at a time."""
+    rewrite it again (`followed`: `registry.followed_back_through()`; it would leave unused
+    bytes there); any other into the model. Small weights are scaled together, up to
+    `chunk_bytes` at a time."""
     if not pairs:
         return {}
     pairs = _with_affines(pairs)
@@ -158,7 +162,9 @@ def fold_conv_batchnorm_weights(
     folding = [pair for pair in pairs if pair.bn_index in new_biases]
     for chunk in _scaled_weights(folding, chunk_bytes):
         for pair, weight in chunk:  # weights are written a chunk at a time: no copy of them all
-            if spill is not None and is_on_disk(pair.weight) and not _may_fold_again(view, pair):
+            on_disk = spill is not None and is_on_disk(pair.weight)
+            if on_disk and not _may_fold_again(view, pair, followed):
+                assert spill is not None
                 spill.put(pair.weight, weight)
             else:
                 set_raw_data(pair.weight, weight.tobytes())
@@ -166,20 +172,22 @@ def fold_conv_batchnorm_weights(
     return pending
 
 
-def _candidates(view: GraphView, opset: int):
+def _candidates(view: GraphView, opset: int, forward_from: frozenset[str]):
     nodes, domains = view.nodes, view.domains
     for index, op_type in enumerate(view.op_types):
         if op_type == "BatchNormalization" and domains[index] in ONNX_DOMAINS:
-            yield _pair(view, index, nodes[index], opset)
+            yield _pair(view, index, nodes[index], opset, forward_from)
 
 
-def _pair(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> _Pair | None:
+def _pair(
+    view: GraphView, index: int, node: onnx.NodeProto, opset: int, forward_from: frozenset[str]
+) -> _Pair | None:
     found = _batchnorm_params(view, node, opset)
     if found is None:
         return None
     source, param_names, params, epsilon = found
     channels = params[0].dims[0]
-    conv = _conv_before(view, source, index, channels)
+    conv = _conv_before(view, source, index, channels, forward_from)
     if conv is None:
         return None
     conv_index, weight, bias, row = conv
@@ -215,10 +223,13 @@ def _batchnorm_params(view: GraphView, node: onnx.NodeProto, opset: int):
     return source, param_names, params, epsilon
 
 
-def _conv_before(view: GraphView, source: str, index: int, channels: int):
+def _conv_before(
+    view: GraphView, source: str, index: int, channels: int, forward_from: frozenset[str]
+):
     """(Conv index, weight, bias or None, weight row length) of the default-domain Conv whose
     output `source` only the BN at `index` reads, its weight and bias owned float initializers
-    of C output channels, not fed by a BatchNormalization; else None."""
+    of C output channels, not fed by a node a forward rule may fold into it first
+    (`forward_from`: `registry.forward_folding_ops`); else None."""
     conv_index = view.producer.get(source)
     if conv_index is None or view.sole_consumer(source) != index:
         return None
@@ -237,7 +248,7 @@ def _conv_before(view: GraphView, source: str, index: int, channels: int):
     if not _hold_bytes([weight], channels * row * RAW_FLOATS[weight.data_type].itemsize):
         return None
     feeder = view.producer.get(conv_inputs[0])
-    if feeder is not None and view.op_types[feeder] in _FOLDS_FORWARD_FROM:
+    if feeder is not None and view.op_types[feeder] in forward_from:
         return None  # a forward fold may change this Conv first, in node order
     bias = None
     if len(conv_inputs) > 2 and conv_inputs[2]:
@@ -249,15 +260,15 @@ def _conv_before(view: GraphView, source: str, index: int, channels: int):
     return conv_index, weight, bias, row
 
 
-def _may_fold_again(view: GraphView, pair: _Pair) -> bool:
+def _may_fold_again(view: GraphView, pair: _Pair, followed: frozenset[str] | None) -> bool:
     """Whether something reading the BatchNormalization's output may fold into the same Conv
-    afterwards (rewriting its weight again): another BatchNormalization, a Concat or a
-    Transpose/Identity (a BN after them folds back into it), or a Mul/Add whose other operand
-    may be constant (a residual Add of two branches is not)."""
+    afterwards (rewriting its weight again): another BatchNormalization, a node backward rules
+    follow (`followed`: `registry.followed_back_through`, None: any), or BN-like arithmetic
+    whose other operand may be constant (a residual Add of two branches is not)."""
     output = view.nodes[pair.bn_index].output[0]
     for reader in view.consumers.of(output):
         op_type = view.op_types[reader]
-        if op_type in _FOLDS_BACK_THROUGH:
+        if followed is None or op_type == "BatchNormalization" or op_type in followed:
             return True
         if op_type in AFFINE_OPS:
             for name in view.nodes[reader].input[:]:
@@ -270,10 +281,6 @@ def _may_fold_again(view: GraphView, pair: _Pair) -> bool:
 
 
 _CONSTANT_MAKERS = frozenset({"Constant", *EVALUATED_OPS})
-# what a forward rule may fold into the Conv after it (a BN, or BN written as arithmetic)
-_FOLDS_FORWARD_FROM = frozenset({"BatchNormalization", *AFFINE_OPS})
-# readers of a folded BN's output after which a later fold may rewrite the same Conv again
-_FOLDS_BACK_THROUGH = frozenset({"BatchNormalization", "Concat", "Transpose", "Identity"})
 
 
 def _owned_float_initializer(view: GraphView, name: str, reader: int) -> onnx.TensorProto | None:

@@ -44,7 +44,13 @@ from .model_io import (
     load_model_and_sources,
     require_external_data_loaded,
 )
-from .producers.registry import RULES, NodeRules, conv_pairs_batchable
+from .producers.registry import (
+    RULES,
+    NodeRules,
+    conv_pairs_batchable,
+    followed_back_through,
+    forward_folding_ops,
+)
 from .producers.rule import Match, Rule, Skip
 from .producers.through_reshape import LAYOUT_OPS
 from .records import Folded, FoldResult, Skipped
@@ -190,6 +196,9 @@ class _Context:
         self.opset = default_opset(self.model)
         self.names = NameAllocator(self.model)
         self.ranks: dict[str, int] = {}  # set by `find_ranks`, before the main graph changes
+        # what the vectorised Conv → BN folds must respect, from the rules' declarations
+        self.forward_from = forward_folding_ops()
+        self.followed = followed_back_through()
         self.budget = EvaluationBudget()
         self.types: dict[str, int] | None = None
         # Training bindings name initializers that a fold would rewrite or remove.
@@ -241,7 +250,7 @@ def _fold_graph(
     # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
     # fold is completed (or decided, for the rest) one by one, in node order.
     batchable = context.batched and not context.refusal and conv_pairs_batchable()
-    pairs = find_pairs(view, context.opset) if batchable else []
+    pairs = find_pairs(view, context.opset, context.forward_from) if batchable else []
     if parent is None:  # the main graph, before any edit
         problem = indexed_structure_problem(view, checked_names(pairs))
         if problem:
@@ -250,7 +259,9 @@ def _fold_graph(
         context.names.index(view)
         inner = (g for i in view.holders for _, g in subgraphs(view.nodes[i]))
         context.nodes_indexed = len(view.nodes) + sum(map(count_nodes, inner))
-    pending = fold_conv_batchnorm_weights(view, pairs, context.spill, context.chunk_bytes)
+    pending = fold_conv_batchnorm_weights(
+        view, pairs, context.spill, context.chunk_bytes, context.followed
+    )
     del pairs
     for index in _visited_positions(view):
         if index in view.removed_nodes:  # (a Mul/Add folded forward with the one before it)

@@ -115,3 +115,19 @@ def test_a_layer_given_a_new_bias_add_cannot_also_take_over_the_output():
     with pytest.raises(ValueError, match="new bias Add"):
         Match(((0, plan),), (Bypass(1, 0, "how"),), 0)
     assert Match(((0, plan),), (Bypass(2, 1, "how"),), 0).into == 0  # (a node after it: fine)
+
+
+def test_what_the_vectorised_path_must_respect_is_derived_from_the_rules(monkeypatch):
+    """The nodes a forward rule may fold into a layer first, and the nodes backward rules follow
+    back to a layer, come from the rule lists' declarations, not from a list kept by hand."""
+    assert registry.forward_folding_ops() == {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
+    assert registry.followed_back_through() == {"Concat", "Identity", "Reshape", "Transpose"}
+
+    def undeclared(view, index, bn, opset):
+        return None
+
+    rules = registry.RULES["BatchNormalization"]
+    (direction, backward), *rest = rules.groups
+    changed = dataclasses.replace(rules, groups=((direction, (undeclared, *backward)), *rest))
+    monkeypatch.setitem(registry.RULES, "BatchNormalization", changed)
+    assert registry.followed_back_through() is None  # (it may follow anything)

@@ -29,10 +29,11 @@ from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
 from .concat import concat_channels, plan_concat_split
 from .forward import plan_forward, plan_forward_conv
-from .rule import Absorb, Bypass, Match, Rule, Skip, bypassing
+from .rule import Absorb, Bypass, Match, Rule, Skip, about_producers, bypassing
 from .through_reshape import LAYOUT_OPS, MAX_CHAIN, ROWS, Layout, follow
 
 
+@about_producers(*PLANNERS, "Transpose", "Identity")
 def into_layer_before(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | Skip | None:
@@ -61,6 +62,7 @@ def into_layer_before(
     return Match(((found.layer, plan),), (Bypass(index, found.writer, how),), found.layer)
 
 
+@about_producers("Concat")
 def split_after_concat(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | Skip | None:
@@ -102,6 +104,7 @@ def split_after_concat(
     return None
 
 
+@about_producers("Reshape", "Transpose", "Identity")
 def into_dense_through_reshape(
     view: GraphView, index: int, node: onnx.NodeProto, opset: int
 ) -> Match | Skip | None:

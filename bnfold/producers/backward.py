@@ -17,7 +17,7 @@ from ..graphs import ONNX_DOMAINS, node_label
 from . import PLANNERS
 from .base import shared_output_reason
 from .concat import LINEAR_LAYERS, concat_before, plan_concat_split
-from .rule import Match, Rule, Skip, about_producers, bypassing
+from .rule import Match, Rule, Skip, about_producers, bypassing, never_folds
 from .through_reshape import LAYOUT_OPS, plan_through_layout
 
 
@@ -71,6 +71,7 @@ def into_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Mat
     return bypassing(bn_index, layer_index, layer_index, plan)
 
 
+@never_folds
 def no_layer_before(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Skip:
     """Why nothing before the BN can take it (asked last: every other rule passed)."""
     producer_index = view.producer.get(bn.input)

@@ -18,6 +18,7 @@ import onnx
 from ..affine import AFFINE_OPS, legacy_broadcast
 from ..batchnorm import read_batchnorm
 from ..graph_view import GraphView
+from . import PLANNERS
 from .arithmetic import BACKWARD_AFFINE_RULES, FORWARD_AFFINE_RULES
 from .backward import BACKWARD_RULES, into_layer
 from .forward import FORWARD_RULES
@@ -70,3 +71,31 @@ def conv_pairs_batchable() -> bool:
         if "Conv" in getattr(rule, "producer_ops", {"Conv"}):
             return False
     return False
+
+
+def forward_folding_ops() -> frozenset[str]:
+    """The op types a forward rule may fold into the layer after them: such a node feeding a
+    layer may rewrite it before anything after the layer does (in node order)."""
+    return frozenset(
+        op for op, rules in RULES.items() if any(d == "forward" and g for d, g in rules.groups)
+    )
+
+
+def followed_back_through() -> frozenset[str] | None:
+    """The op types backward rules follow from what they fold back to a layer (what they
+    declare with `about_producers`, the layers themselves aside): a node of these types reading
+    a layer's output may lead a later fold to that layer. None when a rule that may fold
+    declares nothing (it may follow anything)."""
+    followed: set[str] = set()
+    for rules in RULES.values():
+        for direction, group in rules.groups:
+            if direction != "backward":
+                continue
+            for rule in group:
+                if getattr(rule, "never_folds", False):
+                    continue
+                declared = getattr(rule, "producer_ops", None)
+                if declared is None:
+                    return None
+                followed |= declared
+    return frozenset(followed - set(PLANNERS))

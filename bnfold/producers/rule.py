@@ -113,6 +113,13 @@ def about_producers(*op_types: str) -> Callable[[_R], _R]:
     return declared
 
 
+def never_folds(rule: _R) -> _R:
+    """Declare that a rule only ever says why not (a `Skip`, or None), never a `Match`: it
+    leads no fold back to a layer (`registry.followed_back_through`)."""
+    rule.never_folds = True  # type: ignore[attr-defined]
+    return rule
+
+
 def bypassing(node: int, writer: int, layer: int, plan: FoldPlan | SplitPlan) -> Match:
     """The fold of a node into the layer(s) before it (`plan`: one layer's, or a split's over
     several), `writer` taking over its output."""

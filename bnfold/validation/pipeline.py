@@ -31,7 +31,7 @@ from .providers import (
     short_name,
 )
 from .report import ProviderOutcome, Status, ValidationReport
-from .runs import ModelSources, Outputs, run_model
+from .runs import ModelSources, Outputs, moved_by_rounding, run_model
 
 # Independent draws of the rounding moves: the noise is their largest (one draw can cancel out
 # where a few weights dominate an output).
@@ -354,9 +354,11 @@ def _all_ran(results: list) -> bool:
 
 def _fed_runs(sources, written, runs: list[dict], draws: range) -> Iterator[dict]:
     """Each run's feeds with the written weights added: their own values for draw -1, then
-    moved by rounding for each draw (one draw's arrays made at a time)."""
+    moved by rounding for each draw (one draw's arrays made at a time, from the own values read
+    once)."""
+    own = sources.fed_weights(written, None)
     for draw in draws:
-        weights = sources.fed_weights(written, None if draw < 0 else draw)
+        weights = own if draw < 0 else moved_by_rounding(own, draw)
         for feeds in runs:
             yield {**feeds, **weights}
         del weights

@@ -112,13 +112,8 @@ class ModelSources:
     ) -> dict[str, np.ndarray]:
         """The `written` initializers as arrays: their own values (`draw` None) or moved by
         rounding (`one_ulp_moved`, seeded by `draw`)."""
-        if draw is None:
-            return {name: tensor_to_array(t) for name, t in written.items()}
-        rng = np.random.default_rng(draw)
-        return {
-            name: one_ulp_moved(tensor_to_array(t), rng, record=False)[0]
-            for name, t in written.items()
-        }
+        own = {name: tensor_to_array(t) for name, t in written.items()}
+        return own if draw is None else moved_by_rounding(own, draw)
 
     def _written_initializers(
         self,
@@ -155,6 +150,13 @@ class ModelSources:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def moved_by_rounding(arrays: dict[str, np.ndarray], draw: int) -> dict[str, np.ndarray]:
+    """Copies of `arrays` moved by rounding (`one_ulp_moved`), the generator seeded by `draw`
+    and drawn from in the order of `arrays`."""
+    rng = np.random.default_rng(draw)
+    return {name: one_ulp_moved(values, rng, record=False)[0] for name, values in arrays.items()}
 
 
 def skeleton(

@@ -15,6 +15,7 @@ absorbs it as it absorbs a BatchNormalization before it (`producers.forward.plan
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,44 @@ def as_affine(
     return None
 
 
+def is_binary(node: onnx.NodeProto) -> bool:
+    """A node of two inputs and one named output (as a Mul/Add/Sub/Div read as a BN must be)."""
+    return len(node.input) == 2 and len(node.output) == 1 and bool(node.output[0])
+
+
+def affine_of(
+    node: onnx.NodeProto,
+    constant: np.ndarray,
+    constant_first: bool,
+    channels: int,
+    rank: int,
+    axis: int,
+) -> ChannelAffine | None:
+    """The per-channel map of an arithmetic node whose constant broadcasts along `axis` alone of
+    a rank-`rank` tensor of `channels` channels there (`per_channel`, `as_affine`); None when
+    it does not, when a value is not finite, or when the node is not affine."""
+    values = per_channel(constant, channels, rank, axis)
+    if values is None or not np.isfinite(values).all():
+        return None
+    return as_affine(node.op_type, values, constant_first)
+
+
+def constant_affine(
+    view: GraphView,
+    node: onnx.NodeProto,
+    constant_name: str,
+    channels: int,
+    rank: int,
+    axis: int,
+) -> ChannelAffine | None:
+    """`affine_of` the node with its input `constant_name`, when that is a float constant."""
+    constant = view.constant(constant_name)
+    if constant is None or not is_float(constant.dtype):
+        return None
+    first = constant_name == node.input[0]
+    return affine_of(node, constant, first, channels, rank, axis)
+
+
 def composed(first: ChannelAffine, then: ChannelAffine) -> ChannelAffine:
     """`then ∘ first`: x ↦ then.scale·(first.scale·x + first.shift) + then.shift."""
     return ChannelAffine(then.scale * first.scale, then.scale * first.shift + then.shift)
@@ -113,24 +152,20 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
     """The match if `node` is a Mul/Add by a constant per channel of the linear layer before it
     (directly, or through Transposes that move the channel axis: the constant must broadcast
     along the axis the channels are on there), else None."""
-    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+    if not is_binary(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         found = layer_before(view, data, producers)
         if found is None:
             continue
         layer_index, chain = found
-        constant = view.constant(other)
-        if constant is None or not is_float(constant.dtype):
-            return None
         shape = producer_channels(view.nodes[layer_index], view)
         if shape is None:
             return None
         axis = axis_after_transposes((view.nodes[i] for i in chain), 1, shape[1])
-        values = per_channel(constant, *shape, axis=axis) if isinstance(axis, int) else None
-        if values is None or not np.isfinite(values).all():
+        if not isinstance(axis, int):
             return None
-        affine = as_affine(node.op_type, values, constant_first=other == node.input[0])
+        affine = constant_affine(view, node, other, *shape, axis)
         if affine is None:
             return None
         writer = chain[-1] if chain else layer_index
@@ -142,9 +177,15 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
 MAX_CHAIN = 16  # Transpose/Identity nodes followed back from a Mul/Add to its layer
 
 
-def layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, list[int]] | None:
-    """(the linear layer computing `data`, the Transpose/Identity nodes in between, layer
-    first, each read only by the next) or None."""
+def layer_before(
+    view: GraphView,
+    data: str,
+    producers: Collection[str],
+    through: Collection[str] = ("Transpose", "Identity"),
+) -> tuple[int, list[int]] | None:
+    """(the node of an op in `producers` computing `data`, the nodes of ops in `through`
+    (Transpose/Identity unless told) in between, layer first, each read only by the next) or
+    None."""
     chain: list[int] = []
     name = data
     for _ in range(MAX_CHAIN + 1):
@@ -156,7 +197,7 @@ def layer_before(view: GraphView, data: str, producers: dict) -> tuple[int, list
         op = view.op_types[index]
         if op in producers:
             return index, chain[::-1]
-        if op not in ("Transpose", "Identity"):
+        if op not in through:
             return None
         chain.append(index)
         name = view.nodes[index].input[0] if view.nodes[index].input else ""
@@ -247,10 +288,7 @@ def _composed(view: GraphView, run, constants, channels: int, rank: int, axis: i
     not broadcast along `axis` alone, is not finite, or a node is not affine (`k / x`)."""
     affine = ChannelAffine(np.ones(channels), np.zeros(channels))
     for index, (_, constant, first) in zip(run, constants, strict=True):
-        values = per_channel(constant, channels, rank, axis)
-        if values is None or not np.isfinite(values).all():
-            return None
-        step = as_affine(view.op_types[index], values, constant_first=first)
+        step = affine_of(view.nodes[index], constant, first, channels, rank, axis)
         if step is None:
             return None
         affine = composed(affine, step)
@@ -305,9 +343,7 @@ def _operands(node: onnx.NodeProto, view: GraphView, flowing: str | None):
     """(data, float constant, whether the constant is the first input) of a two-input
     Mul/Add/Sub/Div: the data is `flowing` (the previous node's output) when given, else the
     input that is not constant; None if neither works."""
-    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
-        return None
-    if legacy_broadcast(node):
+    if not is_binary(node) or legacy_broadcast(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         if flowing is not None and data != flowing:

@@ -16,21 +16,22 @@ import onnx
 
 from ..affine import (
     OP_WORDS,
-    as_affine,
-    per_channel,
+    constant_affine,
+    is_binary,
+    layer_before,
     producer_channels,
     read_affine,
     read_affine_forward,
 )
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, node_label
-from ..numerics import is_float
+from ..numerics import ChannelAffine
 from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
 from .concat import concat_channels, plan_concat_split
 from .forward import plan_forward, plan_forward_conv
 from .rule import Absorb, Bypass, Match, Rule, Skip, about_producers, bypassing
-from .through_reshape import LAYOUT_OPS, MAX_CHAIN, ROWS, Layout, follow
+from .through_reshape import LAYOUT_OPS, ROWS, Layout, follow
 
 
 @about_producers(*PLANNERS, "Transpose", "Identity")
@@ -44,22 +45,9 @@ def into_layer_before(
     found = read_affine(node, view, PLANNERS)
     if found is None:
         return None
-    producer = view.nodes[found.layer]
-    plan: FoldPlan | str
-    if view.sole_consumer(found.data) != index:
-        plan = shared_output_reason(view, found.data, producer)
-    else:
-        plan = PLANNERS[producer.op_type](producer, view, found.affine, opset)
-    what, verb = OP_WORDS[node.op_type]
-    if isinstance(plan, str):
-        return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
-    if np.all(found.affine.scale == 1):
-        how = f"{verb} a per-channel constant, moved into the bias"
-    else:
-        how = f"{verb} a per-channel constant; {plan.how}"
-    if found.path:
-        how += f"; through {found.path}, unchanged"
-    return Match(((found.layer, plan),), (Bypass(index, found.writer, how),), found.layer)
+    return _into_layer(
+        view, index, node, found.data, found.layer, found.writer, found.path, found.affine, opset
+    )
 
 
 @about_producers("Concat")
@@ -72,7 +60,7 @@ def split_after_concat(
     constant is per-channel if it broadcasts along that axis alone of the Concat's output, whose
     channels, rank and channel axis the layers before it give (else the Mul/Add is left
     unrecorded)."""
-    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+    if not is_binary(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         concat_index = view.producer.get(data)
@@ -80,17 +68,11 @@ def split_after_concat(
             continue
         if view.domains[concat_index] not in ONNX_DOMAINS:
             continue
-        constant = view.constant(other)
         shape = concat_channels(view, concat_index)
-        if constant is None or not is_float(constant.dtype) or shape is None:
+        affine = None if shape is None else constant_affine(view, node, other, *shape)
+        if shape is None or affine is None:
             return None
-        channels, rank, axis = shape
-        values = per_channel(constant, channels, rank, axis)
-        if values is None or not np.isfinite(values).all():
-            return None
-        affine = as_affine(node.op_type, values, constant_first=other == node.input[0])
-        if affine is None:
-            return None
+        axis = shape[2]
         concat = view.nodes[concat_index]
         what, verb = OP_WORDS[node.op_type]
         split = plan_concat_split(view, concat_index, affine, opset, target_axis=axis)
@@ -113,16 +95,15 @@ def into_dense_through_reshape(
     the next alone, that provably keep the columns whole on one axis (`through_reshape.follow`,
     as for a BatchNormalization there), the constant broadcasting along that axis alone: folded
     into the layer's columns and bias; the layout nodes stay and carry the folded values."""
-    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+    if not is_binary(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
-        found = _dense_behind_layout(view, data)
-        if found is None:
+        found = layer_before(view, data, ("Gemm", "MatMul"), through=LAYOUT_OPS)
+        if found is None or not any(view.op_types[i] == "Reshape" for i in found[1]):
             continue
         layer_index, chain = found
-        constant = view.constant(other)
         shape = producer_channels(view.nodes[layer_index], view)
-        if constant is None or not is_float(constant.dtype) or shape is None:
+        if shape is None:
             return None
         layout = Layout((ROWS, shape[0]), rows=0, columns=1)
         for at in chain:
@@ -130,55 +111,44 @@ def into_dense_through_reshape(
             if isinstance(followed, str):
                 return None  # (where the columns go is not provable: no BN-like constant)
             layout = followed
-        values = per_channel(constant, shape[0], len(layout.dims), layout.columns)
-        if values is None or not np.isfinite(values).all():
-            return None
-        affine = as_affine(node.op_type, values, constant_first=other == node.input[0])
+        affine = constant_affine(view, node, other, shape[0], len(layout.dims), layout.columns)
         if affine is None:
             return None
-        return _into_layer(view, index, node, data, layer_index, chain, affine, opset)
+        path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
+        return _into_layer(view, index, node, data, layer_index, chain[-1], path, affine, opset)
     return None
 
 
-def _dense_behind_layout(view: GraphView, data: str) -> tuple[int, list[int]] | None:
-    """(the Gemm/MatMul computing `data`, the layout nodes in between, layer first) when a
-    Reshape is among them and each output is read by the next node alone."""
-    chain: list[int] = []
-    name = data
-    for _ in range(MAX_CHAIN + 1):
-        at = view.producer.get(name)
-        if at is None or view.domains[at] not in ONNX_DOMAINS:
-            return None
-        if chain and view.sole_consumer(name) != chain[-1]:
-            return None
-        op = view.op_types[at]
-        if op in ("Gemm", "MatMul"):
-            reshaped = any(view.op_types[i] == "Reshape" for i in chain)
-            return (at, chain[::-1]) if reshaped else None
-        if op not in LAYOUT_OPS or not view.nodes[at].input:
-            return None
-        chain.append(at)
-        name = view.nodes[at].input[0]
-    return None
-
-
-def _into_layer(view, index, node, data, layer_index, chain, affine, opset) -> Match | Skip:
-    """The Mul/Add/Sub/Div at `index` (its per-column map `affine`) folded into the layer."""
+def _into_layer(
+    view: GraphView,
+    index: int,
+    node: onnx.NodeProto,
+    data: str,
+    layer_index: int,
+    writer: int,
+    path: str,
+    affine: ChannelAffine,
+    opset: int,
+) -> Match | Skip:
+    """The Mul/Add/Sub/Div at `index` (its per-channel map `affine`) folded into the layer
+    before it, `writer` (the layer, or the last layout node of `path` after it) taking over its
+    output; or why not."""
     producer = view.nodes[layer_index]
     what, verb = OP_WORDS[node.op_type]
     plan: FoldPlan | str
     if view.sole_consumer(data) != index:
-        plan = shared_output_reason(view, data, view.nodes[view.producer[data]])
+        plan = shared_output_reason(view, data, view.nodes[writer])
     else:
         plan = PLANNERS[producer.op_type](producer, view, affine, opset)
     if isinstance(plan, str):
         return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
-    path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)
     if np.all(affine.scale == 1):
-        how = f"{verb} a per-channel constant, moved into the bias; through {path}, unchanged"
+        how = f"{verb} a per-channel constant, moved into the bias"
     else:
-        how = f"{verb} a per-channel constant; {plan.how}; through {path}, unchanged"
-    return Match(((layer_index, plan),), (Bypass(index, chain[-1], how),), layer_index)
+        how = f"{verb} a per-channel constant; {plan.how}"
+    if path:
+        how += f"; through {path}, unchanged"
+    return Match(((layer_index, plan),), (Bypass(index, writer, how),), layer_index)
 
 
 def forward_into_layer(

@@ -340,6 +340,16 @@ def test_a_layer_read_elsewhere_before_the_transposes_stays(rng):
     assert op_types(result.model) == ["Conv", "Transpose", "Mul", "Transpose"]
 
 
+def test_a_transposed_output_read_elsewhere_is_named_with_its_writer(rng):
+    model = nhwc_then([("Mul", [C])], rng)
+    model.graph.output.append(value_info("t0", TensorProto.FLOAT, symbolic(4)))
+    (record,) = bnfold.fold(model).skipped_affine
+    assert record.reason == (
+        "a Mul by a per-channel constant after Conv: "
+        "the output 't0' of Transpose 'to_nhwc' is also a graph output"
+    )
+
+
 @pytest.mark.parametrize("layer", ["MatMul", "Gemm"])
 def test_a_run_that_broadcasts_its_data_up_to_the_features_stays(rng, layer):
     """x[2, 1] · k[1, K] is [2, K]: the layer could not read x itself."""

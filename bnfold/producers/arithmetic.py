@@ -69,8 +69,10 @@ def split_after_concat(
         if view.domains[concat_index] not in ONNX_DOMAINS:
             continue
         shape = concat_channels(view, concat_index)
-        affine = None if shape is None else constant_affine(view, node, other, *shape)
-        if shape is None or affine is None:
+        if shape is None:
+            return None
+        affine = constant_affine(view, node, other, *shape)
+        if affine is None:
             return None
         axis = shape[2]
         concat = view.nodes[concat_index]

@@ -11,6 +11,7 @@ for the rest.
 from __future__ import annotations
 
 import ctypes
+import functools
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -261,15 +262,19 @@ def run_model(
     factory: SessionFactory, source: SessionSource, provider: str, runs: Iterable[dict]
 ) -> list[Outputs] | Unavailable | str:
     """The model's outputs for each feed dict (taken one at a time from `runs`), on `provider`,
-    from one session: `Unavailable` if
-    no session could be made there, a string (onnxruntime's full message) if a run failed."""
+    from one session: `Unavailable` if no session could be made there, a string (onnxruntime's
+    full message) if a run failed."""
     session = factory.create(source.model, provider, source.supplied)
     del source
     if isinstance(session, Unavailable):
         return session
+    outputs_of = session.get_outputs()
+    # bfloat16, float8: through OrtValues, numpy's side in ml_dtypes' types
+    lacking = any(_numpy_lacks(o.type) for o in (*session.get_inputs(), *outputs_of))
+    run = functools.partial(_run_with_ort_values, factory.ort) if lacking else _plain_run
     results = []
     for feeds in runs:
-        outputs = _run(factory.ort, session, feeds)
+        outputs = _run(run, session, outputs_of, feeds)
         del feeds  # (before the next is made: runs may make big feeds one at a time)
         if isinstance(outputs, str):
             return outputs
@@ -277,15 +282,11 @@ def run_model(
     return results
 
 
-def _run(ort, session, feeds: dict[str, np.ndarray]) -> Outputs | str:
+def _run(run, session, outputs, feeds: dict[str, np.ndarray]) -> Outputs | str:
+    """One run's outputs as arrays (`run`: `_plain_run` or `_run_with_ort_values`), or
+    onnxruntime's message."""
     try:
-        outputs = session.get_outputs()
-        names = [o.name for o in outputs]
-        lacking = [o for o in (*session.get_inputs(), *outputs) if _numpy_lacks(o.type)]
-        if lacking:  # bfloat16, float8: through OrtValues, numpy's side in ml_dtypes' types
-            values = _run_with_ort_values(ort, session, names, feeds)
-        else:
-            values = session.run(names, feeds)
+        values = run(session, [o.name for o in outputs], feeds)
     except Exception as exc:  # onnxruntime raises many types; the message is what matters
         return f"onnxruntime failed to run: {str(exc).strip() or type(exc).__name__}"
     arrays: Outputs = {}
@@ -309,6 +310,10 @@ _NUMPY_LACKS = {
 
 def _numpy_lacks(type_name: str) -> bool:
     return type_name.removeprefix("tensor(").removesuffix(")") in _NUMPY_LACKS
+
+
+def _plain_run(session, names: list[str], feeds: dict[str, np.ndarray]) -> list:
+    return session.run(names, feeds)
 
 
 def _run_with_ort_values(ort, session, names: list[str], feeds: dict[str, np.ndarray]) -> list:

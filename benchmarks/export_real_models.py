@@ -432,47 +432,34 @@ KERAS_FILES = [name for _, _, files in KERAS_MODELS.values() for name in files]
 
 
 def export_keras(out: Path, seed: int, only: list[str] | None) -> tuple[dict, dict]:
+    """The tf-keras models through tf2onnx, each file with its optimizers; the files of one
+    model share its seed (so the same weights)."""
     import tensorflow as tf
     import tf2onnx
 
-    results, failures = {}, {}
-    for model_name, (build, shape, files) in KERAS_MODELS.items():
-        todo = {name: opt for name, opt in files.items() if not only or name in only}
-        if not todo:
-            continue
-        s = model_seed(model_name, seed)
+    files = {
+        name: (build, shape) for build, shape, names in KERAS_MODELS.values() for name in names
+    }
+    optimizers = {name: opt for _, _, names in KERAS_MODELS.values() for name, opt in names.items()}
+    seed_names = {name: model for model, (_, _, names) in KERAS_MODELS.items() for name in names}
+
+    def export_one(build, shape, s: int, path: Path):
         tf.keras.utils.set_random_seed(s)
         model = build()
         n_bn = _set_keras_bn_stats(model, s)
         x = np.random.default_rng(s + 1).standard_normal(shape).astype(np.float32)
         expected = model(x, training=False).numpy()
         spec = (tf.TensorSpec(shape, tf.float32, name="input"),)
-        for name, optimizers in todo.items():
-            print(name, flush=True)
-            path = out / f"{name}.onnx"
-            try:
-                tf2onnx.convert.from_keras(
-                    model,
-                    input_signature=spec,
-                    opset=OPSET,
-                    output_path=str(path),
-                    optimizers=optimizers,
-                )
-                proto = _finish(path)
-                results[name] = {
-                    "exporter": f"tf2onnx {tf2onnx.__version__} (tf {tf.__version__}), "
-                    + ("default optimizers" if optimizers is None else "optimizers disabled"),
-                    "bn_modules": n_bn,
-                    "seed": s,
-                    **describe(path, proto),
-                    **check_ort(path, x, expected),
-                }
-                print("  " + summary(name, results[name]), flush=True)
-            except Exception as exc:  # report it, go on
-                failures[name] = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
-                print(f"  FAILED {name}: {failures[name]}", flush=True)
-    return results, failures
+        chosen = optimizers[path.stem]
+        tf2onnx.convert.from_keras(
+            model, input_signature=spec, opset=OPSET, output_path=str(path), optimizers=chosen
+        )
+        exporter = f"tf2onnx {tf2onnx.__version__} (tf {tf.__version__}), " + (
+            "default optimizers" if chosen is None else "optimizers disabled"
+        )
+        return exporter, n_bn, x, expected
+
+    return _export_all(files, out, seed, only, export_one, seed_names)
 
 
 # --------------------------------------------------------------------------- Paddle, JAX
@@ -514,17 +501,20 @@ def export_paddle(out: Path, seed: int, only: list[str] | None) -> tuple[dict, d
     return _export_all(PADDLE_MODELS, out, seed, only, export_one)
 
 
-def _export_all(models: dict, out: Path, seed: int, only, export_one) -> tuple[dict, dict]:
+def _export_all(
+    models: dict, out: Path, seed: int, only, export_one, seed_names: dict | None = None
+) -> tuple[dict, dict]:
     """`export_one(build, shape, seed, path) -> (exporter, BN count, input, framework output)`
     for each of `models` (name: (builder, input shape)), then checked and described; a model
-    that fails is reported and the others go on."""
+    that fails is reported and the others go on. Each is seeded by its name, or by the name
+    `seed_names` gives it (files of one model, exported several ways)."""
     results, failures = {}, {}
     for name, (build, shape) in models.items():
         if only and name not in only:
             continue
         print(name, flush=True)
         try:
-            s = model_seed(name, seed)
+            s = model_seed((seed_names or {}).get(name, name), seed)
             path = out / f"{name}.onnx"
             exporter, n_bn, x, expected = export_one(build, shape, s, path)
             proto = _finish(path)
@@ -539,6 +529,7 @@ def _export_all(models: dict, out: Path, seed: int, only, export_one) -> tuple[d
         except Exception as exc:  # report it, go on
             failures[name] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
+            print(f"  FAILED {name}: {failures[name]}", flush=True)
     return results, failures
 
 

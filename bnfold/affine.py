@@ -65,12 +65,6 @@ def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -
     return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def legacy_broadcast(node: onnx.NodeProto) -> bool:
-    """Whether an arithmetic node broadcasts the pre-opset-7 way (`broadcast`, `axis`: a
-    constant aligned with any axis, not the trailing ones): such nodes are never read as a BN."""
-    return any(attr.name in ("broadcast", "axis") for attr in node.attribute)
-
-
 def as_affine(
     op_type: str, values: np.ndarray, constant_first: bool = False
 ) -> ChannelAffine | None:
@@ -93,9 +87,13 @@ def as_affine(
     return None
 
 
-def is_binary(node: onnx.NodeProto) -> bool:
-    """A node of two inputs and one named output (as a Mul/Add/Sub/Div read as a BN must be)."""
-    return len(node.input) == 2 and len(node.output) == 1 and bool(node.output[0])
+def reads_as_arithmetic(node: onnx.NodeProto) -> bool:
+    """Whether a Mul/Add/Sub/Div may be read as a per-channel map: two inputs, one named output,
+    and numpy-style broadcasting (not the pre-opset-7 `broadcast`/`axis` attributes, which may
+    align a constant with any axis)."""
+    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+        return False
+    return not any(attr.name in ("broadcast", "axis") for attr in node.attribute)
 
 
 def affine_of(
@@ -152,7 +150,7 @@ def read_affine(node: onnx.NodeProto, view: GraphView, producers: dict) -> Affin
     """The match if `node` is a Mul/Add by a constant per channel of the linear layer before it
     (directly, or through Transposes that move the channel axis: the constant must broadcast
     along the axis the channels are on there), else None."""
-    if not is_binary(node):
+    if not reads_as_arithmetic(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         found = layer_before(view, data, producers)
@@ -343,7 +341,7 @@ def _operands(node: onnx.NodeProto, view: GraphView, flowing: str | None):
     """(data, float constant, whether the constant is the first input) of a two-input
     Mul/Add/Sub/Div: the data is `flowing` (the previous node's output) when given, else the
     input that is not constant; None if neither works."""
-    if not is_binary(node) or legacy_broadcast(node):
+    if not reads_as_arithmetic(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         if flowing is not None and data != flowing:

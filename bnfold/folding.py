@@ -328,7 +328,7 @@ def _decide(
     reasons: list[str] = []
     try:
         subject = rules.read(view, index, node, opset)
-        if subject is None or isinstance(subject, Skip):
+        if isinstance(subject, Skip):
             return subject
         for direction, group in rules.groups:
             answer = _first_answer(group, view, index, subject, opset, rules.family)

@@ -17,11 +17,11 @@ import onnx
 from ..affine import (
     OP_WORDS,
     constant_affine,
-    is_binary,
     layer_before,
     producer_channels,
     read_affine,
     read_affine_forward,
+    reads_as_arithmetic,
 )
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, node_label
@@ -60,7 +60,7 @@ def split_after_concat(
     constant is per-channel if it broadcasts along that axis alone of the Concat's output, whose
     channels, rank and channel axis the layers before it give (else the Mul/Add is left
     unrecorded)."""
-    if not is_binary(node):
+    if not reads_as_arithmetic(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         concat_index = view.producer.get(data)
@@ -97,7 +97,7 @@ def into_dense_through_reshape(
     the next alone, that provably keep the columns whole on one axis (`through_reshape.follow`,
     as for a BatchNormalization there), the constant broadcasting along that axis alone: folded
     into the layer's columns and bias; the layout nodes stay and carry the folded values."""
-    if not is_binary(node):
+    if not reads_as_arithmetic(node):
         return None
     for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
         found = layer_before(view, data, ("Gemm", "MatMul"), through=LAYOUT_OPS)

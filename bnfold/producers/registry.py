@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import onnx
 
-from ..affine import AFFINE_OPS, legacy_broadcast
+from ..affine import AFFINE_OPS
 from ..batchnorm import read_batchnorm
 from ..graph_view import GraphView
 from . import PLANNERS
@@ -31,7 +31,7 @@ class NodeRules:
     or skipped, with the reason); "affine" ones (Mul/Add) only where a rule matched or said why
     not: an ordinary Mul/Add is no BatchNormalization."""
 
-    read: Callable[[GraphView, int, onnx.NodeProto, int], Any]  # subject, Skip, or None: no rule
+    read: Callable[[GraphView, int, onnx.NodeProto, int], Any]  # the subject, or a Skip
     groups: tuple[tuple[str, tuple[Rule, ...]], ...]  # (direction, rules)
     family: Literal["batchnorm", "affine"]
 
@@ -41,10 +41,8 @@ def _batchnorm(view: GraphView, index: int, node: onnx.NodeProto, opset: int):
     return Skip(bn) if isinstance(bn, str) else bn
 
 
-def _the_node(view: GraphView, index: int, node: onnx.NodeProto, opset: int):
-    """The Mul/Add/Sub/Div itself; None (no rule applies) for one that broadcasts the old way
-    (`broadcast`/`axis` attributes, before opset 7: a constant may then align with any axis)."""
-    return None if legacy_broadcast(node) else node
+def _the_node(view: GraphView, index: int, node: onnx.NodeProto, opset: int) -> onnx.NodeProto:
+    return node  # (whether it reads as arithmetic at all: `affine.reads_as_arithmetic`)
 
 
 _AFFINE = NodeRules(

@@ -17,7 +17,7 @@ import gc
 import operator
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +30,10 @@ from .errors import InputError
 from .functions import inline_batchnorm_functions
 from .graph_view import GraphView, NameAllocator
 from .graphs import (
-    CONTROL_FLOW_OPS,
     ONNX_DOMAINS,
     all_graphs,
     default_opset,
+    may_hold_graphs,
     node_label,
     subgraphs,
 )
@@ -47,12 +47,13 @@ from .model_io import (
 from .producers.registry import (
     RULES,
     NodeRules,
+    RankMeeting,
     conv_pairs_batchable,
     followed_back_through,
     forward_folding_ops,
+    rank_meetings,
 )
 from .producers.rule import Match, Rule, Skip
-from .producers.through_reshape import LAYOUT_OPS
 from .records import Folded, FoldResult, Skipped
 from .tensor_data import DataFile
 
@@ -199,6 +200,7 @@ class _Context:
         # what the vectorised Conv → BN folds must respect, from the rules' declarations
         self.forward_from = forward_folding_ops()
         self.followed = followed_back_through()
+        self.rank_meetings = rank_meetings()
         self.budget = EvaluationBudget()
         self.types: dict[str, int] | None = None
         # Training bindings name initializers that a fold would rewrite or remove.
@@ -223,7 +225,8 @@ class _Context:
 
     def find_ranks(self, main: GraphView) -> None:
         """Run onnx's shape inference on the model as it is, if a rule will need ranks."""
-        if _needs_ranks(self.model.graph, set(main.op_types)):
+        holders = [main.nodes[i] for i in main.holders]
+        if _needs_ranks(self.model.graph, self.rank_meetings, set(main.op_types), holders):
             self.ranks = _shape_inference_ranks(self.model)
 
     def inferred_types(self) -> dict[str, int]:
@@ -371,28 +374,38 @@ def _plain_message(exc: BaseException) -> str:
     return lines[0] if lines else "unreadable"
 
 
-def _needs_ranks(graph: onnx.GraphProto, op_types: set[str] | None = None) -> bool:
-    """Whether a BatchNormalization and a MatMul meet, directly or through Reshape/Transpose/
-    Identity (the only rules that need ranks). `op_types`: the graph's, when known."""
+def _needs_ranks(
+    graph: onnx.GraphProto,
+    meetings: tuple[RankMeeting, ...],
+    op_types: set[str] | None = None,
+    holders: Iterable[onnx.NodeProto] | None = None,
+) -> bool:
+    """Whether a graph or one of its subgraphs holds one of `meetings` (`registry.rank_meetings`:
+    where a rule asks for shape inference's ranks). `op_types` and `holders` (the nodes holding
+    subgraphs): the graph's, when known."""
     if op_types is None:
         op_types = set(map(operator.attrgetter("op_type"), graph.node))
-    if not op_types & CONTROL_FLOW_OPS and not {"MatMul", "BatchNormalization"} <= op_types:
-        return False  # cheap answer for the usual graph; custom-domain holders are walked below
-    matmul_outputs: set[str] = set()
-    bn_outputs: set[str] = set()
+    if any(_meets(graph, meeting, op_types) for meeting in meetings):
+        return True
+    if holders is None:
+        holders = (n for n in graph.node if may_hold_graphs(n.op_type, n.domain))
+    return any(_needs_ranks(inner, meetings) for node in holders for _, inner in subgraphs(node))
+
+
+def _meets(graph: onnx.GraphProto, meeting: RankMeeting, op_types: set[str]) -> bool:
+    """Whether a node of `meeting.writers` writes, directly or through `meeting.through`, the
+    first input of a node of `meeting.readers` in this graph (not its subgraphs)."""
+    if not (op_types & meeting.writers and op_types & meeting.readers):
+        return False
+    reached: set[str] = set()  # written by a writer, or passed on by a `through` node
     for node in graph.node:
-        if node.op_type == "MatMul":
-            matmul_outputs.update(node.output)
-            if node.input and node.input[0] in bn_outputs:
-                return True
-        elif node.op_type in LAYOUT_OPS and node.input and node.input[0] in matmul_outputs:
-            matmul_outputs.update(node.output[:1])  # MatMul -> Reshape/Transpose -> BN
-        elif node.op_type == "BatchNormalization" and node.input:
-            bn_outputs.update(node.output[:1])
-            if node.input[0] in matmul_outputs:
-                return True
-        if any(_needs_ranks(sub) for _, sub in subgraphs(node)):
+        first = node.input[0] if node.input else None
+        if node.op_type in meeting.readers and first in reached:
             return True
+        if node.op_type in meeting.writers:
+            reached.update(node.output)
+        elif node.op_type in meeting.through and first in reached:
+            reached.update(node.output[:1])
     return False
 
 

@@ -131,3 +131,96 @@ def test_what_the_vectorised_path_must_respect_is_derived_from_the_rules(monkeyp
     changed = dataclasses.replace(rules, groups=((direction, (undeclared, *backward)), *rest))
     monkeypatch.setitem(registry.RULES, "BatchNormalization", changed)
     assert registry.followed_back_through() is None  # (it may follow anything)
+
+
+def _graph(*nodes: tuple[str, list[str], list[str]], **attributes) -> onnx.GraphProto:
+    """A graph of the given (op type, inputs, outputs) nodes: only their wiring matters here."""
+    made = [onnx.helper.make_node(op, inputs, outputs) for op, inputs, outputs in nodes]
+    for node in made:
+        if node.op_type == "If":
+            node.attribute.extend(
+                onnx.helper.make_attribute(name, graph) for name, graph in attributes.items()
+            )
+    return onnx.helper.make_graph(made, "g", [], [])
+
+
+MATMUL_THEN_BN = (("MatMul", ["x", "w"], ["m"]), ("BatchNormalization", ["m", "s"], ["y"]))
+
+
+@pytest.mark.parametrize(
+    ("nodes", "needed"),
+    [
+        (MATMUL_THEN_BN, True),
+        ((("MatMul", ["x", "w"], ["m"]), ("Reshape", ["m", "r"], ["t"]),
+          ("Transpose", ["t"], ["u"]), ("BatchNormalization", ["u", "s"], ["y"])), True),
+        ((("BatchNormalization", ["x", "s"], ["b"]), ("MatMul", ["b", "w"], ["y"])), True),
+        ((("BatchNormalization", ["x", "s"], ["b"]), ("MatMul", ["w", "b"], ["y"])), False),
+        ((("BatchNormalization", ["x", "s"], ["b"]), ("Transpose", ["b"], ["t"]),
+          ("MatMul", ["t", "w"], ["y"])), False),  # (no forward rule follows a Transpose)
+        ((("Conv", ["x", "w"], ["c"]), ("BatchNormalization", ["c", "s"], ["y"])), False),
+        ((("MatMul", ["x", "w"], ["m"]), ("Relu", ["m"], ["r"]),
+          ("BatchNormalization", ["r", "s"], ["y"])), False),
+        ((("If", ["c"], ["y"]),), True),  # (a MatMul → BN in its branch)
+    ],
+    ids=["matmul-bn", "through-layout", "bn-matmul", "weight-side", "bn-transpose-matmul",
+         "conv-bn", "through-relu", "in-a-branch"],
+)  # fmt: skip
+def test_shape_inference_runs_where_a_rule_declares_it_needs_ranks(nodes, needed):
+    """`folding._needs_ranks` answers from the rules' declarations (`infers_ranks_near`)."""
+    from bnfold.folding import _needs_ranks
+
+    branch = _graph(*MATMUL_THEN_BN)
+    graph = _graph(*nodes, then_branch=branch, else_branch=_graph())
+    assert _needs_ranks(graph, registry.rank_meetings()) is needed
+
+
+def test_a_rule_that_declares_it_needs_ranks_gets_shape_inference(monkeypatch):
+    """The meetings come from the declarations: a new rule asking for ranks near a Gemm makes
+    Gemm → BN one; and the pass runs onnx's shape inference exactly where one is found (once),
+    which a MatMul whose input rank nothing declares or proves needs to take a BN."""
+    from bnfold import folding
+    from bnfold.producers.rule import infers_ranks_near
+
+    assert registry.rank_meetings() == (
+        registry.RankMeeting(
+            frozenset({"MatMul"}),
+            frozenset({"Reshape", "Transpose", "Identity"}),
+            frozenset({"BatchNormalization"}),
+        ),
+        registry.RankMeeting(frozenset({"MatMul"}), frozenset(), frozenset({"BatchNormalization"})),
+        registry.RankMeeting(frozenset({"BatchNormalization"}), frozenset(), frozenset({"MatMul"})),
+    )
+    gemm_bn = _graph(("Gemm", ["x", "w"], ["g"]), ("BatchNormalization", ["g", "s"], ["y"]))
+    assert not folding._needs_ranks(gemm_bn, registry.rank_meetings())
+
+    @infers_ranks_near("Gemm")
+    def near_gemm(view, index, bn, opset):
+        return None
+
+    rules = registry.RULES["BatchNormalization"]
+    (direction, backward), *rest = rules.groups
+    changed = dataclasses.replace(rules, groups=((direction, (near_gemm, *backward)), *rest))
+    with monkeypatch.context() as patched:
+        patched.setitem(registry.RULES, "BatchNormalization", changed)
+        assert folding._needs_ranks(gemm_bn, registry.rank_meetings())
+
+    model = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 6] x) => (float[2, 3] y)
+        <float[4, 3] w = {1., 2., 3., 4., 5., 6., 7., 8., 9., 1., 2., 3.},
+         int64[1] starts = {1}, int64[1] ends = {5}, int64[1] axes = {1},
+         float[3] s = {1., 2., 3.}, float[3] b = {0.5, 0.25, 1.},
+         float[3] mean = {0.1, 0.2, 0.3}, float[3] var = {1., 2., 4.}> {
+            part = Slice(x, starts, ends, axes)
+            m = MatMul(part, w)
+            y = BatchNormalization(m, s, b, mean, var)
+        }"""
+    )
+    calls = []
+    infer = folding._shape_inference_ranks
+    monkeypatch.setattr(folding, "_shape_inference_ranks", lambda m: calls.append(1) or infer(m))
+    result = bnfold.fold(model)
+    assert len(calls) == 1 and len(result.folded) == 1  # (Slice's rank: inference's alone)
+    assert_same_function(model, result.model)
+    bnfold.fold(onnx.load(MODELS / "resnet_tiny.onnx"))
+    assert len(calls) == 1  # (Conv → BN: no rule asks)

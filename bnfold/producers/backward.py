@@ -17,11 +17,20 @@ from ..graphs import ONNX_DOMAINS, node_label
 from . import PLANNERS
 from .base import shared_output_reason
 from .concat import LINEAR_LAYERS, concat_before, plan_concat_split
-from .rule import Match, Rule, Skip, about_producers, bypassing, never_folds
+from .rule import (
+    Match,
+    Rule,
+    Skip,
+    about_producers,
+    bypassing,
+    infers_ranks_near,
+    never_folds,
+)
 from .through_reshape import LAYOUT_OPS, plan_through_layout
 
 
 @about_producers(*LAYOUT_OPS)
+@infers_ranks_near("MatMul", through=LAYOUT_OPS)  # (whether the MatMul's input is 2-D)
 def through_layout(
     view: GraphView, bn_index: int, bn: BatchNorm, opset: int
 ) -> Match | Skip | None:
@@ -56,6 +65,7 @@ def concat_split(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> M
 
 
 @about_producers(*PLANNERS)
+@infers_ranks_near("MatMul")  # (`matmul.py`: whether its input is 2-D)
 def into_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Match | Skip | None:
     """The layer right before the BN (one planner per layer kind: `PLANNERS`)."""
     op = _producer_op(view, bn)

@@ -28,7 +28,7 @@ from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, node_label
 from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
 from .base import FoldPlan, constant_input, rounded_updates
-from .rule import Absorb, Match, Rule, Skip
+from .rule import Absorb, Match, Rule, Skip, infers_ranks_near
 
 
 def plan_forward(
@@ -211,6 +211,7 @@ def through_flatten(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     return _absorbed(bn_index, reader_index, linear_index, plan)
 
 
+@infers_ranks_near("MatMul")  # (a MatMul takes the BN only where its input is 2-D)
 def into_next_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     """BN → Gemm/MatMul (its first input), BN → Conv without padding."""
     reader_index = _sole_reader(view, bn)

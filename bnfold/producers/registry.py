@@ -22,7 +22,7 @@ from . import PLANNERS
 from .arithmetic import BACKWARD_AFFINE_RULES, FORWARD_AFFINE_RULES
 from .backward import BACKWARD_RULES, into_layer
 from .forward import FORWARD_RULES
-from .rule import Rule, Skip
+from .rule import RankNeed, Rule, Skip
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,33 @@ def followed_back_through() -> frozenset[str] | None:
                     return None
                 followed |= declared
     return frozenset(followed - set(PLANNERS))
+
+
+@dataclass(frozen=True)
+class RankMeeting:
+    """Where a rule needs shape inference's ranks (`rule.infers_ranks_near`): a node of `writers`
+    whose output reaches the first input of a node of `readers`, directly or through nodes of
+    `through`."""
+
+    writers: frozenset[str]
+    through: frozenset[str]
+    readers: frozenset[str]
+
+
+def rank_meetings() -> tuple[RankMeeting, ...]:
+    """Every meeting of a subject and a layer for which a rule asks for shape inference: the
+    layer writing the subject's input for backward rules, the subject writing the layer's input
+    for forward ones."""
+    meetings: list[RankMeeting] = []
+    for op, rules in RULES.items():
+        subject = frozenset((op,))
+        for direction, group in rules.groups:
+            for rule in group:
+                need: RankNeed | None = getattr(rule, "rank_need", None)
+                if need is None:
+                    continue
+                if direction == "backward":
+                    meetings.append(RankMeeting(need.layers, need.through, subject))
+                else:
+                    meetings.append(RankMeeting(subject, need.through, need.layers))
+    return tuple(dict.fromkeys(meetings))  # (once each, in order)

@@ -11,12 +11,15 @@ through the view's editor (which keeps its own books of what the edit leaves unr
 
 A rule module holds the rule function, its maths in the docstring; it is added with one line in
 its ordered list (`backward.BACKWARD_RULES`, `forward.FORWARD_RULES`, the lists of
-`arithmetic.py`), which `registry.RULES` gives the pass by op type.
+`arithmetic.py`), which `registry.RULES` gives the pass by op type. A rule declares what the pass
+must know about it: which producers it answers about (`about_producers`), that it never folds
+(`never_folds`), and near which layers it needs ranks only shape inference finds
+(`infers_ranks_near`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -118,6 +121,32 @@ def never_folds(rule: _R) -> _R:
     leads no fold back to a layer (`registry.followed_back_through`)."""
     rule.never_folds = True  # type: ignore[attr-defined]
     return rule
+
+
+@dataclass(frozen=True)
+class RankNeed:
+    """Ranks a rule reads that only onnx's shape inference may know: those of the tensors around
+    a layer of `layers` meeting the rule's subject, directly or through nodes of `through` (a
+    MatMul's input: whether it is 2-D decides how a fold applies)."""
+
+    layers: frozenset[str]
+    through: frozenset[str]
+
+
+def infers_ranks_near(*layers: str, through: Iterable[str] = ()) -> Callable[[_R], _R]:
+    """Declare that a rule needs ranks that neither the graph declares nor its producers prove
+    (`RankNeed`): where a graph holds the rule's subject next to one of `layers` (the layer's
+    output its subject's first input for a backward rule, the subject's output the layer's first
+    input for a forward one; `through` nodes may sit between them), the pass runs onnx's shape
+    inference once, before it edits anything (`registry.rank_meetings`). Undeclared rules read
+    the ranks that are declared or proven, and what an inference run for another rule found:
+    inference costs about as much as the pass on a large model, so it runs only where asked."""
+
+    def declared(rule: _R) -> _R:
+        rule.rank_need = RankNeed(frozenset(layers), frozenset(through))  # type: ignore[attr-defined]
+        return rule
+
+    return declared
 
 
 def bypassing(node: int, writer: int, layer: int, plan: FoldPlan | SplitPlan) -> Match:

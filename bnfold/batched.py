@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from .constant_eval import EVALUATED_OPS
 from .graph_view import GraphView, NameAllocator
 from .graphs import ONNX_DOMAINS, attributes
 from .numerics import ChannelAffine, batchnorm_affines, folded_bias, multiply_exactly
+from .protobuf_speed import DATA_LOCATION, DATA_TYPE, RAW_DATA, listed
 from .records import Folded
 from .tensor_data import (
     RAW_DTYPES,
@@ -206,15 +206,15 @@ def _batchnorm_params(view: GraphView, node: onnx.NodeProto, opset: int):
     epsilon = attrs.get("epsilon", 1e-5)
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
         return None  # malformed: the general path says why
-    source, *param_names = node.input[:]  # five names: mode_problem checked
+    source, *param_names = listed(node.input)  # five names: mode_problem checked
     found = list(map(view.initializers.get, param_names))
     if None in found or not view.input_names.isdisjoint(param_names):
         return None
     params = cast(list[onnx.TensorProto], found)
     dtype = params[0].data_type
-    if dtype not in RAW_FLOATS or set(map(_DATA_TYPE, params)) != {dtype}:
+    if dtype not in RAW_FLOATS or set(map(DATA_TYPE, params)) != {dtype}:
         return None
-    shapes = [param.dims[:] for param in params]  # lists: a slice is the quick way out
+    shapes = [listed(param.dims) for param in params]
     dims = shapes[0]
     if len(dims) != 1 or dims[0] < 1 or shapes.count(dims) != len(shapes):
         return None
@@ -235,13 +235,13 @@ def _conv_before(
         return None
     if view.op_types[conv_index] != "Conv" or view.domains[conv_index] not in ONNX_DOMAINS:
         return None
-    conv_inputs = view.nodes[conv_index].input[:]
+    conv_inputs = listed(view.nodes[conv_index].input)
     if len(conv_inputs) < 2:
         return None
     weight = _owned_float_initializer(view, conv_inputs[1], conv_index)
     if weight is None:
         return None
-    weight_dims = weight.dims[:]
+    weight_dims = listed(weight.dims)
     if len(weight_dims) < 3 or weight_dims[0] != channels or min(weight_dims) < 1:
         return None
     row = math.prod(weight_dims[1:])
@@ -253,7 +253,7 @@ def _conv_before(
     bias = None
     if len(conv_inputs) > 2 and conv_inputs[2]:
         bias = _owned_float_initializer(view, conv_inputs[2], conv_index)
-        if bias is None or bias.dims[:] != [channels]:
+        if bias is None or listed(bias.dims) != [channels]:
             return None
         if not _hold_bytes([bias], channels * RAW_FLOATS[bias.data_type].itemsize):
             return None
@@ -271,7 +271,7 @@ def _may_fold_again(view: GraphView, pair: _Pair, followed: frozenset[str] | Non
         if followed is None or op_type == "BatchNormalization" or op_type in followed:
             return True
         if op_type in AFFINE_OPS:
-            for name in view.nodes[reader].input[:]:
+            for name in listed(view.nodes[reader].input):
                 producer = view.producer.get(name)
                 if name != output and (
                     producer is None or view.op_types[producer] in _CONSTANT_MAKERS
@@ -301,14 +301,9 @@ def _owned_float_initializer(view: GraphView, name: str, reader: int) -> onnx.Te
 def _hold_bytes(tensors: list[onnx.TensorProto], size: int) -> bool:
     """Whether each tensor holds exactly `size` bytes of raw data, in the model or on disk
     (not in a typed field such as float_data, nor in an external file that was not read)."""
-    if not any(map(_DATA_LOCATION, tensors)):  # all in the model: the usual case
-        return set(map(len, map(_RAW_DATA, tensors))) == {size}
+    if not any(map(DATA_LOCATION, tensors)):  # all in the model: the usual case
+        return set(map(len, map(RAW_DATA, tensors))) == {size}
     return set(map(data_size, tensors)) == {size}
-
-
-_DATA_TYPE = operator.attrgetter("data_type")
-_DATA_LOCATION = operator.attrgetter("data_location")
-_RAW_DATA = operator.attrgetter("raw_data")
 
 
 def _concatenated(tensors: list[onnx.TensorProto], dtype: np.dtype) -> np.ndarray:
@@ -392,8 +387,8 @@ def _weight_rows(chunk: list[_Pair], dtype: np.dtype, buffers: _Buffers) -> np.n
     """The weights of `chunk` end to end, as a flat (read-only) array: straight from their raw
     bytes when all are in the model (one weight: no copy), else read into a scratch buffer."""
     weights = [pair.weight for pair in chunk]
-    if not any(map(_DATA_LOCATION, weights)):
-        return np.frombuffer(b"".join(map(_RAW_DATA, weights)), dtype=dtype)
+    if not any(map(DATA_LOCATION, weights)):
+        return np.frombuffer(b"".join(map(RAW_DATA, weights)), dtype=dtype)
     sizes = list(map(data_size, weights))
     flat = buffers.array("weights", sum(sizes) // dtype.itemsize, dtype)
     target = memoryview(flat.view(np.uint8))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import onnx
 from .graph_view import GraphView
 from .graphs import attributes
 from .numerics import ChannelAffine, NotRepresentable, batchnorm_affine, is_float
+from .protobuf_speed import listed
 
 PARAMETER_NAMES = ("scale", "B", "input_mean", "input_var")
 
@@ -35,7 +36,7 @@ class BatchNorm:
 def mode_problem(node: onnx.NodeProto, opset: int, attrs: dict | None = None) -> str | None:
     """Why this BatchNormalization is not an inference-mode per-channel one, or None."""
     attrs = attributes(node) if attrs is None else attrs
-    outputs, inputs = node.output[:], node.input[:]  # lists (`graph_index._ALL`)
+    outputs, inputs = listed(node.output), listed(node.input)
     extra_outputs = [name for name in outputs[1:] if name]
     if opset < 7 and not attrs.get("is_test", 0):
         return f"training mode (opset {opset} BatchNormalization without is_test=1)"
@@ -44,8 +45,8 @@ def mode_problem(node: onnx.NodeProto, opset: int, attrs: dict | None = None) ->
     if opset < 9 and attrs.get("spatial", 1) == 0:
         return "spatial=0 (per-activation statistics, not per-channel)"
     if extra_outputs:
-        listed = ", ".join(f"'{n}'" for n in extra_outputs)
-        return f"its optional outputs ({listed}) are used, which only training mode computes"
+        named = ", ".join(f"'{n}'" for n in extra_outputs)
+        return f"its optional outputs ({named}) are used, which only training mode computes"
     if not outputs or not outputs[0]:
         return "its output has no name (the result is unused)"
     if len(inputs) != 5 or not all(inputs):

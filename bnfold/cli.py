@@ -14,7 +14,6 @@ Several models: the worst of theirs (3, then 2, 1, 4, 0).
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import signal
 import sys
@@ -27,6 +26,7 @@ from . import naming
 from ._version import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BnfoldError, InputError, Terminated
 from .naming import printable
+from .protobuf_speed import collector_paused
 
 EPILOG = """\b
 Exit status:
@@ -344,14 +344,14 @@ def signals_as_interrupts():
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to one line on stderr and the documented exit status."""
-    # A run makes hundreds of thousands of objects and no cycles worth the collector's passes.
     # Called from the console (argv None), the process ends with the command: the collector
-    # stays off (turning it back on would walk everything still alive once more).
-    paused = _collector_paused() if argv is not None else contextlib.nullcontext()
-    if argv is None:
-        gc.disable()
+    # stays off after it.
     try:
-        with paused, signals_as_interrupts(), naming.command_line():
+        with (
+            collector_paused(resume=argv is not None),
+            signals_as_interrupts(),
+            naming.command_line(),
+        ):
             command.main(args=argv, prog_name="bnfold", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -384,9 +384,3 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(printable(f"bnfold: internal error: {type(exc).__name__}: {exc}"), err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(0)
-
-
-def _collector_paused():
-    from .folding import collector_paused
-
-    return collector_paused()

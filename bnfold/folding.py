@@ -12,12 +12,9 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import operator
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +51,7 @@ from .producers.registry import (
     rank_meetings,
 )
 from .producers.rule import Match, Rule, Skip
+from .protobuf_speed import DOMAIN, OP_TYPE, collector_paused
 from .records import Folded, FoldResult, Skipped
 from .tensor_data import DataFile
 
@@ -130,21 +128,6 @@ def fold_in_place(
     )
 
 
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection during the pass: it makes objects by the hundred thousand
-    (index entries, records) and no cycles, and each collection would walk all of them again
-    (about 10% of the pass on a 48,000-node graph). The CLI pauses it for its whole run (loading
-    and saving make as many protobuf wrappers)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def op_counts(graph: onnx.GraphProto) -> dict[str, int]:
     """Nodes by op type (`domain:op` outside the default domain), subgraphs' included, sorted."""
     counts: Counter[str] = Counter()
@@ -163,16 +146,12 @@ def _text(name: str | bytes) -> str:
 def _count_ops(graph: onnx.GraphProto, counts: Counter[str]) -> None:
     for _, inner in all_graphs(graph):
         nodes = inner.node
-        if any(map(_DOMAIN, nodes)):  # some node names a domain
+        if any(map(DOMAIN, nodes)):  # some node names a domain
             counts.update(
                 n.op_type if n.domain in ONNX_DOMAINS else f"{n.domain}:{n.op_type}" for n in nodes
             )
         else:
-            counts.update(map(_OP_TYPE, nodes))
-
-
-_OP_TYPE = operator.attrgetter("op_type")
-_DOMAIN = operator.attrgetter("domain")
+            counts.update(map(OP_TYPE, nodes))
 
 
 def count_nodes(graph: onnx.GraphProto) -> int:
@@ -384,7 +363,7 @@ def _needs_ranks(
     where a rule asks for shape inference's ranks). `op_types` and `holders` (the nodes holding
     subgraphs): the graph's, when known."""
     if op_types is None:
-        op_types = set(map(operator.attrgetter("op_type"), graph.node))
+        op_types = set(map(OP_TYPE, graph.node))
     if any(_meets(graph, meeting, op_types) for meeting in meetings):
         return True
     if holders is None:

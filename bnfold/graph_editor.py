@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from .graph_index import _NAME, GraphIndex
+from .graph_index import GraphIndex
 from .graphs import (
     nodes_with_subgraphs,
     subgraphs,
 )
+from .protobuf_speed import NAME, listed
 from .tensor_data import RAW_DTYPES, little_endian_bytes
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class GraphEditor(GraphIndex):
         self._placed_after[added] = self._placed_after.get(index, index)
         for reader in list(dict.fromkeys(readers)):
             inputs = self.nodes[reader].input
-            for slot, name in enumerate(inputs[:]):
+            for slot, name in enumerate(listed(inputs)):
                 if name == old:
                     inputs[slot] = output
                     self.consumers.remove(old, reader)
@@ -237,7 +238,7 @@ class GraphEditor(GraphIndex):
         consumers = self.consumers
         consumers.pop(old_output, None)
         orphaned = self._orphaned
-        for name in bn.input[:] if inputs is None else inputs:
+        for name in listed(bn.input) if inputs is None else inputs:
             if name and name != old_output:
                 consumers.remove(name, bn_index)
                 orphaned.add(name)
@@ -257,7 +258,7 @@ class GraphEditor(GraphIndex):
         consumer.input[0] = source
         self.consumers.remove(source, bn_index)
         self.consumers.add(source, consumer_index)
-        for name in bn.input[:]:
+        for name in listed(bn.input):
             if name and name != source:
                 self.consumers.remove(name, bn_index)
                 self._orphaned.add(name)
@@ -321,7 +322,7 @@ class GraphEditor(GraphIndex):
         # structure checks, would leave it shorter: then the names are read again)
         order: Iterable[str] = self.initializers
         if len(self.initializers) != len(repeated):
-            order = map(_NAME, repeated)
+            order = map(NAME, repeated)
         _delete_flagged(repeated, [name in names for name in order])
         for name in names:
             del self.initializers[name]

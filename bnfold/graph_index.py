@@ -3,8 +3,9 @@ node's op type and domain, which nodes may hold graphs. `GraphView` (`graph_view
 questions about values (`graph_values.py`) and the edits (`graph_editor.py`).
 
 The fold works directly on the `GraphProto` (no conversion to another representation), so the
-cost of a fold is the cost of the index plus the edits, not of copying the model. The protobuf
-speed idioms (`field[:]` copies, attribute getters mapped over nodes) live in these modules.
+cost of a fold is the cost of the index plus the edits, not of copying the model. The index is
+built with the protobuf speed tricks of `protobuf_speed.py` (`field[:]` copies, attribute
+getters mapped over nodes).
 """
 
 from __future__ import annotations
@@ -16,24 +17,11 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from .graphs import (
-    may_hold_graphs,
-    outer_references,
-    subgraphs,
-)
+from .graphs import may_hold_graphs, outer_references, subgraphs
+from .protobuf_speed import ALL, DOMAIN, INPUT, NAME, OP_TYPE, OUTPUT
 
 if TYPE_CHECKING:
     from .graph_view import GraphView
-
-_OP_TYPE = operator.attrgetter("op_type")
-_NAME = operator.attrgetter("name")
-_DOMAIN = operator.attrgetter("domain")
-_INPUT = operator.attrgetter("input")
-_OUTPUT = operator.attrgetter("output")
-# `field[:]` copies a repeated protobuf field into a list in one call; iterating the field instead
-# goes item by item until protobuf raises IndexError, and formatting that error's message costs
-# more than reading a short field (a node's inputs, outputs, attributes; a tensor's dims)
-_ALL = operator.itemgetter(slice(None))
 
 
 def _flattened(name_lists: list) -> tuple[list[str], list[int]]:
@@ -125,7 +113,7 @@ class GraphIndex:
         self.nodes = list(graph.node)
         tensors = list(graph.initializer)  # one wrapper per tensor, made once
         # by name, in the order of graph.initializer (new ones are appended to both)
-        self.initializers = dict(zip(map(_NAME, tensors), tensors, strict=True))
+        self.initializers = dict(zip(map(NAME, tensors), tensors, strict=True))
         self.input_names = {i.name for i in graph.input}
         self.output_names = {o.name for o in graph.output}
         # IR < 4: the main graph lists every initializer among its inputs; a subgraph follows
@@ -142,10 +130,10 @@ class GraphIndex:
 
     def _index_nodes(self) -> None:
         nodes = self.nodes
-        written, writers = _flattened(list(map(_ALL, map(_OUTPUT, nodes))))
+        written, writers = _flattened(list(map(ALL, map(OUTPUT, nodes))))
         self.producer = producer = dict(zip(written, writers, strict=True))
         producer.pop("", None)
-        read, readers = _flattened(list(map(_ALL, map(_INPUT, nodes))))
+        read, readers = _flattened(list(map(ALL, map(INPUT, nodes))))
         self.consumers = Readers.of_reads(read, readers)
         # What `model_io.indexed_structure_problem` needs to vouch for the graph without a walk
         self.defines_twice = len(producer) != len(written) - written.count("")
@@ -153,7 +141,7 @@ class GraphIndex:
         self.reads_in_order = all(map(operator.lt, map(position, read, repeat(-1)), readers))
         # Each node's op type and domain, read once for the pass's loops (each distinct value
         # kept once, not once per node; protobuf gives bytes for a string that is not UTF-8)
-        op_types, domains = list(map(_OP_TYPE, nodes)), list(map(_DOMAIN, nodes))
+        op_types, domains = list(map(OP_TYPE, nodes)), list(map(DOMAIN, nodes))
         distinct: dict[str, str] = {}
         self.op_types = list(map(distinct.setdefault, op_types, op_types))
         self.domains = list(map(distinct.setdefault, domains, domains))

@@ -6,10 +6,11 @@ with them.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Iterator
 
 import onnx
+
+from .protobuf_speed import listed
 
 # Default-domain ops with graph attributes; ops of other domains are always looked at.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
@@ -64,7 +65,7 @@ def outer_references(graph: onnx.GraphProto) -> set[str]:
 def attributes(node: onnx.NodeProto) -> dict:
     """A node's attributes as Python values (ints, floats, strings, lists, tensors)."""
     values = {}
-    for attr in node.attribute[:]:  # (see `_ALL`)
+    for attr in listed(node.attribute):
         kind = attr.type
         if kind == onnx.AttributeProto.INT:
             values[attr.name] = attr.i
@@ -88,10 +89,6 @@ def node_label(node: onnx.NodeProto) -> str:
 def nodes_with_subgraphs(nodes) -> list[int]:
     """Positions of the nodes that may hold graphs (`may_hold_graphs`)."""
     return [index for index, node in enumerate(nodes) if may_hold_graphs(node.op_type, node.domain)]
-
-
-_OP_TYPE = operator.attrgetter("op_type")
-_DOMAIN = operator.attrgetter("domain")
 
 
 def default_opset(model: onnx.ModelProto) -> int:

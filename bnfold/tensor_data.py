@@ -39,6 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import InputError
+from .protobuf_speed import listed
 
 _EXTERNAL = onnx.TensorProto.EXTERNAL
 COPY_STEP = 64 << 20  # bytes per read/write when the kernel cannot copy file to file
@@ -53,7 +54,7 @@ def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
     if dtype is not None and (on_disk or tensor.data_location != _EXTERNAL):
         raw = raw_bytes(tensor)
         if raw:
-            shape = tensor.dims[:]
+            shape = listed(tensor.dims)
             data = np.frombuffer(raw, dtype=dtype)
             if data.size == math.prod(shape):
                 return data.reshape(shape)

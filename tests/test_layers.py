@@ -15,7 +15,7 @@ PACKAGE = Path(importlib.import_module("bnfold").__file__).parent
 # Lowest first. A module may import its own layer and the ones below.
 LAYERS = [
     ("foundation", {"errors", "naming", "_version", "records", "numerics"}),
-    ("data", {"tensor_data", "encoding", "skim", "graphs"}),
+    ("data", {"protobuf_speed", "tensor_data", "encoding", "skim", "graphs"}),
     ("io", {"model_io"}),
     (
         "analysis",
@@ -115,3 +115,41 @@ def test_the_fence_sees_imports_that_break_it(tmp_path):
         "def later():\n    from .folding import fold\n    from . import view\n"
     )
     assert bnfold_imports(probe, root=tmp_path) == {"errors", "graphs", "skim", "folding", "view"}
+
+
+def _speed_tricks(path: Path) -> list[str]:
+    """Protobuf speed tricks in a module: attrgetter/itemgetter, the garbage collector switched,
+    a repeated field read with `[:]` (clearing with `del x[:]` and `x[:] = ...` are protobuf's
+    API, not tricks)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in ("attrgetter", "itemgetter"):
+            found.append(f"operator.{node.attr} (line {node.lineno})")
+        elif isinstance(node, ast.Attribute) and node.attr in ("disable", "enable", "freeze"):
+            if isinstance(node.value, ast.Name) and node.value.id == "gc":
+                found.append(f"gc.{node.attr} (line {node.lineno})")
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            whole = node.slice
+            if isinstance(whole, ast.Slice) and not (whole.lower or whole.upper or whole.step):
+                found.append(f"[:] (line {node.lineno})")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_protobuf_speed_tricks_live_in_one_module(path):
+    """`protobuf_speed.py` holds them; every other module asks it (`listed`, `OP_TYPE`, ...)."""
+    if path.name != "protobuf_speed.py":
+        assert _speed_tricks(path) == [], top_module(path)
+
+
+def test_the_speed_check_sees_the_tricks(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import gc, operator\nNAME = operator.attrgetter('name')\ngc.disable()\n"
+        "def f(node):\n    del node.input[:]\n    node.input[:] = ['a']\n    return node.input[:]\n"
+    )
+    assert _speed_tricks(probe) == [
+        "operator.attrgetter (line 2)",
+        "gc.disable (line 3)",
+        "[:] (line 7)",
+    ]

@@ -21,6 +21,7 @@ from ..graphs import (
     outer_references,
     subgraphs,
 )
+from ..protobuf_speed import listed
 from .tensors import ITEMSIZE
 
 
@@ -41,7 +42,7 @@ def _check_names_decode(graph: onnx.GraphProto, path: Path | None) -> None:
     """The main graph's input and output names must be UTF-8 text (protobuf parses any bytes,
     and hands back a name that is not UTF-8 as `bytes`, which later string work trips over)."""
     for kind, infos in (("input", graph.input), ("output", graph.output)):
-        for index, info in enumerate(infos[:]):
+        for index, info in enumerate(listed(infos)):
             if not isinstance(info.name, str):
                 raise InputError(path, f"graph {kind} {index} has a name that is not valid UTF-8")
 
@@ -236,10 +237,10 @@ def _typed_fields_problem(tensor: onnx.TensorProto) -> str | None:
         return None
     name, per_element = field
     count = len(getattr(tensor, name))
-    expected = per_element * math.prod(tensor.dims[:])
+    expected = per_element * math.prod(listed(tensor.dims))
     if count != expected:
         return (
-            f"initializer '{tensor.name}' declares shape {tensor.dims[:]} but holds "
+            f"initializer '{tensor.name}' declares shape {listed(tensor.dims)} but holds "
             f"{count} values in {name}"
         )
     return None
@@ -248,7 +249,7 @@ def _typed_fields_problem(tensor: onnx.TensorProto) -> str | None:
 def shape_problem(tensor: onnx.TensorProto, size: int | None, what: str, holder: str) -> str | None:
     """A negative dimension, or `size` bytes of data (None: not known) that are not what the
     tensor's dims and type make, described as `what` 'name' ... `holder` N bytes."""
-    dims = tensor.dims[:]
+    dims = listed(tensor.dims)
     if dims and min(dims) < 0:
         return f"{what} '{tensor.name}' declares a negative dimension {dims}"
     itemsize = ITEMSIZE.get(tensor.data_type)

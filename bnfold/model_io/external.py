@@ -4,7 +4,6 @@ there and the size its dims say, read now or left on disk (a lazy load)."""
 from __future__ import annotations
 
 import contextlib
-import operator
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -13,6 +12,7 @@ import onnx
 
 from .. import tensor_data
 from ..errors import InputError
+from ..protobuf_speed import DATA_LOCATION
 from .checks import shape_problem
 from .tensors import all_tensors
 
@@ -45,12 +45,9 @@ def holds_data_on_disk(model: onnx.ModelProto) -> bool:
     initializers are looked at: only those are left on disk by `load_external_data`, and a
     fold's `DataFile` takes only those."""
     initializers = model.graph.initializer
-    if not any(map(_DATA_LOCATION, initializers)):  # all DEFAULT (0): the usual case
+    if not any(map(DATA_LOCATION, initializers)):  # all DEFAULT (0): the usual case
         return False
     return any(map(tensor_data.is_on_disk, initializers))
-
-
-_DATA_LOCATION = operator.attrgetter("data_location")
 
 
 def load_external_data(

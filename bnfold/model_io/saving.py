@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from .. import tensor_data
 from ..encoding import Encoding
 from ..errors import InputError
+from ..protobuf_speed import listed
 from .external import external_tensors, holds_data_on_disk
 from .tensors import EXTERNAL_THRESHOLD, ITEMSIZE, PROTOBUF_LIMIT, STRING, all_tensors
 
@@ -262,7 +263,8 @@ def _move_into_data_file(
     lazy load are read into the model."""
     for tensor in all_tensors(model):
         kind = tensor.data_type
-        if kind == STRING or ITEMSIZE.get(kind, 1) * math.prod(tensor.dims[:]) < EXTERNAL_THRESHOLD:
+        size = ITEMSIZE.get(kind, 1) * math.prod(listed(tensor.dims))
+        if kind == STRING or size < EXTERNAL_THRESHOLD:
             tensor_data.load_into_model([tensor])
             continue
         if not tensor.HasField("raw_data") and not tensor_data.is_on_disk(tensor):

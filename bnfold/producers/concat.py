@@ -26,6 +26,7 @@ from ..affine import layer_before, producer_channels
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
 from ..numerics import ChannelAffine
+from ..protobuf_speed import listed
 from . import PLANNERS
 from .base import SplitPlan, shared_output_reason
 
@@ -135,7 +136,7 @@ def _layers_before(
 ) -> list[_Input] | str:
     """Each Concat input's layer (through Transposes/Identity) and channels, or why one cannot
     take its slice (`check_readers`: also when something else reads an input)."""
-    names = view.nodes[concat_index].input[:]
+    names = listed(view.nodes[concat_index].input)
     if not names or not all(names) or len(set(names)) != len(names):
         return f"it follows {label}, which reads an input twice or has an empty one"
     inputs: list[_Input] = []

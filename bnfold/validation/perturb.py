@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from ..graphs import all_graphs, subgraphs
+from ..protobuf_speed import listed
 from ..tensor_data import (
     DiskSpan,
     disk_span,
@@ -78,9 +79,9 @@ def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """The model's constant tensors by the name nodes read them under."""
     found: dict[str, onnx.TensorProto] = {}
     for _, graph in all_graphs(model.graph):
-        for tensor in graph.initializer[:]:
+        for tensor in listed(graph.initializer):
             found[tensor.name] = tensor
-        for node in graph.node[:]:
+        for node in listed(graph.node):
             if node.op_type == "Constant" and node.output and node.domain in ("", "ai.onnx"):
                 for attr in node.attribute:
                     if attr.type == onnx.AttributeProto.TENSOR:
@@ -96,14 +97,14 @@ def _shape_setting_names(graph: onnx.GraphProto) -> set[str]:
     return {
         node.input[index]
         for _, inner in all_graphs(graph)
-        for node in inner.node[:]
+        for node in listed(inner.node)
         for index in SHAPE_SETTING.get(node.op_type, ())
         if index < len(node.input)
     }
 
 
 def _same(old: onnx.TensorProto | None, new: onnx.TensorProto) -> bool:
-    if old is None or old.data_type != new.data_type or old.dims[:] != new.dims[:]:
+    if old is None or old.data_type != new.data_type or listed(old.dims) != listed(new.dims):
         return False
     if is_on_disk(old) and is_on_disk(new) and disk_span(old) == disk_span(new):
         return True
@@ -304,8 +305,8 @@ def _add_movers(graph, widths, outer_constants, seed: int, counter, edits, main:
     """Movers for the readers of consumed tensors in `graph` and its subgraphs. In the main
     graph they are appended (onnxruntime sorts it); a subgraph must be in order, so its node
     list is rebuilt with each mover before its reader (and put back as it was)."""
-    constants = outer_constants | {t.name for t in graph.initializer[:]}
-    nodes = graph.node[:]
+    constants = outer_constants | {t.name for t in listed(graph.initializer)}
+    nodes = listed(graph.node)
     constants.update(out for node in nodes if node.op_type == "Constant" for out in node.output)
     reads_consumed = any(name in widths for node in nodes for name in node.input)
     saved = [_copy(node) for node in nodes] if reads_consumed and not main else None

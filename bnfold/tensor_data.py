@@ -8,7 +8,10 @@ initializer of the main graph of at least `model_io.LAZY_BYTES` keeps its `exter
 entries, with `location` replaced by the data file's absolute, already checked path (a file on
 disk never has one: the loader refuses absolute locations), and `length` always set and checked
 against the tensor's dims. Such a tensor is "on disk"; every other tensor is read as usual (so
-shape inference and the rules see small tensors such as shapes, axes and BN statistics).
+shape inference and the rules see small tensors such as shapes, axes and BN statistics). The mark
+(an absolute location) is written only by `put_on_disk` and read only by `is_on_disk` and
+`disk_span` (a `DiskSpan`: file, offset, length); it travels with the tensor through protobuf
+copies, which a table kept beside the model would not.
 
 - readers ask `tensor_to_array`, `raw_bytes` or `data_size` (in `raw_data` or on disk alike);
 - a fold that rewrites it calls `set_raw_data`, which puts the new bytes in the model and drops
@@ -75,7 +78,8 @@ RAW_DTYPES: dict[int, np.dtype] = {  # TensorProto types whose raw_data numpy re
 
 
 def is_on_disk(tensor: onnx.TensorProto) -> bool:
-    """Whether the tensor's data is still in a data file this process checked (see above)."""
+    """Whether the tensor's data is still in a data file this process checked (see above; with
+    `put_on_disk`, the only place that knows how an on-disk tensor is marked)."""
     if tensor.data_location != _EXTERNAL:
         return False
     for entry in tensor.external_data:
@@ -84,10 +88,18 @@ def is_on_disk(tensor: onnx.TensorProto) -> bool:
     return False
 
 
-def point_to_file(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
-    """Make `tensor` external data: `length` bytes at `offset` of the file `location` (which,
-    absolute and checked by the caller, makes it an on-disk tensor). Any bytes it held in the
-    model are dropped."""
+def put_on_disk(tensor: onnx.TensorProto, span: DiskSpan) -> None:
+    """Make `tensor` an on-disk tensor reading `span` (a file this process checked or wrote).
+    Any bytes it held in the model are dropped."""
+    if not os.path.isabs(span.path):
+        raise ValueError(f"an on-disk tensor's file must be an absolute path, not {span.path!r}")
+    refer_to(tensor, span.path, span.offset, span.length)
+
+
+def refer_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make `tensor` external data as onnx writes it: `length` bytes at `offset` of `location`
+    (relative to the model's folder when saved; an absolute one only through `put_on_disk`).
+    Any bytes it held in the model are dropped."""
     tensor.ClearField("raw_data")
     del tensor.external_data[:]
     for key, value in (("location", location), ("offset", offset), ("length", length)):
@@ -262,7 +274,7 @@ class DataFile:
         tensor an on-disk tensor reading them here."""
         offset, length = self._append(memoryview(values).cast("B"))  # type: ignore[arg-type]
         self.flush()
-        point_to_file(tensor, self.path, offset, length)
+        put_on_disk(tensor, DiskSpan(self.path, offset, length))
 
     def take(self, tensor: onnx.TensorProto) -> tuple[int, int]:
         """(offset, length) of the tensor's raw bytes in this file, appended unless they are

@@ -252,7 +252,7 @@ def test_other_tensor_types_on_disk_read_through_numpy_helper(tmp_path):
     tensor = onnx.numpy_helper.from_array(values, "v")
     path = tmp_path / "v.bin"
     path.write_bytes(b"\0" * 8 + tensor.raw_data)
-    tensor_data.point_to_file(tensor, str(path.resolve()), 8, values.nbytes)
+    tensor_data.put_on_disk(tensor, tensor_data.DiskSpan(str(path.resolve()), 8, values.nbytes))
     assert tensor_data.is_on_disk(tensor)
     assert np.array_equal(tensor_data.tensor_to_array(tensor), values)
     assert tensor_data.data_size(tensor) == values.nbytes
@@ -408,3 +408,16 @@ def test_a_weight_that_may_change_again_is_not_put_in_the_data_file(tmp_path, ta
         weights = {t.name: t for t in lazy.graph.initializer}
         assert data.holds(weights["w0"])  # a Relu follows its BN
         assert data.holds(weights["w1"]) == spilled
+
+
+def test_only_put_on_disk_makes_an_on_disk_tensor(tmp_path):
+    """The mark of an on-disk tensor is written in one place: a relative reference (what a saved
+    model holds) is external data, not a tensor this process may read from its file."""
+    tensor = onnx.numpy_helper.from_array(np.ones(4, np.float32), "v")
+    tensor_data.refer_to(tensor, "v.bin", 0, 16)
+    assert tensor.data_location == onnx.TensorProto.EXTERNAL
+    assert not tensor_data.is_on_disk(tensor) and tensor_data.data_size(tensor) == 0
+    with pytest.raises(ValueError, match="absolute path"):
+        tensor_data.put_on_disk(tensor, tensor_data.DiskSpan("v.bin", 0, 16))
+    tensor_data.put_on_disk(tensor, tensor_data.DiskSpan(str(tmp_path / "v.bin"), 0, 16))
+    assert tensor_data.disk_span(tensor) == (str(tmp_path / "v.bin"), 0, 16)

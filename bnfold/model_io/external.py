@@ -79,7 +79,8 @@ def load_external_data(
             _check_external_size(tensor, length, path)
             files.add(data_path)
             if lazy and index < main_initializers and length >= lazy_from:
-                tensor_data.point_to_file(tensor, str(data_path), offset, length)
+                span = tensor_data.DiskSpan(str(data_path), offset, length)
+                tensor_data.put_on_disk(tensor, span)
                 continue
             if data_path not in handles:
                 handles[data_path] = stack.enter_context(open(data_path, "rb"))

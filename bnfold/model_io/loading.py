@@ -51,7 +51,8 @@ def load_model_and_sources(
         problem = shape_problem(tensor, length, "initializer", "holds")  # (as a full parse)
         if problem:
             raise InputError(path, problem)
-        tensor_data.point_to_file(tensor, str(path.resolve()), offset, length)
+        span = tensor_data.DiskSpan(str(path.resolve()), offset, length)
+        tensor_data.put_on_disk(tensor, span)
     if check:
         check_model_structure(model, path)
     in_model_file = {index for index, _, _ in in_file}

@@ -271,4 +271,4 @@ def _move_into_data_file(
             # typed fields (float_data, ...) -> raw bytes
             tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
         offset, length = data_file.take(tensor)
-        tensor_data.point_to_file(tensor, location, offset, length)
+        tensor_data.refer_to(tensor, location, offset, length)

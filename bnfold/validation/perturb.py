@@ -28,7 +28,7 @@ from ..tensor_data import (
     disk_span,
     is_on_disk,
     little_endian_bytes,
-    point_to_file,
+    put_on_disk,
     raw_bytes,
     tensor_to_array,
 )
@@ -210,7 +210,7 @@ def weights_moved_by_rounding(tensors: list[onnx.TensorProto], seed: int = 0) ->
                 tensor.CopyFrom(span)
                 continue
             if span is not None:  # on disk: point at the original bytes again
-                point_to_file(tensor, *span)
+                put_on_disk(tensor, span)
                 continue
             bits = tensor_to_array(tensor).copy()
             moves.undo(bits.view(_UNSIGNED[bits.dtype.itemsize]))

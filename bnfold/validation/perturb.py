@@ -164,9 +164,12 @@ def _moved_piece(flat: np.ndarray, rng: np.random.Generator, dtype: str):
     magnitude = flat[chosen] & unsigned((1 << (8 * flat.dtype.itemsize - 1)) - 1)
     movable = (magnitude != 0) & ((magnitude & exponent) != exponent)
     where, magnitude = chosen[movable], magnitude[movable]
-    # (the largest finite value moves down)
-    up = ((draw[where] & 1) == 1) & (magnitude < exponent - unsigned(1))
-    steps = np.where(up, 1, np.iinfo(unsigned).max).astype(unsigned)  # +1, or -1 wrapped
+    # the lowest bit of the draw says up (1) or down (0); the largest finite value moves down
+    one = unsigned(1)
+    steps = (draw[where] & 1).astype(unsigned)
+    steps &= magnitude < exponent - one
+    steps <<= one
+    steps -= one  # 1 -> +1; 0 -> -1 (wrapped around)
     flat[where] += steps
     return where, steps
 

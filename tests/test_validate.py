@@ -16,6 +16,7 @@ from bnfold.validation.perturb import (
     weights_moved_by_rounding,
     what_the_fold_changed,
 )
+from bnfold.validation.pipeline import CALIBRATION_DRAWS
 from bnfold.validation.providers import CPU, SessionFactory
 from bnfold.validation.runs import ModelSources, SessionSource, run_model, skeleton
 from tests.builders import MODELS, TensorProto, make_model, symbolic, tensor, value_info
@@ -336,7 +337,7 @@ def test_saved_inputs_and_outputs_reproduce_the_run(tmp_path):
     )
     saved = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert "cpu-original-0.npz" in saved and "cpu-folded-0.npz" in saved
-    assert any(name.startswith("cpu-folded-moved") for name in saved)
+    assert any(name.startswith("cpu-original-moved") for name in saved)
     again = validate(RESNET, folded, providers="cpu", inputs=tmp_path / "in" / "inputs-0.npz")
     assert again.providers[0].outputs[0].max_abs == report.providers[0].outputs[0].max_abs
 
@@ -680,10 +681,7 @@ def test_written_tensors_that_cannot_be_fed_keep_one_session_per_draw():
     assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
 
 
-def test_calibration_on_the_cpu_makes_one_session_for_the_folded_model_s_draws(monkeypatch):
-    """On the CPU: the original, the folded model, the original moved (all draws) and the
-    folded model fed its moved weights (all draws): four sessions."""
-    model, folded = big_folded_pair()
+def _counting_sessions(monkeypatch) -> list:
     made: list = []
     create = SessionFactory.create
 
@@ -692,9 +690,47 @@ def test_calibration_on_the_cpu_makes_one_session_for_the_folded_model_s_draws(m
         return create(self, source, provider, supplied)
 
     monkeypatch.setattr(SessionFactory, "create", counted)
+    return made
+
+
+def _original_movers_fail(monkeypatch) -> None:
+    """The original with its movers cannot run (as where a provider lacks RandomUniformLike)."""
+    monkeypatch.setattr(ModelSources, "moved_reference", lambda self: SessionSource(b"not a model"))
+
+
+def test_calibration_comes_from_the_original_moved_in_one_session(monkeypatch):
+    """On the CPU: the original, the folded model and the original moved (all draws in one
+    session): three sessions; the folded model's weights are not moved."""
+    model, folded = big_folded_pair()
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
+    assert len(made) == 3 and not report.providers[0].notes
+
+
+def test_where_the_original_s_movers_cannot_run_the_folded_model_s_weights_are_moved(
+    monkeypatch,
+):
+    """Then the folded model fed its written weights, as they are and moved, in one session
+    (four in all), and a note says the original's rounding is not in the limit."""
+    model, folded = big_folded_pair()
+    _original_movers_fail(monkeypatch)
+    made = _counting_sessions(monkeypatch)
     report = validate(model, folded, providers=["cpu"])
     assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
     assert len(made) == 4
+    assert "the original model moved by rounding could not run" in report.providers[0].notes[0]
+    wrong = validate(model, scaled_channel(folded, 1.01), providers=["cpu"])
+    assert not wrong.passed
+
+
+def test_where_the_original_has_nothing_to_move_the_folded_model_s_weights_are(monkeypatch):
+    model, folded = big_folded_pair()
+    monkeypatch.setattr(ModelSources, "moved_reference", lambda self: None)
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
+    assert len(made) == 3 and not report.providers[0].notes  # (the fed one instead)
 
 
 def bfloat16_ends(rng, *, input_type=TensorProto.FLOAT, output_type=TensorProto.BFLOAT16):
@@ -747,6 +783,9 @@ def test_a_fed_session_that_fails_falls_back_to_one_session_per_draw(monkeypatch
         return None if found is None else (SessionSource(b"not a model"), found[1])
 
     monkeypatch.setattr(ModelSources, "fed_candidate", broken)
+    _original_movers_fail(monkeypatch)
+    made = _counting_sessions(monkeypatch)
     report = validate(model, folded, providers=["cpu"])
-    assert report.passed and not report.providers[0].notes
+    assert report.passed and len(report.providers[0].notes) == 1  # (the original's movers)
     assert report.providers[0].outputs[0].rounding_noise > 0
+    assert len(made) == 3 + 1 + CALIBRATION_DRAWS  # (fed; then one session per draw)

@@ -7,13 +7,15 @@ rounding-level changes by orders of magnitude more than a shallow one. So the li
 on the model itself (`calibrated_limits`):
 
 - the *rounding noise* of an element is how far it moves, on the same provider with the same
-  inputs, when (a) the candidate's weights that the fold wrote are moved by rounding (a random
-  quarter of their elements by one ULP each: half an ULP root-mean-square, what a correct
-  rounding may do) or (b) the original's values entering the arithmetic the fold replaced (the
-  inputs of the BatchNormalization and of the layer) are moved by two ULP at most: its own
-  rounding, which matters where its arithmetic cancels (a mean close to the values it is
-  subtracted from, inputs with a large common offset). The largest over both models and two
-  independent draws of each (one draw can cancel out where a few weights dominate an output);
+  inputs, when the original's values entering the arithmetic the fold replaced (the data
+  inputs of the BatchNormalization and of the layer) are moved by two ULP at most: rounding-
+  level changes of exactly what the fold changed, its own rounding included (which matters
+  where its arithmetic cancels: a mean close to the values it is subtracted from, inputs with a
+  large common offset). The largest over two independent draws (one draw can cancel out where
+  a few weights dominate an output). Where those runs cannot be made (a provider without the
+  movers' operator) or move nothing, the candidate's weights that the fold wrote are moved by
+  rounding instead (a random quarter of their elements by one ULP each: half an ULP
+  root-mean-square, what a correct rounding may do);
 - noise is pooled over blocks of `BLOCK` consecutive elements (in memory order) by their maximum,
   because one element's noise is a single random draw, and blocks keep scales apart (an output
   that concatenates boxes in pixels and scores in [0, 1] gets a limit per part, not one for all);

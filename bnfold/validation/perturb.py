@@ -1,7 +1,8 @@
 """What a fold changed, and both models with exactly that moved by rounding.
 
 The calibrated criterion (`criterion.py`) needs the model's own sensitivity to rounding-level
-changes of what the fold changed:
+changes of what the fold changed (from the original; from the candidate where the original's
+movers cannot run or have nothing to move):
 - the candidate with the weights the fold wrote moved by rounding (each element, with
   probability 1/4, one unit in the last place, ULP, up or down: `one_ulp_moved`);
 - the original with the values entering the arithmetic the fold replaced moved by rounding

@@ -307,7 +307,7 @@ class _Context:
         the CPU, fed its written weights as inputs (`fed_candidate`: once as they are, then each
         draw), elsewhere one session each (its weights fixed when the session is made: other
         providers may need constant weights, and where the fed session fails). A failure ends
-        the list."""
+        the list; an original with nothing to move has none."""
         fed = self.sources.fed_candidate() if role == "candidate" and provider == CPU else None
         results: list = []
         base = None
@@ -327,6 +327,8 @@ class _Context:
         feeds: Iterable[dict]
         if fed is None:
             source, draws = self.sources.moved_reference(), range(CALIBRATION_DRAWS)
+            if source is None:  # (nothing the movers can move)
+                return [], None
             feeds = runs * CALIBRATION_DRAWS
         else:
             (source, written), draws = fed, range(-1, CALIBRATION_DRAWS)
@@ -419,14 +421,15 @@ def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome
 
 
 def _moved_runs(provider, context: _Context, outputs: Outputs, outcome) -> _MovedRuns:
-    """The runs with what the fold changed moved by rounding, by model. One that cannot run
-    (an operator onnxruntime lacks for a mover, say) is left out, with a note: the limit is
-    then made of the others."""
+    """The runs with what the fold changed moved by rounding: the original's (its values
+    entering the arithmetic the fold replaced: one session, in-graph movers); the folded
+    model's (the weights it wrote) only where the original's cannot run (an operator the
+    provider lacks for a mover, say: said in a note) or have nothing to move."""
     moved = _MovedRuns({"reference": [], "candidate": []})
     if not _needs_calibration(context, outputs):
         return moved
-    for role in ("candidate", "reference"):
-        if not context.changed[role]:
+    for role in ("reference", "candidate"):
+        if not context.changed[role] or (role == "candidate" and moved.draws["reference"]):
             continue
         results, base = context.run_moved(role, provider)
         for result in results:

@@ -76,12 +76,13 @@ class ModelSources:
             self._written[role] = encoded
         return SessionSource(self._written[role])
 
-    def moved_reference(self, seed: int = 0) -> SessionSource:
+    def moved_reference(self, seed: int = 0) -> SessionSource | None:
         """The reference with the values entering the arithmetic the fold removed moved by
-        rounding, by random movers in the graph (each run of one session draws anew)."""
+        rounding, by random movers in the graph (each run of one session draws anew); None when
+        there is no such value to move."""
         model = self.models["reference"]
-        with inputs_moved_by_rounding(model, self.changed["reference"], seed=seed):
-            return skeleton(model)
+        with inputs_moved_by_rounding(model, self.changed["reference"], seed=seed) as moved:
+            return skeleton(model) if moved else None
 
     def moved_candidate(self, draw: int) -> SessionSource:
         """The candidate with the weights the fold wrote moved by rounding (draw `draw`): those

@@ -10,13 +10,13 @@ from onnx import helper
 
 import bnfold
 from bnfold.validation import Status, make_samples, validate
+from bnfold.validation.criterion import CALIBRATION_DRAWS
 from bnfold.validation.perturb import (
     changed_tensors,
     inputs_moved_by_rounding,
     weights_moved_by_rounding,
     what_the_fold_changed,
 )
-from bnfold.validation.pipeline import CALIBRATION_DRAWS
 from bnfold.validation.providers import CPU, SessionFactory
 from bnfold.validation.runs import ModelSources, SessionSource, run_model, skeleton
 from tests.builders import MODELS, TensorProto, make_model, symbolic, tensor, value_info

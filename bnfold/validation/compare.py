@@ -16,7 +16,7 @@ from .criterion import (
     tolerance_limits,
     worst_ratio,
 )
-from .report import OutputComparison
+from .report import Criterion, OutputComparison
 
 
 def compare(
@@ -54,7 +54,7 @@ def compare(
     if tolerance is not None:
         limit = tolerance_limits(reference, tolerance, gap)
         details = {
-            "criterion": "tolerance",
+            "criterion": Criterion.TOLERANCE,
             "atol": tolerance.resolved_atol(np.asarray(reference, np.float64)),
             "rtol": tolerance.rtol,
         }
@@ -62,7 +62,7 @@ def compare(
         limit, noise = calibrated_limits(
             reference, candidate, perturbed or [], perturbed_reference or [], gap, perturbed_base
         )
-        details = {"criterion": "calibrated", "rounding_noise": noise}
+        details = {"criterion": Criterion.CALIBRATED, "rounding_noise": noise}
         details["noise_factor"] = NOISE_FACTOR
     return _verdict(provider, name, reference, candidate, diff, limit, gap, details)
 
@@ -77,8 +77,8 @@ def _verdict(provider, name, reference, candidate, diff, limit, gap, details) ->
     max_ref = float(magnitude.max()) if magnitude.size else 0.0
     max_rel = max_abs / max_ref if max_ref > 0 else (0.0 if max_abs == 0 else float("inf"))
     return OutputComparison(
-        provider,
-        name,
+        provider=provider,
+        output=name,
         passed=mismatches == 0 and nonfinite == 0,
         elements=int(diff.size),
         mismatches=mismatches,
@@ -98,15 +98,15 @@ def _exact(provider, name, reference, candidate) -> OutputComparison:
     mismatches = int(np.size(equal) - np.count_nonzero(equal))
     first: Any = np.argwhere(~equal) if mismatches else []
     return OutputComparison(
-        provider,
-        name,
+        provider=provider,
+        output=name,
         passed=mismatches == 0,
         elements=int(reference.size),
         mismatches=mismatches,
         max_abs=0.0,
         max_rel=0.0,
         limit_used=0.0 if mismatches == 0 else float("inf"),
-        criterion="exact",
+        criterion=Criterion.EXACT,
         worst_index=[int(i) for i in first[0]] if mismatches else [],
     )
 
@@ -127,15 +127,15 @@ def _counted(provider, name, reference, candidate, draws, bases) -> OutputCompar
     used = _ratio(mismatches, allowed_count) if largest <= allowed_step else float("inf")
     first: Any = np.argwhere(diff == largest) if mismatches else []
     return OutputComparison(
-        provider,
-        name,
+        provider=provider,
+        output=name,
         passed=not over,
         elements=int(reference.size),
         mismatches=mismatches if over else 0,
         max_abs=float(largest),
         max_rel=0.0,
         limit_used=used,
-        criterion="exact" if not draws else "flips",
+        criterion=Criterion.EXACT if not draws else Criterion.FLIPS,
         worst_index=[int(i) for i in first[0]] if mismatches else [],
         rounding_noise=float(allowed_step),
         noise_factor=NOISE_FACTOR,
@@ -153,15 +153,15 @@ def _ratio(value: float, allowed: float) -> float:
 
 def _mismatched(provider, name, reference, candidate) -> OutputComparison:
     return OutputComparison(
-        provider,
-        name,
+        provider=provider,
+        output=name,
         passed=False,
         elements=int(reference.size),
         mismatches=int(reference.size),
         max_abs=float("inf"),
         max_rel=float("inf"),
         limit_used=float("inf"),
-        criterion="exact",
+        criterion=Criterion.EXACT,
         note=f"shape/dtype {candidate.shape}/{candidate.dtype} != reference "
         f"{reference.shape}/{reference.dtype}",
     )

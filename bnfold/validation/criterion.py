@@ -45,6 +45,11 @@ import ml_dtypes
 import numpy as np
 
 BLOCK = 32
+# Independent draws of the rounding moves: the noise is their largest (one draw can cancel out
+# where a few weights dominate an output).
+CALIBRATION_DRAWS = 2
+# An output that moves less than this (relative) between two random inputs proves little.
+INSENSITIVE = 1e-6
 NOISE_FACTOR = 6.0
 FLOOR_ROUNDOFFS = 16.0  # 8 ULP of the block's largest value
 # Blocks whose values come out on an absolute grid (their median has this share of its mantissa's

@@ -55,7 +55,7 @@ def _declared(info: onnx.ValueInfoProto) -> DeclaredInput:
     return DeclaredInput(info.name, dtype, dims, labels)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Samples:
     """The input sets validation runs on. `batched`: the samples are stacked along axis 0 into
     one run (every input has a free first dim), else one run per sample."""
@@ -129,7 +129,8 @@ def make_samples(
     seeds: list[int | None] = (
         [None] if given and len(given) == len(declared) else [seed + i for i in range(samples)]
     )
-    return Samples(runs, seeds, batched, list(dict.fromkeys(notes)), sorted(given))
+    notes = list(dict.fromkeys(notes))
+    return Samples(runs=runs, seeds=seeds, batched=batched, notes=notes, given=sorted(given))
 
 
 def _batchable(declared: list[DeclaredInput], shapes: dict) -> bool:

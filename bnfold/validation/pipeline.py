@@ -19,7 +19,14 @@ from ..graphs import all_graphs
 from ..model_io import load_model_and_sources, require_external_data_loaded
 from ..naming import option
 from .compare import compare, merged
-from .criterion import Tolerance, deviation, explicit_tolerance, is_floating
+from .criterion import (
+    CALIBRATION_DRAWS,
+    INSENSITIVE,
+    Tolerance,
+    deviation,
+    explicit_tolerance,
+    is_floating,
+)
 from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
 from .perturb import what_the_fold_changed
 from .providers import (
@@ -30,14 +37,8 @@ from .providers import (
     register_plugin_libraries,
     short_name,
 )
-from .report import ProviderOutcome, Status, ValidationReport
+from .report import Criterion, ProviderOutcome, Status, ValidationReport
 from .runs import ModelSources, Outputs, moved_by_rounding, run_model
-
-# Independent draws of the rounding moves: the noise is their largest (one draw can cancel out
-# where a few weights dominate an output).
-CALIBRATION_DRAWS = 2
-# An output that moves less than this (relative) between two random inputs proves little.
-INSENSITIVE = 1e-6
 
 
 def _ort_how_to() -> str:
@@ -375,30 +376,32 @@ def _validate_on(provider: str, explicit: bool, context: _Context) -> ProviderOu
     missing = factory.missing(provider)
     if missing:
         return _unusable(provider, explicit, missing, options)
-    if isinstance(context.expected, Unavailable):
+
+    def failed(reason: str) -> ProviderOutcome:
         return ProviderOutcome(
-            provider, Status.FAILED, f"original model: {context.expected.reason}"
+            provider=provider, status=Status.FAILED, reason=reason, options=options
         )
-    if isinstance(context.expected, str):
-        return ProviderOutcome(provider, Status.FAILED, f"original model: {context.expected}")
+
+    if isinstance(context.expected, (Unavailable, str)):
+        return failed(f"original model: {_reason(context.expected)}")
     own = context.expected if provider == CPU else context.run("reference", provider)
     if isinstance(own, Unavailable):
         return _unusable(provider, explicit, own, options)
     if isinstance(own, str):
-        return ProviderOutcome(provider, Status.FAILED, f"original model: {own}", options)
+        return failed(f"original model: {own}")
     got = context.run("candidate", provider)
     if isinstance(got, (Unavailable, str)):
-        return ProviderOutcome(provider, Status.FAILED, f"folded model: {_reason(got)}", options)
+        return failed(f"folded model: {_reason(got)}")
     return _compared(provider, options, context, own, got)
 
 
 def _unusable(provider, explicit, why: Unavailable, options) -> ProviderOutcome:
     status = Status.UNAVAILABLE if explicit else Status.NOT_USED
-    return ProviderOutcome(provider, status, why.reason, options)
+    return ProviderOutcome(provider=provider, status=status, reason=why.reason, options=options)
 
 
 def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome:
-    outcome = ProviderOutcome(provider, Status.PASSED, "", options)
+    outcome = ProviderOutcome(provider=provider, status=Status.PASSED, options=options)
     absent = sorted(set(own[0]) - set(got[0]))
     if absent:
         outcome.status = Status.FAILED
@@ -536,7 +539,7 @@ def _weak_evidence(context: _Context, report: ValidationReport, model, probed) -
         c
         for p in report.providers
         for c in p.outputs
-        if p.provider == CPU and c.criterion == "calibrated"
+        if p.provider == CPU and c.criterion is Criterion.CALIBRATED
     ]
     changed = context.changed["candidate"] or context.changed["reference"]
     for comparison in calibrated if changed else []:

@@ -8,6 +8,15 @@ from enum import Enum
 from .providers import short_name
 
 
+class Criterion(str, Enum):
+    """How an output's limit was set."""
+
+    CALIBRATED = "calibrated"  # noise_factor × the rounding noise measured on this model
+    FLIPS = "flips"  # integers and booleans: as many flips as rounding makes
+    TOLERANCE = "tolerance"  # explicit rtol/atol
+    EXACT = "exact"  # nothing may differ
+
+
 class Status(str, Enum):
     """What happened on one provider."""
 
@@ -17,11 +26,10 @@ class Status(str, Enum):
     NOT_USED = "not used"  # tried by auto and cannot be used: reported, not a failure
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OutputComparison:
     """One output on one provider. `limit_used` is the largest deviation over its limit (below
-    1 passes); `criterion` is "calibrated" (the limit is `noise_factor` × the rounding noise
-    measured on this model, see `criterion.py`) or "tolerance" (explicit rtol/atol)."""
+    1 passes); `criterion` says how the limit was set (`Criterion`)."""
 
     provider: str
     output: str
@@ -31,7 +39,7 @@ class OutputComparison:
     max_abs: float
     max_rel: float  # max |diff| / max |reference|
     limit_used: float
-    criterion: str
+    criterion: Criterion
     worst_index: list[int] = field(default_factory=list)
     rounding_noise: float = 0.0  # calibrated: largest move of the runs moved by rounding
     noise_factor: float = 0.0
@@ -59,11 +67,11 @@ class OutputComparison:
         return text
 
     def _limit_text(self) -> str:
-        if self.criterion == "calibrated":
+        if self.criterion is Criterion.CALIBRATED:
             text = f"limit {self.noise_factor:g} × rounding noise {self.rounding_noise:.2g}"
-        elif self.criterion == "flips":
+        elif self.criterion is Criterion.FLIPS:
             text = f"as many flips as rounding makes, × {self.noise_factor:g}"
-        elif self.criterion == "tolerance":
+        elif self.criterion is Criterion.TOLERANCE:
             text = f"atol {self.atol:.2g}, rtol {self.rtol:.2g}"
         else:
             text = "exact"
@@ -78,7 +86,7 @@ def _fraction(value: float) -> str:
     return f"{value:.3g} × the limit"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProviderOutcome:
     """What happened on one execution provider: `reason` holds onnxruntime's full message."""
 
@@ -113,11 +121,11 @@ class ProviderOutcome:
     def to_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if k != "outputs"}
         data["status"] = self.status.value
-        data["outputs"] = [asdict(o) for o in self.outputs]
+        data["outputs"] = [{**asdict(o), "criterion": o.criterion.value} for o in self.outputs]
         return data
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ValidationReport:
     """The verdict of `validate`: passed when every provider that had to run ran and passed,
     and at least one ran."""

@@ -19,6 +19,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,6 +28,9 @@ from ._version import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BnfoldError, InputError, Terminated
 from .naming import printable
 from .protobuf_speed import collector_paused
+
+if TYPE_CHECKING:
+    from .validation.criterion import PerOutput
 
 EPILOG = """\b
 Exit status:
@@ -57,7 +61,10 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, float] | None:
+def _parse_tolerance(values: tuple[str, ...], option: str) -> PerOutput | None:
+    """`--atol 1e-5 --atol logits:1e-3`: one value for every output, values by name, or both."""
+    from .validation.criterion import PerOutput
+
     if not values:
         return None
     per_output: dict[str, float] = {}
@@ -76,17 +83,7 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> float | dict[str, 
             per_output[name] = parsed
         else:
             global_value = parsed
-    if per_output:
-        return per_output if global_value is None else _DefaultDict(global_value, per_output)
-    return global_value
-
-
-class _DefaultDict(dict):
-    """Per-output tolerances with a global fallback (`--atol 1e-5 --atol logits:1e-3`)."""
-
-    def __init__(self, default: float, values: dict[str, float]) -> None:
-        super().__init__(values)
-        self.default = default
+    return PerOutput(per_output, global_value)
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})

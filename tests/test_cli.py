@@ -369,6 +369,20 @@ def test_report_is_strict_json(tmp_path):
     assert data["written"] is False
 
 
+@pytest.mark.parametrize(
+    ("atol", "passes"), [(["1e-12", "logits:1e3"], True), (["1e3", "logits:0"], False)]
+)
+def test_a_tolerance_for_an_output_wins_over_the_one_for_all(tmp_path, atol, passes):
+    """`--atol V --atol NAME:V`: the named output gets its own (the fold moves it by rounding:
+    over 0, under 1e3); the others the global one."""
+    options = [part for value in atol for part in ("--atol", value)]
+    report = tmp_path / "r.json"
+    proc = bnfold(RESNET, "--dry-run", "--report", report, "--rtol", "0", *options)
+    assert proc.returncode == (0 if passes else 1), proc.stderr
+    (output,) = json.loads(report.read_text())["validation"]["providers"][0]["outputs"]
+    assert output["criterion"] == "tolerance" and output["atol"] == (1e3 if passes else 0)
+
+
 def test_tolerance_for_an_output_the_model_lacks_is_a_usage_error():
     proc = bnfold(RESNET, "--dry-run", "--atol", "input:0")
     assert proc.returncode == 2

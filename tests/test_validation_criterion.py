@@ -175,3 +175,17 @@ def test_one_ulp_moved_moves_each_value_by_one_unit_in_the_last_place(dtype):
     spacing = np.spacing(np.abs(values[3:])).astype(np.float64)
     assert np.all(distance <= spacing * 1.0000001)
     assert np.count_nonzero(distance) > 0
+
+
+def test_per_output_tolerances_read_every_way_validate_accepts_them():
+    from bnfold.validation.criterion import PerOutput
+
+    assert PerOutput.of(None).value_for("y") is None
+    assert PerOutput.of(1e-3).value_for("y") == 1e-3
+    assert (
+        PerOutput.of({"y": 2}).value_for("y") == 2.0
+        and PerOutput.of({"y": 2}).value_for("z") is None
+    )
+    both = PerOutput({"y": 0.0}, 5.0)
+    assert PerOutput.of(both) is both and both.value_for("y") == 0.0 and both.value_for("z") == 5.0
+    assert sorted(both.values()) == [0.0, 5.0]

@@ -10,7 +10,7 @@
 """
 
 from .compare import compare
-from .criterion import Tolerance
+from .criterion import PerOutput, Tolerance
 from .inputs import load_inputs, make_samples
 from .pipeline import check_validation_options, validate
 from .providers import ProviderRequest, parse_provider_options
@@ -18,6 +18,7 @@ from .report import OutputComparison, ProviderOutcome, Status, ValidationReport
 
 __all__ = [
     "OutputComparison",
+    "PerOutput",
     "ProviderOutcome",
     "ProviderRequest",
     "Status",

@@ -39,7 +39,8 @@ All of it in float64.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import ml_dtypes
 import numpy as np
@@ -77,6 +78,33 @@ class Tolerance:
             return self.atol
         finite = reference[np.isfinite(reference)]
         return self.atol_scale * (float(np.max(np.abs(finite))) if finite.size else 0.0)
+
+
+@dataclass(frozen=True)
+class PerOutput:
+    """An explicit rtol or atol by output name, and one for the outputs not named (`others`;
+    None: those keep the calibrated limit). `validate(atol=PerOutput({"logits": 1e-3}, 1e-5))`
+    is what `--atol 1e-5 --atol logits:1e-3` asks for; a plain number is `PerOutput({}, value)`,
+    a dict `PerOutput(dict)`."""
+
+    named: Mapping[str, float] = field(default_factory=dict)
+    others: float | None = None
+
+    @classmethod
+    def of(cls, given: float | Mapping[str, float] | PerOutput | None) -> PerOutput:
+        """What `validate`'s rtol/atol accepts, as a `PerOutput` (values as given)."""
+        if isinstance(given, PerOutput):
+            return given
+        if isinstance(given, Mapping):
+            return cls(dict(given))
+        return cls({}, given)
+
+    def value_for(self, name: str) -> float | None:
+        found = self.named.get(name, self.others)
+        return None if found is None else float(found)
+
+    def values(self) -> list:
+        return [*self.named.values(), *([] if self.others is None else [self.others])]
 
 
 def explicit_tolerance(dtype: np.dtype, rtol: float | None, atol: float | None) -> Tolerance:

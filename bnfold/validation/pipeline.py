@@ -22,6 +22,7 @@ from .compare import compare, merged
 from .criterion import (
     CALIBRATION_DRAWS,
     INSENSITIVE,
+    PerOutput,
     Tolerance,
     deviation,
     explicit_tolerance,
@@ -65,8 +66,8 @@ def validate(
     candidate: onnx.ModelProto | str | os.PathLike,
     *,
     providers: str | list[str] | None = None,
-    rtol: float | dict[str, float] | None = None,
-    atol: float | dict[str, float] | None = None,
+    rtol: float | dict[str, float] | PerOutput | None = None,
+    atol: float | dict[str, float] | PerOutput | None = None,
     inputs: dict[str, np.ndarray] | str | os.PathLike | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     seed: int = 0,
@@ -84,8 +85,9 @@ def validate(
     a session here (one that cannot is reported as not used); a list of short names (cpu, cuda,
     tensorrt, openvino, dml, rocm, migraphx, coreml, qnn) or full `...ExecutionProvider` names =
     each is required. By default each floating-point output is held to a limit calibrated on the
-    model (`criterion.py`); `rtol`/`atol` (one value, or {output: value}) switch the outputs
-    they name to allclose. `samples` input sets from seeds `seed`...; `inputs` gives real data
+    model (`criterion.py`); `rtol`/`atol` (one value for all, {output: value}, or both:
+    `PerOutput`) switch the outputs they apply to to allclose. `samples` input sets from seeds
+    `seed`...; `inputs` gives real data
     (arrays by input name, or a .npz/.npy path). `save_inputs`/`save_outputs`: folders to keep
     what was run in. `candidate_file`: the candidate (a ModelProto) as written to a file, which
     onnxruntime then runs (`fold_file` gives OUT's temporary file, before it is put in place).
@@ -182,8 +184,7 @@ def _checked_values(
         if not isinstance(value, int) or value < least:
             raise InputError(None, f"{name} must be a whole number >= {least}, not {value!r}")
     for name, given in (("rtol", rtol), ("atol", atol)):
-        values = given.values() if isinstance(given, dict) else [] if given is None else [given]
-        for value in values:
+        for value in PerOutput.of(given).values():
             try:
                 number = float(value)
             except (TypeError, ValueError):
@@ -241,37 +242,30 @@ class _Tolerances:
     """Explicit rtol/atol per output, or None where the calibrated limit applies."""
 
     def __init__(self, rtol, atol) -> None:
-        self.rtol, self.atol = rtol, atol
+        self.rtol, self.atol = PerOutput.of(rtol), PerOutput.of(atol)
 
     def for_output(self, name: str, dtype: np.dtype) -> Tolerance | None:
         base = name if self._names(name) else _ITEM_SUFFIX.sub("", name)
-        rtol, atol = _pick(self.rtol, base), _pick(self.atol, base)
+        rtol, atol = self.rtol.value_for(base), self.atol.value_for(base)
         if rtol is None and atol is None:
             return None
         return explicit_tolerance(dtype, rtol, atol)
 
     def _names(self, name: str) -> bool:
         """Whether a per-output tolerance names exactly `name`."""
-        return any(isinstance(o, dict) and name in o for o in (self.rtol, self.atol))
+        return name in self.rtol.named or name in self.atol.named
 
 
 # what `runs.as_arrays` appends to an output's name: " (keys)", "[3]", "[3][0] (keys)", ...
 _ITEM_SUFFIX = re.compile(r"(\[\d+\]| \(keys\))+$")
 
 
-def _pick(given, name: str) -> float | None:
-    if isinstance(given, dict):
-        if name in given:
-            return float(given[name])
-        return getattr(given, "default", None)
-    return None if given is None else float(given)
-
-
 def _check_tolerance_names(values, label: str, model: onnx.ModelProto) -> None:
     """Per-output tolerances must name outputs of the model."""
-    if isinstance(values, dict):
+    named = PerOutput.of(values).named
+    if named:
         outputs = [o.name for o in model.graph.output]
-        for name in values:
+        for name in named:
             if name not in outputs:
                 raise InputError(
                     None,

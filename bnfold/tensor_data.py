@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -135,6 +136,41 @@ def raw_bytes(tensor: onnx.TensorProto) -> bytes:
     if tensor.data_location == _EXTERNAL and is_on_disk(tensor):
         return read(*disk_span(tensor))
     return tensor.raw_data
+
+
+def same_raw_data(a: onnx.TensorProto, b: onnx.TensorProto, step: int = 1 << 20) -> bool:
+    """Whether two tensors hold the same raw bytes, in the model or on disk alike, compared
+    `step` bytes at a time: tensors that differ (a weight a fold rewrote) usually do so in
+    their first piece, and are then not read whole."""
+    if data_size(a) != data_size(b):
+        return False
+    with contextlib.ExitStack() as files:
+        pieces = [_pieces(t, step, files) for t in (a, b)]
+        return all(x == y for x, y in zip(*pieces, strict=True))
+
+
+def _pieces(
+    tensor: onnx.TensorProto, step: int, files: contextlib.ExitStack
+) -> Iterator[bytes | memoryview]:
+    """The tensor's raw bytes, `step` at a time (an on-disk tensor's file opened in `files`)."""
+    if not is_on_disk(tensor):
+        raw = memoryview(tensor.raw_data)  # (read once: protobuf copies it on each access)
+        return (raw[i : i + step] for i in range(0, len(raw), step))
+    path, offset, length = disk_span(tensor)
+    try:
+        handle = files.enter_context(open(path, "rb"))  # noqa: SIM115 (closed by `files`)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    handle.seek(offset)
+
+    def read_on() -> Iterator[bytes]:
+        for start in range(0, length, step):
+            piece = handle.read(min(step, length - start))
+            if len(piece) != min(step, length - start):
+                raise _changed(path, offset, length)
+            yield piece
+
+    return read_on()
 
 
 def read(path: str, offset: int, length: int) -> bytes:

@@ -421,3 +421,19 @@ def test_only_put_on_disk_makes_an_on_disk_tensor(tmp_path):
         tensor_data.put_on_disk(tensor, tensor_data.DiskSpan("v.bin", 0, 16))
     tensor_data.put_on_disk(tensor, tensor_data.DiskSpan(str(tmp_path / "v.bin"), 0, 16))
     assert tensor_data.disk_span(tensor) == (str(tmp_path / "v.bin"), 0, 16)
+
+
+def test_same_raw_data_compares_a_piece_at_a_time_in_the_model_or_on_disk(tmp_path):
+    values = np.arange(64, dtype=np.float32)
+    path = tmp_path / "v.bin"
+    path.write_bytes(values.tobytes()[:128])  # half of it: the second piece is not there
+    on_disk = onnx.numpy_helper.from_array(values, "v")
+    tensor_data.put_on_disk(on_disk, tensor_data.DiskSpan(str(path), 0, values.nbytes))
+    differing = onnx.numpy_helper.from_array(values + 1, "v")
+    assert not tensor_data.same_raw_data(differing, on_disk, step=128)  # (first piece only)
+    equal = onnx.numpy_helper.from_array(values, "v")
+    with pytest.raises(InputError, match="changed while bnfold used it"):
+        tensor_data.same_raw_data(equal, on_disk, step=128)
+    path.write_bytes(values.tobytes())
+    assert tensor_data.same_raw_data(equal, on_disk, step=100)
+    assert not tensor_data.same_raw_data(equal, onnx.numpy_helper.from_array(values[:-1], "v"))

@@ -26,11 +26,12 @@ from ..graphs import all_graphs, subgraphs
 from ..protobuf_speed import listed
 from ..tensor_data import (
     DiskSpan,
+    data_size,
     disk_span,
     is_on_disk,
     little_endian_bytes,
     put_on_disk,
-    raw_bytes,
+    same_raw_data,
     tensor_to_array,
 )
 
@@ -109,9 +110,8 @@ def _same(old: onnx.TensorProto | None, new: onnx.TensorProto) -> bool:
         return False
     if is_on_disk(old) and is_on_disk(new) and disk_span(old) == disk_span(new):
         return True
-    old_bytes, new_bytes = raw_bytes(old), raw_bytes(new)
-    if old_bytes or new_bytes:
-        return old_bytes == new_bytes
+    if data_size(old) or data_size(new):
+        return same_raw_data(old, new)
     return bool(np.array_equal(tensor_to_array(old), tensor_to_array(new), equal_nan=True))
 
 

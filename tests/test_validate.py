@@ -18,7 +18,7 @@ from bnfold.validation.perturb import (
     what_the_fold_changed,
 )
 from bnfold.validation.providers import CPU, SessionFactory
-from bnfold.validation.runs import ModelSources, SessionSource, run_model, skeleton
+from bnfold.validation.runs import MOVING, ModelSources, SessionSource, run_model, skeleton
 from tests.builders import MODELS, TensorProto, make_model, symbolic, tensor, value_info
 
 RESNET = MODELS / "resnet_tiny.onnx"
@@ -694,25 +694,29 @@ def _counting_sessions(monkeypatch) -> list:
 
 
 def _original_movers_fail(monkeypatch) -> None:
-    """The original with its movers cannot run (as where a provider lacks RandomUniformLike)."""
-    monkeypatch.setattr(ModelSources, "moved_reference", lambda self: SessionSource(b"not a model"))
+    """The original with its movers cannot run (as where a provider lacks RandomUniformLike:
+    onnxruntime 1.32 has none for opset 22)."""
+    broken = SessionSource(b"not a model")
+    monkeypatch.setattr(ModelSources, "switchable_reference", lambda self: broken)
+    monkeypatch.setattr(ModelSources, "moved_reference", lambda self: broken)
 
 
 def test_calibration_comes_from_the_original_moved_in_one_session(monkeypatch):
-    """On the CPU: the original, the folded model and the original moved (all draws in one
-    session): three sessions; the folded model's weights are not moved."""
+    """On the CPU: the original, as it is and then moved (all draws), in one session, and the
+    folded model: two sessions; the folded model's weights are not moved."""
     model, folded = big_folded_pair()
     made = _counting_sessions(monkeypatch)
     report = validate(model, folded, providers=["cpu"])
     assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
-    assert len(made) == 3 and not report.providers[0].notes
+    assert len(made) == 2 and not report.providers[0].notes
 
 
 def test_where_the_original_s_movers_cannot_run_the_folded_model_s_weights_are_moved(
     monkeypatch,
 ):
-    """Then the folded model fed its written weights, as they are and moved, in one session
-    (four in all), and a note says the original's rounding is not in the limit."""
+    """Then the plain original, and the folded model fed its written weights, as they are and
+    moved, in one session (four tries in all: the failed one, the original, the folded model,
+    the fed one), and a note says the original's rounding is not in the limit."""
     model, folded = big_folded_pair()
     _original_movers_fail(monkeypatch)
     made = _counting_sessions(monkeypatch)
@@ -726,6 +730,7 @@ def test_where_the_original_s_movers_cannot_run_the_folded_model_s_weights_are_m
 
 def test_where_the_original_has_nothing_to_move_the_folded_model_s_weights_are(monkeypatch):
     model, folded = big_folded_pair()
+    monkeypatch.setattr(ModelSources, "switchable_reference", lambda self: None)
     monkeypatch.setattr(ModelSources, "moved_reference", lambda self: None)
     made = _counting_sessions(monkeypatch)
     report = validate(model, folded, providers=["cpu"])
@@ -788,4 +793,47 @@ def test_a_fed_session_that_fails_falls_back_to_one_session_per_draw(monkeypatch
     report = validate(model, folded, providers=["cpu"])
     assert report.passed and len(report.providers[0].notes) == 1  # (the original's movers)
     assert report.providers[0].outputs[0].rounding_noise > 0
-    assert len(made) == 3 + 1 + CALIBRATION_DRAWS  # (fed; then one session per draw)
+    assert len(made) == 4 + CALIBRATION_DRAWS  # (fed; then one session per draw)
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.onnx")), ids=lambda p: p.stem)
+def test_the_switchable_original_runs_as_the_original_when_off_and_moved_when_on(path):
+    """Off, every mover passes its value on bit for bit: the original's outputs exactly; on,
+    they move; and the model is given back as it was."""
+    import onnxruntime
+
+    model = onnx.load(path)
+    before = model.SerializeToString()
+    sources = pair_sources(model, bnfold.fold(model).model)
+    switchable = sources.switchable_reference()
+    assert switchable is not None and model.SerializeToString() == before
+    feeds = make_samples(model, samples=1, seed=0).runs[0]
+    factory = SessionFactory(onnxruntime, tf32=False, options={})
+    off, on = run_model(
+        factory, switchable, CPU, [{**feeds, MOVING: np.array(v)} for v in (False, True)]
+    )
+    (plain,) = run_model(factory, SessionSource(before), CPU, [feeds])
+    assert all(off[name].tobytes() == plain[name].tobytes() for name in plain)
+    assert any(on[name].tobytes() != plain[name].tobytes() for name in plain)
+
+
+def test_explicit_tolerances_for_every_output_need_no_movers(monkeypatch):
+    """Nothing is calibrated: the plain original and the folded model, no draws."""
+    model, folded = big_folded_pair()
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"], atol=1e-3)
+    assert report.passed and len(made) == 2
+    assert report.providers[0].outputs[0].criterion == "tolerance"
+
+
+def test_below_opset_9_the_original_s_draws_take_a_session_of_their_own(monkeypatch, rng):
+    """No `Where` to switch the movers: the plain original, its moved copy, the folded model."""
+    from tests.builders import conv_bn_with
+
+    model = conv_bn_with([], rng, opset=8)
+    folded = bnfold.fold(model).model
+    assert pair_sources(model, folded).switchable_reference() is None
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
+    assert len(made) == 3

@@ -259,30 +259,50 @@ MOVABLE_INPUTS = {
 
 @contextlib.contextmanager
 def inputs_moved_by_rounding(
-    model: onnx.ModelProto, consumed: dict[str, onnx.TensorProto], seed: int = 0
+    model: onnx.ModelProto,
+    consumed: dict[str, onnx.TensorProto],
+    seed: int = 0,
+    switch: str | None = None,
 ) -> Iterator[int]:
     """Within the block, every node that reads a `consumed` tensor (the BatchNormalization, Mul
     or Add the fold removed, and the layer whose old weights it read), in any graph, reads its
     computed data inputs (`MOVABLE_INPUTS`) multiplied element-wise by a random factor within
     2^-22 of 1 for float32, about two ULP (`RandomUniformLike`, seeded): the original's own
     rounding of the values entering the arithmetic the fold replaced, accumulation included (a
-    layer whose inputs carry a large common offset cancels in its sums). The movers are appended
-    to their graph (onnxruntime sorts a graph itself) and removed afterwards, and the readers'
-    inputs renamed back: the model's messages stay the same objects. Yields how many inputs
-    were moved."""
+    layer whose inputs carry a large common offset cancels in its sums). With `switch` (the
+    model's opset must be 9 or more), the model gets a boolean scalar input of that name, and
+    each mover passes its input on unchanged, bit for bit, where it is false (`Where`): one
+    session runs the original as it is and moved. The movers are appended to their graph
+    (onnxruntime sorts a graph itself) and removed afterwards, and the readers' inputs renamed
+    back: the model's messages stay the same objects. Yields how many inputs were moved."""
     widths = {
         name: _FACTOR_WIDTH[t.data_type]
         for name, t in consumed.items()
         if t.data_type in _FACTOR_WIDTH
     }
+    movers = _Movers(widths, seed, switch)
     edits: list[_Edit] = []
-    counter = [0]
+    inputs = model.graph.input
     try:
-        _add_movers(model.graph, widths, set(), seed, counter, edits, main=True)
-        yield counter[0]
+        _add_movers(model.graph, movers, set(), edits, main=True)
+        if switch is not None and movers.count:
+            inputs.append(onnx.helper.make_tensor_value_info(switch, onnx.TensorProto.BOOL, []))
+        yield movers.count
     finally:
+        if switch is not None and movers.count and inputs and inputs[-1].name == switch:
+            del inputs[-1]
         for edit in reversed(edits):
             edit.undo()
+
+
+@dataclass
+class _Movers:
+    """What the movers of one model are made from, and how many there are so far."""
+
+    widths: dict[str, float]  # consumed tensor -> the factor's half-width
+    seed: int
+    switch: str | None  # the boolean input that turns them on, if any
+    count: int = 0
 
 
 @dataclass
@@ -305,50 +325,52 @@ class _Edit:
             del self.graph.node[-self.added :]
 
 
-def _add_movers(graph, widths, outer_constants, seed: int, counter, edits, main: bool) -> None:
+def _add_movers(graph, movers: _Movers, outer_constants, edits, main: bool) -> None:
     """Movers for the readers of consumed tensors in `graph` and its subgraphs. In the main
     graph they are appended (onnxruntime sorts it); a subgraph must be in order, so its node
     list is rebuilt with each mover before its reader (and put back as it was)."""
     constants = outer_constants | {t.name for t in listed(graph.initializer)}
     nodes = listed(graph.node)
     constants.update(out for node in nodes if node.op_type == "Constant" for out in node.output)
-    reads_consumed = any(name in widths for node in nodes for name in node.input)
+    reads_consumed = any(name in movers.widths for node in nodes for name in node.input)
     saved = [_copy(node) for node in nodes] if reads_consumed and not main else None
     ordered: list[onnx.NodeProto] = []
-    movers: list[onnx.NodeProto] = []
+    added: list[onnx.NodeProto] = []
     renamed: list[tuple[onnx.NodeProto, int, str]] = []
     for node in nodes:
-        mine = _movers_for(node, widths, constants, seed, counter, renamed, main)
-        movers.extend(mine)
+        mine = _movers_for(node, movers, constants, renamed, main)
+        added.extend(mine)
         ordered.extend([*mine, node])
         for _, sub in subgraphs(node):
-            _add_movers(sub, widths, constants, seed, counter, edits, main=False)
+            _add_movers(sub, movers, constants, edits, main=False)
     if main:
-        graph.node.extend(movers)
-        edits.append(_Edit(graph, len(movers), renamed))
-    elif movers:
+        graph.node.extend(added)
+        edits.append(_Edit(graph, len(added), renamed))
+    elif added:
         edits.append(_Edit(graph, 0, [], saved))
         del graph.node[:]
         graph.node.extend(ordered)
 
 
-def _movers_for(node, widths, constants, seed, counter, renamed, rename_in_place) -> list:
+def _movers_for(node, movers: _Movers, constants, renamed, rename_in_place) -> list:
+    widths = movers.widths
     width = max((widths[n] for n in node.input if n in widths), default=None)
     positions = MOVABLE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
-    movers: list[onnx.NodeProto] = []
+    made: list[onnx.NodeProto] = []
     for index in positions:
         if width is None:
             break
         name = node.input[index] if index < len(node.input) else ""
         if not isinstance(name, str) or not name or name in constants or name in widths:
             continue  # (a name that is not UTF-8 comes back as bytes: left as it is)
-        tag = f"__bnfold_moved{counter[0]}"
-        movers.extend(_mover(name, name + tag, width, seed * 7919 + counter[0], tag))
+        tag = f"__bnfold_moved{movers.count}"
+        seed = movers.seed * 7919 + movers.count
+        made.extend(_mover(name, name + tag, width, seed, tag, movers.switch))
         if rename_in_place:
             renamed.append((node, index, name))
         node.input[index] = name + tag
-        counter[0] += 1
-    return movers
+        movers.count += 1
+    return made
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -357,9 +379,12 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
     return copy
 
 
-def _mover(source: str, target: str, width: float, seed: int, tag: str) -> list[onnx.NodeProto]:
+def _mover(
+    source: str, target: str, width: float, seed: int, tag: str, switch: str | None
+) -> list[onnx.NodeProto]:
     factor = f"{source}{tag}_factor"
-    return [
+    moved = target if switch is None else f"{target}_on"
+    nodes = [
         onnx.helper.make_node(
             "RandomUniformLike",
             [source],
@@ -369,5 +394,10 @@ def _mover(source: str, target: str, width: float, seed: int, tag: str) -> list[
             high=1.0 + width,
             seed=float(seed),
         ),
-        onnx.helper.make_node("Mul", [source, factor], [target], name=f"{target}_node"),
+        onnx.helper.make_node("Mul", [source, factor], [moved], name=f"{moved}_node"),
     ]
+    if switch is not None:
+        nodes.append(
+            onnx.helper.make_node("Where", [switch, moved, source], [target], name=f"{target}_node")
+        )
+    return nodes

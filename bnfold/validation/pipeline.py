@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,7 +40,7 @@ from .providers import (
     short_name,
 )
 from .report import Criterion, ProviderOutcome, Status, ValidationReport
-from .runs import ModelSources, Outputs, moved_by_rounding, run_model
+from .runs import MOVING, ModelSources, Outputs, moved_by_rounding, run_model
 
 
 def _ort_how_to() -> str:
@@ -137,11 +138,12 @@ def validate(
     saver = _OutputSaver(save_outputs)
     # the original also runs once on other inputs (in the same session): does it depend on them?
     probe = _probe(reference_model, sample_set, seed, input_shapes)
+    calibrates = _calibrates(tolerances, reference_model)
+    context = _Context(factory, sources, sample_set, tolerances, saver, changed, calibrates)
     try:
-        expected = run_model(factory, sources.get("reference"), CPU, sample_set.runs + probe)
+        expected = context.original(CPU, probe)
         probed = expected.pop() if probe and isinstance(expected, list) else None
-        saver.save(CPU, "original", expected)
-        context = _Context(factory, sources, sample_set, expected, tolerances, saver, changed)
+        context.expected = expected
         for provider in names:
             report.providers.append(_validate_on(provider, request.explicit, context))
         if not isinstance(expected, (str, Unavailable)):
@@ -280,14 +282,47 @@ def _check_tolerance_names(values, label: str, model: onnx.ModelProto) -> None:
 class _Context:
     """What every provider's validation shares."""
 
-    def __init__(self, factory, sources, sample_set, expected, tolerances, saver, changed):
+    def __init__(self, factory, sources, sample_set, tolerances, saver, changed, calibrates):
         self.factory = factory
         self.sources = sources
         self.samples = sample_set
-        self.expected = expected  # the original on the CPU
+        self.expected: Any = None  # the original on the CPU
         self.tolerances = tolerances
         self.saver = saver
         self.changed = changed
+        self.calibrates = calibrates  # some output is held to the calibrated limit
+        self._draws: dict[str, list] = {}  # the original's draws by provider, from `original`
+
+    def original(self, provider: str, extra: list[dict] | None = None):
+        """The original on `provider`: its runs for the samples, then for `extra`. Where the
+        limit is calibrated and the original has movers (`ModelSources.switchable_reference`),
+        from one session that then runs its draws too, kept for `run_moved` (switched off, the
+        movers pass every value on bit for bit); where that session cannot run, the plain
+        original (its failure kept for `run_moved` to tell)."""
+        runs = [*self.samples.runs, *(extra or [])]
+        switchable = self.sources.switchable_reference() if self.calibrates else None
+        result = None
+        if switchable is not None:
+            off = [{**feeds, MOVING: np.array(False)} for feeds in runs]
+            on = [{**feeds, MOVING: np.array(True)} for feeds in self.samples.runs]
+            result = run_model(self.factory, switchable, provider, off + on * CALIBRATION_DRAWS)
+            del switchable
+            self._draws[provider] = self._split_draws(result, len(runs))
+        if result is None or isinstance(result, (Unavailable, str)):
+            result = run_model(self.factory, self.sources.get("reference"), provider, runs)
+        samples = result[: len(self.samples.runs)] if isinstance(result, list) else result
+        self.saver.save(provider, "original", samples)
+        return result
+
+    def _split_draws(self, whole, unmoved: int) -> list:
+        """The draws of the switchable session's runs (after the `unmoved` ones); its failure
+        alone where it did not run."""
+        if isinstance(whole, (Unavailable, str)):
+            return [whole]
+        count = len(self.samples.runs)
+        rest = whole[unmoved:]
+        del whole[unmoved:]
+        return [rest[i * count : (i + 1) * count] for i in range(CALIBRATION_DRAWS)]
 
     def run(self, role: str, provider: str):
         """The original ("reference") or the folded model ("candidate") on `provider`."""
@@ -306,7 +341,9 @@ class _Context:
         fed = self.sources.fed_candidate() if role == "candidate" and provider == CPU else None
         results: list = []
         base = None
-        if role == "reference" or fed is not None:
+        if role == "reference" and provider in self._draws:  # (from `original`'s session)
+            results = self._draws.pop(provider)
+        elif role == "reference" or fed is not None:
             results, base = self._moved_in_one_session(provider, fed)
         if role == "candidate" and not _all_ran(results):  # (the fed session may fail alone)
             results, base = self._moved_one_session_each(provider), None
@@ -378,7 +415,7 @@ def _validate_on(provider: str, explicit: bool, context: _Context) -> ProviderOu
 
     if isinstance(context.expected, (Unavailable, str)):
         return failed(f"original model: {_reason(context.expected)}")
-    own = context.expected if provider == CPU else context.run("reference", provider)
+    own = context.expected if provider == CPU else context.original(provider)
     if isinstance(own, Unavailable):
         return _unusable(provider, explicit, own, options)
     if isinstance(own, str):
@@ -482,6 +519,25 @@ def _compared_output(provider, context: _Context, own, got, moved: _MovedRuns, k
 
 def _reason(result: Unavailable | str) -> str:
     return result.reason if isinstance(result, Unavailable) else result
+
+
+def _calibrates(tolerances: _Tolerances, model: onnx.ModelProto) -> bool:
+    """Whether some output of the model may be held to the calibrated limit (no explicit
+    tolerance; a floating, integer or boolean tensor, or a type not declared)."""
+    for output in model.graph.output:
+        kind = output.type.WhichOneof("value")
+        if kind != "tensor_type":
+            return True
+        try:
+            dtype = np.dtype(
+                onnx.helper.tensor_dtype_to_np_dtype(output.type.tensor_type.elem_type)
+            )
+        except (KeyError, TypeError, ValueError):
+            return True
+        calibrated = is_floating(dtype) or dtype.kind in "iub"
+        if calibrated and tolerances.for_output(output.name, dtype) is None:
+            return True
+    return False
 
 
 def _needs_calibration(context: _Context, outputs: Outputs) -> bool:

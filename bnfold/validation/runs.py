@@ -22,7 +22,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from ..encoding import is_repeated
-from ..graphs import names_read
+from ..graphs import default_opset, names_read
 from ..model_io import (
     all_tensors,
     fits_in_one_protobuf,
@@ -82,6 +82,18 @@ class ModelSources:
         there is no such value to move."""
         model = self.models["reference"]
         with inputs_moved_by_rounding(model, self.changed["reference"], seed=seed) as moved:
+            return skeleton(model) if moved else None
+
+    def switchable_reference(self, seed: int = 0) -> SessionSource | None:
+        """The reference with the same movers as `moved_reference`, turned on by the boolean
+        input `MOVING` (off, each passes its value on bit for bit: the reference as it is), for
+        one session that runs the reference and its draws. None when there is nothing to move,
+        or the model's opset lacks `Where` (below 9)."""
+        model = self.models["reference"]
+        if default_opset(model) < 9:
+            return None
+        changed = self.changed["reference"]
+        with inputs_moved_by_rounding(model, changed, seed=seed, switch=MOVING) as moved:
             return skeleton(model) if moved else None
 
     def moved_candidate(self, draw: int) -> SessionSource:
@@ -211,6 +223,8 @@ def skeleton(
     return SessionSource(copy.SerializeToString(), supplied)
 
 
+# The boolean input that turns the reference's movers on (`switchable_reference`).
+MOVING = "__bnfold_moving"
 # Models up to this much tensor data go to onnxruntime as bytes; bigger ones through a file.
 AS_BYTES = 64 << 20
 # Initializers of at least this many bytes go to onnxruntime as arrays, not in the encoding.

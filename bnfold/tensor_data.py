@@ -142,20 +142,25 @@ def same_raw_data(a: onnx.TensorProto, b: onnx.TensorProto, step: int = 1 << 20)
     """Whether two tensors hold the same raw bytes, in the model or on disk alike, compared
     `step` bytes at a time: tensors that differ (a weight a fold rewrote) usually do so in
     their first piece, and are then not read whole."""
-    if data_size(a) != data_size(b):
-        return False
     with contextlib.ExitStack() as files:
-        pieces = [_pieces(t, step, files) for t in (a, b)]
-        return all(x == y for x, y in zip(*pieces, strict=True))
+        (size_a, pieces_a), (size_b, pieces_b) = (_pieces(t, step, files) for t in (a, b))
+        return size_a == size_b and all(x == y for x, y in zip(pieces_a, pieces_b, strict=True))
+
+
+def holds_raw_data(tensor: onnx.TensorProto) -> bool:
+    """Whether the tensor's data is raw bytes, in the model or on disk (asked without copying
+    them: protobuf copies a bytes field on each access)."""
+    return is_on_disk(tensor) or tensor.HasField("raw_data")
 
 
 def _pieces(
     tensor: onnx.TensorProto, step: int, files: contextlib.ExitStack
-) -> Iterator[bytes | memoryview]:
-    """The tensor's raw bytes, `step` at a time (an on-disk tensor's file opened in `files`)."""
+) -> tuple[int, Iterator[bytes | memoryview]]:
+    """The tensor's raw data size, and its bytes `step` at a time (an on-disk tensor's file
+    opened in `files`)."""
     if not is_on_disk(tensor):
         raw = memoryview(tensor.raw_data)  # (read once: protobuf copies it on each access)
-        return (raw[i : i + step] for i in range(0, len(raw), step))
+        return len(raw), (raw[i : i + step] for i in range(0, len(raw), step))
     path, offset, length = disk_span(tensor)
     try:
         handle = files.enter_context(open(path, "rb"))  # noqa: SIM115 (closed by `files`)
@@ -170,7 +175,7 @@ def _pieces(
                 raise _changed(path, offset, length)
             yield piece
 
-    return read_on()
+    return length, read_on()
 
 
 def read(path: str, offset: int, length: int) -> bytes:

@@ -26,8 +26,8 @@ from ..graphs import all_graphs, subgraphs
 from ..protobuf_speed import listed
 from ..tensor_data import (
     DiskSpan,
-    data_size,
     disk_span,
+    holds_raw_data,
     is_on_disk,
     little_endian_bytes,
     put_on_disk,
@@ -110,7 +110,7 @@ def _same(old: onnx.TensorProto | None, new: onnx.TensorProto) -> bool:
         return False
     if is_on_disk(old) and is_on_disk(new) and disk_span(old) == disk_span(new):
         return True
-    if data_size(old) or data_size(new):
+    if holds_raw_data(old) or holds_raw_data(new):
         return same_raw_data(old, new)
     return bool(np.array_equal(tensor_to_array(old), tensor_to_array(new), equal_nan=True))
 

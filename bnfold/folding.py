@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,7 @@ def fold_in_place(
     batched: bool = True,
     spill: DataFile | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    rules: Mapping[str, NodeRules] | None = None,
 ) -> FoldResult:
     """`fold`, editing `model` itself (saves a copy of a big model when the caller owns it).
 
@@ -100,7 +101,7 @@ def fold_in_place(
     the new values of weights left on disk by a lazy load go (`bnfold.tensor_data`); the model
     reads them there until it is saved (pass it to `save_model` to make it the output's data
     file), so it must stay open until then. `chunk_bytes`: how much weight the vectorised path
-    scales at once."""
+    scales at once. `rules`: the rule lists to ask by op type (`producers.registry.RULES`)."""
     check_model_opset(model)
     ops_before = op_counts(model.graph)
     nodes_before = None  # without functions to inline, counted from the pass's index
@@ -109,6 +110,8 @@ def fold_in_place(
         nodes_before = count_nodes(model.graph)
     functions = inline_batchnorm_functions(model, enabled=inline_functions)
     context = _Context(model, batched=batched, spill=spill, chunk_bytes=chunk_bytes)
+    if rules is not None:
+        context.use_rules(rules)
     with collector_paused():
         _fold_graph(model.graph, context, parent=None, path="")
     context.names.index(None)  # let the main graph's index go now, not at the next collection
@@ -177,9 +180,7 @@ class _Context:
         self.names = NameAllocator(self.model)
         self.ranks: dict[str, int] = {}  # set by `find_ranks`, before the main graph changes
         # what the vectorised Conv → BN folds must respect, from the rules' declarations
-        self.forward_from = forward_folding_ops()
-        self.followed = followed_back_through()
-        self.rank_meetings = rank_meetings()
+        self.use_rules(RULES)
         self.budget = EvaluationBudget()
         self.types: dict[str, int] | None = None
         # Training bindings name initializers that a fold would rewrite or remove.
@@ -188,6 +189,14 @@ class _Context:
             if self.model.training_info
             else None
         )
+
+    def use_rules(self, rules: Mapping[str, NodeRules]) -> None:
+        """Ask `rules`, and derive from their declarations what the pass must respect."""
+        self.rules = rules
+        self.forward_from = forward_folding_ops(rules)
+        self.followed = followed_back_through(rules)
+        self.rank_meetings = rank_meetings(rules)
+        self.batchable = conv_pairs_batchable(rules)
 
     def record(self, family: str, outcome: list[Folded] | Skipped | None) -> None:
         """Keep a node's records with its family's (BatchNormalization, or Mul/Add)."""
@@ -231,7 +240,7 @@ def _fold_graph(
     )
     # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
     # fold is completed (or decided, for the rest) one by one, in node order.
-    batchable = context.batched and not context.refusal and conv_pairs_batchable()
+    batchable = context.batched and not context.refusal and context.batchable
     pairs = find_pairs(view, context.opset, context.forward_from) if batchable else []
     if parent is None:  # the main graph, before any edit
         problem = indexed_structure_problem(view, checked_names(pairs))
@@ -245,10 +254,10 @@ def _fold_graph(
         view, pairs, context.spill, context.chunk_bytes, context.followed
     )
     del pairs
-    for index in _visited_positions(view):
+    for index in _visited_positions(view, context.rules):
         if index in view.removed_nodes:  # (a Mul/Add folded forward with the one before it)
             continue
-        rules = RULES[view.op_types[index]]
+        rules = context.rules[view.op_types[index]]
         if index in pending:  # (popped: each pair's memory goes as its fold completes)
             context.record(rules.family, [pending.pop(index).finish(view, context.names)])
         else:
@@ -271,10 +280,11 @@ def _fold_graph(
     context.removed += view.nodes_removed
 
 
-def _visited_positions(view: GraphView) -> list[int]:
-    """Positions of the default-domain BatchNormalization, Mul and Add nodes, in node order
-    (a fold never turns a node into one of these or one of these into something else)."""
-    wanted = tuple(RULES)
+def _visited_positions(view: GraphView, rules: Mapping[str, NodeRules]) -> list[int]:
+    """Positions of the default-domain nodes `rules` have rules for (BatchNormalization, Mul,
+    Add, ...), in node order (a fold never turns a node into one of these or one of these into
+    something else)."""
+    wanted = tuple(rules)
     return [
         index
         for index, (op_type, domain) in enumerate(zip(view.op_types, view.domains, strict=True))

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 import bnfold
+from bnfold.folding import fold_in_place
 from bnfold.graph_view import GraphView
 from bnfold.graphs import default_opset
 from bnfold.producers import registry
@@ -65,7 +66,15 @@ def test_the_batchnorm_rules_always_end_with_an_answer():
             assert isinstance(last(view, index, subject, opset), Skip)
 
 
-def test_a_new_rule_is_one_function_and_one_line(monkeypatch):
+def with_first_backward_rule(rule) -> dict:
+    """The rule lists with `rule` asked first about each BatchNormalization."""
+    rules = registry.RULES["BatchNormalization"]
+    (direction, backward), *rest = rules.groups
+    changed = dataclasses.replace(rules, groups=((direction, (rule, *backward)), *rest))
+    return {**registry.RULES, "BatchNormalization": changed}
+
+
+def test_a_new_rule_is_one_function_and_one_line():
     """A rule put first in the backward list is asked first: here one that refuses every Conv
     whose name starts with "keep", and otherwise lets the next rules answer."""
 
@@ -75,16 +84,15 @@ def test_a_new_rule_is_one_function_and_one_line(monkeypatch):
             return Skip("the layer before it is to be kept as it is")
         return None
 
-    rules = registry.RULES["BatchNormalization"]
-    (direction, backward), *rest = rules.groups
-    changed = dataclasses.replace(rules, groups=((direction, (keep_some, *backward)), *rest))
+    rules = with_first_backward_rule(keep_some)
     assert registry.conv_pairs_batchable()
-    monkeypatch.setitem(registry.RULES, "BatchNormalization", changed)
-    assert not registry.conv_pairs_batchable()  # (it might answer about a Conv: it is asked)
+    assert not registry.conv_pairs_batchable(rules)  # (it might answer about a Conv: asked)
     model = onnx.load(MODELS / "resnet_tiny.onnx")
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     conv.name = "keep_this_one"
-    result = bnfold.fold(model)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    result = fold_in_place(copy, rules=rules)
     kept = [r for r in result.skipped if r.reason == "the layer before it is to be kept as it is"]
     assert len(kept) == 1 and result.folded
     assert_same_function(model, result.model)
@@ -117,7 +125,7 @@ def test_a_layer_given_a_new_bias_add_cannot_also_take_over_the_output():
     assert Match(((0, plan),), (Bypass(2, 1, "how"),), 0).into == 0  # (a node after it: fine)
 
 
-def test_what_the_vectorised_path_must_respect_is_derived_from_the_rules(monkeypatch):
+def test_what_the_vectorised_path_must_respect_is_derived_from_the_rules():
     """The nodes a forward rule may fold into a layer first, and the nodes backward rules follow
     back to a layer, come from the rule lists' declarations, not from a list kept by hand."""
     assert registry.forward_folding_ops() == {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
@@ -126,11 +134,8 @@ def test_what_the_vectorised_path_must_respect_is_derived_from_the_rules(monkeyp
     def undeclared(view, index, bn, opset):
         return None
 
-    rules = registry.RULES["BatchNormalization"]
-    (direction, backward), *rest = rules.groups
-    changed = dataclasses.replace(rules, groups=((direction, (undeclared, *backward)), *rest))
-    monkeypatch.setitem(registry.RULES, "BatchNormalization", changed)
-    assert registry.followed_back_through() is None  # (it may follow anything)
+    rules = with_first_backward_rule(undeclared)
+    assert registry.followed_back_through(rules) is None  # (it may follow anything)
 
 
 def _graph(*nodes: tuple[str, list[str], list[str]], **attributes) -> onnx.GraphProto:
@@ -197,12 +202,8 @@ def test_a_rule_that_declares_it_needs_ranks_gets_shape_inference(monkeypatch):
     def near_gemm(view, index, bn, opset):
         return None
 
-    rules = registry.RULES["BatchNormalization"]
-    (direction, backward), *rest = rules.groups
-    changed = dataclasses.replace(rules, groups=((direction, (near_gemm, *backward)), *rest))
-    with monkeypatch.context() as patched:
-        patched.setitem(registry.RULES, "BatchNormalization", changed)
-        assert folding._needs_ranks(gemm_bn, registry.rank_meetings())
+    rules = with_first_backward_rule(near_gemm)
+    assert folding._needs_ranks(gemm_bn, registry.rank_meetings(rules))
 
     model = onnx.parser.parse_model(
         """<ir_version: 8, opset_import: ["" : 17]>

@@ -9,7 +9,7 @@ function in its own module and one line in its group's list (`BACKWARD_RULES`, .
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,14 +56,15 @@ RULES: dict[str, NodeRules] = {
 }
 
 
-def conv_pairs_batchable() -> bool:
+def conv_pairs_batchable(rules: Mapping[str, NodeRules] | None = None) -> bool:
     """Whether the plain Conv → BatchNormalization pairs may be folded together up front
     (`bnfold.batched`: `into_layer`'s folds, vectorised): only while every backward rule asked
-    before `into_layer` declares (`rule.about_producers`) that it never answers about a Conv."""
-    rules = RULES["BatchNormalization"]
-    if rules.read is not _batchnorm:
+    before `into_layer` declares (`rule.about_producers`) that it never answers about a Conv.
+    `rules`: the rule lists the pass asks (`RULES` by default), here and below."""
+    batchnorm = (RULES if rules is None else rules)["BatchNormalization"]
+    if batchnorm.read is not _batchnorm:
         return False
-    for rule in rules.groups[0][1]:
+    for rule in batchnorm.groups[0][1]:
         if rule is into_layer:
             return True
         if "Conv" in getattr(rule, "producer_ops", {"Conv"}):
@@ -71,22 +72,23 @@ def conv_pairs_batchable() -> bool:
     return False
 
 
-def forward_folding_ops() -> frozenset[str]:
+def forward_folding_ops(rules: Mapping[str, NodeRules] | None = None) -> frozenset[str]:
     """The op types a forward rule may fold into the layer after them: such a node feeding a
     layer may rewrite it before anything after the layer does (in node order)."""
+    listed = RULES if rules is None else rules
     return frozenset(
-        op for op, rules in RULES.items() if any(d == "forward" and g for d, g in rules.groups)
+        op for op, kind in listed.items() if any(d == "forward" and g for d, g in kind.groups)
     )
 
 
-def followed_back_through() -> frozenset[str] | None:
+def followed_back_through(rules: Mapping[str, NodeRules] | None = None) -> frozenset[str] | None:
     """The op types backward rules follow from what they fold back to a layer (what they
     declare with `about_producers`, the layers themselves aside): a node of these types reading
     a layer's output may lead a later fold to that layer. None when a rule that may fold
     declares nothing (it may follow anything)."""
     followed: set[str] = set()
-    for rules in RULES.values():
-        for direction, group in rules.groups:
+    for kind in (RULES if rules is None else rules).values():
+        for direction, group in kind.groups:
             if direction != "backward":
                 continue
             for rule in group:
@@ -110,14 +112,14 @@ class RankMeeting:
     readers: frozenset[str]
 
 
-def rank_meetings() -> tuple[RankMeeting, ...]:
+def rank_meetings(rules: Mapping[str, NodeRules] | None = None) -> tuple[RankMeeting, ...]:
     """Every meeting of a subject and a layer for which a rule asks for shape inference: the
     layer writing the subject's input for backward rules, the subject writing the layer's input
     for forward ones."""
     meetings: list[RankMeeting] = []
-    for op, rules in RULES.items():
+    for op, kind in (RULES if rules is None else rules).items():
         subject = frozenset((op,))
-        for direction, group in rules.groups:
+        for direction, group in kind.groups:
             for rule in group:
                 need: RankNeed | None = getattr(rule, "rank_need", None)
                 if need is None:

@@ -10,6 +10,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+import bnfold
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 MODELS = ROOT / "models"
@@ -138,3 +140,44 @@ def conv_bn_with(nodes_before, rng, *, opset=17, drop=(), channels=4, **kwargs):
         opset=opset,
         **kwargs,
     )
+
+
+C = 4
+
+
+def conv_bn(
+    rng,
+    *,
+    bn_attrs=None,
+    extra_nodes=(),
+    outputs=("y",),
+    inits_extra=(),
+    inputs=None,
+    dtype=np.float32,
+    bn_dtype=None,
+    opset=17,
+    ir_version=10,
+    weight_name="W",
+):
+    """x -> Conv(W) -> c -> BN -> y, with hooks to break one rule at a time."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [
+        tensor(weight_name, rng.normal(0, 0.5, [C, 3, 3, 3]).astype(dtype)),
+        *bn_params(rng, C, bn_dtype or dtype),
+        *inits_extra,
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", weight_name], ["c"], name="conv"),
+        bn_node("c", "y", **(bn_attrs or {})),
+        *extra_nodes,
+    ]
+    graph_outputs = [value_info(name, elem, symbolic(4)) for name in outputs]
+    graph_inputs = [value_info("x", elem, [1, 3, 6, 6]), *(inputs or [])]
+    return make_model(nodes, graph_inputs, graph_outputs, inits, opset=opset, ir_version=ir_version)
+
+
+def only_skip(model) -> str:
+    result = bnfold.fold(model)
+    assert not result.folded
+    assert len(result.skipped) == 1
+    return result.skipped[0].reason

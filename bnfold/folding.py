@@ -30,7 +30,7 @@ from .graphs import (
     ONNX_DOMAINS,
     all_graphs,
     default_opset,
-    may_hold_graphs,
+    nested_graphs,
     node_label,
     subgraphs,
 )
@@ -213,8 +213,8 @@ class _Context:
 
     def find_ranks(self, main: GraphView) -> None:
         """Run onnx's shape inference on the model as it is, if a rule will need ranks."""
-        holders = [main.nodes[i] for i in main.holders]
-        if _needs_ranks(self.model.graph, self.rank_meetings, set(main.op_types), holders):
+        graph, meetings = self.model.graph, self.rank_meetings
+        if _needs_ranks(graph, meetings, set(main.op_types), main.holders):
             self.ranks = _shape_inference_ranks(self.model)
 
     def inferred_types(self) -> dict[str, int]:
@@ -367,18 +367,20 @@ def _needs_ranks(
     graph: onnx.GraphProto,
     meetings: tuple[RankMeeting, ...],
     op_types: set[str] | None = None,
-    holders: Iterable[onnx.NodeProto] | None = None,
+    holders: Iterable[int] | None = None,
 ) -> bool:
     """Whether a graph or one of its subgraphs holds one of `meetings` (`registry.rank_meetings`:
-    where a rule asks for shape inference's ranks). `op_types` and `holders` (the nodes holding
-    subgraphs): the graph's, when known."""
+    where a rule asks for shape inference's ranks). `op_types` and `holders` (the positions of
+    the nodes holding subgraphs): the graph's, when known."""
     if op_types is None:
         op_types = set(map(OP_TYPE, graph.node))
     if any(_meets(graph, meeting, op_types) for meeting in meetings):
         return True
-    if holders is None:
-        holders = (n for n in graph.node if may_hold_graphs(n.op_type, n.domain))
-    return any(_needs_ranks(inner, meetings) for node in holders for _, inner in subgraphs(node))
+    for _, inner in nested_graphs(graph.node, holders=holders):
+        inner_ops = set(map(OP_TYPE, inner.node))
+        if any(_meets(inner, meeting, inner_ops) for meeting in meetings):
+            return True
+    return False
 
 
 def _meets(graph: onnx.GraphProto, meeting: RankMeeting, op_types: set[str]) -> bool:

@@ -29,7 +29,15 @@ import onnx
 
 from .batchnorm import PARAMETER_NAMES
 from .graph_view import GraphView, NameAllocator
-from .graphs import ONNX_DOMAINS, default_opset, node_label, outer_references, subgraphs
+from .graphs import (
+    ONNX_DOMAINS,
+    all_nodes,
+    default_opset,
+    nested_graphs,
+    node_label,
+    outer_references,
+    subgraphs,
+)
 from .naming import option
 from .records import Inlined, Skipped
 
@@ -154,7 +162,7 @@ class _Inliner:
         pending, seen = [fid], set()
         while pending:
             current = pending.pop()
-            for node in _all_nodes(self.functions[current].node):
+            for node in all_nodes(self.functions[current].node):
                 callee = call_id(node)
                 if callee == fid:
                     return True
@@ -191,7 +199,7 @@ class _Inliner:
                     self._note_calls(sub, f"{why}, whose use is unknown")
 
     def _note_calls(self, graph: onnx.GraphProto, reason: str) -> None:
-        for node in _all_nodes(graph.node):
+        for node in all_nodes(graph.node):
             if call_id(node) in self.with_batchnorm:
                 self.reasons.setdefault(call_id(node), reason)
 
@@ -230,7 +238,7 @@ class _Inliner:
         return any(
             is_batchnorm(inner) or call_id(inner) in self.with_batchnorm
             for _, sub in subgraphs(node)
-            for inner in _all_nodes(sub.node)
+            for inner in all_nodes(sub.node)
         )
 
     def _parameter_not_constant(self, bn, formal, call, scope) -> str | None:
@@ -266,7 +274,7 @@ class _Inliner:
         self._import_opsets(function)
         label = node_label(call)
         origin = f"{describe(fid)} at call site '{label}'"
-        batchnorms = [n for n in _all_nodes(body) if is_batchnorm(n)]
+        batchnorms = [n for n in all_nodes(body) if is_batchnorm(n)]
         for node in batchnorms:
             if node.output and node.output[0]:
                 self.result.origins[node.output[0]] = origin
@@ -424,14 +432,11 @@ def _join(prefix: str, name: str) -> str:
 def _definitions(nodes) -> list[str]:
     """Every name a body defines: node outputs, and the inputs, initializers and node outputs of
     its subgraphs (sibling subgraphs may reuse a name: one fresh name serves them all)."""
-    names: list[str] = []
-    for node in nodes:
-        names.extend(name for name in node.output if name)
-        for _, sub in subgraphs(node):
-            names.extend(i.name for i in sub.input)
-            names.extend(t.name for t in sub.initializer)
-            names.extend(t.values.name for t in sub.sparse_initializer)
-            names.extend(_definitions(sub.node))
+    names = [name for node in all_nodes(nodes) for name in node.output if name]
+    for _, sub in nested_graphs(nodes):
+        names.extend(i.name for i in sub.input)
+        names.extend(t.name for t in sub.initializer)
+        names.extend(t.values.name for t in sub.sparse_initializer)
     return names
 
 
@@ -492,19 +497,11 @@ def _opsets(entries) -> dict[str, int]:
     return {("" if e.domain == "ai.onnx" else e.domain): int(e.version) for e in entries}
 
 
-def _all_nodes(nodes):
-    """Nodes and, recursively, the nodes of their subgraphs."""
-    for node in nodes:
-        yield node
-        for _, sub in subgraphs(node):
-            yield from _all_nodes(sub.node)
-
-
 def _holding_batchnorm(functions) -> set[FunctionId]:
     """The functions holding a BatchNormalization: in their body, its subgraphs, or a function
     they call (a fixed point, so shared callees are looked at once)."""
-    calls = {fid: {call_id(n) for n in _all_nodes(f.node)} for fid, f in functions.items()}
-    holding = {fid for fid, f in functions.items() if any(map(is_batchnorm, _all_nodes(f.node)))}
+    calls = {fid: {call_id(n) for n in all_nodes(f.node)} for fid, f in functions.items()}
+    holding = {fid for fid, f in functions.items() if any(map(is_batchnorm, all_nodes(f.node)))}
     while True:
         more = {fid for fid, callees in calls.items() if fid not in holding and callees & holding}
         if not more:
@@ -517,8 +514,8 @@ def _calls_everywhere(model: onnx.ModelProto, functions) -> set[FunctionId]:
     graphs = [model.graph]
     for info in model.training_info:
         graphs.extend((info.initialization, info.algorithm))
-    nodes = [n for g in graphs for n in _all_nodes(g.node)]
-    nodes.extend(n for f in functions.values() for n in _all_nodes(f.node))
+    nodes = [n for g in graphs for n in all_nodes(g.node)]
+    nodes.extend(n for f in functions.values() for n in all_nodes(f.node))
     return {call_id(node) for node in nodes} & functions.keys()
 
 
@@ -526,17 +523,16 @@ def _callers(functions) -> dict[FunctionId, FunctionId]:
     """For each function called by another, one caller."""
     callers: dict[FunctionId, FunctionId] = {}
     for fid, function in functions.items():
-        for node in _all_nodes(function.node):
+        for node in all_nodes(function.node):
             if call_id(node) in functions and call_id(node) != fid:
                 callers.setdefault(call_id(node), fid)
     return callers
 
 
 def _skip_batchnorms(nodes, where: str, reason: str, out: list[Skipped]) -> None:
-    for node in nodes:
-        if is_batchnorm(node):
-            out.append(
-                Skipped(node_label(node), node.output[0] if node.output else "", reason, where)
-            )
-        for attr_name, sub in subgraphs(node):
-            _skip_batchnorms(sub.node, f"{where}/{node_label(node)}.{attr_name}", reason, out)
+    """Record every BatchNormalization of a function body, its subgraphs' too, as skipped."""
+    for path, inner in [(where, nodes), *((p, g.node) for p, g in nested_graphs(nodes, where))]:
+        for node in inner:
+            if is_batchnorm(node):
+                output = node.output[0] if node.output else ""
+                out.append(Skipped(node_label(node), output, reason, path))

@@ -13,10 +13,7 @@ import numpy as np
 import onnx
 
 from .graph_index import GraphIndex
-from .graphs import (
-    nodes_with_subgraphs,
-    subgraphs,
-)
+from .graphs import all_graphs, nodes_with_subgraphs, subgraphs
 from .protobuf_speed import NAME, listed
 from .tensor_data import RAW_DTYPES, little_endian_bytes
 
@@ -101,14 +98,13 @@ def _add_declared_names(
 
 
 def _add_graph_names(graph: onnx.GraphProto, taken: set[str]) -> None:
-    _add_declared_names(graph, taken)
-    nodes = graph.node
-    taken.update(name for node in nodes for name in node.output)
-    for index in nodes_with_subgraphs(nodes):
-        node = nodes[index]
-        taken.update(node.input)  # reads of the outer scope from inside stay visible
-        for _, sub in subgraphs(node):
-            _add_graph_names(sub, taken)
+    """The names a graph and its subgraphs declare, define, and (holders) read."""
+    for _, inner in all_graphs(graph):
+        _add_declared_names(inner, taken)
+        nodes = inner.node
+        taken.update(name for node in nodes for name in node.output)
+        for index in nodes_with_subgraphs(nodes):
+            taken.update(nodes[index].input)  # reads of the outer scope from inside stay visible
 
 
 class GraphEditor(GraphIndex):

@@ -41,11 +41,26 @@ def all_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, on
     records and messages name them: `loop.body/if.then_branch`). Only nodes that may hold graphs
     are looked into (`nodes_with_subgraphs`), so a graph of 10^5 plain nodes costs one pass."""
     yield path, graph
-    nodes = graph.node
-    for index in nodes_with_subgraphs(nodes):
+    yield from nested_graphs(graph.node, path)
+
+
+def nested_graphs(
+    nodes, path: str = "", holders: Iterable[int] | None = None
+) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """(path, graph) for every graph nested in `nodes` (a graph's or a function body's), at any
+    depth, as `all_graphs` gives them (`path`: the nodes' own). `holders`: the positions of the
+    nodes that may hold graphs, when known (`GraphIndex.holders`: no scan of `nodes`)."""
+    for index in nodes_with_subgraphs(nodes) if holders is None else holders:
         node = nodes[index]
         for attr_name, sub in subgraphs(node):
             yield from all_graphs(sub, f"{path}/{node_label(node)}.{attr_name}".lstrip("/"))
+
+
+def all_nodes(nodes) -> Iterator[onnx.NodeProto]:
+    """`nodes` (a graph's or a function body's), then the nodes of every graph nested in them."""
+    yield from nodes
+    for _, graph in nested_graphs(nodes):
+        yield from graph.node
 
 
 def outer_references(graph: onnx.GraphProto) -> set[str]:

@@ -49,8 +49,9 @@ from .affine import AFFINE_OPS
 from .batchnorm import mode_problem
 from .constant_eval import EVALUATED_OPS
 from .graph_view import GraphView, NameAllocator
-from .graphs import ONNX_DOMAINS, attributes
+from .graphs import ONNX_DOMAINS, attributes, node_label
 from .numerics import ChannelAffine, batchnorm_affines, folded_bias, multiply_exactly
+from .producers.conv import how_folded
 from .protobuf_speed import DATA_LOCATION, DATA_TYPE, RAW_DATA, listed
 from .records import Folded
 from .tensor_data import (
@@ -73,7 +74,6 @@ class _Pair:
 
     bn_index: int
     conv_index: int
-    source: str  # the Conv output the BatchNormalization reads
     param_names: list[str]  # scale, B, mean, var
     params: list[onnx.TensorProto]
     epsilon: float
@@ -105,21 +105,19 @@ class PendingFold:
         return self.biases[self.start : self.start + self.pair.channels]
 
     def finish(self, view: GraphView, names: NameAllocator) -> Folded:
-        """Write the bias, let the Conv take over the BatchNormalization's output, and say so
-        (as `producers.backward.into_layer`'s `Match.apply` does)."""
+        """Complete the fold with the edits `Match.apply` makes for `into_layer`'s match (the
+        bias, the Conv taking over the BatchNormalization's output) and the same record, made
+        here directly: a `Match` per pair costs a tenth of the pass on a 48,000-node chain."""
         pair = self.pair
         bn_node, conv = view.nodes[pair.bn_index], view.nodes[pair.conv_index]
-        conv_name = conv.name
-        into = conv_name or f"<Conv -> {pair.source}>"  # `node_label`, before the renaming
+        into, label = node_label(conv), node_label(bn_node)  # (before the renaming)
         if pair.bias is not None:
             set_raw_data(pair.bias, self.bias.tobytes())
         else:
-            stem = conv_name or pair.source
+            stem = conv.name or conv.output[0]
             view.set_constant_input(pair.conv_index, 2, self.bias, f"{stem}_bnfold_bias", names)
         output = view.bypass(pair.bn_index, pair.conv_index, pair.param_names)
-        verb = "updated" if pair.bias is not None else "added"
-        how = f"scaled {pair.channels} output channels; bias {verb}"
-        label = bn_node.name or f"<BatchNormalization -> {output}>"
+        how = how_folded(pair.channels, pair.bias is not None)
         return Folded(label, output, into, "Conv", how, view.path)
 
 
@@ -191,9 +189,7 @@ def _pair(
     if conv is None:
         return None
     conv_index, weight, bias, row = conv
-    return _Pair(
-        index, conv_index, source, param_names, params, epsilon, weight, bias, channels, row
-    )
+    return _Pair(index, conv_index, param_names, params, epsilon, weight, bias, channels, row)
 
 
 def _batchnorm_params(view: GraphView, node: onnx.NodeProto, opset: int):

@@ -42,5 +42,9 @@ def plan_conv(
     )
     if problem:
         return problem
-    verb = "updated" if bias is not None else "added"
-    return FoldPlan(updates, f"scaled {weight.shape[0]} output channels; bias {verb}")
+    return FoldPlan(updates, how_folded(weight.shape[0], bias is not None))
+
+
+def how_folded(channels: int, had_bias: bool) -> str:
+    """A Conv fold's record (`Folded.how`), here and in the vectorised path (`bnfold.batched`)."""
+    return f"scaled {channels} output channels; bias {'updated' if had_bias else 'added'}"

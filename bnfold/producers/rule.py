@@ -6,8 +6,10 @@
 `subject` what was read from it once for every rule (the `BatchNorm` of a BatchNormalization;
 the node itself for a Mul/Add). None: the rule does not apply (the next is asked); `Skip`: it
 applies, and the fold is not exact (the reason is the node's record); `Match`: the fold is exact,
-and `Match.apply` makes it. Rules only read the graph; `apply` is the one place a fold edits it,
-through the view's editor (which keeps its own books of what the edit leaves unread).
+and `Match.apply` makes it. Rules only read the graph; `apply` is the one place a rule's fold
+edits it, through the view's editor (which keeps its own books of what the edit leaves unread).
+The vectorised Conv → BatchNormalization pairs (`bnfold.batched`) make `into_layer`'s edits and
+records directly, in bulk (tested bit for bit against this path).
 
 A rule module holds the rule function, its maths in the docstring; it is added with one line in
 its ordered list (`backward.BACKWARD_RULES`, `forward.FORWARD_RULES`, the lists of

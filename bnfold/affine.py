@@ -24,6 +24,7 @@ import onnx
 from .graph_view import GraphView
 from .graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
 from .numerics import ChannelAffine, is_float
+from .producers import LAYERS
 
 AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 # How records name them: (the node, as a noun phrase; the node, as the start of a sentence).
@@ -37,20 +38,11 @@ OP_WORDS = {
 
 def producer_channels(producer: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
     """(output channels, output rank) of a linear layer with a constant weight, else None."""
+    layer = LAYERS.get(producer.op_type)
     weight = view.constant(producer.input[1]) if len(producer.input) > 1 else None
-    if weight is None or weight.ndim < 2:
+    if layer is None or weight is None or weight.ndim < 2:
         return None
-    op = producer.op_type
-    if op == "Conv" and weight.ndim >= 3:
-        return weight.shape[0], weight.ndim
-    if op == "ConvTranspose" and weight.ndim >= 3:
-        return weight.shape[1] * int(attributes(producer).get("group", 1)), weight.ndim
-    if op == "Gemm" and weight.ndim == 2:
-        trans_b = int(attributes(producer).get("transB", 0))
-        return (weight.shape[0] if trans_b else weight.shape[1]), 2
-    if op == "MatMul" and weight.ndim == 2 and view.rank(producer.input[0]) == 2:
-        return weight.shape[1], 2
-    return None
+    return layer.output_channels(producer, weight, view)  # (`producers.LAYERS`)
 
 
 def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -> np.ndarray | None:

@@ -225,3 +225,27 @@ def test_a_rule_that_declares_it_needs_ranks_gets_shape_inference(monkeypatch):
     assert_same_function(model, result.model)
     bnfold.fold(onnx.load(MODELS / "resnet_tiny.onnx"))
     assert len(calls) == 1  # (Conv → BN: no rule asks)
+
+
+@pytest.mark.parametrize("path", REAL_MODELS, ids=lambda p: p.rsplit("/", 1)[-1])
+def test_each_layer_kind_says_its_output_channels(path):
+    """`producers.LAYERS`: every kind has its planner and reads its output channels from its
+    weight (`affine.producer_channels` asks it): a BatchNormalization after a layer has as many
+    channels as the layer says."""
+    from bnfold.affine import producer_channels
+    from bnfold.producers import LAYERS, PLANNERS
+
+    assert {op: layer.plan for op, layer in LAYERS.items()} == PLANNERS
+    model = onnx.load(path)
+    view = GraphView(model.graph, ir_version=model.ir_version, opset=default_opset(model))
+    seen = 0
+    for node in view.nodes:
+        producer = view.producer.get(node.input[0]) if node.input else None
+        if node.op_type != "BatchNormalization" or producer is None:
+            continue
+        layer = view.nodes[producer]
+        if layer.op_type in LAYERS:
+            channels = view.constant(node.input[1]).shape[0]
+            assert producer_channels(layer, view) == (channels, view.rank(node.input[0]))
+            seen += 1
+    assert seen

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConstantUpdate",
     "FoldPlan",
+    "Layer",
     "SplitPlan",
     "attributes",
     "constant_input",
@@ -17,6 +18,7 @@ __all__ = [
     "shared_output_reason",
 ]
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +27,17 @@ import onnx
 from ..graph_view import GraphView
 from ..graphs import attributes, node_label
 from ..numerics import NotRepresentable, is_float, round_to
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A kind of linear layer a BatchNormalization folds into: its planner (may I fold, and with
+    which new constants), and how to read its output channels and rank from its constant weight
+    (None where that weight does not say: what the rules that split a Concat or read arithmetic
+    next to a layer ask, `affine.producer_channels`)."""
+
+    plan: Callable[..., FoldPlan | str]
+    output_channels: Callable[[onnx.NodeProto, np.ndarray, GraphView], tuple[int, int] | None]
 
 
 @dataclass(frozen=True)

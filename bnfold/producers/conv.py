@@ -7,6 +7,7 @@ auto_pad act on the spatial axes only and are unaffected.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..graph_view import GraphView
@@ -43,6 +44,13 @@ def plan_conv(
     if problem:
         return problem
     return FoldPlan(updates, how_folded(weight.shape[0], bias is not None))
+
+
+def output_channels(
+    node: onnx.NodeProto, weight: np.ndarray, view: GraphView
+) -> tuple[int, int] | None:
+    """Row c of the weight is output channel c; the output has the weight's rank."""
+    return (weight.shape[0], weight.ndim) if weight.ndim >= 3 else None
 
 
 def how_folded(channels: int, had_bias: bool) -> str:

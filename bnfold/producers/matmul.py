@@ -7,11 +7,22 @@ Only a 2-D left operand is exact: with `A` of rank 3 (`[B, T, K]`) the MatMul ou
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..graph_view import GraphView
 from ..numerics import ChannelAffine, scale_along
 from .base import FoldPlan, constant_input, rounded_updates
+
+
+def output_channels(
+    node: onnx.NodeProto, weight: np.ndarray, view: GraphView
+) -> tuple[int, int] | None:
+    """The weight's columns, where the left operand is provably 2-D (else its channel axis 1 is
+    not theirs)."""
+    if weight.ndim != 2 or view.rank(node.input[0]) != 2:
+        return None
+    return weight.shape[1], 2
 
 
 def plan_matmul(

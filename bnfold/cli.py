@@ -25,7 +25,7 @@ import click
 
 from . import naming
 from ._version import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BnfoldError, InputError, Terminated
+from .errors import EXIT_BAD_INPUT, BnfoldError, InputError, Terminated, failure
 from .naming import printable
 from .protobuf_speed import collector_paused
 
@@ -360,15 +360,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("bnfold: interrupted", err=True)
         sys.exit(130)
-    except BnfoldError as exc:
-        click.echo(printable(f"bnfold: error: {exc}"), err=True)
-        sys.exit(exc.exit_status)
-    except UnicodeDecodeError as exc:  # a name protobuf could not decode: the model's text
-        click.echo(f"bnfold: error: the model holds text that is not valid UTF-8 ({exc})", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except RecursionError:
-        click.echo("bnfold: error: the model's graphs are nested too deeply to process", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    except (BnfoldError, UnicodeDecodeError, RecursionError) as exc:
+        status, line = failure(exc)
+        click.echo(printable(line), err=True)
+        sys.exit(status)
     except KeyboardInterrupt:
         click.echo("bnfold: interrupted", err=True)
         sys.exit(130)
@@ -378,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so in one line; the traceback only with -v
         if "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv):
             traceback.print_exc()
-        click.echo(printable(f"bnfold: internal error: {type(exc).__name__}: {exc}"), err=True)
-        sys.exit(EXIT_INTERNAL)
+        status, line = failure(exc)
+        click.echo(printable(line), err=True)
+        sys.exit(status)
     sys.exit(0)

@@ -45,6 +45,22 @@ class Unfolded(BnfoldError):
     exit_status = EXIT_UNFOLDED
 
 
+def failure(exc: Exception) -> tuple[int, str]:
+    """The exit status and the one line a command ends with for an exception: a `BnfoldError`'s
+    own, text that is not UTF-8 and graphs nested too deeply (the model's problems, exit 2),
+    and anything else an internal error (a bug, exit 3)."""
+    if isinstance(exc, BnfoldError):
+        return exc.exit_status, f"bnfold: error: {exc}"
+    if isinstance(exc, UnicodeDecodeError):  # a name protobuf could not decode: the model's text
+        return (
+            EXIT_BAD_INPUT,
+            f"bnfold: error: the model holds text that is not valid UTF-8 ({exc})",
+        )
+    if isinstance(exc, RecursionError):
+        return EXIT_BAD_INPUT, "bnfold: error: the model's graphs are nested too deeply to process"
+    return EXIT_INTERNAL, f"bnfold: internal error: {type(exc).__name__}: {exc}"
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP arrived: the run unwinds like Ctrl-C (temporary files are removed on
     the way out) and exits with 128 + the signal's number."""

@@ -142,6 +142,20 @@ class GraphEditor(GraphIndex):
             self._orphaned.add(old)
         return name
 
+    def set_op_type(self, node_index: int, op_type: str) -> None:
+        """Make a node another op (a MatMul that takes a bias becomes a Gemm), index included."""
+        self.nodes[node_index].op_type = self.op_types[node_index] = op_type
+
+    def set_attribute(self, node_index: int, name: str, value: object) -> None:
+        """Give a node the attribute `name` = `value`, replacing one of that name."""
+        node = self.nodes[node_index]
+        new = onnx.helper.make_attribute(name, value)
+        for attr in node.attribute:
+            if attr.name == name:
+                attr.CopyFrom(new)
+                return
+        node.attribute.append(new)
+
     def add_constant(self, value: np.ndarray, base_name: str, names: NameAllocator) -> str:
         """A new initializer holding `value` under a fresh name (this graph's, or the main
         graph's where this one cannot hold it: `_home_for_new_constants`); the name."""

@@ -14,12 +14,11 @@ from . import batch, naming, view
 from ._version import __version__
 from .console import Console
 from .errors import (
-    EXIT_BAD_INPUT,
-    EXIT_INTERNAL,
     BnfoldError,
     InputError,
     Unfolded,
     ValidationFailed,
+    failure,
 )
 from .model_io import atomic_file
 from .pipeline import FileResult, check_paths, fold_file, json_safe
@@ -167,7 +166,7 @@ def _folded_outcome(job: batch.Job, settings: Settings, console: Console | None)
         if refusal is not None:
             raise refusal
     except Exception as exc:
-        outcome.status, outcome.message = _failure(exc)
+        outcome.status, outcome.message = failure(exc)
         console.progress_done()  # (the phase it failed in is over)
         console.error(outcome.message)
     if outcome.report is not None:
@@ -191,20 +190,6 @@ def _options_for(job: batch.Job, settings: Settings) -> dict:
             raise InputError(base, f"cannot be written ({exc.strerror or exc})") from None
         options[kept] = base / job.name.with_suffix("")
     return options
-
-
-def _failure(exc: Exception) -> tuple[int, str]:
-    """The exit status and the one line a command of its own would end with."""
-    if isinstance(exc, BnfoldError):
-        return exc.exit_status, f"bnfold: error: {exc}"
-    if isinstance(exc, UnicodeDecodeError):
-        return (
-            EXIT_BAD_INPUT,
-            f"bnfold: error: the model holds text that is not valid UTF-8 ({exc})",
-        )
-    if isinstance(exc, RecursionError):
-        return EXIT_BAD_INPUT, "bnfold: error: the model's graphs are nested too deeply to process"
-    return EXIT_INTERNAL, f"bnfold: internal error: {type(exc).__name__}: {exc}"
 
 
 def _batch_document(outcomes, status: int) -> str:

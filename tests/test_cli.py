@@ -1,5 +1,6 @@
-"""The command line, through the real console command: outputs, reports, exit statuses, and
-the failure contract (one line, no traceback, no partial output, input untouched)."""
+"""The command line, in process (and a few real runs of the console command): outputs, reports,
+exit statuses, and the failure contract (one line, no traceback, no partial output, input
+untouched)."""
 
 from __future__ import annotations
 

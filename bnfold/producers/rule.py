@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import onnx
-
 from ..graph_view import GraphView, NameAllocator
 from ..graphs import node_label
 from ..records import Folded
@@ -167,19 +165,10 @@ def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) 
             index, update.slot, update.value, f"{stem}_bnfold_{update.role}", names
         )
     if plan.new_op_type:
-        layer.op_type = view.op_types[index] = plan.new_op_type
+        view.set_op_type(index, plan.new_op_type)
     for name, value in plan.new_attributes.items():
-        _set_attribute(layer, name, value)
+        view.set_attribute(index, name, value)
     if plan.added_bias is not None:  # (Add-1/6 broadcast only when told to)
         bias = view.add_constant(plan.added_bias, f"{stem}_bnfold_bias", names)
         attributes: dict[str, object] = {"broadcast": 1} if view.opset < 7 else {}
         view.interpose(index, "Add", [bias], names, attributes)
-
-
-def _set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
-    new = onnx.helper.make_attribute(name, value)
-    for attr in node.attribute:
-        if attr.name == name:
-            attr.CopyFrom(new)
-            return
-    node.attribute.append(new)

@@ -50,7 +50,14 @@ from .batchnorm import mode_problem
 from .constant_eval import EVALUATED_OPS
 from .graph_view import GraphView, NameAllocator
 from .graphs import ONNX_DOMAINS, attributes, node_label
-from .numerics import ChannelAffine, batchnorm_affines, folded_bias, multiply_exactly
+from .numerics import (
+    ChannelAffine,
+    batchnorm_affines,
+    finite_by_fold,
+    folded_bias,
+    multiply_exactly,
+    rounded_once,
+)
 from .producers.conv import how_folded
 from .protobuf_speed import DATA_LOCATION, DATA_TYPE, RAW_DATA, listed
 from .records import Folded
@@ -353,8 +360,8 @@ def _scaled_weights(
         if _all_finite(scaled, buffers):  # the usual case, 10x cheaper than the per-row answer
             finite = [True] * len(chunk)
         else:
-            by_row = np.isfinite(scaled).all(axis=1)
-            finite = np.logical_and.reduceat(by_row, starts[:-1]).tolist()
+            rows_start = (starts[:-1] * first.row).tolist()
+            finite = finite_by_fold(scaled, rows_start)
         yield [
             (pair, scaled[start:stop])
             for pair, start, stop, ok in zip(chunk, starts[:-1], starts[1:], finite, strict=True)
@@ -449,11 +456,10 @@ def _folded_biases(pairs: list[_Pair]) -> dict[int, tuple[np.ndarray, int]]:
             biases = [pair.bias for pair in with_bias if pair.bias is not None]
             bias = _concatenated(biases, dtype)
             folded[present] = folded_bias(bias, ChannelAffine(scale[present], shift[present]))
-        with np.errstate(over="ignore", invalid="ignore"):
-            rounded = folded.astype(dtype)
-        starts = np.concatenate(([0], np.cumsum(_lengths(group))[:-1]))
-        finite = np.logical_and.reduceat(np.isfinite(rounded), starts).tolist()
-        for pair, start, ok in zip(group, starts.tolist(), finite, strict=True):
+        rounded = rounded_once(folded, dtype)
+        starts = np.concatenate(([0], np.cumsum(_lengths(group))[:-1])).tolist()
+        finite = finite_by_fold(rounded, starts)
+        for pair, start, ok in zip(group, starts, finite, strict=True):
             if ok:
                 result[pair.bn_index] = rounded, start
     return result

@@ -697,7 +697,7 @@ def _original_movers_fail(monkeypatch) -> None:
     """The original with its movers cannot run (as where a provider lacks RandomUniformLike:
     onnxruntime 1.32 has none for opset 22)."""
     broken = SessionSource(b"not a model")
-    monkeypatch.setattr(ModelSources, "switchable_reference", lambda self: broken)
+    monkeypatch.setattr(ModelSources, "switchable_reference", lambda self: (broken, MOVING))
     monkeypatch.setattr(ModelSources, "moved_reference", lambda self: broken)
 
 
@@ -805,12 +805,14 @@ def test_the_switchable_original_runs_as_the_original_when_off_and_moved_when_on
     model = onnx.load(path)
     before = model.SerializeToString()
     sources = pair_sources(model, bnfold.fold(model).model)
-    switchable = sources.switchable_reference()
-    assert switchable is not None and model.SerializeToString() == before
+    found = sources.switchable_reference()
+    assert found is not None and model.SerializeToString() == before
+    switchable, switch = found
+    assert switch == MOVING
     feeds = make_samples(model, samples=1, seed=0).runs[0]
     factory = SessionFactory(onnxruntime, tf32=False, options={})
     off, on = run_model(
-        factory, switchable, CPU, [{**feeds, MOVING: np.array(v)} for v in (False, True)]
+        factory, switchable, CPU, [{**feeds, switch: np.array(v)} for v in (False, True)]
     )
     (plain,) = run_model(factory, SessionSource(before), CPU, [feeds])
     assert all(off[name].tobytes() == plain[name].tobytes() for name in plain)
@@ -837,3 +839,117 @@ def test_below_opset_9_the_original_s_draws_take_a_session_of_their_own(monkeypa
     report = validate(model, folded, providers=["cpu"])
     assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
     assert len(made) == 3
+
+
+def gemm_bn_float64(rng) -> onnx.ModelProto:
+    """x → Gemm → BN → Relu → Gemm → BN → y, all float64 (the movers' factor 1 ± 2^-51 is not a
+    float32 attribute: it is computed in float64)."""
+    nodes, inits, last = [], [], "x"
+    for k, (n_in, n_out) in enumerate([(8, 16), (16, 6)]):
+        gemm, bn = f"g{k}", "y" if k else "n0"
+        nodes.append(helper.make_node("Gemm", [last, f"w{k}", f"c{k}"], [gemm], transB=1))
+        nodes.append(
+            helper.make_node(
+                "BatchNormalization", [gemm, *(f"{p}{k}" for p in "sbmv")], [bn], epsilon=1e-5
+            )
+        )
+        params = {
+            f"w{k}": rng.normal(0, 1, [n_out, n_in]),
+            f"c{k}": rng.normal(0, 1, n_out),
+            f"s{k}": rng.uniform(0.5, 1.5, n_out),
+            f"b{k}": rng.normal(0, 1, n_out),
+            f"m{k}": rng.normal(0, 1, n_out),
+            f"v{k}": rng.uniform(0.5, 2, n_out),
+        }
+        inits.extend(tensor(name, value) for name, value in params.items())
+        if not k:
+            nodes.append(helper.make_node("Relu", ["n0"], ["r0"]))
+            last = "r0"
+    double = TensorProto.DOUBLE
+    return make_model(
+        nodes, [value_info("x", double, [3, 8])], [value_info("y", double, [3, 6])], inits
+    )
+
+
+def test_a_float64_model_is_calibrated_by_float64_movers(rng, monkeypatch):
+    """The original's draws move (two sessions: no fallback to the folded model's draws)."""
+    model = gemm_bn_float64(rng)
+    folded = bnfold.fold(model).model
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed, report.lines()
+    assert len(made) == 2
+    (comparison,) = report.providers[0].outputs
+    assert comparison.criterion == "calibrated" and comparison.rounding_noise > 0
+    assert not report.providers[0].notes
+    wrong = copy_with_scaled(folded, "Gemm", 1, 1 + 1e-9)
+    assert not validate(model, wrong, providers=["cpu"]).passed
+
+
+def copy_with_scaled(model: onnx.ModelProto, op_type: str, index: int, factor: float):
+    """A copy with the first `op_type` node's input `index` multiplied by `factor`."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    node = next(n for n in copy.graph.node if n.op_type == op_type)
+    init = next(t for t in copy.graph.initializer if t.name == node.input[index])
+    values = onnx.numpy_helper.to_array(init) * factor
+    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    return copy
+
+
+def test_the_switch_takes_a_name_the_model_does_not(rng, monkeypatch):
+    """A model with a value named like the switch: the switch is named anew, nothing clashes."""
+    from tests.builders import conv_bn_with
+
+    model = conv_bn_with([], rng)
+    model.graph.node[0].output[0] = MOVING  # the Conv's output, read by the BatchNormalization
+    model.graph.node[1].input[0] = MOVING
+    folded = bnfold.fold(model).model
+    found = pair_sources(model, folded).switchable_reference()
+    assert found is not None and found[1] == f"{MOVING}_2"
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and len(made) == 2 and not report.providers[0].notes
+
+
+def test_where_the_original_s_draws_move_nothing_the_folded_model_s_weights_are(monkeypatch):
+    """Movers too fine for the values they meet (float32 statistics on float16 data: the factor
+    rounds to 1; here a factor of exactly 1) leave the original's draws equal to its runs: the
+    folded model's draws are taken instead (the fed session), not a limit of zero."""
+    import bnfold.validation.perturb as perturb
+
+    model, folded = big_folded_pair()
+    real = perturb._uniform_like
+    monkeypatch.setattr(
+        perturb,
+        "_uniform_like",
+        lambda source, out, low, high, seed: real(source, out, 1.0, 1.0, seed),
+    )
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
+    assert len(made) == 3  # (the switchable original, the folded model, the fed one)
+    assert not validate(model, scaled_channel(folded, 1.01), providers=["cpu"]).passed
+
+
+def test_a_failure_part_way_through_adding_movers_leaves_the_model_as_it_was(monkeypatch):
+    import bnfold.validation.perturb as perturb
+
+    model = onnx.load(RESNET)
+    before = model.SerializeToString()
+    consumed = changed_tensors(bnfold.fold(model).model, model)
+    real, calls = perturb._mover, []
+
+    def failing(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise RuntimeError("part way")
+        return real(*args)
+
+    monkeypatch.setattr(perturb, "_mover", failing)
+    with (
+        pytest.raises(RuntimeError, match="part way"),
+        inputs_moved_by_rounding(model, consumed, switch=MOVING),
+    ):
+        pass
+    assert model.SerializeToString() == before

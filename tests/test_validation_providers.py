@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import types
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -142,6 +143,34 @@ def test_auto_uses_every_listed_compute_provider(stand_in):
         for m in module.made
         if m.get("options")
     )
+
+
+def test_other_providers_run_the_plain_original_and_its_draws_in_a_session_of_their_own(
+    stand_in, monkeypatch
+):
+    """Only the CPU runs the switchable original (bit for bit as the original at
+    ORT_DISABLE_ALL); another provider may fuse within its partition: the plain original there,
+    its draws from the moved original. Without the CPU among the providers, the CPU's run (the
+    expected outputs) is the plain original, no draws."""
+    from bnfold.validation.runs import MOVING
+
+    stand_in()
+    made: list = []
+    create = SessionFactory.create
+
+    def recorded(self, source, provider, supplied=None):
+        model = getattr(source, "model", source)  # (bytes, or a file's path)
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        made.append((provider, MOVING.encode() in data))
+        return create(self, source, provider, supplied)
+
+    monkeypatch.setattr(SessionFactory, "create", recorded)
+    report = validate(RESNET, folded(), providers=["cuda"])
+    assert report.passed and report.providers[0].outputs[0].rounding_noise > 0
+    assert made == [(CPU, False), (CUDA, False), (CUDA, False), (CUDA, False)]
+    made.clear()
+    assert validate(RESNET, folded(), providers=["cpu", "cuda"]).passed
+    assert made[0] == (CPU, True) and (CUDA, True) not in made
 
 
 def test_auto_with_a_provider_that_falls_back_reports_it_not_used(stand_in):

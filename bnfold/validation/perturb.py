@@ -337,6 +337,10 @@ def _add_movers(graph, movers: _Movers, outer_constants, edits, main: bool) -> N
     ordered: list[onnx.NodeProto] = []
     added: list[onnx.NodeProto] = []
     renamed: list[tuple[onnx.NodeProto, int, str]] = []
+    # (booked before any edit: a failure part way is undone too)
+    edit = _Edit(graph, 0, renamed) if main else _Edit(graph, 0, [], saved)
+    if main or saved is not None:
+        edits.append(edit)
     for node in nodes:
         mine = _movers_for(node, movers, constants, renamed, main)
         added.extend(mine)
@@ -345,9 +349,8 @@ def _add_movers(graph, movers: _Movers, outer_constants, edits, main: bool) -> N
             _add_movers(sub, movers, constants, edits, main=False)
     if main:
         graph.node.extend(added)
-        edits.append(_Edit(graph, len(added), renamed))
+        edit.added = len(added)
     elif added:
-        edits.append(_Edit(graph, 0, [], saved))
         del graph.node[:]
         graph.node.extend(ordered)
 
@@ -379,23 +382,44 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
     return copy
 
 
+def _uniform_like(source: str, output: str, low: float, high: float, seed: int):
+    return onnx.helper.make_node(
+        "RandomUniformLike",
+        [source],
+        [output],
+        name=f"{output}_node",
+        low=low,
+        high=high,
+        seed=float(seed),
+    )
+
+
+def _double_factor(source: str, factor: str, width: float, seed: int) -> list[onnx.NodeProto]:
+    """`factor` = 1 + width·U(-1, 1), computed in float64 (a float64 `source`)."""
+    unit, spread = f"{factor}_unit", f"{factor}_spread"
+    constants = {f"{factor}_width": width, f"{factor}_one": 1.0}
+    nodes = [_uniform_like(source, unit, -1.0, 1.0, seed)]
+    for name, value in constants.items():
+        tensor = onnx.helper.make_tensor(name, onnx.TensorProto.DOUBLE, [], [value])
+        nodes.append(
+            onnx.helper.make_node("Constant", [], [name], name=f"{name}_node", value=tensor)
+        )
+    width_name, one_name = constants
+    nodes.append(onnx.helper.make_node("Mul", [unit, width_name], [spread], name=f"{spread}_node"))
+    nodes.append(onnx.helper.make_node("Add", [one_name, spread], [factor], name=f"{factor}_node"))
+    return nodes
+
+
 def _mover(
     source: str, target: str, width: float, seed: int, tag: str, switch: str | None
 ) -> list[onnx.NodeProto]:
     factor = f"{source}{tag}_factor"
     moved = target if switch is None else f"{target}_on"
-    nodes = [
-        onnx.helper.make_node(
-            "RandomUniformLike",
-            [source],
-            [factor],
-            name=f"{factor}_node",
-            low=1.0 - width,
-            high=1.0 + width,
-            seed=float(seed),
-        ),
-        onnx.helper.make_node("Mul", [source, factor], [moved], name=f"{moved}_node"),
-    ]
+    if np.float32(1.0 - width) == 1.0:  # (float64: the attributes are float32, 1 - 2^-51 is 1)
+        nodes = _double_factor(source, factor, width, seed)
+    else:
+        nodes = [_uniform_like(source, factor, 1.0 - width, 1.0 + width, seed)]
+    nodes.append(onnx.helper.make_node("Mul", [source, factor], [moved], name=f"{moved}_node"))
     if switch is not None:
         nodes.append(
             onnx.helper.make_node("Where", [switch, moved, source], [target], name=f"{target}_node")

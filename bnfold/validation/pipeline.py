@@ -40,7 +40,7 @@ from .providers import (
     short_name,
 )
 from .report import Criterion, ProviderOutcome, Status, ValidationReport
-from .runs import MOVING, ModelSources, Outputs, moved_by_rounding, run_model
+from .runs import ModelSources, Outputs, moved_by_rounding, run_model
 
 
 def _ort_how_to() -> str:
@@ -141,11 +141,12 @@ def validate(
     calibrates = _calibrates(tolerances, reference_model)
     context = _Context(factory, sources, sample_set, tolerances, saver, changed, calibrates)
     try:
-        expected = context.original(CPU, probe)
+        expected = context.original(CPU, probe, draws=CPU in names)
         probed = expected.pop() if probe and isinstance(expected, list) else None
         context.expected = expected
         for provider in names:
             report.providers.append(_validate_on(provider, request.explicit, context))
+            context.forget_draws(provider)
         if not isinstance(expected, (str, Unavailable)):
             report.warnings.extend(_weak_evidence(context, report, reference_model, probed))
     finally:
@@ -293,26 +294,34 @@ class _Context:
         self.calibrates = calibrates  # some output is held to the calibrated limit
         self._draws: dict[str, list] = {}  # the original's draws by provider, from `original`
 
-    def original(self, provider: str, extra: list[dict] | None = None):
-        """The original on `provider`: its runs for the samples, then for `extra`. Where the
-        limit is calibrated and the original has movers (`ModelSources.switchable_reference`),
-        from one session that then runs its draws too, kept for `run_moved` (switched off, the
-        movers pass every value on bit for bit); where that session cannot run, the plain
-        original (its failure kept for `run_moved` to tell)."""
+    def original(self, provider: str, extra: list[dict] | None = None, *, draws: bool = False):
+        """The original on `provider`: its runs for the samples, then for `extra`. With `draws`
+        (the CPU, where the limit is calibrated and the original has movers:
+        `ModelSources.switchable_reference`), from one session that then runs its draws too,
+        kept for `run_moved` (switched off, the movers pass every value on bit for bit, which
+        onnxruntime's CPU provider at ORT_DISABLE_ALL keeps; other providers fuse within their
+        own partitions: there the plain original, its draws from a session of their own); where
+        that session cannot run, the plain original (its failure kept for `run_moved`)."""
         runs = [*self.samples.runs, *(extra or [])]
-        switchable = self.sources.switchable_reference() if self.calibrates else None
+        found = self.sources.switchable_reference() if draws and self.calibrates else None
         result = None
-        if switchable is not None:
-            off = [{**feeds, MOVING: np.array(False)} for feeds in runs]
-            on = [{**feeds, MOVING: np.array(True)} for feeds in self.samples.runs]
+        if found is not None:
+            switchable, switch = found
+            off = [{**feeds, switch: np.array(False)} for feeds in runs]
+            on = [{**feeds, switch: np.array(True)} for feeds in self.samples.runs]
             result = run_model(self.factory, switchable, provider, off + on * CALIBRATION_DRAWS)
-            del switchable
+            del switchable, found
             self._draws[provider] = self._split_draws(result, len(runs))
         if result is None or isinstance(result, (Unavailable, str)):
             result = run_model(self.factory, self.sources.get("reference"), provider, runs)
         samples = result[: len(self.samples.runs)] if isinstance(result, list) else result
         self.saver.save(provider, "original", samples)
         return result
+
+    def forget_draws(self, provider: str) -> None:
+        """Let a provider's draws go once its outcome is known (unused where nothing needed
+        calibrating)."""
+        self._draws.pop(provider, None)
 
     def _split_draws(self, whole, unmoved: int) -> list:
         """The draws of the switchable session's runs (after the `unmoved` ones); its failure
@@ -438,7 +447,7 @@ def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome
         outcome.status = Status.FAILED
         outcome.reason = f"the folded model lacks outputs {absent}"
         return outcome
-    moved = _moved_runs(provider, context, own[0], outcome)
+    moved = _moved_runs(provider, context, own, outcome)
     for name in dict.fromkeys(name for outputs in own for name in outputs):
         per_sample = [
             _compared_output(provider, context, own, got, moved, k, name)
@@ -454,18 +463,21 @@ def _compared(provider, options, context: _Context, own, got) -> ProviderOutcome
     return outcome
 
 
-def _moved_runs(provider, context: _Context, outputs: Outputs, outcome) -> _MovedRuns:
+def _moved_runs(provider, context: _Context, own: list[Outputs], outcome) -> _MovedRuns:
     """The runs with what the fold changed moved by rounding: the original's (its values
-    entering the arithmetic the fold replaced: one session, in-graph movers); the folded
-    model's (the weights it wrote) only where the original's cannot run (an operator the
-    provider lacks for a mover, say: said in a note) or have nothing to move."""
+    entering the arithmetic the fold replaced: in-graph movers); the folded model's (the
+    weights it wrote) only where the original's cannot run (an operator the provider lacks for
+    a mover, say: said in a note), have nothing to move, or moved no output at all (a mover
+    too fine for the values it met, as float32 statistics meeting float16 data)."""
     moved = _MovedRuns({"reference": [], "candidate": []})
-    if not _needs_calibration(context, outputs):
+    if not _needs_calibration(context, own[0]):
         return moved
     for role in ("reference", "candidate"):
         if not context.changed[role] or (role == "candidate" and moved.draws["reference"]):
             continue
         results, base = context.run_moved(role, provider)
+        if role == "reference" and results and all(_same_runs(r, own) for r in results):
+            continue  # (moved nothing: the folded model's draws are asked instead)
         for result in results:
             if isinstance(result, (Unavailable, str)):
                 outcome.notes.append(
@@ -477,6 +489,18 @@ def _moved_runs(provider, context: _Context, outputs: Outputs, outcome) -> _Move
         if role == "candidate" and moved.draws[role]:
             moved.candidate_base = base
     return moved
+
+
+def _same_runs(draw, own: list[Outputs]) -> bool:
+    """Whether a draw's runs gave exactly the unmoved runs' outputs (a failure is not)."""
+    if isinstance(draw, (Unavailable, str)) or len(draw) != len(own):
+        return False
+    return all(
+        name in moved and moved[name].tobytes() == value.tobytes()
+        for moved, unmoved in zip(draw, own, strict=True)
+        for name, value in unmoved.items()
+        if isinstance(value, np.ndarray)
+    )
 
 
 @dataclass

@@ -22,7 +22,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from ..encoding import is_repeated
-from ..graphs import default_opset, names_read
+from ..graphs import all_graphs, default_opset, names_read
 from ..model_io import (
     all_tensors,
     fits_in_one_protobuf,
@@ -84,17 +84,19 @@ class ModelSources:
         with inputs_moved_by_rounding(model, self.changed["reference"], seed=seed) as moved:
             return skeleton(model) if moved else None
 
-    def switchable_reference(self, seed: int = 0) -> SessionSource | None:
-        """The reference with the same movers as `moved_reference`, turned on by the boolean
-        input `MOVING` (off, each passes its value on bit for bit: the reference as it is), for
-        one session that runs the reference and its draws. None when there is nothing to move,
-        or the model's opset lacks `Where` (below 9)."""
+    def switchable_reference(self, seed: int = 0) -> tuple[SessionSource, str] | None:
+        """The reference with the same movers as `moved_reference`, turned on by a boolean input
+        (off, each passes its value on bit for bit: the reference as it is), for one session
+        that runs the reference and its draws; and that input's name (`MOVING`, or a variant no
+        name of the model takes). None when there is nothing to move, or the model's opset
+        lacks `Where` (below 9)."""
         model = self.models["reference"]
         if default_opset(model) < 9:
             return None
+        switch = _unused_name(model, MOVING)
         changed = self.changed["reference"]
-        with inputs_moved_by_rounding(model, changed, seed=seed, switch=MOVING) as moved:
-            return skeleton(model) if moved else None
+        with inputs_moved_by_rounding(model, changed, seed=seed, switch=switch) as moved:
+            return (skeleton(model), switch) if moved else None
 
     def moved_candidate(self, draw: int) -> SessionSource:
         """The candidate with the weights the fold wrote moved by rounding (draw `draw`): those
@@ -225,6 +227,23 @@ def skeleton(
 
 # The boolean input that turns the reference's movers on (`switchable_reference`).
 MOVING = "__bnfold_moving"
+
+
+def _unused_name(model: onnx.ModelProto, stem: str) -> str:
+    """`stem`, or `stem_2`, `stem_3`, ...: the first no input, initializer or node output of any
+    graph of the model has."""
+    taken: set[str] = set()
+    for _, graph in all_graphs(model.graph):
+        taken.update(i.name for i in graph.input)
+        taken.update(t.name for t in graph.initializer)
+        taken.update(name for node in graph.node for name in node.output)
+    name, count = stem, 1
+    while name in taken:
+        count += 1
+        name = f"{stem}_{count}"
+    return name
+
+
 # Models up to this much tensor data go to onnxruntime as bytes; bigger ones through a file.
 AS_BYTES = 64 << 20
 # Initializers of at least this many bytes go to onnxruntime as arrays, not in the encoding.

@@ -10,7 +10,7 @@ from onnx import helper
 
 import bnfold
 from bnfold.validation import Status, make_samples, validate
-from bnfold.validation.criterion import CALIBRATION_DRAWS
+from bnfold.validation.criterion import CALIBRATION_DRAWS, PerOutput
 from bnfold.validation.perturb import (
     changed_tensors,
     inputs_moved_by_rounding,
@@ -208,6 +208,26 @@ def test_explicit_tolerances_override_per_output_and_name_real_outputs():
     assert passed.passed and passed.providers[0].outputs[0].criterion == "tolerance"
     with pytest.raises(bnfold.InputError, match=r"'other', which is not an output.*logits"):
         validate(RESNET, wrong, providers=["cpu"], atol={"other": 10.0})
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("0.1", None),
+        ([1e-3], "finite number >= 0, not \\[0.001\\]"),
+        (-1.0, "finite number >= 0, not -1.0"),
+        ({"logits": "x"}, "finite number >= 0, not 'x'"),
+        (PerOutput(None, 1.0), "PerOutput.named must be a dict, not NoneType"),  # type: ignore[arg-type]
+        (PerOutput({"logits": float("nan")}), "finite number >= 0, not nan"),
+    ],
+)
+def test_malformed_tolerances_are_input_errors(given, message):
+    """Whatever a caller passes as rtol or atol: a number, or an InputError naming it."""
+    if message is None:
+        assert validate(RESNET, RESNET, providers=["cpu"], rtol=given).passed
+        return
+    with pytest.raises(bnfold.InputError, match=f"rtol.*{message}"):
+        validate(RESNET, RESNET, providers=["cpu"], rtol=given)
 
 
 def test_generated_inputs_are_seeded_and_dtype_aware():

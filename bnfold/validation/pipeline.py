@@ -7,7 +7,7 @@ import inspect
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,11 @@ def _checked_values(
         if not isinstance(value, int) or value < least:
             raise InputError(None, f"{name} must be a whole number >= {least}, not {value!r}")
     for name, given in (("rtol", rtol), ("atol", atol)):
-        for value in PerOutput.of(given).values():
+        per_output = PerOutput.of(given)
+        if not isinstance(per_output.named, Mapping):
+            kind = type(per_output.named).__name__
+            raise InputError(None, f"{name}: PerOutput.named must be a dict, not {kind}")
+        for value in per_output.values():
             try:
                 number = float(value)
             except (TypeError, ValueError):

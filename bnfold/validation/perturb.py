@@ -267,9 +267,13 @@ def inputs_moved_by_rounding(
     """Within the block, every node that reads a `consumed` tensor (the BatchNormalization, Mul
     or Add the fold removed, and the layer whose old weights it read), in any graph, reads its
     computed data inputs (`MOVABLE_INPUTS`) multiplied element-wise by a random factor within
-    2^-22 of 1 for float32, about two ULP (`RandomUniformLike`, seeded): the original's own
-    rounding of the values entering the arithmetic the fold replaced, accumulation included (a
-    layer whose inputs carry a large common offset cancels in its sums). With `switch` (the
+    two ULP of 1 of the consumed tensor's type (`_FACTOR_WIDTH`; `RandomUniformLike`, seeded;
+    for float64, whose width no float32 attribute holds, made in float64 from U(-1, 1)): the
+    original's own rounding of the values entering the arithmetic the fold replaced,
+    accumulation included (a layer whose inputs carry a large common offset cancels in its
+    sums). Data of another type than the statistics' may leave a factor of exactly 1 (float16
+    data, float32 statistics: the caller sees draws that moved nothing) or fail to run (float32
+    data, float64 statistics: the caller falls back). With `switch` (the
     model's opset must be 9 or more), the model gets a boolean scalar input of that name, and
     each mover passes its input on unchanged, bit for bit, where it is false (`Where`): one
     session runs the original as it is and moved. The movers are appended to their graph

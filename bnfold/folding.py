@@ -32,6 +32,7 @@ from .graphs import (
     default_opset,
     nested_graphs,
     node_label,
+    subgraph_path,
     subgraphs,
 )
 from .model_io import (
@@ -267,7 +268,7 @@ def _fold_graph(
             continue
         node = view.nodes[index]
         for attr_name, sub in subgraphs(node):
-            sub_path = f"{path}/{node_label(node)}.{attr_name}".lstrip("/")  # (`all_graphs`)
+            sub_path = subgraph_path(path, node, attr_name)
             if node.domain in ONNX_DOMAINS:
                 _fold_graph(sub, context, view, sub_path)
             else:

@@ -36,6 +36,7 @@ from .graphs import (
     nested_graphs,
     node_label,
     outer_references,
+    subgraph_path,
     subgraphs,
 )
 from .naming import option
@@ -191,7 +192,7 @@ class _Inliner:
                 scope.changed()
         for node in graph.node:
             for attr_name, sub in subgraphs(node):
-                sub_path = f"{path}/{node_label(node)}.{attr_name}".lstrip("/")
+                sub_path = subgraph_path(path, node, attr_name)
                 if node.domain in ONNX_DOMAINS:
                     self.inline_graph(sub, scope, sub_path)
                 else:

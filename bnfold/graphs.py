@@ -53,7 +53,13 @@ def nested_graphs(
     for index in nodes_with_subgraphs(nodes) if holders is None else holders:
         node = nodes[index]
         for attr_name, sub in subgraphs(node):
-            yield from all_graphs(sub, f"{path}/{node_label(node)}.{attr_name}".lstrip("/"))
+            yield from all_graphs(sub, subgraph_path(path, node, attr_name))
+
+
+def subgraph_path(path: str, holder: onnx.NodeProto, attr_name: str) -> str:
+    """The path of the graph in attribute `attr_name` of `holder`, a node of the graph at
+    `path` (`all_graphs`: `loop.body/if.then_branch`; the main graph's path is "")."""
+    return f"{path}/{node_label(holder)}.{attr_name}".lstrip("/")
 
 
 def all_nodes(nodes) -> Iterator[onnx.NodeProto]:

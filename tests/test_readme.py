@@ -34,19 +34,38 @@ def _layout() -> str:
     return text.split("## Layout", 1)[1].split("\n## ", 1)[0]
 
 
+def test_the_layout_names_nothing_that_is_not_there():
+    """Every path the table's first column gives, and every `name.py` in a folder's row."""
+    package = Path(bnfold.__file__).parent
+    absent = []
+    for line in _layout().splitlines():
+        if not line.startswith("| `"):
+            continue
+        key = line.split("|")[1].strip().strip("`")
+        where = package.parent if key.startswith("bnfold") else ROOT
+        if not (where / key).exists():
+            absent.append(key)
+        if key.endswith("/"):
+            for name in re.findall(r"`(\w+\.py)`", line.split("|")[2]):
+                found = list((where / key).rglob(name))
+                if not found:
+                    absent.append(f"{key}{name}")
+    assert absent == []
+
+
 def _python_files() -> list[str]:
     """The package's modules (where it is imported from: the wheel's, in the sdist's test run)
     and the repository's scripts, as paths from the root."""
     package = Path(bnfold.__file__).parent
     found = [f"bnfold/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")]
-    for folder in ("benchmarks", "models"):
+    for folder in ("benchmarks", "models", "tests"):
         found += [f"{folder}/{p.name}" for p in (ROOT / folder).glob("*.py")]
     return sorted(found)
 
 
 def test_the_layout_names_every_module():
-    """Each module is in the table: its path, or its name in the row of its folder (the
-    subpackages' `__init__.py` aside)."""
+    """Each module and test file is in the table: its path, or its name in the row of its folder
+    (the subpackages' `__init__.py` aside)."""
     rows = {
         line.split("|")[1].strip().strip("`"): line
         for line in _layout().splitlines()

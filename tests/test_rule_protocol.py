@@ -85,7 +85,10 @@ def test_a_new_rule_is_one_function_and_one_line():
         return None
 
     rules = with_first_backward_rule(keep_some)
-    assert registry.conv_pairs_batchable()
+    assert registry.conv_pairs_batchable(), (
+        "a rule asked before into_layer declares neither about_producers nor never_folds: "
+        "the vectorised Conv -> BN path is off (bnfold/producers/rule.py)"
+    )
     assert not registry.conv_pairs_batchable(rules)  # (it might answer about a Conv: asked)
     model = onnx.load(MODELS / "resnet_tiny.onnx")
     conv = next(n for n in model.graph.node if n.op_type == "Conv")

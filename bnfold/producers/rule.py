@@ -16,7 +16,10 @@ its ordered list (`backward.BACKWARD_RULES`, `forward.FORWARD_RULES`, the lists 
 `arithmetic.py`), which `registry.RULES` gives the pass by op type. A rule declares what the pass
 must know about it: which producers it answers about (`about_producers`), that it never folds
 (`never_folds`), and near which layers it needs ranks only shape inference finds
-(`infers_ranks_near`).
+(`infers_ranks_near`). A rule asked before `into_layer` that declares neither `about_producers`
+nor `never_folds` might answer about a plain Conv → BN pair: the pass then folds every pair one
+at a time (still exact, but big models lose the vectorised path's speed and its low-memory
+writes); `tests/test_rule_protocol.py` keeps the shipped lists vectorisable.
 """
 
 from __future__ import annotations

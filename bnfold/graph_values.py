@@ -251,14 +251,18 @@ class GraphValues(GraphIndex):
         if op in REDUCE_OPS and node.input:
             return self._reduced_rank(node, depth)
         if op in ("MatMul", "Add", "Sub", "Mul", "Div") and len(node.input) == 2:
-            ranks = [self._rank_within(n, depth) for n in node.input]
-            if None in ranks:
-                return None
-            known = [r for r in ranks if r is not None]
-            if op == "MatMul" and min(known) < 2:
-                return None  # (a 1-D operand drops an axis)
-            return max(known)
+            return self._broadcast_rank(node, depth)
         return None
+
+    def _broadcast_rank(self, node: onnx.NodeProto, depth: int) -> int | None:
+        """A MatMul's or a broadcasting arithmetic op's output rank: the larger of its two
+        inputs' (a MatMul with a 1-D operand drops an axis: unknown here)."""
+        ranks = [self._rank_within(n, depth) for n in node.input]
+        if ranks[0] is None or ranks[1] is None:
+            return None
+        if node.op_type == "MatMul" and min(ranks[0], ranks[1]) < 2:
+            return None
+        return max(ranks[0], ranks[1])
 
     def _squeezed_rank(self, node: onnx.NodeProto, depth: int) -> int | None:
         """A Squeeze's or Unsqueeze's output rank, when its axes are given (an input from opset

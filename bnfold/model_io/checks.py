@@ -108,7 +108,6 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: Collection[str]) -> st
 
     Graphs that are merely out of topological order are accepted (onnxruntime runs them)."""
     nodes = graph.node
-    reads = [list(node.input) for node in nodes]
     writes = [list(node.output) for node in nodes]
     given = {i.name for i in graph.input}
     given.update(t.name for t in graph.initializer)
@@ -117,31 +116,50 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: Collection[str]) -> st
     if problem:
         return problem
     given.update(t.values.name for t in graph.sparse_initializer)
-    so_far = set(given)
-    local = given
-    local.update(name for names in writes for name in names if name)
+    local = given | {name for names in writes for name in names if name}
     defined = _Scope(local, outer)
+    holders = sorted(nodes_with_subgraphs(nodes))
+    problem, in_order = _first_dangling_read(nodes, writes, given, defined, holders)
+    problem = problem or next(
+        (
+            found
+            for index in holders
+            for _, sub in subgraphs(nodes[index])
+            if (found := _first_undefined_input(sub, defined))
+        ),
+        None,
+    )
+    problem = problem or next(
+        (
+            f"graph output '{output.name}' is not computed by the graph"
+            for output in graph.output
+            if output.name not in defined
+        ),
+        None,
+    )
+    return problem or (None if in_order else _cycle(graph))
+
+
+def _first_dangling_read(
+    nodes, writes: list[list[str]], given: set[str], defined: _Scope, holders: list[int]
+) -> tuple[str | None, bool]:
+    """(A read that nothing defines, described, or None; whether every read comes after its
+    definition). A node holding subgraphs reads here what they read of the graphs around them."""
+    so_far = set(given)
     in_order = True
-    holders = set(nodes_with_subgraphs(nodes))
-    for index, names in enumerate(reads):
-        if index in holders:  # what its subgraphs read of this graph is read here too
-            names = names + [n for _, sub in subgraphs(nodes[index]) for n in outer_references(sub)]
+    holding = set(holders)
+    for index, node in enumerate(nodes):
+        names = list(node.input)
+        if index in holding:
+            names += [n for _, sub in subgraphs(node) for n in outer_references(sub)]
         for name in names:
-            if not name or name in so_far or name in outer:
+            if not name or name in so_far or name in defined.outer:
                 continue
-            if name not in local:
-                return f"node '{node_label(nodes[index])}' reads '{name}', which nothing defines"
+            if name not in defined.local:
+                return f"node '{node_label(node)}' reads '{name}', which nothing defines", in_order
             in_order = False
         so_far.update(writes[index])
-    for index in sorted(holders):
-        for _, sub in subgraphs(nodes[index]):
-            problem = _first_undefined_input(sub, defined)
-            if problem:
-                return problem
-    for output in graph.output:
-        if output.name not in defined:
-            return f"graph output '{output.name}' is not computed by the graph"
-    return None if in_order else _cycle(graph)
+    return None, in_order
 
 
 class _Scope(Collection[str]):

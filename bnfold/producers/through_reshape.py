@@ -107,18 +107,30 @@ def _plan(
         if problem:
             return problem
     elif moves and affine.channels > 1:
-        layout = Layout((ROWS, affine.channels), rows=0, columns=1)
-        for index in chain:
-            followed = follow(view.nodes[index], layout, view, opset)
-            if isinstance(followed, str):
-                return followed
-            layout = followed
-        if layout.columns != 1:
-            return (
-                f"the {affine.channels} columns of {layer.op_type} '{node_label(layer)}' reach it "
-                f"through {path} on axis {layout.columns}, not on its channel axis 1"
-            )
+        problem = _columns_problem(view, layer, chain, affine.channels, opset, path)
+        if problem:
+            return problem
     return layer_index, replace(plan, how=f"{plan.how}; through {path}, unchanged")
+
+
+def _columns_problem(
+    view: GraphView, layer: onnx.NodeProto, chain: list[int], channels: int, opset: int, path: str
+) -> str | None:
+    """Why the `channels` columns of a Gemm or MatMul (axis 1 of its 2-D output) do not reach
+    axis 1 of the BatchNormalization's input through the Reshapes/Transposes of `chain`, for
+    every row count (`follow`); None when they do."""
+    layout = Layout((ROWS, channels), rows=0, columns=1)
+    for index in chain:
+        followed = follow(view.nodes[index], layout, view, opset)
+        if isinstance(followed, str):
+            return followed
+        layout = followed
+    if layout.columns != 1:
+        return (
+            f"the {channels} columns of {layer.op_type} '{node_label(layer)}' reach it "
+            f"through {path} on axis {layout.columns}, not on its channel axis 1"
+        )
+    return None
 
 
 def _channel_axis_problem(
@@ -221,28 +233,18 @@ def _solve(sizes: list, rows: int | str, columns: int) -> tuple[list, int | str]
     if free > 1 or symbols > 1:
         return None
     value: int | str | None
-    if rows == ROWS and symbols == 1:  # N · known (· free) = N · C
-        value = columns // known if free and columns % known == 0 else None
-        if not free and known != columns:
-            return None
-    elif rows == ROWS:  # known (· free) = N · C
-        if free:
-            value = ROWS if known == columns else None
-        elif known % columns == 0:
-            return sizes, known // columns  # the row count is now known
-        else:
-            return None
-    else:  # rows known: plain numbers
-        assert isinstance(rows, int)
-        total = rows * columns
-        value = total // known if free and total % known == 0 else None
-        if not free and known != total:
-            return None
-    if free:
-        if value is None:
-            return None
-        sizes = [value if size is None else size for size in sizes]
-    return sizes, rows
+    if rows == ROWS and not symbols:  # known (· free) = N · C
+        if not free:  # (the row count is now known)
+            return (sizes, known // columns) if known % columns == 0 else None
+        value = ROWS if known == columns else None
+    else:  # N · known (· free) = N · C; or rows known, plain numbers: known (· free) = rows · C
+        total = rows * columns if isinstance(rows, int) else columns
+        if not free:
+            return (sizes, rows) if known == total else None
+        value = total // known if total % known == 0 else None
+    if value is None:
+        return None
+    return [value if size is None else size for size in sizes], rows
 
 
 def _describe(view: GraphView, chain: list[int]) -> str:

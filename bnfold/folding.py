@@ -238,6 +238,7 @@ def _fold_graph(
         inferred_ranks=context.inferred_ranks,
         budget=context.budget,
         inferred_types=context.inferred_types,
+        spill=context.spill,
     )
     # The plain Conv -> BatchNormalization pairs get their weights vectorised up front; every
     # fold is completed (or decided, for the rest) one by one, in node order.

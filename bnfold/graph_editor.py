@@ -15,7 +15,7 @@ import onnx
 from .graph_index import GraphIndex
 from .graphs import all_graphs, nodes_with_subgraphs, subgraphs
 from .protobuf_speed import NAME, listed
-from .tensor_data import RAW_DTYPES, little_endian_bytes
+from .tensor_data import RAW_DTYPES, DataFile, is_on_disk, little_endian_bytes
 
 if TYPE_CHECKING:
     from .graph_view import GraphView
@@ -112,7 +112,8 @@ class GraphEditor(GraphIndex):
 
     parent: GraphView | None
 
-    def _init_editor(self) -> None:
+    def _init_editor(self, spill: DataFile | None = None) -> None:
+        self.spill = spill  # where new values of weights on disk go (they stay on disk)
         self._orphaned: set[str] = set()  # lost a reader to an edit: removed if unread at the end
         self._vanished: set[str] = set()  # no longer exist: their value_info goes at the end
         self._placed_after: dict[int, int] = {}  # a node added by `interpose`: after which node
@@ -124,14 +125,22 @@ class GraphEditor(GraphIndex):
 
         An initializer read only by this node is overwritten in place; anything else (shared
         weights, Constant nodes, outer-scope values) gets a new initializer with a fresh name, so
-        no other reader ever sees a changed value.
+        no other reader ever sees a changed value. With a `spill` file, the new value of a
+        weight on disk goes there (and stays on disk), as the vectorised path's do.
         """
         inputs = self.nodes[node_index].input
         old = inputs[slot] if slot < len(inputs) else ""
+        on_disk = bool(old) and self._on_disk(old)
         if old and self._exclusively_owned(old, node_index, value):
-            _overwrite_tensor(self.initializers[old], value)
+            tensor = self.initializers[old]
+            if on_disk and self.spill is not None:
+                self.spill.put(tensor, little_endian_bytes(value))
+            else:
+                _overwrite_tensor(tensor, value)
             return old
         name = self.add_constant(value, base_name, names)
+        if on_disk and self.spill is not None:
+            self._spill_new(name, value)
         if slot < len(inputs):
             inputs[slot] = name
         else:
@@ -200,6 +209,19 @@ class GraphEditor(GraphIndex):
         for name in node.input:
             self.consumers.add(name, added)
         return added
+
+    def _on_disk(self, name: str) -> bool:
+        """Whether `name` is an initializer of this graph (or one around it) left on disk."""
+        tensor = self.initializers.get(name)
+        if tensor is not None:
+            return is_on_disk(tensor)
+        return self.parent is not None and self.parent._on_disk(name)
+
+    def _spill_new(self, name: str, value: np.ndarray) -> None:
+        """Move the new initializer `name` (just added) to the spill file."""
+        home = self._home_for_new_constants()
+        assert self.spill is not None
+        self.spill.put(home.initializers[name], little_endian_bytes(value))
 
     def _home_for_new_constants(self) -> GraphEditor:
         """Where a new initializer goes: this graph, except an IR < 4 subgraph that does not list

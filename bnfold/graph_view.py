@@ -12,6 +12,7 @@ from .constant_eval import EvaluationBudget
 from .graph_editor import GraphEditor, NameAllocator, tensor_dtype
 from .graph_index import Readers
 from .graph_values import GraphValues, constant_node_value
+from .tensor_data import DataFile
 
 __all__ = ["GraphView", "NameAllocator", "Readers", "constant_node_value", "tensor_dtype"]
 
@@ -38,7 +39,8 @@ class GraphView(GraphEditor, GraphValues):
         inferred_ranks: Callable[[], dict[str, int]] | None = None,
         budget: EvaluationBudget | None = None,
         inferred_types: Callable[[], dict[str, int]] | None = None,
+        spill: DataFile | None = None,
     ) -> None:
         super().__init__(graph, ir_version=ir_version, opset=opset, parent=parent, path=path)
         self._init_values(inferred_ranks, budget, inferred_types)
-        self._init_editor()
+        self._init_editor(spill)

@@ -312,8 +312,18 @@ class DataFile:
 
     def put(self, tensor: onnx.TensorProto, values: np.ndarray | bytes) -> None:
         """Append `values` (the tensor's new contents: C-contiguous, little-endian) and make the
-        tensor an on-disk tensor reading them here."""
-        offset, length = self._append(memoryview(values).cast("B"))  # type: ignore[arg-type]
+        tensor an on-disk tensor reading them here; where the tensor is here already with as
+        many bytes (a weight folded again), they are overwritten in place (no bytes left unread
+        in the file; nothing else reads them: `read` copies)."""
+        data = memoryview(values).cast("B")  # type: ignore[arg-type]
+        if self.holds(tensor) and disk_span(tensor).length == len(data):
+            self.flush()
+            try:
+                os.pwrite(self._handle.fileno(), data, disk_span(tensor).offset)
+            except OSError as exc:
+                raise self._cannot_write(exc) from None
+            return
+        offset, length = self._append(data)
         self.flush()
         put_on_disk(tensor, DiskSpan(self.path, offset, length))
 

@@ -297,10 +297,14 @@ def test_folded_weights_on_disk_go_to_the_spill_file(tmp_path, path):
             for t in lazy.graph.initializer
             if tensor_data.is_on_disk(t) and tensor_data.disk_span(t)[0] == spill.path
         ]
-        # folded Conv weights, read from the input's data file, written there (the generator's
-        # ConvTranspose folds go through the general path, which writes into the model)
-        assert bool(spilled) == any(r.into_op == "Conv" for r in result.folded)
+        # every folded weight (all were on disk: lazy_from=0), by the vectorised Conv path or
+        # a rule (the generator's ConvTranspose folds), read from the input's data file and
+        # written there; in the model only biases (the vectorised path writes them there)
+        assert bool(spilled) == bool(result.folded)
         assert not any(t.HasField("raw_data") for t in spilled)
+        original = {t.name for t in onnx.load(path).graph.initializer}
+        in_model = [t for t in lazy.graph.initializer if t.HasField("raw_data")]
+        assert all(len(t.dims) == 1 for t in in_model if t.name in original)
         expected = arrays(eager)
         for name, value in arrays(lazy).items():
             assert value.tobytes() == expected[name].tobytes(), name
@@ -437,3 +441,21 @@ def test_same_raw_data_compares_a_piece_at_a_time_in_the_model_or_on_disk(tmp_pa
     path.write_bytes(values.tobytes())
     assert tensor_data.same_raw_data(equal, on_disk, step=100)
     assert not tensor_data.same_raw_data(equal, onnx.numpy_helper.from_array(values[:-1], "v"))
+
+
+def test_a_rule_folding_a_weight_on_disk_twice_writes_it_once_in_place(tmp_path):
+    """One at a time (the rules' path, `batched=False`): conv1's weight goes to the data file at
+    bn1's fold and is overwritten there, in place, at the Mul's; each weight's bytes once."""
+    source = save_external(big_model("Mul"), tmp_path / "in")
+    lazy, eager = lazy_and_eager(source)
+    fold_in_place(eager)
+    with tensor_data.DataFile(tmp_path) as data:
+        result = fold_in_place(lazy, spill=data, batched=False)
+        assert len(result.folded) + len(result.folded_affine) == 3
+        weights = {t.name: t for t in lazy.graph.initializer}
+        assert data.holds(weights["w0"]) and data.holds(weights["w1"])
+        first = -(-64 * 32 * 9 * 4 // 4096) * 4096  # w0, page-aligned
+        assert os.path.getsize(data.path) == first + 64 * 64 * 9 * 4
+        expected = arrays(eager)
+        for name, value in arrays(lazy).items():
+            assert value.tobytes() == expected[name].tobytes(), name

@@ -139,7 +139,7 @@ def study(path: Path, seeds: list[int], providers: str, layers: int) -> dict:
 
 
 def _warned(row: dict) -> str:
-    said = {w.split(" (")[0].split(":")[0] for c in row["correct"] for w in c["warnings"]}
+    said = {_gist(w) for c in row["correct"] for w in c["warnings"]}
     return "; ".join(sorted(said)) or "-"
 
 
@@ -157,6 +157,12 @@ def table_line(row: dict) -> str:
         f"{sum(c['caught'] for c in big)}/{len(big)} | {', '.join(missed) or '-'} | "
         f"{sum(c['caught'] for c in small)}/{len(small)} | {_warned(row)} |"
     )
+
+
+def _gist(warning: str) -> str:
+    """A warning's first clause (before its parenthesis or its `: advice`), for a table cell:
+    an output name may hold a colon (`Identity:0`), so only `: ` ends the clause."""
+    return warning.split(" (")[0].split(": ")[0]
 
 
 def main() -> None:

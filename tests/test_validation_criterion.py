@@ -12,6 +12,7 @@ from bnfold.validation.criterion import (
     block_max,
     calibrated_limits,
     on_absolute_grid,
+    pooled,
     trailing_zero_bits,
 )
 from bnfold.validation.perturb import one_ulp_moved
@@ -26,6 +27,22 @@ def test_block_max_pools_consecutive_elements():
     assert np.all(pooled[BLOCK : 2 * BLOCK] == 2.0)
     assert np.all(pooled[2 * BLOCK :] == 0.0)
     assert block_max(np.ones((3, 5))).shape == (3, 5)
+
+
+def test_sparse_values_pool_their_noise_with_their_nonzero_neighbours():
+    """After a ReLU: one value per block of 32, its own noise zero (its inputs' moves cancelled
+    after rounding). It takes the largest noise among the 32 nonzero values around it in memory
+    order; the zeros keep their block's; nothing gets less than `block_max` gives."""
+    reference = np.zeros(4 * BLOCK)
+    reference[[3, BLOCK + 7, 2 * BLOCK + 1, 3 * BLOCK + 30]] = [0.2, 0.1, 0.3, 0.4]
+    noise = np.zeros_like(reference)
+    noise[[3, BLOCK + 7, 3 * BLOCK + 30]] = [1e-7, 3e-7, 2e-7]
+    result = pooled(noise, reference)
+    assert result[2 * BLOCK + 1] == 3e-7 and result[3] == 3e-7
+    assert result[2 * BLOCK + 2] == 0.0 and result[BLOCK] == 3e-7
+    assert np.all(result >= block_max(noise))
+    dense = np.arange(1.0, 2 * BLOCK + 1)
+    assert np.array_equal(pooled(noise[: 2 * BLOCK], dense), block_max(noise[: 2 * BLOCK]))
 
 
 def test_limit_is_noise_factor_times_block_noise_plus_floor():

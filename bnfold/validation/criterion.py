@@ -19,6 +19,8 @@ on the model itself (`calibrated_limits`):
 - noise is pooled over blocks of `BLOCK` consecutive elements (in memory order) by their maximum,
   because one element's noise is a single random draw, and blocks keep scales apart (an output
   that concatenates boxes in pixels and scores in [0, 1] gets a limit per part, not one for all);
+  a value that is not exactly zero is also pooled with the `BLOCK` nonzero values around it
+  (`pooled`: after a ReLU, a block may hold a single value);
 - an element fails when its deviation from the original exceeds `NOISE_FACTOR` times its block's
   noise, plus twice the block's gap between this provider and the CPU (TF32, fp16 engines), plus
   8 ULP of the block's largest value (the original rounds each element a few times more than the
@@ -148,6 +150,22 @@ def block_max(values: np.ndarray, block: int = BLOCK) -> np.ndarray:
     return np.repeat(maxima, block)[: flat.size].reshape(values.shape)
 
 
+def pooled(values: np.ndarray, reference: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """`block_max` of `values`, and where the reference is not exactly zero at least the
+    maximum over its block of `block` consecutive such elements (the zeros between them
+    skipped): after a ReLU that zeroes most of a channel, a block of 32 may hold one value, and
+    one value's noise, from two draws, can come out as zero (the moves of its inputs cancel
+    after rounding); its nonzero neighbours in memory order, the same channel, pool it."""
+    result = block_max(values, block)
+    flat = np.asarray(reference).reshape(-1)
+    kept = flat != 0
+    if kept.all() or not kept.any():
+        return result
+    out = result.reshape(-1).copy()
+    out[kept] = np.maximum(out[kept], block_max(values.reshape(-1)[kept], block))
+    return out.reshape(values.shape)
+
+
 # (mantissa bits, exponent mask) by element type
 _LAYOUT = {
     "float16": (10, 0x1F),
@@ -231,9 +249,9 @@ def calibrated_limits(
         noise = np.maximum(noise, finite_part(deviation(draw, base)))
     for draw in perturbed_reference:
         noise = np.maximum(noise, finite_part(deviation(draw, reference)))
-    limit = NOISE_FACTOR * block_max(noise)
+    limit = NOISE_FACTOR * pooled(noise, reference)
     if provider_gap is not None:
-        limit = limit + PROVIDER_GAP_FACTOR * block_max(finite_part(provider_gap))
+        limit = limit + PROVIDER_GAP_FACTOR * pooled(finite_part(provider_gap), reference)
     magnitude = finite_part(np.abs(np.asarray(reference, dtype=np.float64)))
     roundoff = unit_roundoff(reference.dtype)
     on_grid = on_absolute_grid(reference)

@@ -2,8 +2,9 @@
 
 `find_jobs` turns the inputs into one job per model file (every `*.onnx` of a folder, sub-folders
 too with `recursive`, their layout kept under OUTDIR), checked before any work: two inputs that
-would write the same output, an output folder that is an input folder, an input folder without
-models are usage errors. `run_jobs` runs a function on each job, in this process or in `workers`
+would write the same output, an output that is an input, an output folder that is an input
+folder or lies inside one that `recursive` searches, an input folder without models are usage
+errors. `run_jobs` runs a function on each job, in this process or in `workers`
 processes, and yields the outcomes in the jobs' order as they become available: one model that
 fails never stops the others. `worst_status` is the command's exit status.
 """
@@ -72,13 +73,14 @@ def find_jobs(inputs: Sequence[Path], out_dir: Path | None, recursive: bool) -> 
 def _folder_jobs(folder: Path, out_dir: Path | None, recursive: bool) -> list[Job]:
     if out_dir is not None and out_dir.resolve() == folder.resolve():
         raise InputError(out_dir, "is the input folder: the outputs would replace the inputs")
-    inside = out_dir.resolve() if out_dir is not None and out_dir.exists() else None
+    if recursive and out_dir is not None and folder.resolve() in out_dir.resolve().parents:
+        raise InputError(
+            out_dir,
+            f"is inside the input folder {folder}, which -r searches: its models would be read "
+            "as inputs and replaced; give an output folder outside it",
+        )
     found = sorted(folder.rglob("*.onnx") if recursive else folder.glob("*.onnx"))
-    files = [
-        path
-        for path in found
-        if path.is_file() and (inside is None or inside not in path.resolve().parents)
-    ]
+    files = [path for path in found if path.is_file()]
     if not files:
         depth = " or its sub-folders" if recursive else " (-r also looks in sub-folders)"
         raise InputError(folder, f"holds no *.onnx file{depth}")
@@ -95,7 +97,10 @@ def _check_distinct(jobs: list[Job]) -> None:
     outputs in the same place, also in a dry run)."""
     sources: dict[Path, Job] = {}
     names: dict[Path, Job] = {}
+    read = {job.source.resolve() for job in jobs}
     for job in jobs:
+        if job.target is not None and job.target.resolve() in read:
+            raise InputError(job.target, "is one of the input models: it would be replaced")
         if job.source.resolve() in sources:
             raise InputError(job.source, "is given twice")
         other = names.get(job.name)

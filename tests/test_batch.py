@@ -90,6 +90,11 @@ def test_without_r_sub_folders_are_left_and_an_empty_folder_is_bad_input(folder,
             ["{folder}", "-o", "{folder}"],
             "is the input folder: the outputs would replace the inputs",
         ),
+        (
+            ["{folder}", "-o", "{folder}/sub", "-r"],
+            "is inside the input folder " + "{folder}" + ", which -r searches",
+        ),
+        (["{b}", "{c}", "-o", "{folder}"], "is one of the input models: it would be replaced"),
     ],
 )
 def test_outputs_that_would_collide_are_refused_before_any_work(
@@ -107,7 +112,7 @@ def test_outputs_that_would_collide_are_refused_before_any_work(
     shutil.copy(paths["a"], paths["b"])
     paths["file"].write_text("")
     status, _, stderr = run_in_process([a.format(**paths) for a in arguments], capsys)
-    assert status == 2 and problem in stderr and len(stderr.splitlines()) == 1
+    assert status == 2 and problem.format(**paths) in stderr and len(stderr.splitlines()) == 1
     assert not paths["out"].exists() and sorted(p.name for p in paths["b"].parent.iterdir()) == [
         "resnet_tiny.onnx"
     ]

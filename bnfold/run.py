@@ -59,7 +59,7 @@ def _fold_one_file(
     console.out(view.summary_line(result.fold, elapsed, result.validation, output is None))
     if settings.as_json:
         console.document(result.report_text().rstrip("\n"))
-    refusal = _refusal(result)
+    refusal = _refusal(source, result)
     if refusal is not None:
         raise refusal
 
@@ -88,13 +88,14 @@ class Settings:
         }
 
 
-def _refusal(result: FileResult) -> BnfoldError | None:
-    """Why OUT was not written (--strict, or validation), as the error the command ends with."""
+def _refusal(source: Path, result: FileResult) -> BnfoldError | None:
+    """Why OUT was not written (--strict, or validation), as the error the command ends with,
+    naming the input model."""
     if result.unfolded:
         first = result.fold.left[0]
         kind = "BatchNormalization" if result.fold.skipped else "BN-like Mul/Add"
         return Unfolded(
-            f"{result.unfolded} {kind} left unfolded (--strict); the folded model "
+            f"{source}: {result.unfolded} {kind} left unfolded (--strict); the folded model "
             f"was not written: {first.batchnorm}: {first.reason}"
         )
     if not result.passed and result.validation is not None:
@@ -103,7 +104,7 @@ def _refusal(result: FileResult) -> BnfoldError | None:
         what = "failed" if ran else "could not run (use --no-validate to skip it)"
         first_line = next((ln for ln in validation.lines() if ln.startswith("FAILED")), "")
         return ValidationFailed(
-            f"validation {what}; the folded model was not written: {first_line}"
+            f"{source}: validation {what}; the folded model was not written: {first_line}"
         )
     return None
 
@@ -162,7 +163,7 @@ def _folded_outcome(job: batch.Job, settings: Settings, console: Console | None)
         elapsed = time.perf_counter() - started
         console.out(view.summary_line(result.fold, elapsed, result.validation, job.target is None))
         outcome.report = result.report_dict()
-        refusal = _refusal(result)
+        refusal = _refusal(job.source, result)
         if refusal is not None:
             raise refusal
     except Exception as exc:

@@ -14,6 +14,7 @@ Several models: the worst of theirs (3, then 2, 1, 4, 0).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import sys
@@ -339,10 +340,28 @@ def signals_as_interrupts():
             signal.signal(number, handler)
 
 
+def _documents_printed() -> int:
+    """How many --json documents this process has printed (none before the console exists)."""
+    console = sys.modules.get("bnfold.console")
+    return 0 if console is None else console.documents_printed
+
+
+def _json_error(argv: list[str] | None, before: int, line: str, status: int) -> None:
+    """With --json, a run that ends with an error before printing its document prints one
+    saying so: stdout is always one JSON document (`{"bnfold", "error", "exit_status",
+    "written": false}`)."""
+    if "--json" not in (sys.argv[1:] if argv is None else argv) or _documents_printed() > before:
+        return
+    document = {"bnfold": __version__, "error": line, "exit_status": status, "written": False}
+    with contextlib.suppress(OSError):  # (a reader that went away)
+        click.echo(json.dumps(document, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to one line on stderr and the documented exit status."""
     # Called from the console (argv None), the process ends with the command: the collector
     # stays off after it.
+    documents = _documents_printed()
     try:
         with (
             collector_paused(resume=argv is not None),
@@ -353,9 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(
-            printable(f"bnfold: error: {exc.format_message()} (see bnfold --help)"), err=True
-        )
+        line = printable(f"bnfold: error: {exc.format_message()} (see bnfold --help)")
+        click.echo(line, err=True)
+        _json_error(argv, documents, line, EXIT_BAD_INPUT)
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("bnfold: interrupted", err=True)
@@ -363,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     except (BnfoldError, UnicodeDecodeError, RecursionError) as exc:
         status, line = failure(exc)
         click.echo(printable(line), err=True)
+        _json_error(argv, documents, printable(line), status)
         sys.exit(status)
     except KeyboardInterrupt:
         click.echo("bnfold: interrupted", err=True)

@@ -19,6 +19,10 @@ from .records import FoldResult
 from .reporting import Reporter
 from .validation import ValidationReport
 
+# How many --json documents this process has printed (the command prints an error document
+# where it ends before printing one: `cli.main`).
+documents_printed = 0
+
 
 class Console(Reporter):
     """Where lines go: the view (`bnfold.view`) and verdicts to stdout (to stderr with --json,
@@ -68,6 +72,8 @@ class Console(Reporter):
 
     def document(self, text: str) -> None:
         """The one thing --json puts on stdout."""
+        global documents_printed
+        documents_printed += 1
         self._echo(text, err=False)
 
     def error(self, line: str) -> None:

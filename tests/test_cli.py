@@ -498,6 +498,32 @@ def test_json_puts_exactly_the_report_on_stdout(tmp_path):
     assert "op type" in proc.stderr and "validation PASSED" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "status", "problem"),
+    [
+        (["{garbage}", "-o", "{out}"], 2, "is not an ONNX model"),
+        (["{model}", "-o", "{out}", "--input-shape", "input:1x3x8x8"], 2, "model declares"),
+        (["{model}"], 2, "-o"),
+        (["{model}", "-o", "{out}", "--providers", "cuda"], 1, "validation could not run"),
+        (["{model}", "{model}", "-o", "{folder}"], 2, "is given twice"),
+    ],
+)
+def test_json_gives_one_document_whatever_the_error(tmp_path, args, status, problem):
+    """Where the run ends before its report exists (an unreadable model, a usage error), the
+    document says so; where the report exists (validation could not run), it is the report."""
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    paths = {"garbage": garbage, "out": tmp_path / "o.onnx", "model": RESNET}
+    paths["folder"] = tmp_path / "many"
+    proc = bnfold(*[a.format(**paths) for a in args], "--json")
+    assert proc.returncode == status and problem in proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["written"] is False
+    if "error" in document:
+        assert document["exit_status"] == status and problem in document["error"]
+    assert not paths["out"].exists()
+
+
 @pytest.mark.parametrize("sink", ["closed pipe", "full device"])
 def test_the_model_is_written_whatever_happens_to_stdout(tmp_path, sink):
     out = tmp_path / "o.onnx"

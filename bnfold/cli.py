@@ -146,7 +146,8 @@ def _parse_tolerance(values: tuple[str, ...], option: str) -> PerOutput | None:
     multiple=True,
     metavar="[NAME:]VALUE",
     help="Relative tolerance, global or per output (repeatable); replaces the calibrated "
-    "limit for the outputs it covers.",
+    "limit for the outputs it covers. An element fails only if it exceeds both; the one not "
+    "given defaults to rtol 1e-4 / atol 1e-5 x max|output| (float32; README).",
 )
 @click.option(
     "--atol",

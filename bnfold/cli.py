@@ -52,6 +52,8 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
         try:
             if not sep or not name:
                 raise ValueError
+            if name in shapes:
+                raise click.BadParameter(f"'{name}' is given twice", param_hint="--input-shape")
             shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
             if any(d < 0 for d in shapes[name]):
                 raise ValueError

@@ -208,6 +208,10 @@ def test_npy_inputs_and_their_errors(tmp_path):
         (["--input-shape", "input:1x3x31x32"], "the model declares batchx3x32x32"),
         (["--input-shape", "image:1x3x32x32"], "'image', which is not an input"),
         (["--rtol", "scores:1e-3"], "'scores', which is not an output"),
+        (
+            ["--input-shape", "input:1x3x32x32", "--input-shape", "input:2x3x32x32"],
+            "'input' is given twice",
+        ),
     ],
 )
 def test_validation_usage_errors(args, mentions):

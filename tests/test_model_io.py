@@ -131,6 +131,18 @@ def test_truncated_external_data_is_a_clean_error(tmp_path):
         bnfold.load_model(path)
 
 
+def test_a_negative_external_data_offset_is_named_as_such(tmp_path):
+    path = save_with_external_data(onnx.load(RESNET), tmp_path / "m")
+    model = onnx.load(path, load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.external_data)
+    for entry in tensor.external_data:
+        if entry.key == "offset":
+            entry.value = "-4096"
+    onnx.save(model, path)
+    with pytest.raises(bnfold.InputError, match="has a negative offset or length"):
+        bnfold.load_model(path)
+
+
 def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -345,6 +345,13 @@ def test_npy_needs_a_single_input_model(tmp_path):
         validate(model, model, providers="cpu", inputs=tmp_path / "a.npy")
 
 
+def test_a_file_that_is_neither_npy_nor_npz_says_so(tmp_path):
+    garbage = tmp_path / "in.npz"
+    garbage.write_bytes(bytes(range(200)))
+    with pytest.raises(bnfold.InputError, match=r"is not a \.npz or \.npy file \(its first"):
+        validate(RESNET, RESNET, providers="cpu", inputs=garbage)
+
+
 def test_saved_inputs_and_outputs_reproduce_the_run(tmp_path):
     folded = bnfold.fold(RESNET).model
     report = validate(
@@ -377,6 +384,18 @@ def test_outputs_that_hardly_depend_on_the_inputs_are_warned_about():
     assert any("hardly depends on the inputs" in w for w in report.warnings)
     assert report.lines()[0].startswith("WARNING | output 'y' hardly depends")
     assert not validate(RESNET, RESNET, providers="cpu").warnings
+
+
+def test_an_output_without_finite_values_is_warned_about():
+    model = make_model(
+        [helper.make_node("Div", ["x", "zero"], ["y"])],
+        [value_info("x", TensorProto.FLOAT, [1, 8])],
+        [value_info("y", TensorProto.FLOAT, [1, 8])],
+        [tensor("zero", np.float32(0.0))],
+    )
+    report = validate(model, model, providers="cpu")
+    assert any("has no finite value on these inputs" in w for w in report.warnings)
+    assert not any("nan" in w for w in report.warnings)
 
 
 def test_empty_outputs_do_not_count_as_validated():

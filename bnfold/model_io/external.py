@@ -115,7 +115,11 @@ def _external_span(tensor: onnx.TensorProto, base: Path, path: Path) -> tuple[Pa
         raise InputError(
             path, f"external data of tensor '{tensor.name}' cannot be read ({exc.strerror})"
         ) from None
-    if offset < 0 or available < 0 or (length is not None and length > available):
+    if offset < 0 or (length is not None and length < 0):
+        raise InputError(
+            path, f"external data of tensor '{tensor.name}' has a negative offset or length"
+        )
+    if available < 0 or (length is not None and length > available):
         raise InputError(
             path, f"external data of tensor '{tensor.name}' lies beyond the end of {location}"
         )

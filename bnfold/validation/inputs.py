@@ -286,6 +286,10 @@ def load_inputs(path: str | os.PathLike, declared: list[DeclaredInput] | None = 
     """Read `--inputs`: a .npz of input name → array, or a .npy for a model with one input."""
     path = Path(path)
     try:
+        with path.open("rb") as file:
+            head = file.read(6)
+        if not head.startswith((b"\x93NUMPY", b"PK")):  # (.npy's magic; .npz is a zip)
+            raise InputError(path, "is not a .npz or .npy file (its first bytes are neither's)")
         if path.suffix.lower() == ".npy":
             array = np.load(path, allow_pickle=False)
             return {_single_input(path, declared): array}

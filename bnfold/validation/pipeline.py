@@ -636,8 +636,15 @@ def _insensitive_outputs(first_outputs: Outputs, probed: Outputs) -> list[str]:
         second = probed.get(name)
         if second is None or not is_floating(first.dtype) or first.shape != second.shape:
             continue
-        scale = float(np.max(np.abs(first))) if first.size else 0.0
-        change = float(np.max(deviation(first, second))) if first.size else 0.0
+        finite = np.isfinite(first) & np.isfinite(second)
+        if first.size and not finite.any():
+            warnings.append(
+                f"output '{name}' has no finite value on these inputs: this validation proves "
+                f"little; give real data with {option('inputs')}"
+            )
+            continue
+        scale = float(np.max(np.abs(first[finite]))) if finite.any() else 0.0
+        change = float(np.max(deviation(first[finite], second[finite]))) if finite.any() else 0.0
         if scale > 0 and change <= INSENSITIVE * scale:
             warnings.append(
                 f"output '{name}' hardly depends on the inputs (moves {change / scale:.1g} "

@@ -28,7 +28,11 @@ from .model_io import StagedFile, StagedModel, data_file_for, load_model_and_sou
 from .records import FoldResult
 from .reporting import Reporter
 from .tensor_data import DataFile
-from .validation import ValidationReport, check_validation_options
+from .validation import (
+    ValidationReport,
+    check_validation_options,
+    check_validation_options_against,
+)
 from .validation import validate as validate_models
 
 
@@ -106,6 +110,11 @@ def fold_file(
     # fold_in_place makes the graph checks; external data stays in its files until needed
     loaded, sources = load_model_and_sources(source, check=False, lazy=True)
     _check_not_input(sources, output, report_path)
+    if validate:  # (names and shapes the options give: before the fold, not after)
+        try:
+            check_validation_options_against(loaded, validation_options)
+        except InputError as exc:
+            raise InputError(exc.path or source, exc.problem) from None
     reporter.progress_done()
     reporter.loaded(source, loaded, sum(_file_size(path) for path in sources))
     reporter.detail(f"loaded in {time.perf_counter() - started:.2f} s")

@@ -215,7 +215,10 @@ def test_npy_inputs_and_their_errors(tmp_path):
     ],
 )
 def test_validation_usage_errors(args, mentions):
-    assert_clean_failure(bnfold(RESNET, "--dry-run", *args), 2, mentions=mentions)
+    """Found before the fold: no line of its (the op table) comes first."""
+    proc = bnfold(RESNET, "--dry-run", *args)
+    assert_clean_failure(proc, 2, mentions=mentions)
+    assert "op type" not in proc.stdout + proc.stderr
 
 
 # ----- bad input and output: exit 2, one line, nothing written, input untouched -------------

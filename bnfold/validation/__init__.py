@@ -12,7 +12,7 @@
 from .compare import compare
 from .criterion import PerOutput, Tolerance
 from .inputs import load_inputs, make_samples
-from .pipeline import check_validation_options, validate
+from .pipeline import check_validation_options, check_validation_options_against, validate
 from .providers import ProviderRequest, parse_provider_options
 from .report import OutputComparison, ProviderOutcome, Status, ValidationReport
 
@@ -25,6 +25,7 @@ __all__ = [
     "Tolerance",
     "ValidationReport",
     "check_validation_options",
+    "check_validation_options_against",
     "compare",
     "load_inputs",
     "make_samples",

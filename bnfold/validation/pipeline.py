@@ -29,7 +29,15 @@ from .criterion import (
     explicit_tolerance,
     is_floating,
 )
-from .inputs import Samples, declared_inputs, load_inputs, make_samples, save_arrays
+from .inputs import (
+    Samples,
+    cast_given_inputs,
+    check_input_shapes,
+    declared_inputs,
+    load_inputs,
+    make_samples,
+    save_arrays,
+)
 from .perturb import what_the_fold_changed
 from .providers import (
     CPU,
@@ -152,6 +160,20 @@ def validate(
     finally:
         sources.close()
     return report
+
+
+def check_validation_options_against(model: onnx.ModelProto, options: dict) -> None:
+    """Before folding: what `validate` checks against the original `model` alone (its graph
+    inputs and outputs): names in `rtol`/`atol`, `input_shapes`, and `inputs` (read, and cast
+    only where the values survive); `InputError` naming the problem, as `validate` would."""
+    _check_tolerance_names(options.get("rtol"), "rtol", model)
+    _check_tolerance_names(options.get("atol"), "atol", model)
+    declared = declared_inputs(model)
+    check_input_shapes(declared, dict(options.get("input_shapes") or {}))
+    inputs = options.get("inputs")
+    if inputs is not None:
+        given = inputs if isinstance(inputs, dict) else load_inputs(inputs, declared)
+        cast_given_inputs(declared, given)
 
 
 def check_validation_options(options: dict) -> None:

@@ -158,10 +158,13 @@ def test_moving_the_original_s_inputs_leaves_the_model_as_it_was():
     before = model.SerializeToString()
     consumed = changed_tensors(bnfold.fold(model).model, model)
     with inputs_moved_by_rounding(model, consumed, seed=3) as moved:
-        assert moved == 2  # the Conv's input and the BatchNormalization's
+        assert moved == 3  # the Conv's input, the BatchNormalization's input and its output
         ops = [n.op_type for n in model.graph.node]
-        assert ops == ["Conv", "BatchNormalization", *["RandomUniformLike", "Mul"] * 2]
+        assert ops[:2] == ["Conv", "BatchNormalization"]
+        assert ops.count("RandomUniformLike") == ops.count("Sign") == 3
         assert conv.input[0] == "x__bnfold_moved0"
+        assert model.graph.node[1].output[0] == "y__bnfold_moved2"
+        assert model.graph.node[-1].output[0] == "y"  # (the graph's output: the mover writes it)
     assert model.SerializeToString() == before
     conv.name = "renamed"
     assert model.graph.node[0].name == "renamed"
@@ -958,11 +961,9 @@ def test_where_the_original_s_draws_move_nothing_the_folded_model_s_weights_are(
     import bnfold.validation.perturb as perturb
 
     model, folded = big_folded_pair()
-    real = perturb._uniform_like
+    real = perturb._mover
     monkeypatch.setattr(
-        perturb,
-        "_uniform_like",
-        lambda source, out, low, high, seed: real(source, out, 1.0, 1.0, seed),
+        perturb, "_mover", lambda source, target, width, *rest: real(source, target, 0.0, *rest)
     )
     made = _counting_sessions(monkeypatch)
     report = validate(model, folded, providers=["cpu"])

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 
-from ..graphs import all_graphs, subgraphs
+from ..graphs import all_graphs, default_opset, subgraphs
 from ..protobuf_speed import listed
 from ..tensor_data import (
     DiskSpan,
@@ -284,7 +284,8 @@ def inputs_moved_by_rounding(
         for name, t in consumed.items()
         if t.data_type in _FACTOR_WIDTH
     }
-    movers = _Movers(widths, seed, switch)
+    types = {name: consumed[name].data_type for name in widths}
+    movers = _Movers(widths, seed, switch, default_opset(model), types)
     edits: list[_Edit] = []
     inputs = model.graph.input
     try:
@@ -306,7 +307,23 @@ class _Movers:
     widths: dict[str, float]  # consumed tensor -> the factor's half-width
     seed: int
     switch: str | None  # the boolean input that turns them on, if any
+    opset: int = 9  # the model's default-domain opset
+    types: dict[str, int] = field(default_factory=dict)  # consumed tensor -> its element type
     count: int = 0
+
+    def width_for(self, node: onnx.NodeProto) -> tuple[float, int] | None:
+        """(the factor's half-width, the element type it is for) of a node's movers: those of
+        the coarsest consumed tensor it reads; None if it reads none."""
+        read = [(self.widths[n], self.types.get(n, 0)) for n in node.input if n in self.widths]
+        return max(read) if read else None
+
+    def mover(self, source: str, target: str, kind: tuple[float, int]) -> list[onnx.NodeProto]:
+        """The nodes of one more mover (`_mover`), its seed and tag its own."""
+        tag = f"__bnfold_moved{self.count}"
+        seed = self.seed * 7919 + self.count
+        self.count += 1
+        width, elem_type = kind
+        return _mover(source, target, width, seed, tag, self.switch, (self.opset, elem_type))
 
 
 @dataclass
@@ -315,8 +332,9 @@ class _Edit:
 
     graph: onnx.GraphProto
     added: int  # main graph: movers appended at the end
-    renamed: list[tuple[onnx.NodeProto, int, str]]
+    renamed: list[tuple[onnx.NodeProto, int, str]]  # (node, input position, its old name)
     saved: list[onnx.NodeProto] | None = None  # a subgraph: its node list as it was
+    outputs: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)  # (node, old name)
 
     def undo(self) -> None:
         if self.saved is not None:
@@ -325,6 +343,8 @@ class _Edit:
             return
         for node, index, name in self.renamed:
             node.input[index] = name
+        for node, name in self.outputs:
+            node.output[0] = name
         if self.added:
             del self.graph.node[-self.added :]
 
@@ -347,8 +367,9 @@ def _add_movers(graph, movers: _Movers, outer_constants, edits, main: bool) -> N
         edits.append(edit)
     for node in nodes:
         mine = _movers_for(node, movers, constants, renamed, main)
-        added.extend(mine)
-        ordered.extend([*mine, node])
+        after = _output_mover(node, movers, edit.outputs if main else None)
+        added.extend([*mine, *after])
+        ordered.extend([*mine, node, *after])
         for _, sub in subgraphs(node):
             _add_movers(sub, movers, constants, edits, main=False)
     if main:
@@ -360,24 +381,46 @@ def _add_movers(graph, movers: _Movers, outer_constants, edits, main: bool) -> N
 
 
 def _movers_for(node, movers: _Movers, constants, renamed, rename_in_place) -> list:
-    widths = movers.widths
-    width = max((widths[n] for n in node.input if n in widths), default=None)
+    kind = movers.width_for(node)
     positions = MOVABLE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
     made: list[onnx.NodeProto] = []
     for index in positions:
-        if width is None:
+        if kind is None:
             break
         name = node.input[index] if index < len(node.input) else ""
-        if not isinstance(name, str) or not name or name in constants or name in widths:
+        if not isinstance(name, str) or not name or name in constants or name in movers.widths:
             continue  # (a name that is not UTF-8 comes back as bytes: left as it is)
-        tag = f"__bnfold_moved{movers.count}"
-        seed = movers.seed * 7919 + movers.count
-        made.extend(_mover(name, name + tag, width, seed, tag, movers.switch))
+        target = f"{name}__bnfold_moved{movers.count}"
+        made.extend(movers.mover(name, target, kind))
         if rename_in_place:
             renamed.append((node, index, name))
-        node.input[index] = name + tag
-        movers.count += 1
+        node.input[index] = target
     return made
+
+
+# The nodes a fold removes (BatchNormalization, and BN written as arithmetic): their output is
+# moved too, as the original rounds it (where a large shift dominates it, that rounding is the
+# largest the fold changes, and a shift-invariant op after it, Softmax or a normalization,
+# turns it into relative error).
+REPLACED_OPS = frozenset({"BatchNormalization", "Mul", "Add", "Sub", "Div"})
+
+
+def _output_mover(node, movers: _Movers, renamed: list | None) -> list[onnx.NodeProto]:
+    """A mover for the first output of a node the fold removes that reads a consumed tensor:
+    the node writes a new name, the mover the old one. `renamed`: where the main graph books
+    the renaming (a subgraph's node list is put back whole)."""
+    kind = movers.width_for(node)
+    replaced = node.op_type in REPLACED_OPS and node.domain in ("", "ai.onnx")
+    if kind is None or not replaced or not node.output or not node.output[0]:
+        return []
+    name = node.output[0]
+    if not isinstance(name, str):
+        return []
+    source = f"{name}__bnfold_moved{movers.count}"
+    if renamed is not None:
+        renamed.append((node, name))
+    node.output[0] = source
+    return movers.mover(source, name, kind)
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -398,34 +441,64 @@ def _uniform_like(source: str, output: str, low: float, high: float, seed: int):
     )
 
 
-def _double_factor(source: str, factor: str, width: float, seed: int) -> list[onnx.NodeProto]:
-    """`factor` = 1 + width·U(-1, 1), computed in float64 (a float64 `source`)."""
-    unit, spread = f"{factor}_unit", f"{factor}_spread"
-    constants = {f"{factor}_width": width, f"{factor}_one": 1.0}
-    nodes = [_uniform_like(source, unit, -1.0, 1.0, seed)]
-    for name, value in constants.items():
-        tensor = onnx.helper.make_tensor(name, onnx.TensorProto.DOUBLE, [], [value])
-        nodes.append(
-            onnx.helper.make_node("Constant", [], [name], name=f"{name}_node", value=tensor)
-        )
-    width_name, one_name = constants
-    nodes.append(onnx.helper.make_node("Mul", [unit, width_name], [spread], name=f"{spread}_node"))
-    nodes.append(onnx.helper.make_node("Add", [one_name, spread], [factor], name=f"{factor}_node"))
-    return nodes
-
-
 def _mover(
-    source: str, target: str, width: float, seed: int, tag: str, switch: str | None
+    source: str,
+    target: str,
+    width: float,
+    seed: int,
+    tag: str,
+    switch: str | None,
+    kind: tuple[int, int],
 ) -> list[onnx.NodeProto]:
+    """`target` = `source` · a factor 1 ± width/2 (`_factor`); with `switch`, `source` itself
+    where the switch is false (`Where`: bit for bit). `kind`: (the model's opset, the element
+    type of the consumed tensor)."""
     factor = f"{source}{tag}_factor"
-    moved = target if switch is None else f"{target}_on"
-    if np.float32(1.0 - width) == 1.0:  # (float64: the attributes are float32, 1 - 2^-51 is 1)
-        nodes = _double_factor(source, factor, width, seed)
-    else:
-        nodes = [_uniform_like(source, factor, 1.0 - width, 1.0 + width, seed)]
+    moved = target if switch is None else f"{factor}_on"
+    nodes = _factor(source, factor, width, seed, *kind)
     nodes.append(onnx.helper.make_node("Mul", [source, factor], [moved], name=f"{moved}_node"))
     if switch is not None:
         nodes.append(
             onnx.helper.make_node("Where", [switch, moved, source], [target], name=f"{target}_node")
         )
     return nodes
+
+
+def _factor(
+    source: str, factor: str, width: float, seed: int, opset: int, elem_type: int
+) -> list[onnx.NodeProto]:
+    """Nodes making `factor` = 1 ± width/2 per element of `source`, the sign random
+    (`RandomUniformLike`, then `Sign`): one ULP of 1.0 either way, never exactly 1, so every
+    value moves (a factor drawn uniformly within ±width lands on 1 for 3 in 16 values in
+    float32, and a value that dominates its block, a softmax's one likely class, then shows no
+    noise of its own). The constants take `source`'s type (`CastLike`, from opset 15; before
+    it every input and output of the nodes a fold replaces has the consumed tensor's type,
+    `elem_type`). Below opset 9, without `Sign`, the factor is uniform within ±width."""
+    if opset < 9:
+        return [_uniform_like(source, factor, 1.0 - width, 1.0 + width, seed)]
+    unit, sign, spread = f"{factor}_unit", f"{factor}_sign", f"{factor}_spread"
+    step, one = f"{factor}_step", f"{factor}_one"
+    nodes = [
+        _uniform_like(source, unit, -1.0, 1.0, seed),
+        onnx.helper.make_node("Sign", [unit], [sign], name=f"{sign}_node"),
+        *_typed_constant(step, width / 2, unit, opset, elem_type),
+        *_typed_constant(one, 1.0, unit, opset, elem_type),
+        onnx.helper.make_node("Mul", [sign, step], [spread], name=f"{spread}_node"),
+        onnx.helper.make_node("Add", [one, spread], [factor], name=f"{factor}_node"),
+    ]
+    return nodes
+
+
+def _typed_constant(name: str, value: float, like: str, opset: int, elem_type: int) -> list:
+    """A scalar `value` named `name` of `like`'s type: CastLike from float64 (exact for the
+    values used here), from opset 15; before it, a constant of `elem_type`."""
+    if opset >= 15:
+        double = f"{name}_double"
+        tensor = onnx.helper.make_tensor(double, onnx.TensorProto.DOUBLE, [], [value])
+        return [
+            onnx.helper.make_node("Constant", [], [double], name=f"{double}_node", value=tensor),
+            onnx.helper.make_node("CastLike", [double, like], [name], name=f"{name}_node"),
+        ]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    tensor = onnx.numpy_helper.from_array(np.array(value, dtype=dtype), name)
+    return [onnx.helper.make_node("Constant", [], [name], name=f"{name}_node", value=tensor)]

@@ -13,6 +13,7 @@ from bnfold.validation.criterion import (
     calibrated_limits,
     on_absolute_grid,
     pooled,
+    relative_median,
     trailing_zero_bits,
 )
 from bnfold.validation.perturb import one_ulp_moved
@@ -27,6 +28,22 @@ def test_block_max_pools_consecutive_elements():
     assert np.all(pooled[BLOCK : 2 * BLOCK] == 2.0)
     assert np.all(pooled[2 * BLOCK :] == 0.0)
     assert block_max(np.ones((3, 5))).shape == (3, 5)
+
+
+def test_a_value_that_dominates_its_block_takes_its_neighbours_relative_noise():
+    """Softmax probabilities 1e-16 .. 1e-20 side by side: the likely one's own draws left it
+    where it was; it is held to the block's median noise relative to magnitude."""
+    magnitude = np.array([1e-16, *np.geomspace(1e-20, 1e-18, BLOCK - 1)])
+    noise = magnitude * 1e-6
+    noise[0] = 0.0
+    noise[1] = magnitude[1] * 1.0  # (one value near a cancellation: the median ignores it)
+    ratio = relative_median(noise, magnitude)
+    assert ratio[0] == pytest.approx(1e-6) and np.all(ratio == ratio[0])
+    reference, candidate = magnitude.astype(np.float32), magnitude.astype(np.float32)
+    candidate[0] *= np.float32(1 + 2e-6)  # (several of its ULP: as a correct fold may move it)
+    limit, _ = calibrated_limits(reference, candidate, [], [reference + noise.astype(np.float32)])
+    assert np.abs(candidate[0] - reference[0]) < limit[0] < 1e-16 * 1e-3  # (0.1 % fails)
+    assert np.all(relative_median(noise, np.zeros_like(noise)) == 0)
 
 
 def test_sparse_values_pool_their_noise_with_their_nonzero_neighbours():

@@ -7,11 +7,13 @@ rounding-level changes by orders of magnitude more than a shallow one. So the li
 on the model itself (`calibrated_limits`):
 
 - the *rounding noise* of an element is how far it moves, on the same provider with the same
-  inputs, when the original's values entering the arithmetic the fold replaced (the data
-  inputs of the BatchNormalization and of the layer) are moved by two ULP at most: rounding-
-  level changes of exactly what the fold changed, its own rounding included (which matters
-  where its arithmetic cancels: a mean close to the values it is subtracted from, inputs with a
-  large common offset). The largest over two independent draws (one draw can cancel out where
+  inputs, when the original's values entering and leaving the arithmetic the fold replaced
+  (the data inputs of the BatchNormalization and of the layer, and the BatchNormalization's
+  output) are each moved by one ULP, up or down at random: rounding-level changes of exactly
+  what the fold changed, its own rounding included (which matters where its arithmetic
+  cancels: a mean close to the values it is subtracted from, inputs with a large common
+  offset; and where a large shift dominates its output, which a Softmax or a normalization
+  after it turns into relative error). The largest over two independent draws (one draw can cancel out where
   a few weights dominate an output). Where those runs cannot be made (a provider without the
   movers' operator) or move nothing, the candidate's weights that the fold wrote are moved by
   rounding instead (a random quarter of their elements by one ULP each: half an ULP
@@ -20,7 +22,9 @@ on the model itself (`calibrated_limits`):
   because one element's noise is a single random draw, and blocks keep scales apart (an output
   that concatenates boxes in pixels and scores in [0, 1] gets a limit per part, not one for all);
   a value that is not exactly zero is also pooled with the `BLOCK` nonzero values around it
-  (`pooled`: after a ReLU, a block may hold a single value);
+  (`pooled`: after a ReLU, a block may hold a single value), and held to at least the median
+  noise relative to magnitude of those values (`relative_median`: a softmax's likely class
+  among unlikely ones dominates its block, and its own draws may cancel);
 - an element fails when its deviation from the original exceeds `NOISE_FACTOR` times its block's
   noise, plus twice the block's gap between this provider and the CPU (TF32, fp16 engines), plus
   8 ULP of the block's largest value (the original rounds each element a few times more than the
@@ -166,6 +170,27 @@ def pooled(values: np.ndarray, reference: np.ndarray, block: int = BLOCK) -> np.
     return out.reshape(values.shape)
 
 
+def relative_median(noise: np.ndarray, magnitude: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """Per nonzero element, the median of noise/magnitude over its block of `block` consecutive
+    nonzero elements (0 elsewhere): a value that dominates its block by orders of magnitude (a
+    softmax's likely class among unlikely ones) is held to its neighbours' relative noise where
+    its own draws happened to cancel (two draws of one-ULP moves can leave it where it was);
+    a median, so that a few values near a cancellation do not widen it for all."""
+    flat_noise, flat_magnitude = noise.reshape(-1), magnitude.reshape(-1)
+    kept = flat_magnitude > 0
+    result = np.zeros(flat_noise.size)
+    count = int(np.count_nonzero(kept))
+    if count == 0:
+        return result.reshape(noise.shape)
+    ratios = np.full(-(-count // block) * block, np.nan)
+    ratios[:count] = flat_noise[kept] / flat_magnitude[kept]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a last block of padding only: none)
+        medians = np.nanmedian(ratios.reshape(-1, block), axis=1)
+    result[kept] = np.repeat(medians, block)[:count]
+    return result.reshape(noise.shape)
+
+
 # (mantissa bits, exponent mask) by element type
 _LAYOUT = {
     "float16": (10, 0x1F),
@@ -249,10 +274,11 @@ def calibrated_limits(
         noise = np.maximum(noise, finite_part(deviation(draw, base)))
     for draw in perturbed_reference:
         noise = np.maximum(noise, finite_part(deviation(draw, reference)))
-    limit = NOISE_FACTOR * pooled(noise, reference)
+    magnitude = finite_part(np.abs(np.asarray(reference, dtype=np.float64)))
+    own_scale = relative_median(noise, magnitude) * magnitude
+    limit = NOISE_FACTOR * np.maximum(pooled(noise, reference), own_scale)
     if provider_gap is not None:
         limit = limit + PROVIDER_GAP_FACTOR * pooled(finite_part(provider_gap), reference)
-    magnitude = finite_part(np.abs(np.asarray(reference, dtype=np.float64)))
     roundoff = unit_roundoff(reference.dtype)
     on_grid = on_absolute_grid(reference)
     limit = limit + FLOOR_ROUNDOFFS * roundoff * block_max(magnitude)

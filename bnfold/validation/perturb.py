@@ -232,8 +232,8 @@ def _store(tensor: onnx.TensorProto, values: np.ndarray) -> None:
     tensor.raw_data = little_endian_bytes(values)
 
 
-# Relative half-width of the random factor a moved value is multiplied by, by element type:
-# two units in the last place of 1.0, so the factor lands on the grid points around 1.
+# Twice the relative move of a moved value, by element type: a value is multiplied by 1 ± half
+# of it, one unit in the last place of 1.0 (`_factor`).
 _FACTOR_WIDTH: dict[int, float] = {
     onnx.TensorProto.FLOAT: 2.0**-22,
     onnx.TensorProto.FLOAT16: 2.0**-9,
@@ -266,19 +266,19 @@ def inputs_moved_by_rounding(
 ) -> Iterator[int]:
     """Within the block, every node that reads a `consumed` tensor (the BatchNormalization, Mul
     or Add the fold removed, and the layer whose old weights it read), in any graph, reads its
-    computed data inputs (`MOVABLE_INPUTS`) multiplied element-wise by a random factor within
-    two ULP of 1 of the consumed tensor's type (`_FACTOR_WIDTH`; `RandomUniformLike`, seeded;
-    for float64, whose width no float32 attribute holds, made in float64 from U(-1, 1)): the
-    original's own rounding of the values entering the arithmetic the fold replaced,
+    computed data inputs (`MOVABLE_INPUTS`) multiplied element-wise by 1 ± one ULP of 1.0 of the
+    consumed tensor's type, the sign random (`_factor`: `RandomUniformLike` then `Sign`,
+    seeded), and the removed nodes' outputs (`REPLACED_OPS`) are moved likewise: the original's
+    own rounding of the values entering and leaving the arithmetic the fold replaced,
     accumulation included (a layer whose inputs carry a large common offset cancels in its
-    sums). Data of another type than the statistics' may leave a factor of exactly 1 (float16
-    data, float32 statistics: the caller sees draws that moved nothing) or fail to run (float32
-    data, float64 statistics: the caller falls back). With `switch` (the
-    model's opset must be 9 or more), the model gets a boolean scalar input of that name, and
-    each mover passes its input on unchanged, bit for bit, where it is false (`Where`): one
-    session runs the original as it is and moved. The movers are appended to their graph
-    (onnxruntime sorts a graph itself) and removed afterwards, and the readers' inputs renamed
-    back: the model's messages stay the same objects. Yields how many inputs were moved."""
+    sums). Data of another type than the statistics' (BatchNormalization-15) may get a factor
+    of exactly 1 (float16 or float32 data, coarser than float32 or float64 statistics: the
+    caller sees draws that moved nothing). With `switch` (the model's opset must be 9 or more),
+    the model gets a boolean scalar input of that name, and each mover passes its value on
+    unchanged, bit for bit, where it is false (`Where`): one session runs the original as it is
+    and moved. The movers are appended to their graph (onnxruntime sorts a graph itself) and
+    removed afterwards, and the nodes' inputs and outputs renamed back: the model's messages
+    stay the same objects. Yields how many values were moved."""
     widths = {
         name: _FACTOR_WIDTH[t.data_type]
         for name, t in consumed.items()

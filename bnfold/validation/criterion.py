@@ -13,11 +13,11 @@ on the model itself (`calibrated_limits`):
   what the fold changed, its own rounding included (which matters where its arithmetic
   cancels: a mean close to the values it is subtracted from, inputs with a large common
   offset; and where a large shift dominates its output, which a Softmax or a normalization
-  after it turns into relative error). The largest over two independent draws (one draw can cancel out where
-  a few weights dominate an output). Where those runs cannot be made (a provider without the
-  movers' operator) or move nothing, the candidate's weights that the fold wrote are moved by
-  rounding instead (a random quarter of their elements by one ULP each: half an ULP
-  root-mean-square, what a correct rounding may do);
+  after it turns into relative error). The largest over two independent draws (one draw can
+  cancel out where a few weights dominate an output). Where those runs cannot be made (a
+  provider without the movers' operator) or move nothing, the candidate's weights that the fold
+  wrote are moved by rounding instead (a random quarter of their elements by one ULP each:
+  half an ULP root-mean-square, what a correct rounding may do);
 - noise is pooled over blocks of `BLOCK` consecutive elements (in memory order) by their maximum,
   because one element's noise is a single random draw, and blocks keep scales apart (an output
   that concatenates boxes in pixels and scores in [0, 1] gets a limit per part, not one for all);

@@ -1093,3 +1093,45 @@ def test_a_softmax_after_a_bn_whose_shift_dominates_passes_and_catches_errors():
             report = validate(model, folded, providers=["cpu"], seed=seed)
             assert report.passed, (model_seed, report.lines())
     assert not validate(model, scaled_channel(folded, 1.001), providers=["cpu"]).passed
+
+
+def test_bn14_statistics_of_another_type_than_its_data_are_moved_in_the_data_s_type(rng):
+    """BatchNormalization-14: float16 mean and variance, float32 data and scale. The movers'
+    constants take the data's type (the scale's), so the original's draws run."""
+    from tests.builders import bn_params
+
+    params = bn_params(rng, 4)
+    for t in params[2:]:  # (mean, variance)
+        values = onnx.numpy_helper.to_array(t).astype(np.float16)
+        t.CopyFrom(onnx.numpy_helper.from_array(values, t.name))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+        helper.make_node("BatchNormalization", ["c", *(t.name for t in params)], ["y"]),
+    ]
+    weight = tensor("w", rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32))
+    shape = [1, 4, 5, 5]
+    model = make_model(
+        nodes,
+        [value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [value_info("y", TensorProto.FLOAT, shape)],
+        [weight, *params],
+        opset=14,
+    )
+    folded = bnfold.fold(model).model
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and not report.providers[0].notes, report.lines()
+    assert report.providers[0].outputs[0].rounding_noise > 0
+
+
+def test_mover_names_never_meet_the_model_s_own(monkeypatch):
+    """A node named as a mover's would be, and values named like the movers' stem: the
+    original's draws still run (no note of a fallback)."""
+    model = cancelling_model()
+    model.graph.node[0].name = "y_node"
+    model.graph.node[0].output[0] = "c__bnfold_moved1"
+    model.graph.node[1].input[0] = "c__bnfold_moved1"
+    folded = bnfold.fold(model).model
+    made = _counting_sessions(monkeypatch)
+    report = validate(model, folded, providers=["cpu"])
+    assert report.passed and not report.providers[0].notes, report.lines()
+    assert len(made) == 2

@@ -46,6 +46,17 @@ def test_a_value_that_dominates_its_block_takes_its_neighbours_relative_noise():
     assert np.all(relative_median(noise, np.zeros_like(noise)) == 0)
 
 
+def test_neighbours_that_cancel_do_not_lend_their_relative_noise_beyond_32_ulp():
+    """17 leftovers of a subtraction (relative noise 0.1) beside 15 values of 3: a 14 % error
+    in one of those must still fail (the relative term is capped at 32 ULP)."""
+    reference = np.array([2e-6] * 17 + [3.0] * 15, dtype=np.float32)
+    noise = np.where(reference < 1, 2e-7, 1e-6)
+    candidate = reference.copy()
+    candidate[-1] *= np.float32(1.14)
+    limit, _ = calibrated_limits(reference, candidate, [], [reference + noise.astype(np.float32)])
+    assert limit[-1] < 0.001 * 3.0 and abs(candidate[-1] - reference[-1]) > limit[-1]
+
+
 def test_sparse_values_pool_their_noise_with_their_nonzero_neighbours():
     """After a ReLU: one value per block of 32, its own noise zero (its inputs' moves cancelled
     after rounding). It takes the largest noise among the 32 nonzero values around it in memory

@@ -23,8 +23,8 @@ on the model itself (`calibrated_limits`):
   that concatenates boxes in pixels and scores in [0, 1] gets a limit per part, not one for all);
   a value that is not exactly zero is also pooled with the `BLOCK` nonzero values around it
   (`pooled`: after a ReLU, a block may hold a single value), and held to at least the median
-  noise relative to magnitude of those values (`relative_median`: a softmax's likely class
-  among unlikely ones dominates its block, and its own draws may cancel);
+  noise relative to magnitude of those values, up to 32 ULP (`relative_median`: a softmax's
+  likely class among unlikely ones dominates its block, and its own draws may cancel);
 - an element fails when its deviation from the original exceeds `NOISE_FACTOR` times its block's
   noise, plus twice the block's gap between this provider and the CPU (TF32, fp16 engines), plus
   8 ULP of the block's largest value (the original rounds each element a few times more than the
@@ -64,6 +64,9 @@ FLOOR_ROUNDOFFS = 16.0  # 8 ULP of the block's largest value
 GRID_BITS_SHARE = 0.25
 GRID_FLOOR_ROUNDOFFS = 8.0
 PROVIDER_GAP_FACTOR = 2.0
+# The most noise relative to magnitude a value takes from its neighbours (`relative_median`):
+# 32 ULP. More is cancellation among them, which says nothing about a value that dominates them.
+RELATIVE_CAP_ROUNDOFFS = 64.0
 
 # Explicit-tolerance defaults, used when only one of rtol/atol is given for an output.
 DEFAULT_RTOL = {"float64": 1e-7, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
@@ -275,11 +278,11 @@ def calibrated_limits(
     for draw in perturbed_reference:
         noise = np.maximum(noise, finite_part(deviation(draw, reference)))
     magnitude = finite_part(np.abs(np.asarray(reference, dtype=np.float64)))
-    own_scale = relative_median(noise, magnitude) * magnitude
-    limit = NOISE_FACTOR * np.maximum(pooled(noise, reference), own_scale)
+    roundoff = unit_roundoff(reference.dtype)
+    relative = np.minimum(relative_median(noise, magnitude), RELATIVE_CAP_ROUNDOFFS * roundoff)
+    limit = NOISE_FACTOR * np.maximum(pooled(noise, reference), relative * magnitude)
     if provider_gap is not None:
         limit = limit + PROVIDER_GAP_FACTOR * pooled(finite_part(provider_gap), reference)
-    roundoff = unit_roundoff(reference.dtype)
     on_grid = on_absolute_grid(reference)
     limit = limit + FLOOR_ROUNDOFFS * roundoff * block_max(magnitude)
     limit = limit + np.where(on_grid, GRID_FLOOR_ROUNDOFFS * roundoff, 0.0)

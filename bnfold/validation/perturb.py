@@ -285,7 +285,8 @@ def inputs_moved_by_rounding(
         if t.data_type in _FACTOR_WIDTH
     }
     types = {name: consumed[name].data_type for name in widths}
-    movers = _Movers(widths, seed, switch, default_opset(model), types)
+    stem = _unused_stem(model, "__bnfold_moved")
+    movers = _Movers(widths, seed, switch, default_opset(model), types, stem)
     edits: list[_Edit] = []
     inputs = model.graph.input
     try:
@@ -300,6 +301,25 @@ def inputs_moved_by_rounding(
             edit.undo()
 
 
+def _unused_stem(model: onnx.ModelProto, stem: str) -> str:
+    """`stem`, or `stem_2`, ...: the first that no tensor or node name of any graph of the
+    model contains (the movers' names are built on it)."""
+    names: list[str] = []
+    for _, graph in all_graphs(model.graph):
+        names.extend(i.name for i in graph.input)
+        names.extend(t.name for t in graph.initializer)
+        for node in graph.node:
+            names.append(node.name)
+            names.extend(node.input)
+            names.extend(node.output)
+    text = "\n".join(name for name in names if isinstance(name, str))
+    candidate, count = stem, 1
+    while candidate in text:
+        count += 1
+        candidate = f"{stem}_{count}_"
+    return candidate
+
+
 @dataclass
 class _Movers:
     """What the movers of one model are made from, and how many there are so far."""
@@ -309,17 +329,32 @@ class _Movers:
     switch: str | None  # the boolean input that turns them on, if any
     opset: int = 9  # the model's default-domain opset
     types: dict[str, int] = field(default_factory=dict)  # consumed tensor -> its element type
+    stem: str = "__bnfold_moved"  # what the movers' names carry (no name of the model does)
     count: int = 0
+    moved_outputs: set[str] = field(default_factory=set)  # written by an output's mover
+
+    def tag(self) -> str:
+        """The next mover's tag (unique in the model)."""
+        return f"{self.stem}{self.count}"
 
     def width_for(self, node: onnx.NodeProto) -> tuple[float, int] | None:
         """(the factor's half-width, the element type it is for) of a node's movers: those of
-        the coarsest consumed tensor it reads; None if it reads none."""
+        its data's type where a consumed input has it (a BatchNormalization's scale: from
+        opset 14 on its mean and variance may have another), else of the coarsest consumed
+        tensor it reads; None if it reads none."""
         read = [(self.widths[n], self.types.get(n, 0)) for n in node.input if n in self.widths]
-        return max(read) if read else None
+        if not read:
+            return None
+        scale = (
+            node.input[1] if node.op_type == "BatchNormalization" and len(node.input) > 1 else ""
+        )
+        if scale in self.widths:
+            return self.widths[scale], self.types.get(scale, 0)
+        return max(read)
 
     def mover(self, source: str, target: str, kind: tuple[float, int]) -> list[onnx.NodeProto]:
         """The nodes of one more mover (`_mover`), its seed and tag its own."""
-        tag = f"__bnfold_moved{self.count}"
+        tag = self.tag()
         seed = self.seed * 7919 + self.count
         self.count += 1
         width, elem_type = kind
@@ -390,7 +425,9 @@ def _movers_for(node, movers: _Movers, constants, renamed, rename_in_place) -> l
         name = node.input[index] if index < len(node.input) else ""
         if not isinstance(name, str) or not name or name in constants or name in movers.widths:
             continue  # (a name that is not UTF-8 comes back as bytes: left as it is)
-        target = f"{name}__bnfold_moved{movers.count}"
+        if name in movers.moved_outputs:
+            continue  # (moved once where it is written: a Mul → Add, a BN → a forward fold)
+        target = f"{name}{movers.tag()}"
         made.extend(movers.mover(name, target, kind))
         if rename_in_place:
             renamed.append((node, index, name))
@@ -416,10 +453,11 @@ def _output_mover(node, movers: _Movers, renamed: list | None) -> list[onnx.Node
     name = node.output[0]
     if not isinstance(name, str):
         return []
-    source = f"{name}__bnfold_moved{movers.count}"
+    source = f"{name}{movers.tag()}"
     if renamed is not None:
         renamed.append((node, name))
     node.output[0] = source
+    movers.moved_outputs.add(name)
     return movers.mover(source, name, kind)
 
 
@@ -456,10 +494,12 @@ def _mover(
     factor = f"{source}{tag}_factor"
     moved = target if switch is None else f"{factor}_on"
     nodes = _factor(source, factor, width, seed, *kind)
-    nodes.append(onnx.helper.make_node("Mul", [source, factor], [moved], name=f"{moved}_node"))
-    if switch is not None:
+    nodes.append(onnx.helper.make_node("Mul", [source, factor], [moved], name=f"{factor}_mul"))
+    if switch is not None:  # (node names from the factor's: the target may be the model's own)
         nodes.append(
-            onnx.helper.make_node("Where", [switch, moved, source], [target], name=f"{target}_node")
+            onnx.helper.make_node(
+                "Where", [switch, moved, source], [target], name=f"{factor}_where"
+            )
         )
     return nodes
 
@@ -468,12 +508,12 @@ def _factor(
     source: str, factor: str, width: float, seed: int, opset: int, elem_type: int
 ) -> list[onnx.NodeProto]:
     """Nodes making `factor` = 1 ± width/2 per element of `source`, the sign random
-    (`RandomUniformLike`, then `Sign`): one ULP of 1.0 either way, never exactly 1, so every
-    value moves (a factor drawn uniformly within ±width lands on 1 for 3 in 16 values in
-    float32, and a value that dominates its block, a softmax's one likely class, then shows no
-    noise of its own). The constants take `source`'s type (`CastLike`, from opset 15; before
-    it every input and output of the nodes a fold replaces has the consumed tensor's type,
-    `elem_type`). Below opset 9, without `Sign`, the factor is uniform within ±width."""
+    (`RandomUniformLike`, then `Sign`): one ULP of 1.0 either way, so every value moves (a
+    factor drawn uniformly within ±width lands on 1 for 3 in 16 values in float32, and a value
+    that dominates its block, a softmax's one likely class, then shows no noise of its own;
+    here only `Sign` of an exact 0, one value in 2^24, leaves 1). The constants take `source`'s
+    type (`CastLike`, from opset 15; before it, `elem_type`: the type of the node's data,
+    `_Movers.width_for`). Below opset 9, without `Sign`, the factor is uniform within ±width."""
     if opset < 9:
         return [_uniform_like(source, factor, 1.0 - width, 1.0 + width, seed)]
     unit, sign, spread = f"{factor}_unit", f"{factor}_sign", f"{factor}_spread"

@@ -193,6 +193,24 @@ def read(path: str, offset: int, length: int) -> bytes:
     return data
 
 
+def mapped(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """An on-disk tensor's values as a read-only memory map of its file (no copy: the pages are
+    read as they are used), or None where numpy cannot read its bytes as they are."""
+    dtype = RAW_DTYPES.get(tensor.data_type)
+    if dtype is None or not is_on_disk(tensor):
+        return None
+    path, offset, length = disk_span(tensor)
+    shape = tuple(listed(tensor.dims))
+    if length != dtype.itemsize * math.prod(shape):
+        return None
+    if length == 0:
+        return np.zeros(shape, dtype)
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, exc if isinstance(exc, OSError) else OSError(str(exc))) from None
+
+
 def read_into(tensor: onnx.TensorProto, buffer: memoryview) -> None:
     """Fill `buffer` (exactly the tensor's size) with an on-disk tensor's bytes, or raise
     `InputError` as `read` does."""

@@ -259,6 +259,21 @@ def test_other_tensor_types_on_disk_read_through_numpy_helper(tmp_path):
     assert tensor_data.is_on_disk(tensor)  # reading leaves it on disk
 
 
+def test_a_tensor_on_disk_maps_read_only_without_a_copy(tmp_path):
+    values = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    tensor = onnx.numpy_helper.from_array(values, "v")
+    path = tmp_path / "v.bin"
+    path.write_bytes(b"\0" * 100 + tensor.raw_data)
+    tensor_data.put_on_disk(tensor, tensor_data.DiskSpan(str(path.resolve()), 100, values.nbytes))
+    view = tensor_data.mapped(tensor)
+    assert view is not None and np.array_equal(view, values) and view.shape == (2, 3, 4)
+    assert not view.flags.writeable
+    assert tensor_data.mapped(onnx.numpy_helper.from_array(values, "w")) is None  # in the model
+    ints = onnx.numpy_helper.from_array(np.arange(4, dtype=np.int32), "i")
+    tensor_data.put_on_disk(ints, tensor_data.DiskSpan(str(path.resolve()), 0, 16))
+    assert tensor_data.mapped(ints) is None  # (a type numpy reads otherwise: read, not mapped)
+
+
 def test_fold_accepts_a_lazily_loaded_model(tmp_path):
     source = save_with_external_data(onnx.load(MODELS / "resnet_tiny.onnx"), tmp_path)
     lazy, eager = lazy_and_eager(source, lazy_from=0)

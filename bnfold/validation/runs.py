@@ -30,7 +30,7 @@ from ..model_io import (
     save_model,
     tensor_data_size,
 )
-from ..tensor_data import is_on_disk, raw_bytes, set_raw_data, tensor_to_array
+from ..tensor_data import is_on_disk, mapped, raw_bytes, set_raw_data, tensor_to_array
 from .perturb import inputs_moved_by_rounding, one_ulp_moved, weights_moved_by_rounding
 from .providers import SessionFactory, Unavailable
 
@@ -204,7 +204,9 @@ def skeleton(
                 info = onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, shape)
                 copy.graph.input.append(info)
         elif _suppliable(tensor):
-            own = tensor_to_array(tensor) if values is None else values
+            own = values if values is not None else mapped(tensor)
+            if own is None:
+                own = tensor_to_array(tensor)
             supplied[tensor.name] = np.ascontiguousarray(own)
             placeholder = copy.graph.initializer.add()
             placeholder.name, placeholder.data_type = tensor.name, tensor.data_type

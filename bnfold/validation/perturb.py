@@ -488,20 +488,32 @@ def _mover(
     switch: str | None,
     kind: tuple[int, int],
 ) -> list[onnx.NodeProto]:
-    """`target` = `source` · a factor 1 ± width/2 (`_factor`); with `switch`, `source` itself
-    where the switch is false (`Where`: bit for bit). `kind`: (the model's opset, the element
-    type of the consumed tensor)."""
+    """`target` = `source` · a factor 1 ± width/2 (`_factor`); with `switch`, an `If` on it:
+    `source` itself where it is false (`Identity`: bit for bit, and the mover's work is not
+    done), moved where it is true. `kind`: (the model's opset, the element type of the data)."""
     factor = f"{source}{tag}_factor"
     moved = target if switch is None else f"{factor}_on"
     nodes = _factor(source, factor, width, seed, *kind)
     nodes.append(onnx.helper.make_node("Mul", [source, factor], [moved], name=f"{factor}_mul"))
-    if switch is not None:  # (node names from the factor's: the target may be the model's own)
-        nodes.append(
-            onnx.helper.make_node(
-                "Where", [switch, moved, source], [target], name=f"{factor}_where"
-            )
-        )
-    return nodes
+    if switch is None:
+        return nodes
+    off = f"{factor}_off"  # (node names from the factor's: the target may be the model's own)
+    on_branch = onnx.helper.make_graph(
+        nodes, f"{factor}_moved", [], [onnx.helper.make_empty_tensor_value_info(moved)]
+    )
+    identity = onnx.helper.make_node("Identity", [source], [off], name=f"{factor}_identity")
+    off_branch = onnx.helper.make_graph(
+        [identity], f"{factor}_as_is", [], [onnx.helper.make_empty_tensor_value_info(off)]
+    )
+    switched = onnx.helper.make_node(
+        "If",
+        [switch],
+        [target],
+        name=f"{factor}_if",
+        then_branch=on_branch,
+        else_branch=off_branch,
+    )
+    return [switched]
 
 
 def _factor(

@@ -274,11 +274,12 @@ def inputs_moved_by_rounding(
     sums). Data of another type than the statistics' (BatchNormalization-15) may get a factor
     of exactly 1 (float16 or float32 data, coarser than float32 or float64 statistics: the
     caller sees draws that moved nothing). With `switch` (the model's opset must be 9 or more),
-    the model gets a boolean scalar input of that name, and each mover passes its value on
-    unchanged, bit for bit, where it is false (`Where`): one session runs the original as it is
-    and moved. The movers are appended to their graph (onnxruntime sorts a graph itself) and
-    removed afterwards, and the nodes' inputs and outputs renamed back: the model's messages
-    stay the same objects. Yields how many values were moved."""
+    the model gets a boolean scalar input of that name, and each mover is an `If` on it that
+    passes its value on unchanged, bit for bit, where it is false (`Identity`, the moving not
+    done): one session runs the original as it is and moved. The movers are appended to their
+    graph (onnxruntime sorts a graph itself) and removed afterwards, and the nodes' inputs and
+    outputs renamed back: the model's messages stay the same objects. Yields how many values
+    were moved."""
     widths = {
         name: _FACTOR_WIDTH[t.data_type]
         for name, t in consumed.items()

@@ -88,8 +88,8 @@ class ModelSources:
         """The reference with the same movers as `moved_reference`, turned on by a boolean input
         (off, each passes its value on bit for bit: the reference as it is), for one session
         that runs the reference and its draws; and that input's name (`MOVING`, or a variant no
-        name of the model takes). None when there is nothing to move, or the model's opset
-        lacks `Where` (below 9)."""
+        name of the model takes). None when there is nothing to move, or below opset 9 (no
+        `Sign`: movers of another kind, not switched)."""
         model = self.models["reference"]
         if default_opset(model) < 9:
             return None

@@ -212,6 +212,10 @@ def test_npy_inputs_and_their_errors(tmp_path):
             ["--input-shape", "input:1x3x32x32", "--input-shape", "input:2x3x32x32"],
             "'input' is given twice",
         ),
+        (
+            ["--providers", "cpu", "--provider-option", "cuda:use_tf32=1"],
+            "--provider-option for cuda, which --providers does not ask for (cpu)",
+        ),
     ],
 )
 def test_validation_usage_errors(args, mentions):

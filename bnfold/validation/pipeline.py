@@ -223,6 +223,14 @@ def _checked_values(
     for name, given in (("input_shapes", input_shapes), ("provider_options", provider_options)):
         if given is not None and not isinstance(given, dict):
             raise InputError(None, f"{name} must be a dict, not {type(given).__name__}")
+    unasked = [p for p in provider_options or {} if request.explicit and p not in request.providers]
+    if unasked:
+        asked = ", ".join(map(short_name, request.providers))
+        raise InputError(
+            None,
+            f"{option('provider_options')} for {short_name(unasked[0])}, which "
+            f"{option('providers')} does not ask for ({asked})",
+        )
     return request
 
 

@@ -286,7 +286,7 @@ def inputs_moved_by_rounding(
         if t.data_type in _FACTOR_WIDTH
     }
     types = {name: consumed[name].data_type for name in widths}
-    stem = _unused_stem(model, "__bnfold_moved")
+    stem = unused_stem(model, "__bnfold_moved")
     movers = _Movers(widths, seed, switch, default_opset(model), types, stem)
     edits: list[_Edit] = []
     inputs = model.graph.input
@@ -302,9 +302,9 @@ def inputs_moved_by_rounding(
             edit.undo()
 
 
-def _unused_stem(model: onnx.ModelProto, stem: str) -> str:
-    """`stem`, or `stem_2`, ...: the first that no tensor or node name of any graph of the
-    model contains (the movers' names are built on it)."""
+def unused_stem(model: onnx.ModelProto, stem: str) -> str:
+    """`stem`, or `stem_2`, `stem_3`, ...: the first that no tensor or node name of any graph of
+    the model contains, so that no name built on it meets one of the model's."""
     names: list[str] = []
     for _, graph in all_graphs(model.graph):
         names.extend(i.name for i in graph.input)
@@ -317,7 +317,7 @@ def _unused_stem(model: onnx.ModelProto, stem: str) -> str:
     candidate, count = stem, 1
     while candidate in text:
         count += 1
-        candidate = f"{stem}_{count}_"
+        candidate = f"{stem}_{count}"
     return candidate
 
 
@@ -343,14 +343,14 @@ class _Movers:
         its data's type where a consumed input has it (a BatchNormalization's scale: from
         opset 14 on its mean and variance may have another), else of the coarsest consumed
         tensor it reads; None if it reads none."""
-        read = [(self.widths[n], self.types.get(n, 0)) for n in node.input if n in self.widths]
+        read = [(self.widths[n], self.types[n]) for n in node.input if n in self.widths]
         if not read:
             return None
         scale = (
             node.input[1] if node.op_type == "BatchNormalization" and len(node.input) > 1 else ""
         )
         if scale in self.widths:
-            return self.widths[scale], self.types.get(scale, 0)
+            return self.widths[scale], self.types[scale]
         return max(read)
 
     def mover(self, source: str, target: str, kind: tuple[float, int]) -> list[onnx.NodeProto]:

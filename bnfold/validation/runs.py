@@ -22,7 +22,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from ..encoding import is_repeated
-from ..graphs import all_graphs, default_opset, names_read
+from ..graphs import default_opset, names_read
 from ..model_io import (
     all_tensors,
     fits_in_one_protobuf,
@@ -31,7 +31,12 @@ from ..model_io import (
     tensor_data_size,
 )
 from ..tensor_data import is_on_disk, mapped, raw_bytes, set_raw_data, tensor_to_array
-from .perturb import inputs_moved_by_rounding, one_ulp_moved, weights_moved_by_rounding
+from .perturb import (
+    inputs_moved_by_rounding,
+    one_ulp_moved,
+    unused_stem,
+    weights_moved_by_rounding,
+)
 from .providers import SessionFactory, Unavailable
 
 Outputs = dict[str, np.ndarray]
@@ -88,12 +93,12 @@ class ModelSources:
         """The reference with the same movers as `moved_reference`, turned on by a boolean input
         (off, each passes its value on bit for bit: the reference as it is), for one session
         that runs the reference and its draws; and that input's name (`MOVING`, or a variant no
-        name of the model takes). None when there is nothing to move, or below opset 9 (no
-        `Sign`: movers of another kind, not switched)."""
+        name of the model contains: `unused_stem`). None when there is nothing to move, or
+        below opset 9 (no `Sign`: movers of another kind, not switched)."""
         model = self.models["reference"]
         if default_opset(model) < 9:
             return None
-        switch = _unused_name(model, MOVING)
+        switch = unused_stem(model, MOVING)
         changed = self.changed["reference"]
         with inputs_moved_by_rounding(model, changed, seed=seed, switch=switch) as moved:
             return (skeleton(model), switch) if moved else None
@@ -229,21 +234,6 @@ def skeleton(
 
 # The boolean input that turns the reference's movers on (`switchable_reference`).
 MOVING = "__bnfold_moving"
-
-
-def _unused_name(model: onnx.ModelProto, stem: str) -> str:
-    """`stem`, or `stem_2`, `stem_3`, ...: the first no input, initializer or node output of any
-    graph of the model has."""
-    taken: set[str] = set()
-    for _, graph in all_graphs(model.graph):
-        taken.update(i.name for i in graph.input)
-        taken.update(t.name for t in graph.initializer)
-        taken.update(name for node in graph.node for name in node.output)
-    name, count = stem, 1
-    while name in taken:
-        count += 1
-        name = f"{stem}_{count}"
-    return name
 
 
 # Models up to this much tensor data go to onnxruntime as bytes; bigger ones through a file.

@@ -112,7 +112,7 @@ def fold_file(
     _check_not_input(sources, output, report_path)
     if validate:  # (names and shapes the options give: before the fold, not after)
         try:
-            check_validation_options_against(loaded, validation_options)
+            validation_options = check_validation_options_against(loaded, validation_options)
         except InputError as exc:
             raise InputError(exc.path or source, exc.problem) from None
     reporter.progress_done()

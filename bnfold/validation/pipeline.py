@@ -162,18 +162,21 @@ def validate(
     return report
 
 
-def check_validation_options_against(model: onnx.ModelProto, options: dict) -> None:
+def check_validation_options_against(model: onnx.ModelProto, options: dict) -> dict:
     """Before folding: what `validate` checks against the original `model` alone (its graph
     inputs and outputs): names in `rtol`/`atol`, `input_shapes`, and `inputs` (read, and cast
-    only where the values survive); `InputError` naming the problem, as `validate` would."""
+    only where the values survive); `InputError` naming the problem, as `validate` would. The
+    options to validate with: `inputs` as the arrays read (the file is read once)."""
     _check_tolerance_names(options.get("rtol"), "rtol", model)
     _check_tolerance_names(options.get("atol"), "atol", model)
     declared = declared_inputs(model)
     check_input_shapes(declared, dict(options.get("input_shapes") or {}))
     inputs = options.get("inputs")
-    if inputs is not None:
-        given = inputs if isinstance(inputs, dict) else load_inputs(inputs, declared)
-        cast_given_inputs(declared, given)
+    if inputs is None:
+        return options
+    given = inputs if isinstance(inputs, dict) else load_inputs(inputs, declared)
+    cast_given_inputs(declared, given)
+    return {**options, "inputs": given}
 
 
 def check_validation_options(options: dict) -> None:

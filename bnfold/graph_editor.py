@@ -130,17 +130,17 @@ class GraphEditor(GraphIndex):
         """
         inputs = self.nodes[node_index].input
         old = inputs[slot] if slot < len(inputs) else ""
-        on_disk = bool(old) and self._on_disk(old)
+        spilled = self.spill is not None and bool(old) and self._on_disk(old)
         if old and self._exclusively_owned(old, node_index, value):
             tensor = self.initializers[old]
-            if on_disk and self.spill is not None:
-                self.spill.put(tensor, little_endian_bytes(value))
+            if spilled:
+                self._spill(tensor, value)
             else:
                 _overwrite_tensor(tensor, value)
             return old
         name = self.add_constant(value, base_name, names)
-        if on_disk and self.spill is not None:
-            self._spill_new(name, value)
+        if spilled:
+            self._spill(self._home_for_new_constants().initializers[name], value)
         if slot < len(inputs):
             inputs[slot] = name
         else:
@@ -217,11 +217,10 @@ class GraphEditor(GraphIndex):
             return is_on_disk(tensor)
         return self.parent is not None and self.parent._on_disk(name)
 
-    def _spill_new(self, name: str, value: np.ndarray) -> None:
-        """Move the new initializer `name` (just added) to the spill file."""
-        home = self._home_for_new_constants()
+    def _spill(self, tensor: onnx.TensorProto, value: np.ndarray) -> None:
+        """Make `value` the contents of `tensor`, in the spill file (it stays on disk)."""
         assert self.spill is not None
-        self.spill.put(home.initializers[name], little_endian_bytes(value))
+        self.spill.put(tensor, little_endian_bytes(value))
 
     def _home_for_new_constants(self) -> GraphEditor:
         """Where a new initializer goes: this graph, except an IR < 4 subgraph that does not list

@@ -332,7 +332,8 @@ class DataFile:
         """Append `values` (the tensor's new contents: C-contiguous, little-endian) and make the
         tensor an on-disk tensor reading them here; where the tensor is here already with as
         many bytes (a weight folded again), they are overwritten in place (no bytes left unread
-        in the file; nothing else reads them: `read` copies)."""
+        in the file; during the fold nothing else holds them: `read` copies, and `mapped` maps
+        files only for validation, after the fold)."""
         data = memoryview(values).cast("B")  # type: ignore[arg-type]
         if self.holds(tensor) and disk_span(tensor).length == len(data):
             self.flush()

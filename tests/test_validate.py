@@ -24,12 +24,14 @@ from tests.builders import MODELS, TensorProto, make_model, symbolic, tensor, va
 RESNET = MODELS / "resnet_tiny.onnx"
 
 
-def scaled_channel(model: onnx.ModelProto, factor: float, index: int = 1) -> onnx.ModelProto:
-    """A copy with output channel 0 of the first Conv's input `index` (1 weight, 2 bias)
-    multiplied by `factor`."""
+def scaled_channel(
+    model: onnx.ModelProto, factor: float, index: int = 1, op_type: str = "Conv"
+) -> onnx.ModelProto:
+    """A copy with output channel 0 of the first `op_type` node's input `index` (1 weight, 2
+    bias) multiplied by `factor`."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    conv = next(n for n in copy.graph.node if n.op_type == "Conv")
+    conv = next(n for n in copy.graph.node if n.op_type == op_type)
     init = next(t for t in copy.graph.initializer if t.name == conv.input[index])
     values = onnx.numpy_helper.to_array(init).copy()
     values[0] *= values.dtype.type(factor)
@@ -924,19 +926,8 @@ def test_a_float64_model_is_calibrated_by_float64_movers(rng, monkeypatch):
     (comparison,) = report.providers[0].outputs
     assert comparison.criterion == "calibrated" and comparison.rounding_noise > 0
     assert not report.providers[0].notes
-    wrong = copy_with_scaled(folded, "Gemm", 1, 1 + 1e-9)
+    wrong = scaled_channel(folded, 1 + 1e-9, op_type="Gemm")
     assert not validate(model, wrong, providers=["cpu"]).passed
-
-
-def copy_with_scaled(model: onnx.ModelProto, op_type: str, index: int, factor: float):
-    """A copy with the first `op_type` node's input `index` multiplied by `factor`."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    node = next(n for n in copy.graph.node if n.op_type == op_type)
-    init = next(t for t in copy.graph.initializer if t.name == node.input[index])
-    values = onnx.numpy_helper.to_array(init) * factor
-    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
-    return copy
 
 
 def test_the_switch_takes_a_name_the_model_does_not(rng, monkeypatch):

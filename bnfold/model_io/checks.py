@@ -120,24 +120,24 @@ def _first_undefined_input(graph: onnx.GraphProto, outer: Collection[str]) -> st
     defined = _Scope(local, outer)
     holders = sorted(nodes_with_subgraphs(nodes))
     problem, in_order = _first_dangling_read(nodes, writes, given, defined, holders)
-    problem = problem or next(
-        (
-            found
-            for index in holders
-            for _, sub in subgraphs(nodes[index])
-            if (found := _first_undefined_input(sub, defined))
-        ),
-        None,
-    )
-    problem = problem or next(
-        (
-            f"graph output '{output.name}' is not computed by the graph"
-            for output in graph.output
-            if output.name not in defined
-        ),
-        None,
-    )
+    problem = problem or _first_nested_or_output_problem(graph, holders, defined)
     return problem or (None if in_order else _cycle(graph))
+
+
+def _first_nested_or_output_problem(
+    graph: onnx.GraphProto, holders: list[int], defined: _Scope
+) -> str | None:
+    """The first problem of a subgraph of the nodes at `holders` (which see `defined`), or a
+    graph output nothing computes; None if there is none."""
+    for index in holders:
+        for _, sub in subgraphs(graph.node[index]):
+            problem = _first_undefined_input(sub, defined)
+            if problem:
+                return problem
+    for output in graph.output:
+        if output.name not in defined:
+            return f"graph output '{output.name}' is not computed by the graph"
+    return None
 
 
 def _first_dangling_read(

@@ -111,10 +111,8 @@ def fold_file(
     loaded, sources = load_model_and_sources(source, check=False, lazy=True)
     _check_not_input(sources, output, report_path)
     if validate:  # (names and shapes the options give: before the fold, not after)
-        try:
+        with _naming(source):
             validation_options = check_validation_options_against(loaded, validation_options)
-        except InputError as exc:
-            raise InputError(exc.path or source, exc.problem) from None
     reporter.progress_done()
     reporter.loaded(source, loaded, sum(_file_size(path) for path in sources))
     reporter.detail(f"loaded in {time.perf_counter() - started:.2f} s")
@@ -129,10 +127,8 @@ def fold_file(
     ):
         reporter.progress("folding")
         mark = time.perf_counter()
-        try:
+        with _naming(source):  # (a graph check failed)
             folded = fold_in_place(loaded, inline_functions=inline_functions, spill=spill)
-        except InputError as exc:  # a graph check failed: name the file
-            raise InputError(exc.path or source, exc.problem) from None
         reporter.progress_done()
         reporter.detail(f"folded in {time.perf_counter() - mark:.2f} s")
         reporter.folded(folded)
@@ -175,6 +171,15 @@ def fold_file(
     return result
 
 
+@contextlib.contextmanager
+def _naming(source: Path) -> Iterator[None]:
+    """An `InputError` that names no file names `source`."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(exc.path or source, exc.problem) from None
+
+
 def _needs_validation(folded: FoldResult, reporter: Reporter) -> bool:
     if folded.folded or folded.folded_affine:
         return True
@@ -188,12 +193,10 @@ def _validated(
     reporter.progress("validating in onnxruntime")
     mark = time.perf_counter()
     candidate_file = None if out is None else out.readable
-    try:
+    with _naming(source):  # (an input the model declares cannot be generated, ...)
         report = validate_models(
             source.resolve(), folded.model, candidate_file=candidate_file, **options
         )
-    except InputError as exc:  # an input the model declares cannot be generated, ...
-        raise InputError(exc.path or source, exc.problem) from None
     reporter.progress_done()
     reporter.detail(f"validated in {time.perf_counter() - mark:.2f} s")
     reporter.validated(report)

@@ -188,6 +188,44 @@ def _pointnet_linear(bias: bool = True):
     return Net()
 
 
+def _pointnet_product():
+    """A PointNet-style encoder on channels-first points (input [1, 3, N]) whose shared per-point
+    layers are written as products with the weight on the left, `torch.matmul(W, x)` (+ a bias
+    per row in the first block), as code that avoids Conv1d does: BatchNorm1d on the raw
+    points, then per block matmul → BatchNorm1d → ReLU, a max over the points and a
+    classifier. The export has BatchNormalization → MatMul(W, ·) (forward), MatMul(W, ·) →
+    Add(bias [C, 1]) → BatchNormalization and MatMul(W, ·) → BatchNormalization."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c_out: int, bias: bool) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(c_out, c_in) / c_in**0.5)
+            self.bias = nn.Parameter(0.1 * torch.randn(c_out)) if bias else None
+            self.bn = nn.BatchNorm1d(c_out)
+
+        def forward(self, x):
+            y = torch.matmul(self.weight, x)
+            if self.bias is not None:
+                y = y + self.bias[:, None]
+            return torch.relu(self.bn(y))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.input_bn = nn.BatchNorm1d(3)
+            self.blocks = nn.Sequential(
+                Block(3, 64, True), Block(64, 128, False), Block(128, 1024, False)
+            )
+            self.head = nn.Linear(1024, 40)
+
+        def forward(self, x):
+            return self.head(self.blocks(self.input_bn(x)).max(dim=2).values)
+
+    return Net()
+
+
 def _ultralytics(cfg: str):
     """An ultralytics model built from its YAML (no weights, no download), e.g. yolov8n.yaml
     (Detect head: output [1, 4 + 80, anchors], boxes in pixels and sigmoid class scores) or
@@ -235,6 +273,7 @@ MODELS = {
     "yolov8n_cls": (_ultralytics("yolov8n-cls.yaml"), 224),
     "pointnet_linear": (_pointnet_linear, (1, 1024, 3)),  # (an input shape: not an image)
     "pointnet_linear_nobias": (lambda: _pointnet_linear(bias=False), (1, 1024, 3)),
+    "pointnet_product": (_pointnet_product, (1, 3, 1024)),
 }
 
 

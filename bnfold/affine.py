@@ -39,10 +39,7 @@ OP_WORDS = {
 def producer_channels(producer: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
     """(output channels, output rank) of a linear layer with a constant weight, else None."""
     layer = LAYERS.get(producer.op_type)
-    weight = view.constant(producer.input[1]) if len(producer.input) > 1 else None
-    if layer is None or weight is None or weight.ndim < 2:
-        return None
-    return layer.output_channels(producer, weight, view)  # (`producers.LAYERS`)
+    return None if layer is None else layer.output_channels(producer, view)
 
 
 def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -> np.ndarray | None:

@@ -180,17 +180,16 @@ class GraphEditor(GraphIndex):
         names: NameAllocator,
         attributes: dict[str, object] | None = None,
     ) -> int:
-        """Put a new default-domain node right after node `index`: it reads that node's first
-        output, then `operands`, and writes a fresh name, which the old output's readers read
-        instead. Every reader must read the old output as a plain input (not from a subgraph),
-        and it must not be a graph output. The new node's position."""
-        old = self.nodes[index].output[0]
-        readers = self.consumers.of(old)
-        if old in self.output_names or any(old not in self.nodes[r].input for r in readers):
-            raise ValueError(f"cannot put a node after the one writing '{old}': read otherwise")
-        output = names.fresh(f"{old}_bnfold_{op_type.lower()}")
-        node = self.graph.node.add(op_type=op_type, input=[old, *operands], output=[output])
-        node.name = names.fresh(f"{output}_node")
+        """Put a new default-domain node right after node `index`: that node's first output
+        takes a fresh name, which the new node reads, then `operands`; the new node writes the
+        old name, so whatever read it (nodes, subgraphs, the graph's outputs) reads the new
+        node's output. The new node's position."""
+        layer = self.nodes[index]
+        old = layer.output[0]
+        fresh = names.fresh(f"{old}_bnfold_before_{op_type.lower()}")
+        layer.output[0] = fresh
+        node = self.graph.node.add(op_type=op_type, input=[fresh, *operands], output=[old])
+        node.name = names.fresh(f"{old}_bnfold_{op_type.lower()}")
         for name, value in (attributes or {}).items():
             node.attribute.append(onnx.helper.make_attribute(name, value))
         added = len(self.nodes)
@@ -198,14 +197,8 @@ class GraphEditor(GraphIndex):
         self.op_types.append(op_type)
         self.domains.append("")
         self._placed_after[added] = self._placed_after.get(index, index)
-        for reader in list(dict.fromkeys(readers)):
-            inputs = self.nodes[reader].input
-            for slot, name in enumerate(listed(inputs)):
-                if name == old:
-                    inputs[slot] = output
-                    self.consumers.remove(old, reader)
-                    self.consumers.add(output, reader)
-        self.producer[output] = added
+        self.producer[fresh] = index
+        self.producer[old] = added
         for name in node.input:
             self.consumers.add(name, added)
         return added
@@ -281,12 +274,15 @@ class GraphEditor(GraphIndex):
         self, bn_index: int, consumer_index: int, source: str | None = None
     ) -> None:
         """Remove a node folded forward (a BatchNormalization; a Mul/Add, whose data input is
-        `source`): its consumer reads the node's data input instead of its output."""
+        `source`): its consumer reads the node's data input instead of its output (in whichever
+        of its inputs read that)."""
         bn = self.nodes[bn_index]
         consumer = self.nodes[consumer_index]
         source = bn.input[0] if source is None else source
         output = bn.output[0]
-        consumer.input[0] = source
+        for slot, name in enumerate(listed(consumer.input)):
+            if name == output:
+                consumer.input[slot] = source
         self.consumers.remove(source, bn_index)
         self.consumers.add(source, consumer_index)
         for name in listed(bn.input):

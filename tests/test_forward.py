@@ -353,3 +353,80 @@ def test_bn_before_conv_transpose_is_not_folded_forward(rng, attrs):
     reason = skip_reason(model)
     assert "forward: the ConvTranspose after it is not folded forward" in reason
     assert_same_function(model, bnfold.fold(model).model)
+
+
+def bn_then_left_weight(rng, *, x_shape=(2, K, 7), weight=True):
+    """BN → `W[N, K] · x̂` (x̂ the BN's output, of `x_shape`): the weight on the left, or a
+    second input in its place."""
+    inits = [*bn_params(rng, K)]
+    inputs = [value_info("x", TensorProto.FLOAT, list(x_shape))]
+    if weight:
+        inits.append(tensor("W", rng.normal(0, 1, [N, K]).astype(np.float32)))
+    else:
+        inputs.append(value_info("W", TensorProto.FLOAT, [N, K]))
+    nodes = [bn_node("x", "n"), helper.make_node("MatMul", ["W", "n"], ["y"], name="pointwise")]
+    y = value_info("y", TensorProto.FLOAT, symbolic(len(x_shape)))
+    return make_model(nodes, inputs, [y], inits)
+
+
+def test_bn_then_matmul_with_its_weight_on_the_left(rng):
+    """W·(a·x + b) = (W·diag(a))·x + (W·b)[:, None]: the columns scaled, a new Add after the
+    MatMul (which wrote a graph output: the Add writes it now)."""
+    model = bn_then_left_weight(rng)
+    result = bnfold.fold(model)
+    (record,) = result.folded
+    assert record.into == "pointwise" and record.into_op == "MatMul"
+    assert record.how == (
+        f"folded forward: scaled {K} columns of the weight on the left; a new Add after it "
+        "carries the shift"
+    )
+    assert op_types(result.model) == ["MatMul", "Add"]
+    assert result.model.graph.node[1].output[0] == "y"
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    assert not bnfold.fold(result.model).folded
+
+
+def test_bn_with_no_shift_then_matmul_with_its_weight_on_the_left_gets_no_add(rng):
+    model = bn_then_left_weight(rng)
+    for init in model.graph.initializer:
+        if init.name in ("bn_bias", "bn_mean"):
+            init.CopyFrom(numpy_helper.from_array(np.zeros(K, np.float32), init.name))
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1 and op_types(result.model) == ["MatMul"]
+    assert_same_function(model, result.model)
+
+
+def test_bn_then_matmul_with_its_weight_on_the_left_needs_rank_3(rng):
+    model = bn_then_left_weight(rng, x_shape=(K, K))  # (W [N, K] · x̂ [K, K]: rows are axis 0)
+    check_full(model)
+    result = bnfold.fold(model)
+    assert not result.folded
+    assert "rank 2; only rank 3 puts its channels on the reduction axis" in result.skipped[0].reason
+
+
+def test_bn_feeding_the_right_operand_of_a_product_of_two_inputs_is_left(rng):
+    result = bnfold.fold(bn_then_left_weight(rng, weight=False))
+    assert not result.folded
+    assert "left operand (weight) of the MatMul after it is not constant" in (
+        result.skipped[0].reason
+    )
+
+
+def test_bn_then_matmul_with_its_weight_on_the_left_and_a_bias_add(rng):
+    """`W·x̂ + c`: the shift goes into the bias Add's constant (`c + W·b`), no new Add; a BN
+    after the Add then folds into the same product (PointNet-style input BatchNorm1d)."""
+    model = bn_then_left_weight(rng)
+    model.graph.node[1].output[0] = "p"
+    model.graph.initializer.extend(
+        [tensor("c", rng.normal(0, 1, [N, 1]).astype(np.float32)), *bn_params(rng, N, prefix="b2")]
+    )
+    model.graph.node.extend(
+        [helper.make_node("Add", ["p", "c"], ["q"], name="bias"), bn_node("q", "y", prefix="b2")]
+    )
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded] == ["pointwise", "pointwise"]
+    assert result.folded[0].how.endswith("; its bias Add carries the shift")
+    assert op_types(result.model) == ["MatMul", "Add"]
+    check_full(result.model)
+    assert_same_function(model, result.model)

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 
 from bnfold.graph_view import GraphView, Readers
 
@@ -119,7 +120,9 @@ def test_all_graphs_walks_every_nested_graph_with_its_path():
     assert [p for p, _ in all_graphs(main, "outer")][1] == "outer/top.else_branch"
 
 
-def test_interpose_puts_a_node_right_after_another_and_rewires_its_readers():
+def test_interpose_puts_a_node_right_after_another_writing_its_output():
+    """The node before takes a fresh output name; the new node writes the old one, so readers,
+    graph outputs included, read the new node's output unchanged."""
     import bnfold.graph_view as graph_view
 
     model = onnx.helper.make_model(
@@ -136,16 +139,21 @@ def test_interpose_puts_a_node_right_after_another_and_rewires_its_readers():
                 helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
             ],
             [onnx.numpy_helper.from_array(np.ones(2, np.float32), "one")],
-        )
+        ),
+        ir_version=10,
     )
     view = GraphView(model.graph, ir_version=10, opset=17)
     names = graph_view.NameAllocator(model)
     added = view.interpose(0, "Add", ["one"], names)
-    new = view.nodes[added].output[0]
-    assert view.producer[new] == added and sorted(view.consumers.of(new)) == [1, 2]
-    with pytest.raises(ValueError, match="read otherwise"):
-        view.interpose(1, "Add", ["one"], names)  # ('b' is a graph output)
+    fresh = view.nodes[0].output[0]
+    assert view.nodes[added].output[0] == "a" and list(view.nodes[added].input) == [fresh, "one"]
+    assert view.producer["a"] == added and view.producer[fresh] == 0
+    assert sorted(view.consumers.of("a")) == [1, 2] and view.consumers.of(fresh) == [added]
+    second = view.interpose(1, "Mul", ["one"], names)  # ('b' is a graph output)
+    assert view.nodes[second].output[0] == "b"
     view.finish()
-    assert [n.name for n in model.graph.node] == ["first", f"{new}_node", "second", "third"]
-    assert [n.input[0] for n in model.graph.node[2:]] == [new, new]
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Add", "Neg", "Mul", "Abs"]
     onnx.checker.check_model(model, full_check=True)
+    run = ReferenceEvaluator(model).run
+    y, b = run(None, {"x": np.array([-1.0, 2.0], np.float32)})
+    assert y.tolist() == [1.0, 3.0] and b.tolist() == [-1.0, -3.0]

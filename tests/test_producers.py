@@ -17,6 +17,7 @@ from tests.builders import (
     bn_params,
     check_full,
     make_model,
+    only_skip,
     op_types,
     symbolic,
     tensor,
@@ -249,3 +250,150 @@ def test_matmul_with_unknown_rank_is_skipped(rng):
     result = bnfold.fold(model)
     assert not result.folded
     assert "rank unknown" in result.skipped[0].reason
+
+
+def left_weight_model(rng, *, x_rank=3, dtype=np.float32, after=None, bias=False):
+    """`W[C, K] · relu(x)` (`+ c` with `bias`) → BN, or the nodes `after` builds from the
+    product 'm' to 'y': a 1×1 Conv1d written as a product. x's dims are declared symbolic; the
+    product's operand's rank is only proven through the Relu."""
+    c, k = 6, 4
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [tensor("W", rng.normal(0, 0.5, [c, k]).astype(dtype)), *bn_params(rng, c, dtype)]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("MatMul", ["W", "r"], ["p" if bias else "m"], name="pointwise"),
+    ]
+    if bias:
+        inits.append(tensor("c", rng.normal(0, 0.5, [c, 1]).astype(dtype)))
+        nodes.append(helper.make_node("Add", ["p", "c"], ["m"], name="bias"))
+    nodes += after(inits) if after else [bn_node("m", "y")]
+    dims = ["n", k, "l"] if x_rank == 3 else ["l", k] if x_rank == 2 else ["n", 3, k, "l"]
+    y = helper.make_tensor_value_info("y", elem, symbolic(x_rank))
+    return make_model(nodes, [value_info("x", elem, dims)], [y], inits)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_with_its_weight_on_the_left_scales_its_rows_and_adds_the_shift(rng, dtype):
+    """BN(W·x) = (diag(a)·W)·x + b[:, None] for x of rank 3: the rows scaled, a new Add after it
+    writing the BN's output."""
+    model = left_weight_model(rng, dtype=dtype)
+    result = bnfold.fold(model)
+    (record,) = result.folded
+    assert record.into == "pointwise" and record.into_op == "MatMul"
+    assert record.how == (
+        "scaled 6 rows of the weight on the left; its shift added by a new Add after it"
+    )
+    assert op_types(result.model) == ["Relu", "MatMul", "Add"]
+    add = result.model.graph.node[2]
+    assert add.output[0] == "y" and add.input[0] == result.model.graph.node[1].output[0]
+    check_full(result.model)
+    assert_same_function(model, result.model, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    again = bnfold.fold(result.model)
+    assert not again.folded and not again.skipped and not again.skipped_affine
+
+
+def test_matmul_with_its_weight_on_the_left_and_a_zero_shift_gets_no_add(rng):
+    model = left_weight_model(rng)
+    for name in ("bn_bias", "bn_mean"):
+        (init,) = (t for t in model.graph.initializer if t.name == name)
+        init.CopyFrom(tensor(name, np.zeros(6, np.float32)))
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1 and op_types(result.model) == ["Relu", "MatMul"]
+    assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize("x_rank", [2, 4])
+def test_matmul_with_its_weight_on_the_left_needs_a_rank_3_right_operand(rng, x_rank):
+    """Rank 2 puts the weight's rows on axis 0, rank 4 on axis 2: left, naming the rank."""
+    model = left_weight_model(rng, x_rank=x_rank)
+    if x_rank == 2:  # (BN's channels are then the l columns: 6 of them)
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 6
+    reason = only_skip(model)
+    assert f"its right operand has rank {x_rank}" in reason and "weight's rows" in reason
+
+
+def test_matmul_with_its_weight_on_the_left_and_its_bias_add(rng):
+    """BN(W·x + c) = (diag(a)·W)·x + (a ⊙ c + b): the rows and the Add's constant updated, the
+    Add writing the BN's output; the Add itself is the layer's bias, not a BN to fold."""
+    model = left_weight_model(rng, bias=True)
+    result = bnfold.fold(model)
+    (record,) = result.folded
+    assert record.into == "pointwise" and "rows of the weight on the left" in record.how
+    assert record.how.endswith("and its bias Add's constant")
+    assert op_types(result.model) == ["Relu", "MatMul", "Add"]
+    assert result.model.graph.node[2].output[0] == "y"
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    again = bnfold.fold(result.model)
+    assert not again.folded and not again.skipped and not again.skipped_affine
+
+
+def test_matmul_with_its_weight_on_the_left_and_a_bias_read_elsewhere_is_left(rng):
+    model = left_weight_model(rng, bias=True)
+    model.graph.output.append(value_info("m", TensorProto.FLOAT, symbolic(3)))
+    assert "the output 'm' of Add 'bias' is also a graph output" in only_skip(model)
+
+
+def test_mul_and_add_after_a_matmul_with_its_weight_on_the_left_fold(rng):
+    """BN written as Mul/Add per row after `W·x`: the Mul into the rows; the Add, then right
+    after the product, is its bias."""
+
+    def mul_add(inits):
+        inits += [
+            tensor("k", rng.uniform(0.5, 1.5, [6, 1]).astype(np.float32)),
+            tensor("c", rng.normal(0, 0.5, [6, 1]).astype(np.float32)),
+        ]
+        return [
+            helper.make_node("Mul", ["m", "k"], ["s"]),
+            helper.make_node("Add", ["s", "c"], ["y"]),
+        ]
+
+    model = left_weight_model(rng, after=mul_add)
+    result = bnfold.fold(model)
+    (record,) = result.folded_affine  # (the Add is then the product's bias)
+    assert record.batchnorm == "<Mul -> s>" and "rows of the weight on the left" in record.how
+    assert op_types(result.model) == ["Relu", "MatMul", "Add"] and not result.skipped_affine
+    assert_same_function(model, result.model)
+
+
+def test_an_add_after_a_matmul_with_its_weight_on_the_left_is_its_bias(rng):
+    """Only a shift, right after the product: the layer's own bias, not folded, not reported."""
+
+    def add(inits):
+        inits.append(tensor("c", rng.normal(0, 0.5, [6, 1]).astype(np.float32)))
+        return [helper.make_node("Add", ["m", "c"], ["y"])]
+
+    result = bnfold.fold(left_weight_model(rng, after=add))
+    assert not result.folded and not result.skipped and not result.skipped_affine
+
+
+def test_a_transpose_after_a_matmul_with_its_weight_on_the_left_is_followed_as_channels(rng):
+    """`W·x` writes [B, C, L]; Transposes are followed like a Conv1d's: a BN over the moved
+    axis 1 (L, equal to C here) is left, one that gets the channels back folds; a Reshape is
+    not followed."""
+
+    def transposed(perms):
+        def after(inits):
+            names = ["m", *[f"t{i}" for i in range(len(perms))]]
+            nodes = [
+                helper.make_node("Transpose", [a], [b], perm=perm)
+                for a, b, perm in zip(names, names[1:], perms, strict=False)
+            ]
+            return [*nodes, bn_node(names[-1], "y")]
+
+        return after
+
+    model = left_weight_model(rng, after=transposed([[0, 2, 1]]))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 6  # (L = C: BN fits)
+    assert "on axis 2, not on its channel axis 1" in only_skip(model)
+    model = left_weight_model(rng, after=transposed([[0, 2, 1], [0, 2, 1]]))
+    result = bnfold.fold(model)
+    assert len(result.folded) == 1
+    assert_same_function(model, result.model)
+
+    def reshaped(inits):
+        inits.append(tensor("shape", np.array([0, 6, -1], np.int64)))
+        return [helper.make_node("Reshape", ["m", "shape"], ["t"]), bn_node("t", "y")]
+
+    reason = only_skip(left_weight_model(rng, after=reshaped))
+    assert "MatMul with its weight on the left through Transposes" in reason

@@ -117,15 +117,26 @@ def test_a_rule_s_match_is_what_the_pass_makes():
     assert len(model.graph.node) == len(view.nodes) - 1
 
 
-def test_a_layer_given_a_new_bias_add_cannot_also_take_over_the_output():
+def test_a_layer_given_a_new_bias_add_takes_over_the_output_through_it():
+    """A Match whose layer gets a new bias Add and takes over the removed node's output: the Add
+    writes that output, the layer writes the Add's input."""
     import numpy as np
 
+    from bnfold.graph_view import NameAllocator
     from bnfold.producers.base import FoldPlan
 
-    plan = FoldPlan((), "scaled", added_bias=np.zeros(2, np.float32))
-    with pytest.raises(ValueError, match="new bias Add"):
-        Match(((0, plan),), (Bypass(1, 0, "how"),), 0)
-    assert Match(((0, plan),), (Bypass(2, 1, "how"),), 0).into == 0  # (a node after it: fine)
+    graph = _graph(("MatMul", ["w", "x"], ["h"]), ("Relu", ["h"], ["y"]))
+    model = onnx.helper.make_model(graph, ir_version=10)
+    view = GraphView(model.graph, ir_version=10, opset=17)
+    plan = FoldPlan((), "shifted", added_bias=np.ones((2, 1), np.float32))
+    Match(((0, plan),), (Bypass(1, 0, "how"),), 0).apply(view, NameAllocator(model))
+    view.finish()
+    matmul, add = model.graph.node
+    assert (add.op_type, list(add.input[:1]), list(add.output)) == (
+        "Add",
+        [matmul.output[0]],
+        ["y"],
+    )
 
 
 def test_what_the_vectorised_path_must_respect_is_derived_from_the_rules():
@@ -133,6 +144,14 @@ def test_what_the_vectorised_path_must_respect_is_derived_from_the_rules():
     back to a layer, come from the rule lists' declarations, not from a list kept by hand."""
     assert registry.forward_folding_ops() == {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
     assert registry.followed_back_through() == {"Concat", "Identity", "Reshape", "Transpose"}
+    # (a bias Add is followed back only to a MatMul with its weight on the left)
+    assert registry.followed_back_through(layer="MatMul") == {
+        "Add",
+        "Concat",
+        "Identity",
+        "Reshape",
+        "Transpose",
+    }
 
     def undeclared(view, index, bn, opset):
         return None
@@ -196,6 +215,9 @@ def test_a_rule_that_declares_it_needs_ranks_gets_shape_inference(monkeypatch):
             frozenset({"BatchNormalization"}),
         ),
         registry.RankMeeting(frozenset({"MatMul"}), frozenset(), frozenset({"BatchNormalization"})),
+        registry.RankMeeting(
+            frozenset({"MatMul"}), frozenset({"Add"}), frozenset({"BatchNormalization"})
+        ),
         registry.RankMeeting(frozenset({"BatchNormalization"}), frozenset(), frozenset({"MatMul"})),
     )
     gemm_bn = _graph(("Gemm", ["x", "w"], ["g"]), ("BatchNormalization", ["g", "s"], ["y"]))

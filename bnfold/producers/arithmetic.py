@@ -16,6 +16,7 @@ import onnx
 
 from ..affine import (
     OP_WORDS,
+    AffineMatch,
     constant_affine,
     layer_before,
     producer_channels,
@@ -30,6 +31,7 @@ from . import PLANNERS
 from .base import FoldPlan, shared_output_reason
 from .concat import concat_channels, plan_concat_split
 from .forward import plan_forward, plan_forward_conv
+from .matmul import weight_on_the_left
 from .rule import Absorb, Bypass, Match, Rule, Skip, about_producers, bypassing
 from .through_reshape import LAYOUT_OPS, ROWS, Layout, follow
 
@@ -43,10 +45,23 @@ def into_layer_before(
     BatchNormalization with the map it computes (`affine.as_affine`: scale k and shift 0 for a
     Mul, scale 1 and shift k for an Add, ...) is."""
     found = read_affine(node, view, PLANNERS)
-    if found is None:
+    if found is None or _bias_of_a_product(view, found):
         return None
     return _into_layer(
         view, index, node, found.data, found.layer, found.writer, found.path, found.affine, opset
+    )
+
+
+def _bias_of_a_product(view: GraphView, found: AffineMatch) -> bool:
+    """Whether the Mul/Add found is an Add (or Sub) of a constant per row right after a MatMul
+    with its weight on the left: that layer's own bias (a Conv1d's, written as a product, which
+    has no other), not a BatchNormalization written as arithmetic."""
+    layer = view.nodes[found.layer]
+    return (
+        found.writer == found.layer
+        and layer.op_type == "MatMul"
+        and bool(np.all(found.affine.scale == 1))
+        and weight_on_the_left(layer, view)
     )
 
 
@@ -105,7 +120,7 @@ def into_dense_through_reshape(
             continue
         layer_index, chain = found
         shape = producer_channels(view.nodes[layer_index], view)
-        if shape is None:
+        if shape is None or shape[1] != 2:  # (a weight on the left: not columns of a 2-D output)
             return None
         layout = Layout((ROWS, shape[0]), rows=0, columns=1)
         for at in chain:

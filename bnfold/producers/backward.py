@@ -17,6 +17,7 @@ from ..graphs import ONNX_DOMAINS, node_label
 from . import PLANNERS
 from .base import shared_output_reason
 from .concat import LINEAR_LAYERS, concat_before, plan_concat_split
+from .linear_nd import plan_left_weight_and_bias
 from .rule import (
     Match,
     Rule,
@@ -81,6 +82,28 @@ def into_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Mat
     return bypassing(bn_index, layer_index, layer_index, plan)
 
 
+@about_producers("Add", into=("MatMul",))
+@infers_ranks_near("MatMul", through=("Add",))  # (whether the product's right operand is 3-D)
+def into_product_and_bias(
+    view: GraphView, bn_index: int, bn: BatchNorm, opset: int
+) -> Match | Skip | None:
+    """A MatMul with its weight on the left and the Add of its bias before the BN (`W·x + c`, a
+    Conv1d written as a product: `linear_nd.plan_left_weight_and_bias`); the Add takes over the
+    BN's output."""
+    if _producer_op(view, bn) != "Add":
+        return None
+    add_index = view.producer[bn.input]
+    decision = plan_left_weight_and_bias(view, add_index, bn.affine)
+    if decision is None:
+        return None
+    if view.sole_consumer(bn.input) != bn_index:
+        return Skip(shared_output_reason(view, bn.input, view.nodes[add_index]))
+    if isinstance(decision, str):
+        return Skip(decision)
+    matmul_index, plan = decision
+    return bypassing(bn_index, add_index, matmul_index, plan)
+
+
 @never_folds
 def no_layer_before(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Skip:
     """Why nothing before the BN can take it (asked last: every other rule passed)."""
@@ -97,7 +120,13 @@ def no_layer_before(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -
     return Skip(f"it follows {producer.op_type} '{node_label(producer)}', not {LINEAR_LAYERS}")
 
 
-BACKWARD_RULES: tuple[Rule, ...] = (concat_split, through_layout, into_layer, no_layer_before)
+BACKWARD_RULES: tuple[Rule, ...] = (
+    concat_split,
+    through_layout,
+    into_layer,
+    into_product_and_bias,
+    no_layer_before,
+)
 
 
 def _producer_op(view: GraphView, bn: BatchNorm) -> str | None:

@@ -14,6 +14,7 @@ __all__ = [
     "SplitPlan",
     "attributes",
     "constant_input",
+    "constant_weight",
     "rounded_updates",
     "shared_output_reason",
 ]
@@ -37,7 +38,7 @@ class Layer:
     next to a layer ask, `affine.producer_channels`)."""
 
     plan: Callable[..., FoldPlan | str]
-    output_channels: Callable[[onnx.NodeProto, np.ndarray, GraphView], tuple[int, int] | None]
+    output_channels: Callable[[onnx.NodeProto, GraphView], tuple[int, int] | None]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,13 @@ def constant_input(node: onnx.NodeProto, slot: int, role: str, view: GraphView):
     if not is_float(value.dtype):
         return None, f"the {role} has dtype {value.dtype}, not a float type"
     return value, None
+
+
+def constant_weight(node: onnx.NodeProto, view: GraphView, slot: int = 1) -> np.ndarray | None:
+    """Input `slot` of a layer (its weight) where it is a constant; else None."""
+    if len(node.input) <= slot or not node.input[slot]:
+        return None
+    return view.constant(node.input[slot])
 
 
 def rounded_updates(pairs: list[tuple[int, np.ndarray, np.dtype, str]]):

@@ -7,12 +7,11 @@ auto_pad act on the spatial axes only and are unaffected.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from ..graph_view import GraphView
 from ..numerics import ChannelAffine, folded_bias, scale_along
-from .base import FoldPlan, constant_input, rounded_updates
+from .base import FoldPlan, constant_input, constant_weight, rounded_updates
 
 
 def plan_conv(
@@ -46,11 +45,12 @@ def plan_conv(
     return FoldPlan(updates, how_folded(weight.shape[0], bias is not None))
 
 
-def output_channels(
-    node: onnx.NodeProto, weight: np.ndarray, view: GraphView
-) -> tuple[int, int] | None:
-    """Row c of the weight is output channel c; the output has the weight's rank."""
-    return (weight.shape[0], weight.ndim) if weight.ndim >= 3 else None
+def output_channels(node: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
+    """Row c of the constant weight is output channel c; the output has the weight's rank."""
+    weight = constant_weight(node, view)
+    if weight is None or weight.ndim < 3:
+        return None
+    return weight.shape[0], weight.ndim
 
 
 def how_folded(channels: int, had_bias: bool) -> str:

@@ -8,19 +8,17 @@ where the outputs land, which the per-channel scale commutes with.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from ..graph_view import GraphView
 from ..numerics import ChannelAffine, folded_bias, scale_grouped_transposed
-from .base import FoldPlan, attributes, constant_input, rounded_updates
+from .base import FoldPlan, attributes, constant_input, constant_weight, rounded_updates
 
 
-def output_channels(
-    node: onnx.NodeProto, weight: np.ndarray, view: GraphView
-) -> tuple[int, int] | None:
-    """`C_out/group` columns per group; the output has the weight's rank."""
-    if weight.ndim < 3:
+def output_channels(node: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
+    """`C_out/group` columns of the constant weight per group; the output has its rank."""
+    weight = constant_weight(node, view)
+    if weight is None or weight.ndim < 3:
         return None
     return weight.shape[1] * int(attributes(node).get("group", 1)), weight.ndim
 

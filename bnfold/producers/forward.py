@@ -6,6 +6,10 @@ reduction axis): `Y = α·x̂·B' + β·C = α·x·(diag(a)·B') + (β·C + α·
 of B when transB=1) is scaled by a[k] and the bias becomes `β·C + α·b·B'` with β set to 1. Only
 `transA = 0` qualifies (with transA the BN channel axis is not the reduction axis).
 
+BN → MatMul with the weight on the left, `W[C, K] · x̂[B, K, L]` (x of rank 3: the BN channel
+axis 1 is the reduction axis): `W·(a·x + b) = (W·diag(a))·x + (W·b)[:, None]`, column k of W
+scaled by a[k] and `W·b` added by a new Add after the MatMul.
+
 BN → Conv (weight `[C_out, C_in/group, k...]`, any group): without padding every output position
 reads every kernel tap from real input, so `Conv(W, a·x + b) = Conv(W', x) + s` where column j of
 the rows of group g is scaled by `a[g·(C_in/group) + j]` and output channel o of group g gains
@@ -26,8 +30,16 @@ import onnx
 from ..batchnorm import BatchNorm
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, node_label
-from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
-from .base import FoldPlan, constant_input, rounded_updates
+from ..numerics import (
+    ChannelAffine,
+    NotRepresentable,
+    conv_input_shift,
+    round_to,
+    scale_along,
+    scale_conv_inputs,
+)
+from .base import FoldPlan, SplitPlan, constant_input, rounded_updates
+from .linear_nd import bias_add_after, row_bias_update
 from .rule import Absorb, Match, Rule, Skip, infers_ranks_near
 
 
@@ -82,6 +94,61 @@ def plan_forward(
         new_attributes["broadcast"] = 1
     how = f"folded forward: scaled {affine.channels} input features; bias carries the shift"
     return FoldPlan(updates, how, "Gemm" if consumer.op_type == "MatMul" else None, new_attributes)
+
+
+def plan_forward_left_weight(
+    view: GraphView, matmul_index: int, affine: ChannelAffine, data_rank: int | None
+) -> FoldPlan | SplitPlan | str:
+    """How a MatMul `W[C, K] · x̂[B, K, L]` reading the BN output as its right operand absorbs
+    it, or why not: `W·(a·x + b) = (W·diag(a))·x + (W·b)[:, None]`, the columns of W scaled and
+    `W·b` added to the constant of the bias Add that alone reads the MatMul's output, where it
+    has one per row, else by a new Add after it (none when `W·b` is zero). Only a rank-3 x puts
+    the BN channel axis 1 on the reduction axis."""
+    consumer = view.nodes[matmul_index]
+    weight, problem = constant_input(
+        consumer, 0, "left operand (weight) of the MatMul after it", view
+    )
+    if problem:
+        return problem
+    if weight is None or weight.ndim != 2:
+        return "the MatMul after it has no constant 2-D weight on the left"
+    if data_rank != 3:
+        shown = "unknown" if data_rank is None else str(data_rank)
+        return (
+            f"it feeds the right operand of the MatMul after it with rank {shown}; only rank 3 "
+            "puts its channels on the reduction axis of the weight on the left"
+        )
+    if weight.shape[1] != affine.channels:
+        return (
+            f"the MatMul after it reduces over {weight.shape[1]} features but the "
+            f"BatchNormalization has {affine.channels} channels"
+        )
+    updates, problem = rounded_updates(
+        [(0, scale_along(weight, affine.scale, 1), weight.dtype, "weight")]
+    )
+    if problem:
+        return problem
+    assert updates is not None
+    how = f"folded forward: scaled {affine.channels} columns of the weight on the left"
+    carried = weight.astype(np.float64) @ affine.shift  # [C]
+    bias_add = bias_add_after(view, matmul_index)
+    if bias_add is not None:
+        carry = ChannelAffine(np.ones_like(carried), carried)
+        update = row_bias_update(view, *bias_add, carry)
+        if not isinstance(update, str):  # (else a new Add before it)
+            how = f"{how}; its bias Add carries the shift"
+            parts = (
+                (matmul_index, FoldPlan(updates, how)),
+                (bias_add[0], FoldPlan((update,), how)),
+            )
+            return SplitPlan(parts, how)
+    if not np.any(carried):
+        return FoldPlan(updates, how)
+    try:
+        bias = round_to(carried.reshape(-1, 1), weight.dtype)
+    except NotRepresentable as exc:
+        return f"the folded bias is not representable: {exc}"
+    return FoldPlan(updates, f"{how}; a new Add after it carries the shift", added_bias=bias)
 
 
 def plan_forward_conv(
@@ -220,13 +287,16 @@ def into_next_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     layer = view.nodes[reader_index]
     if layer.op_type not in FORWARD_LAYERS:
         return None
+    rank = view.rank(bn.input)
+    rank = rank if rank is not None else view.rank(bn.output)
+    if layer.op_type == "MatMul" and layer.input[0] != bn.output == layer.input[1]:
+        plan = plan_forward_left_weight(view, reader_index, bn.affine, rank)
+        return _absorbed(bn_index, reader_index, reader_index, plan)
     if layer.input[0] != bn.output:
         return Skip(f"it feeds the weight side of {layer.op_type} '{node_label(layer)}'")
     if layer.op_type in ("Conv", "ConvTranspose"):
         plan = plan_forward_conv(layer, view, bn.affine)
     else:
-        rank = view.rank(bn.input)
-        rank = rank if rank is not None else view.rank(bn.output)
         plan = plan_forward(layer, view, bn.affine, opset, rank)
     return _absorbed(bn_index, reader_index, reader_index, plan)
 
@@ -242,10 +312,13 @@ def _sole_reader(view: GraphView, bn: BatchNorm) -> int | None:
     return reader
 
 
-def _absorbed(bn_index: int, reader: int, layer: int, plan: FoldPlan | str) -> Match | Skip:
+def _absorbed(
+    bn_index: int, reader: int, layer: int, plan: FoldPlan | SplitPlan | str
+) -> Match | Skip:
     if isinstance(plan, str):
         return Skip(plan)
-    return Match(((layer, plan),), (Absorb(bn_index, reader, plan.how),), layer)
+    layers = plan.parts if isinstance(plan, SplitPlan) else ((layer, plan),)
+    return Match(layers, (Absorb(bn_index, reader, plan.how),), layer)
 
 
 def _repeat_per_block(affine: ChannelAffine, linear: onnx.NodeProto, view: GraphView):

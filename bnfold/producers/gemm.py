@@ -12,14 +12,13 @@ import onnx
 
 from ..graph_view import GraphView
 from ..numerics import ChannelAffine, scale_along
-from .base import FoldPlan, attributes, constant_input, rounded_updates
+from .base import FoldPlan, attributes, constant_input, constant_weight, rounded_updates
 
 
-def output_channels(
-    node: onnx.NodeProto, weight: np.ndarray, view: GraphView
-) -> tuple[int, int] | None:
-    """The N columns of B (its rows with transB=1); the output is 2-D."""
-    if weight.ndim != 2:
+def output_channels(node: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
+    """The N columns of the constant B (its rows with transB=1); the output is 2-D."""
+    weight = constant_weight(node, view)
+    if weight is None or weight.ndim != 2:
         return None
     trans_b = int(attributes(node).get("transB", 0))
     return (weight.shape[0] if trans_b else weight.shape[1]), 2

@@ -1,8 +1,15 @@
-"""MatMul (2-D left operand, constant 2-D right operand) → BatchNormalization, i.e. a Linear
-layer without bias followed by BatchNorm1d. The pair becomes one Gemm: `Gemm(A, B·diag(a), b)`.
+"""MatMul → BatchNormalization, with the constant weight on either side.
 
-Only a 2-D left operand is exact: with `A` of rank 3 (`[B, T, K]`) the MatMul output is
-`[B, T, N]` and BatchNormalization's channel axis 1 is T, not the N columns the weight holds.
+Weight on the right (`A[B, K] · W[K, N]`, a Linear layer without bias followed by BatchNorm1d):
+the pair becomes one Gemm, `Gemm(A, W·diag(a), b)`. Only a 2-D left operand is exact: with `A` of
+rank 3 (`[B, T, K]`) the MatMul output is `[B, T, N]` and BatchNormalization's channel axis 1 is
+T, not the N columns the weight holds.
+
+Weight on the left (`W[C, K] · X[B, K, L]`, a 1×1 Conv1d written as a product, as in point-cloud
+and graph models): output channel c of `[B, C, L]` is row c of the weight, so
+`BN(W·X) = (diag(a)·W)·X + b[:, None]`, exactly: the rows are scaled and the shift is added by a
+new Add after the MatMul (none when it is zero). Only a rank-3 right operand puts the rows on the
+BatchNormalization's channel axis 1 (rank 2 makes them axis 0; rank 4 puts them on axis 2).
 """
 
 from __future__ import annotations
@@ -11,23 +18,32 @@ import numpy as np
 import onnx
 
 from ..graph_view import GraphView
-from ..numerics import ChannelAffine, scale_along
-from .base import FoldPlan, constant_input, rounded_updates
+from ..numerics import ChannelAffine, NotRepresentable, round_to, scale_along
+from .base import FoldPlan, constant_input, constant_weight, rounded_updates
 
 
-def output_channels(
-    node: onnx.NodeProto, weight: np.ndarray, view: GraphView
-) -> tuple[int, int] | None:
-    """The weight's columns, where the left operand is provably 2-D (else its channel axis 1 is
-    not theirs)."""
-    if weight.ndim != 2 or view.rank(node.input[0]) != 2:
-        return None
-    return weight.shape[1], 2
+def weight_on_the_left(node: onnx.NodeProto, view: GraphView) -> bool:
+    """Whether a MatMul's constant weight is its left operand (its right one not constant)."""
+    return constant_weight(node, view, 1) is None and constant_weight(node, view, 0) is not None
+
+
+def output_channels(node: onnx.NodeProto, view: GraphView) -> tuple[int, int] | None:
+    """The weight's columns, where the left operand is provably 2-D; a left weight's rows,
+    where the right operand is provably of rank 3 (else the channel axis 1 is not theirs)."""
+    right = constant_weight(node, view, 1)
+    if right is not None:
+        return (right.shape[1], 2) if right.ndim == 2 and view.rank(node.input[0]) == 2 else None
+    left = constant_weight(node, view, 0)
+    if left is not None and left.ndim == 2 and view.rank(node.input[1]) == 3:
+        return left.shape[0], 3
+    return None
 
 
 def plan_matmul(
     node: onnx.NodeProto, view: GraphView, affine: ChannelAffine, opset: int
 ) -> FoldPlan | str:
+    if weight_on_the_left(node, view):
+        return plan_weight_on_the_left(node, view, affine)
     weight, problem = constant_input(node, 1, "right operand (weight)", view)
     if problem:
         return problem
@@ -55,3 +71,39 @@ def plan_matmul(
     new_attributes: dict[str, object] = {"broadcast": 1} if opset < 7 else {}
     how = f"scaled {weight.shape[1]} output columns; became Gemm with bias"
     return FoldPlan(updates, how, "Gemm", new_attributes)
+
+
+def plan_weight_on_the_left(
+    node: onnx.NodeProto, view: GraphView, affine: ChannelAffine
+) -> FoldPlan | str:
+    """`W[C, K] · X[B, K, L]`: the rows scaled, the shift added by a new Add after it (none
+    when it is zero); or why not."""
+    weight, problem = constant_input(node, 0, "left operand (weight)", view)
+    if problem:
+        return problem
+    if weight is None or weight.ndim != 2:
+        return "the MatMul left operand (its weight) is not a 2-D constant"
+    rank = view.rank(node.input[1])
+    if rank != 3:
+        shown = "unknown" if rank is None else str(rank)
+        return (
+            f"the MatMul's weight is its left operand and its right operand has rank {shown}; "
+            "only a rank-3 one puts the BatchNormalization channel axis on the weight's rows"
+        )
+    rows = weight.shape[0]
+    if rows != affine.channels:
+        return f"the MatMul has {rows} output rows but the BatchNormalization has {affine.channels}"
+    updates, problem = rounded_updates(
+        [(0, scale_along(weight, affine.scale, 0), weight.dtype, "weight")]
+    )
+    if problem:
+        return problem
+    assert updates is not None
+    how = f"scaled {rows} rows of the weight on the left"
+    if not np.any(affine.shift):
+        return FoldPlan(updates, how)
+    try:
+        bias = round_to(affine.shift.reshape(rows, 1), weight.dtype)
+    except NotRepresentable as exc:
+        return f"the folded bias is not representable: {exc}"
+    return FoldPlan(updates, f"{how}; its shift added by a new Add after it", added_bias=bias)

@@ -81,11 +81,14 @@ def forward_folding_ops(rules: Mapping[str, NodeRules] | None = None) -> frozens
     )
 
 
-def followed_back_through(rules: Mapping[str, NodeRules] | None = None) -> frozenset[str] | None:
-    """The op types backward rules follow from what they fold back to a layer (what they
-    declare with `about_producers`, the layers themselves aside): a node of these types reading
-    a layer's output may lead a later fold to that layer. None when a rule that may fold
-    declares nothing (it may follow anything)."""
+def followed_back_through(
+    rules: Mapping[str, NodeRules] | None = None, layer: str = "Conv"
+) -> frozenset[str] | None:
+    """The op types backward rules follow from what they fold back to a `layer` (what they
+    declare with `about_producers`, the layers themselves aside; rules that declare they reach
+    other layers only are left out): a node of these types reading the layer's output may lead
+    a later fold to it. None when a rule that may fold declares nothing (it may follow
+    anything)."""
     followed: set[str] = set()
     for kind in (RULES if rules is None else rules).values():
         for direction, group in kind.groups:
@@ -93,6 +96,8 @@ def followed_back_through(rules: Mapping[str, NodeRules] | None = None) -> froze
                 continue
             for rule in group:
                 if getattr(rule, "never_folds", False):
+                    continue
+                if layer not in (getattr(rule, "reaches", None) or {layer}):
                     continue
                 declared = getattr(rule, "producer_ops", None)
                 if declared is None:

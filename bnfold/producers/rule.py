@@ -73,26 +73,19 @@ class Match:
     removals: tuple[Bypass | Absorb, ...]
     into: int
 
-    def __post_init__(self) -> None:
-        # A layer given a new bias Add (`FoldPlan.added_bias`) writes its output to that Add: it
-        # cannot also take over the folded node's output. (Raised while a rule decides, so the
-        # pass treats it as a fold that is not made.)
-        biased = {index for index, plan in self.layers if plan.added_bias is not None}
-        if any(isinstance(r, Bypass) and r.writer in biased for r in self.removals):
-            raise ValueError("a layer given a new bias Add cannot also take over the output")
-
     def apply(self, view: GraphView, names: NameAllocator) -> list[Folded]:
         """Make the fold in `view` (new constants get names from `names`); its records."""
         into = node_label(view.nodes[self.into])  # (before a bypass renames its output)
         said = [
             (node_label(view.nodes[r.node]), view.nodes[r.node].output[0]) for r in self.removals
         ]
-        for index, plan in self.layers:
-            _rewrite(view, index, plan, names)
+        # a layer given a new bias Add (`FoldPlan.added_bias`) writes through it: where that
+        # layer takes over a removed node's output, the Add does
+        writers = {index: _rewrite(view, index, plan, names) for index, plan in self.layers}
         into_op = view.op_types[self.into]  # (after the rewrite: a MatMul may be a Gemm now)
         for removal in self.removals:
             if isinstance(removal, Bypass):
-                view.bypass(removal.node, removal.writer)
+                view.bypass(removal.node, writers.get(removal.writer, removal.writer))
             else:
                 view.absorb_into_consumer(removal.node, removal.reader, source=removal.source)
         records = [
@@ -106,14 +99,18 @@ Rule = Callable[[GraphView, int, Any, int], "Match | Skip | None"]
 _R = TypeVar("_R")
 
 
-def about_producers(*op_types: str) -> Callable[[_R], _R]:
+def about_producers(*op_types: str, into: Iterable[str] | None = None) -> Callable[[_R], _R]:
     """Declare that a rule answers None unless the node computing its subject's input is one of
-    `op_types` (default domain). What the pass may do without asking it: the vectorised Conv →
-    BatchNormalization folds (`registry.conv_pairs_batchable`) skip rules that declare they
-    never answer about a Conv. An undeclared rule may answer about anything."""
+    `op_types` (default domain), and (`into`) that its folds only reach layers of these kinds
+    through them (default: any layer). What the pass may do without asking it: the vectorised
+    Conv → BatchNormalization folds (`registry.conv_pairs_batchable`) skip rules that declare
+    they never answer about a Conv, and write a folded weight to its final place unless a rule
+    that may reach a Conv follows a node reading it (`registry.followed_back_through`). An
+    undeclared rule may answer about anything."""
 
     def declared(rule: _R) -> _R:
         rule.producer_ops = frozenset(op_types)  # type: ignore[attr-defined]
+        rule.reaches = None if into is None else frozenset(into)  # type: ignore[attr-defined]
         return rule
 
     return declared
@@ -159,8 +156,9 @@ def bypassing(node: int, writer: int, layer: int, plan: FoldPlan | SplitPlan) ->
     return Match(layers, (Bypass(node, writer, plan.how),), layer)
 
 
-def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) -> None:
-    """Give a layer its plan's constants, op type and attributes."""
+def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) -> int:
+    """Give a layer its plan's constants, op type and attributes; the node that now writes the
+    layer's output (a new bias Add after it, else the layer)."""
     layer = view.nodes[index]
     stem = layer.name or layer.output[0]
     for update in plan.updates:
@@ -174,4 +172,5 @@ def _rewrite(view: GraphView, index: int, plan: FoldPlan, names: NameAllocator) 
     if plan.added_bias is not None:  # (Add-1/6 broadcast only when told to)
         bias = view.add_constant(plan.added_bias, f"{stem}_bnfold_bias", names)
         attributes: dict[str, object] = {"broadcast": 1} if view.opset < 7 else {}
-        view.interpose(index, "Add", [bias], names, attributes)
+        return view.interpose(index, "Add", [bias], names, attributes)
+    return index

@@ -31,9 +31,10 @@ import onnx
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
 from ..numerics import ChannelAffine
-from . import PLANNERS
+from . import LAYERS, PLANNERS
 from .base import FoldPlan, SplitPlan, shared_output_reason
 from .linear_nd import plan_linear_nd, plan_linear_nd_unbiased
+from .matmul import weight_on_the_left
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
@@ -88,13 +89,17 @@ def _plan(
     path = _describe(view, chain)
     moves = any(view.nodes[index].op_type != "Identity" for index in chain)
     reshapes = any(view.nodes[index].op_type == "Reshape" for index in chain)
-    channels_first = layer.op_type in CHANNELS_FIRST_ROOTS
-    if moves and layer.op_type not in LAYOUT_ROOTS and (reshapes or not channels_first):
+    # (a MatMul with its weight on the left writes [B, C, L]: channels first, as a Conv1d)
+    left = layer.op_type == "MatMul" and weight_on_the_left(layer, view)
+    channels_first = layer.op_type in CHANNELS_FIRST_ROOTS or left
+    any_layout = layer.op_type in LAYOUT_ROOTS and not left
+    if moves and not any_layout and (reshapes or not channels_first):
         return (
             f"it follows {path} after {layer.op_type} '{node_label(layer)}'; only a Gemm or "
-            "MatMul is followed through a Reshape, a Conv or ConvTranspose through Transposes"
+            "MatMul (its weight on the right) is followed through a Reshape, a Conv, "
+            "ConvTranspose or MatMul with its weight on the left through Transposes"
         )
-    if moves and layer.op_type == "MatMul" and view.rank(layer.input[0]) != 2:
+    if moves and layer.op_type == "MatMul" and not left and view.rank(layer.input[0]) != 2:
         unbiased = plan_linear_nd_unbiased(view, layer_index, chain, affine, path)
         return unbiased if isinstance(unbiased, str) else (layer_index, unbiased)
     plan = PLANNERS[layer.op_type](layer, view, affine, opset)
@@ -136,14 +141,15 @@ def _columns_problem(
 def _channel_axis_problem(
     view: GraphView, layer: onnx.NodeProto, chain: list[int], channels: int, path: str
 ) -> str | None:
-    """Why the output channels of a Conv or ConvTranspose (axis 1 of its output, whose rank is
-    its weight's) do not reach axis 1 of the BatchNormalization's input through the Transposes
-    of `chain`; None when they do. Each element then keeps its channel, so the BN's map for
-    channel c applies to exactly the values the layer wrote to channel c."""
-    weight = view.constant(layer.input[1]) if len(layer.input) > 1 else None
-    if weight is None or weight.ndim < 3:
+    """Why the output channels of a Conv, ConvTranspose or MatMul with its weight on the left
+    (axis 1 of its output, whose rank its weight and inputs give) do not reach axis 1 of the
+    BatchNormalization's input through the Transposes of `chain`; None when they do. Each
+    element then keeps its channel, so the BN's map for channel c applies to exactly the values
+    the layer wrote to channel c."""
+    shape = LAYERS[layer.op_type].output_channels(layer, view)
+    if shape is None:
         return f"the rank of {layer.op_type} '{node_label(layer)}''s output is not known"
-    axis = axis_after_transposes((view.nodes[i] for i in chain), 1, weight.ndim)
+    axis = axis_after_transposes((view.nodes[i] for i in chain), 1, shape[1])
     if isinstance(axis, str):
         return f"{axis} of {layer.op_type} '{node_label(layer)}''s output"
     if axis != 1:

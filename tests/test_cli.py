@@ -608,6 +608,16 @@ def test_validation_options_typed_with_no_validate_are_warned_about(tmp_path, op
     assert "WARNING | validation options have no effect with --no-validate" in proc.stderr
 
 
+def test_a_provider_option_the_provider_does_not_take_is_warned_about(tmp_path):
+    """onnxruntime's CPU provider takes no options and says nothing: bnfold does."""
+    proc = bnfold(RESNET, "-o", tmp_path / "o.onnx", "--provider-option", "cpu:arena=1")
+    assert proc.returncode == 0 and (tmp_path / "o.onnx").exists()
+    assert (
+        "WARNING | CPUExecutionProvider does not report taking the option 'arena' given with "
+        "--provider-option (onnxruntime ignores options a provider does not know)"
+    ) in proc.stderr
+
+
 def test_help_and_version_load_neither_onnx_nor_numpy():
     """Start-up stays near click's own (`benchmarks/bench.py` measures it): the heavy modules
     load only when a model is folded."""

@@ -32,12 +32,16 @@ HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 class _Session:
     """A real CPU session that reports the providers a stand-in build would."""
 
-    def __init__(self, real, providers):
+    def __init__(self, real, providers, reported=None):
         self._real = real
         self._providers = providers
+        self._reported = reported or {}
 
     def get_providers(self):
         return self._providers
+
+    def get_provider_options(self):
+        return self._reported
 
     def __getattr__(self, name):
         return getattr(self._real, name)
@@ -60,7 +64,10 @@ def fake_ort(listed=(CUDA,), behaviour="works", devices=()):
         if behaviour == "falls back":  # onnxruntime's C++ log says why, on the process's stderr
             os.write(2, b"2026 [W:onnxruntime] [Vendor] Unsupported precision FP16 on CPU\n")
             return _Session(real, [CPU])
-        return _Session(real, [asked, CPU])
+        given = providers[0][1] if providers else {}
+        # (the provider knows every option but those named typo...)
+        taken = {key: value for key, value in given.items() if not key.startswith("typo")}
+        return _Session(real, [asked, CPU], {asked: taken, CPU: {}})
 
     class Options(onnxruntime.SessionOptions):
         def add_provider_for_devices(self, chosen, options):
@@ -198,6 +205,24 @@ def test_named_provider_that_cannot_run_fails_with_onnxruntime_s_full_reason(sta
     assert "line two" in "\n".join(report.lines(verbose=True))
     assert report.to_dict()["providers_used"] == ["cpu"]
     assert report.to_dict()["providers_failed"] == ["cuda"]
+
+
+def test_options_a_provider_does_not_report_taking_are_warned_about(stand_in):
+    """onnxruntime ignores option keys a provider does not know: a user's key that a session
+    does not report back is a WARNING (the CPU provider takes none)."""
+    stand_in()
+    options = {CUDA: {"device_id": "0", "typo_tf32": "0"}, CPU: {"arena": "1"}}
+    report = validate(RESNET, folded(), providers="cpu,cuda", provider_options=options)
+    assert report.passed
+    ignored = "(onnxruntime ignores options a provider does not know)"
+    assert report.warnings == [
+        f"{CPU} does not report taking the option 'arena' given with provider_options=... "
+        + ignored,
+        f"{CUDA} does not report taking the option 'typo_tf32' given with provider_options=... "
+        + ignored,
+    ]
+    report = validate(RESNET, folded(), providers="cuda", provider_options={CUDA: {"a": "1"}})
+    assert report.passed and not report.warnings
 
 
 def test_named_provider_not_in_this_onnxruntime(stand_in):

@@ -157,6 +157,7 @@ def validate(
             context.forget_draws(provider)
         if not isinstance(expected, (str, Unavailable)):
             report.warnings.extend(_weak_evidence(context, report, reference_model, probed))
+        report.warnings.extend(factory.untaken_warnings())
     finally:
         sources.close()
     return report

@@ -139,6 +139,8 @@ class SessionFactory:
     ort: Any
     tf32: bool = False
     options: dict[str, dict[str, str]] = field(default_factory=dict)
+    # the user's option keys a provider's first session did not report taking, by provider
+    untaken: dict[str, list[str]] = field(default_factory=dict)
 
     def provider_options(self, provider: str) -> dict[str, str]:
         """The options a session on `provider` gets: faithful ones, TF32 if allowed, the
@@ -216,7 +218,27 @@ class SessionFactory:
             reason = f"{provider} could not be used (onnxruntime fell back to {used})"
             return Unavailable(reason + said.why())
         session.bnfold_supplied = values  # onnxruntime reads them for the session's lifetime
+        if not devices:  # (a plugin's options go through its devices: not reported back)
+            self._note_untaken(session, provider)
         return session
+
+    def untaken_warnings(self) -> list[str]:
+        """A warning for each option the user gave that a provider's session did not report
+        taking: onnxruntime ignores keys a provider does not know (a misspelt one, say)."""
+        return [
+            f"{provider} does not report taking the option '{key}' given with "
+            f"{option('provider_options')} (onnxruntime ignores options a provider does not know)"
+            for provider, keys in self.untaken.items()
+            for key in keys
+        ]
+
+    def _note_untaken(self, session, provider: str) -> None:
+        given = self.options.get(provider)
+        if not given or provider in self.untaken:
+            return
+        report = getattr(session, "get_provider_options", None)
+        reported: dict = report().get(provider, {}) if report is not None else {}
+        self.untaken[provider] = [k for k, v in given.items() if v != "" and k not in reported]
 
     def _plugin_devices(self) -> list:
         get_devices = getattr(self.ort, "get_ep_devices", None)

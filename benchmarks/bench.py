@@ -92,6 +92,7 @@ BNFOLD = _TIMED.format(  # (what the command imports as it starts, before the ti
 
 # The floor of a validating command: load + save, then one onnxruntime session per model (the
 # original, the saved copy), one after the other, each run once at ORT_DISABLE_ALL.
+VALIDATION_RUNS = 9  # the default command against its floor: at least this many pairs
 VALIDATION_FLOOR = _TIMED.format(
     imports="import gc, os, numpy as np, onnx, onnxruntime as o",
     work="""m = onnx.load(sys.argv[1])
@@ -117,7 +118,9 @@ VALIDATING = _TIMED.format(
 
 def validation_cost(source: Path, tmp: Path, repeat: int, timeout: float) -> dict:
     """The default command (`bnfold IN -o OUT`, validating on the CPU) against its floor
-    (VALIDATION_FLOOR): medians of `repeat` alternating runs, and the peaks."""
+    (VALIDATION_FLOOR): medians of `repeat` alternating runs, the peaks, and each alternating
+    pair's time ratio (the machine's I/O makes single runs vary by ±20 %: the median is the
+    measure, the pairs show the spread)."""
     commands = {
         "floor": [PY, "-c", VALIDATION_FLOOR, str(source), str(tmp / "floor.onnx")],
         "bnfold": [
@@ -144,6 +147,10 @@ def validation_cost(source: Path, tmp: Path, repeat: int, timeout: float) -> dic
             "error": next((r[2] for r in measured if r[2]), ""),
         }
     floor, ours = result["floor"], result["bnfold"]
+    result["runs"] = repeat
+    result["pair_time_ratios"] = [
+        b[0] / f[0] for f, b in zip(runs["floor"], runs["bnfold"], strict=True)
+    ]
     result["time_ratio"] = ours["seconds"] / floor["seconds"]
     result["work_ratio"] = ours["work_s"] / floor["work_s"]
     result["memory_ratio"] = ours["peak_mb"] / floor["peak_mb"]
@@ -407,7 +414,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 if tool == "bnfold" and not error and label == effect_model:
                     effects[label] = inference_effect(source, target, runs=20)
-                    costs[label] = validation_cost(source, tmp, args.repeat, args.timeout * 10)
+                    runs = max(args.repeat, VALIDATION_RUNS)
+                    costs[label] = validation_cost(source, tmp, runs, args.timeout * 10)
                 target.unlink(missing_ok=True)
                 target.with_name(target.name + ".data").unlink(missing_ok=True)
     startup = startup_cost(max(args.repeat, 5) * 4)
@@ -501,7 +509,7 @@ def write_report(folder: Path, rows, effects, args, costs=None, startup=None) ->
             else:
                 lines.append(f"| {key} | {value['create_s']:.3f} | {value['latency_ms']:.2f} |")
     for label, cost in (costs or {}).items():
-        lines += _cost_lines(label, cost, args.repeat)
+        lines += _cost_lines(label, cost)
     if startup:
         lines += [
             "",
@@ -534,14 +542,14 @@ def write_report(folder: Path, rows, effects, args, costs=None, startup=None) ->
     plot(folder / "benchmark.png", rows, args.timeout)
 
 
-def _cost_lines(label: str, cost: dict, repeat: int) -> list[str]:
+def _cost_lines(label: str, cost: dict) -> list[str]:
     lines = [
         "",
         f"## The default command, validating, {label}",
         "",
         "`bnfold IN -o OUT --providers cpu` against its floor: `onnx.load` + `onnx.save`, then "
         "one onnxruntime session per model (original, copy) run once at `ORT_DISABLE_ALL`, one "
-        f"after the other. Medians of {repeat} alternating runs; peak RSS.",
+        f"after the other. Medians of {cost['runs']} alternating runs; peak RSS.",
         "",
         "| process | s | work s | peak MB | error |",
         "| --- | --- | --- | --- | --- |",
@@ -552,10 +560,12 @@ def _cost_lines(label: str, cost: dict, repeat: int) -> list[str]:
             f"| {name} | {r['seconds']:.2f} | {r['work_s']:.2f} | {r['peak_mb']:.0f} | "
             f"{r['error']} |"
         )
+    pairs = cost["pair_time_ratios"]
     lines += [
         "",
         f"× floor: time {cost['time_ratio']:.2f}, work {cost['work_ratio']:.2f}, "
-        f"memory {cost['memory_ratio']:.2f}.",
+        f"memory {cost['memory_ratio']:.2f}. Time ratio of each alternating pair: "
+        f"{min(pairs):.2f} to {max(pairs):.2f} (median {statistics.median(pairs):.2f}).",
     ]
     return lines
 

@@ -78,4 +78,6 @@ def test_validation_cost_compares_the_default_command_with_its_floor(tmp_path):
     assert not cost["floor"]["error"] and not cost["bnfold"]["error"], cost
     assert (tmp_path / "v.onnx").exists() and (tmp_path / "floor.onnx").exists()
     assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 0
-    assert "× floor: time" in "\n".join(bench._cost_lines("chain", cost, 1))
+    assert len(cost["pair_time_ratios"]) == cost["runs"] == 1
+    text = "\n".join(bench._cost_lines("chain", cost))
+    assert "× floor: time" in text and "Medians of 1 alternating runs" in text

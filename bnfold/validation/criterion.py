@@ -164,12 +164,11 @@ def pooled(values: np.ndarray, reference: np.ndarray, block: int = BLOCK) -> np.
     one value's noise, from two draws, can come out as zero (the moves of its inputs cancel
     after rounding); its nonzero neighbours in memory order, the same channel, pool it."""
     result = block_max(values, block)
-    flat = np.asarray(reference).reshape(-1)
-    kept = flat != 0
+    kept = np.asarray(reference).reshape(-1) != 0
     if kept.all() or not kept.any():
         return result
     out = result.reshape(-1).copy()
-    out[kept] = np.maximum(out[kept], block_max(values.reshape(-1)[kept], block))
+    out[kept] = np.maximum(out[kept], over_kept_blocks(values, kept, np.nanmax, block))
     return out.reshape(values.shape)
 
 
@@ -179,19 +178,26 @@ def relative_median(noise: np.ndarray, magnitude: np.ndarray, block: int = BLOCK
     softmax's likely class among unlikely ones) is held to its neighbours' relative noise where
     its own draws happened to cancel (two draws of one-ULP moves can leave it where it was);
     a median, so that a few values near a cancellation do not widen it for all."""
-    flat_noise, flat_magnitude = noise.reshape(-1), magnitude.reshape(-1)
+    flat_magnitude = magnitude.reshape(-1)
     kept = flat_magnitude > 0
-    result = np.zeros(flat_noise.size)
+    result = np.zeros(flat_magnitude.size)
+    if kept.any():
+        ratios = noise.reshape(-1) / np.where(kept, flat_magnitude, 1.0)
+        result[kept] = over_kept_blocks(ratios, kept, np.nanmedian, block)
+    return result.reshape(noise.shape)
+
+
+def over_kept_blocks(values: np.ndarray, kept: np.ndarray, reduce, block: int = BLOCK):
+    """The elements of `values` where the flat mask `kept` holds, in blocks of `block`
+    consecutive such elements (the others skipped), each given `reduce` (a NaN-ignoring
+    reduction such as `np.nanmax`) of its block: a float64 array, one value per kept element."""
     count = int(np.count_nonzero(kept))
-    if count == 0:
-        return result.reshape(noise.shape)
-    ratios = np.full(-(-count // block) * block, np.nan)
-    ratios[:count] = flat_noise[kept] / flat_magnitude[kept]
+    padded = np.full(-(-count // block) * block, np.nan)
+    padded[:count] = values.reshape(-1)[kept]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # (a last block of padding only: none)
-        medians = np.nanmedian(ratios.reshape(-1, block), axis=1)
-    result[kept] = np.repeat(medians, block)[:count]
-    return result.reshape(noise.shape)
+        reduced = reduce(padded.reshape(-1, block), axis=1)
+    return np.repeat(reduced, block)[:count]
 
 
 # (mantissa bits, exponent mask) by element type

@@ -88,18 +88,14 @@ def _plan(
     layer = view.nodes[layer_index]
     path = _describe(view, chain)
     moves = any(view.nodes[index].op_type != "Identity" for index in chain)
-    reshapes = any(view.nodes[index].op_type == "Reshape" for index in chain)
-    # (a MatMul with its weight on the left writes [B, C, L]: channels first, as a Conv1d)
-    left = layer.op_type == "MatMul" and weight_on_the_left(layer, view)
-    channels_first = layer.op_type in CHANNELS_FIRST_ROOTS or left
-    any_layout = layer.op_type in LAYOUT_ROOTS and not left
-    if moves and not any_layout and (reshapes or not channels_first):
+    followed = _followed_as(view, layer, chain) if moves else None
+    if moves and followed is None:
         return (
             f"it follows {path} after {layer.op_type} '{node_label(layer)}'; only a Gemm or "
             "MatMul (its weight on the right) is followed through a Reshape, a Conv, "
             "ConvTranspose or MatMul with its weight on the left through Transposes"
         )
-    if moves and layer.op_type == "MatMul" and not left and view.rank(layer.input[0]) != 2:
+    if followed == COLUMNS and layer.op_type == "MatMul" and view.rank(layer.input[0]) != 2:
         unbiased = plan_linear_nd_unbiased(view, layer_index, chain, affine, path)
         return unbiased if isinstance(unbiased, str) else (layer_index, unbiased)
     plan = PLANNERS[layer.op_type](layer, view, affine, opset)
@@ -107,15 +103,29 @@ def _plan(
         return plan
     # The plan has checked that the layer has as many columns (channels) as the BN has channels.
     # With one channel every element gets the same affine map, whatever the layout.
-    if moves and affine.channels > 1 and channels_first:
+    problem = None
+    if followed == CHANNELS and affine.channels > 1:
         problem = _channel_axis_problem(view, layer, chain, affine.channels, path)
-        if problem:
-            return problem
-    elif moves and affine.channels > 1:
+    elif followed == COLUMNS and affine.channels > 1:
         problem = _columns_problem(view, layer, chain, affine.channels, opset, path)
-        if problem:
-            return problem
-    return layer_index, replace(plan, how=f"{plan.how}; through {path}, unchanged")
+    return problem or (layer_index, replace(plan, how=f"{plan.how}; through {path}, unchanged"))
+
+
+COLUMNS, CHANNELS = "columns", "channels"  # (how `_followed_as` follows a layer's output)
+
+
+def _followed_as(view: GraphView, layer: onnx.NodeProto, chain: list[int]) -> str | None:
+    """How the layout nodes of `chain` after `layer` are followed: COLUMNS for a Gemm or a
+    MatMul with its weight on the right (its 2-D output's columns, through any of them),
+    CHANNELS for a Conv, ConvTranspose or MatMul with its weight on the left (axis 1 of its
+    output, through Transposes and Identity only); None when they are not."""
+    left = layer.op_type == "MatMul" and weight_on_the_left(layer, view)
+    if layer.op_type in LAYOUT_ROOTS and not left:
+        return COLUMNS
+    reshapes = any(view.nodes[index].op_type == "Reshape" for index in chain)
+    if (layer.op_type in CHANNELS_FIRST_ROOTS or left) and not reshapes:
+        return CHANNELS
+    return None
 
 
 def _columns_problem(

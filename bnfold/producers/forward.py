@@ -40,6 +40,7 @@ from ..numerics import (
 )
 from .base import FoldPlan, SplitPlan, constant_input, rounded_updates
 from .linear_nd import bias_add_after, row_bias_update
+from .matmul import constant_matrix
 from .rule import Absorb, Match, Rule, Skip, infers_ranks_near
 
 
@@ -96,6 +97,12 @@ def plan_forward(
     return FoldPlan(updates, how, "Gemm" if consumer.op_type == "MatMul" else None, new_attributes)
 
 
+_RIGHT_NEED = (  # (`matmul.constant_matrix`)
+    "it feeds the right operand of the MatMul after it with rank {rank}; only rank 3 puts its "
+    "channels on the reduction axis of the weight on the left"
+)
+
+
 def plan_forward_left_weight(
     view: GraphView, matmul_index: int, affine: ChannelAffine, data_rank: int | None
 ) -> FoldPlan | SplitPlan | str:
@@ -104,20 +111,10 @@ def plan_forward_left_weight(
     `W·b` added to the constant of the bias Add that alone reads the MatMul's output, where it
     has one per row, else by a new Add after it (none when `W·b` is zero). Only a rank-3 x puts
     the BN channel axis 1 on the reduction axis."""
-    consumer = view.nodes[matmul_index]
-    weight, problem = constant_input(
-        consumer, 0, "left operand (weight) of the MatMul after it", view
-    )
-    if problem:
-        return problem
-    if weight is None or weight.ndim != 2:
-        return "the MatMul after it has no constant 2-D weight on the left"
-    if data_rank != 3:
-        shown = "unknown" if data_rank is None else str(data_rank)
-        return (
-            f"it feeds the right operand of the MatMul after it with rank {shown}; only rank 3 "
-            "puts its channels on the reduction axis of the weight on the left"
-        )
+    role = "left operand (weight) of the MatMul after it"
+    weight = constant_matrix(view.nodes[matmul_index], view, 0, role, (data_rank, 3), _RIGHT_NEED)
+    if isinstance(weight, str):
+        return weight
     if weight.shape[1] != affine.channels:
         return (
             f"the MatMul after it reduces over {weight.shape[1]} features but the "

@@ -21,6 +21,16 @@ from ..graph_view import GraphView
 from ..numerics import ChannelAffine, NotRepresentable, round_to, scale_along
 from .base import FoldPlan, constant_input, constant_weight, rounded_updates
 
+# why a fold needs the other operand's rank (`constant_matrix`)
+_COLUMNS_NEED = (
+    "the MatMul left operand has rank {rank}; only a 2-D left operand puts the "
+    "BatchNormalization channel axis on the weight's columns"
+)
+_ROWS_NEED = (
+    "the MatMul's weight is its left operand and its right operand has rank {rank}; only a "
+    "rank-3 one puts the BatchNormalization channel axis on the weight's rows"
+)
+
 
 def weight_on_the_left(node: onnx.NodeProto, view: GraphView) -> bool:
     """Whether a MatMul's constant weight is its left operand (its right one not constant)."""
@@ -44,18 +54,10 @@ def plan_matmul(
 ) -> FoldPlan | str:
     if weight_on_the_left(node, view):
         return plan_weight_on_the_left(node, view, affine)
-    weight, problem = constant_input(node, 1, "right operand (weight)", view)
-    if problem:
-        return problem
-    if weight is None or weight.ndim != 2:
-        return "the MatMul right operand is not a 2-D constant"
-    rank = view.rank(node.input[0])
-    if rank != 2:
-        shown = "unknown" if rank is None else str(rank)
-        return (
-            f"the MatMul left operand has rank {shown}; only a 2-D left operand puts the "
-            "BatchNormalization channel axis on the weight's columns"
-        )
+    ranks = (view.rank(node.input[0]), 2)
+    weight = constant_matrix(node, view, 1, "right operand (weight)", ranks, _COLUMNS_NEED)
+    if isinstance(weight, str):
+        return weight
     if weight.shape[1] != affine.channels:
         return (
             f"the MatMul has {weight.shape[1]} output columns but the BatchNormalization "
@@ -78,18 +80,10 @@ def plan_weight_on_the_left(
 ) -> FoldPlan | str:
     """`W[C, K] · X[B, K, L]`: the rows scaled, the shift added by a new Add after it (none
     when it is zero); or why not."""
-    weight, problem = constant_input(node, 0, "left operand (weight)", view)
-    if problem:
-        return problem
-    if weight is None or weight.ndim != 2:
-        return "the MatMul left operand (its weight) is not a 2-D constant"
-    rank = view.rank(node.input[1])
-    if rank != 3:
-        shown = "unknown" if rank is None else str(rank)
-        return (
-            f"the MatMul's weight is its left operand and its right operand has rank {shown}; "
-            "only a rank-3 one puts the BatchNormalization channel axis on the weight's rows"
-        )
+    ranks = (view.rank(node.input[1]), 3)
+    weight = constant_matrix(node, view, 0, "left operand (weight)", ranks, _ROWS_NEED)
+    if isinstance(weight, str):
+        return weight
     rows = weight.shape[0]
     if rows != affine.channels:
         return f"the MatMul has {rows} output rows but the BatchNormalization has {affine.channels}"
@@ -107,3 +101,25 @@ def plan_weight_on_the_left(
     except NotRepresentable as exc:
         return f"the folded bias is not representable: {exc}"
     return FoldPlan(updates, f"{how}; its shift added by a new Add after it", added_bias=bias)
+
+
+def constant_matrix(
+    node: onnx.NodeProto,
+    view: GraphView,
+    slot: int,
+    role: str,
+    ranks: tuple[int | None, int],
+    wrong_rank: str,
+) -> np.ndarray | str:
+    """Input `slot` of a MatMul (its `role`) where it is a constant 2-D float matrix and the
+    other operand's rank, `ranks[0]` (None: unknown), is the one the fold needs, `ranks[1]`;
+    else why not (`wrong_rank` with `{rank}` in it says the rank)."""
+    weight, problem = constant_input(node, slot, role, view)
+    if problem:
+        return problem
+    if weight is None or weight.ndim != 2:
+        return f"the MatMul {role} is not a 2-D constant"
+    rank, needed = ranks
+    if rank != needed:
+        return wrong_rank.format(rank="unknown" if rank is None else rank)
+    return weight

@@ -397,3 +397,58 @@ def test_a_transpose_after_a_matmul_with_its_weight_on_the_left_is_followed_as_c
 
     reason = only_skip(left_weight_model(rng, after=reshaped))
     assert "MatMul with its weight on the left through Transposes" in reason
+
+
+def test_a_matmul_with_its_weight_on_the_left_before_opset_7_takes_no_shift(rng):
+    """Add-6 broadcasts only trailing dimensions: no new Add can add a bias per row; and an Add
+    with the old `broadcast`/`axis` attributes is not read as the product's bias."""
+    model = left_weight_model(rng)
+    model.opset_import[0].version = 6
+    model.graph.node[-1].attribute.append(helper.make_attribute("is_test", 1))
+    assert "at opset 6 an Add cannot add a constant per row" in only_skip(model)
+    model = left_weight_model(rng, bias=True)
+    model.opset_import[0].version = 6
+    model.graph.node[-1].attribute.append(helper.make_attribute("is_test", 1))
+    model.graph.node[2].attribute.extend(
+        [helper.make_attribute("broadcast", 1), helper.make_attribute("axis", 1)]
+    )
+    assert "it follows Add 'bias', not a Conv" in only_skip(model)
+
+
+@pytest.mark.parametrize("where", ["transposed", "sub", "concat"])
+def test_a_shift_after_products_without_a_bias_is_their_bias_not_a_bn(rng, where):
+    """A pure shift (Add, Sub of a constant) that could only become a new Add after products
+    with their weight on the left, behind Transposes, as a Sub, or after a Concat of them: not
+    BN-like arithmetic, not folded, not reported."""
+
+    def after(inits):
+        inits.append(tensor("c", rng.normal(0, 0.5, [6, 1]).astype(np.float32)))
+        if where == "transposed":
+            inits[-1] = tensor("c", rng.normal(0, 0.5, [6]).astype(np.float32))
+            return [
+                helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 1]),
+                helper.make_node("Add", ["t", "c"], ["u"]),
+                helper.make_node("Transpose", ["u"], ["y"], perm=[0, 2, 1]),
+            ]
+        if where == "sub":
+            return [helper.make_node("Sub", ["m", "c"], ["y"])]
+        inits[-1] = tensor("c", rng.normal(0, 0.5, [12, 1]).astype(np.float32))
+        inits.append(tensor("W2", rng.normal(0, 0.5, [6, 4]).astype(np.float32)))
+        return [
+            helper.make_node("MatMul", ["W2", "r"], ["m2"]),
+            helper.make_node("Concat", ["m", "m2"], ["j"], axis=1),
+            helper.make_node("Add", ["j", "c"], ["y"]),
+        ]
+
+    model = left_weight_model(rng, after=after)
+    result = bnfold.fold(model)
+    assert not result.records and result.model == model
+
+
+def test_a_matmul_without_a_constant_operand_says_so_for_both(rng):
+    model = left_weight_model(rng)
+    model.graph.input.append(value_info("W", TensorProto.FLOAT, [6, 4]))
+    assert (
+        "neither MatMul operand is a constant weight (left: 'W' is an initializer that is also a "
+        "graph input (can be overridden); right: 'r' is computed by Relu" in only_skip(model)
+    )

@@ -16,7 +16,6 @@ import onnx
 
 from ..affine import (
     OP_WORDS,
-    AffineMatch,
     constant_affine,
     layer_before,
     producer_channels,
@@ -28,10 +27,9 @@ from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, node_label
 from ..numerics import ChannelAffine
 from . import PLANNERS
-from .base import FoldPlan, shared_output_reason
+from .base import FoldPlan, SplitPlan, shared_output_reason
 from .concat import concat_channels, plan_concat_split
 from .forward import plan_forward, plan_forward_conv
-from .matmul import weight_on_the_left
 from .rule import Absorb, Bypass, Match, Rule, Skip, about_producers, bypassing
 from .through_reshape import LAYOUT_OPS, ROWS, Layout, follow
 
@@ -45,24 +43,21 @@ def into_layer_before(
     BatchNormalization with the map it computes (`affine.as_affine`: scale k and shift 0 for a
     Mul, scale 1 and shift k for an Add, ...) is."""
     found = read_affine(node, view, PLANNERS)
-    if found is None or _bias_of_a_product(view, found):
+    if found is None:
         return None
     return _into_layer(
         view, index, node, found.data, found.layer, found.writer, found.path, found.affine, opset
     )
 
 
-def _bias_of_a_product(view: GraphView, found: AffineMatch) -> bool:
-    """Whether the Mul/Add found is an Add (or Sub) of a constant per row right after a MatMul
-    with its weight on the left: that layer's own bias (a Conv1d's, written as a product, which
-    has no other), not a BatchNormalization written as arithmetic."""
-    layer = view.nodes[found.layer]
-    return (
-        found.writer == found.layer
-        and layer.op_type == "MatMul"
-        and bool(np.all(found.affine.scale == 1))
-        and weight_on_the_left(layer, view)
-    )
+def only_moves_a_shift(affine: ChannelAffine, plan: FoldPlan | SplitPlan) -> bool:
+    """Whether folding a pure shift (every scale 1: an Add, a Sub of a constant) would only put
+    a new bias Add after layers that have no bias (a MatMul with its weight on the left or on a
+    rank-3 input): that shift is their bias, written after them, not a BatchNormalization
+    written as arithmetic; nothing to fold (and folding it again would move it again)."""
+    parts = plan.parts if isinstance(plan, SplitPlan) else ((0, plan),)
+    added = any(part.added_bias is not None for _, part in parts)
+    return added and bool(np.all(affine.scale == 1))
 
 
 @about_producers("Concat")
@@ -93,6 +88,8 @@ def split_after_concat(
         concat = view.nodes[concat_index]
         what, verb = OP_WORDS[node.op_type]
         split = plan_concat_split(view, concat_index, affine, opset, target_axis=axis)
+        if not isinstance(split, str) and only_moves_a_shift(affine, split):
+            return None
         if isinstance(split, str):
             return Skip(f"{what} a per-channel constant after Concat: {split}")
         if view.sole_consumer(data) != index:
@@ -146,17 +143,17 @@ def _into_layer(
     path: str,
     affine: ChannelAffine,
     opset: int,
-) -> Match | Skip:
+) -> Match | Skip | None:
     """The Mul/Add/Sub/Div at `index` (its per-channel map `affine`) folded into the layer
     before it, `writer` (the layer, or the last layout node of `path` after it) taking over its
-    output; or why not."""
+    output; or why not; None when it is that layer's bias (`only_moves_a_shift`)."""
     producer = view.nodes[layer_index]
     what, verb = OP_WORDS[node.op_type]
-    plan: FoldPlan | str
+    plan = PLANNERS[producer.op_type](producer, view, affine, opset)
+    if not isinstance(plan, str) and only_moves_a_shift(affine, plan):
+        return None
     if view.sole_consumer(data) != index:
         plan = shared_output_reason(view, data, view.nodes[writer])
-    else:
-        plan = PLANNERS[producer.op_type](producer, view, affine, opset)
     if isinstance(plan, str):
         return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
     if np.all(affine.scale == 1):

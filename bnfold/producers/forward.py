@@ -8,7 +8,8 @@ of B when transB=1) is scaled by a[k] and the bias becomes `β·C + α·b·B'` w
 
 BN → MatMul with the weight on the left, `W[C, K] · x̂[B, K, L]` (x of rank 3: the BN channel
 axis 1 is the reduction axis): `W·(a·x + b) = (W·diag(a))·x + (W·b)[:, None]`, column k of W
-scaled by a[k] and `W·b` added by a new Add after the MatMul.
+scaled by a[k] and `W·b` added to the constant of the MatMul's bias Add (one per row), or by a
+new Add after the MatMul where it has none.
 
 BN → Conv (weight `[C_out, C_in/group, k...]`, any group): without padding every output position
 reads every kernel tap from real input, so `Conv(W, a·x + b) = Conv(W', x) + s` where column j of
@@ -32,15 +33,13 @@ from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, node_label
 from ..numerics import (
     ChannelAffine,
-    NotRepresentable,
     conv_input_shift,
-    round_to,
     scale_along,
     scale_conv_inputs,
 )
 from .base import FoldPlan, SplitPlan, constant_input, rounded_updates
 from .linear_nd import bias_add_after, row_bias_update
-from .matmul import constant_matrix
+from .matmul import constant_matrix, row_bias
 from .rule import Absorb, Match, Rule, Skip, infers_ranks_near
 
 
@@ -141,10 +140,9 @@ def plan_forward_left_weight(
             return SplitPlan(parts, how)
     if not np.any(carried):
         return FoldPlan(updates, how)
-    try:
-        bias = round_to(carried.reshape(-1, 1), weight.dtype)
-    except NotRepresentable as exc:
-        return f"the folded bias is not representable: {exc}"
+    bias = row_bias(carried, weight.dtype, view.opset)
+    if isinstance(bias, str):
+        return bias
     return FoldPlan(updates, f"{how}; a new Add after it carries the shift", added_bias=bias)
 
 

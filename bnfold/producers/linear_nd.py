@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..affine import per_channel
+from ..affine import per_channel, reads_as_arithmetic
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, axis_after_transposes, node_label
 from ..numerics import ChannelAffine, NotRepresentable, round_to
@@ -224,8 +224,9 @@ def _columns_reaching_axis_1(
 
 def _matmul_and_bias(view: GraphView, add: onnx.NodeProto) -> tuple[int, int] | None:
     """(the MatMul index, the slot of the bias constant) of an Add of a MatMul's output and a
-    float constant; None otherwise."""
-    if len(add.input) != 2:
+    float constant, broadcasting numpy-style (not with the pre-opset-7 `broadcast`/`axis`
+    attributes); None otherwise."""
+    if not reads_as_arithmetic(add):
         return None
     for data_slot, bias_slot in ((0, 1), (1, 0)):
         index = view.producer.get(add.input[data_slot])

@@ -54,6 +54,9 @@ def plan_matmul(
 ) -> FoldPlan | str:
     if weight_on_the_left(node, view):
         return plan_weight_on_the_left(node, view, affine)
+    if constant_weight(node, view, 1) is None:
+        left, right = (view.why_not_constant(name) for name in node.input[:2])
+        return f"neither MatMul operand is a constant weight (left: {left}; right: {right})"
     ranks = (view.rank(node.input[0]), 2)
     weight = constant_matrix(node, view, 1, "right operand (weight)", ranks, _COLUMNS_NEED)
     if isinstance(weight, str):
@@ -96,11 +99,25 @@ def plan_weight_on_the_left(
     how = f"scaled {rows} rows of the weight on the left"
     if not np.any(affine.shift):
         return FoldPlan(updates, how)
+    bias = row_bias(affine.shift, weight.dtype, view.opset)
+    if isinstance(bias, str):
+        return bias
+    return FoldPlan(updates, f"{how}; its shift added by a new Add after it", added_bias=bias)
+
+
+def row_bias(shift: np.ndarray, dtype: np.dtype, opset: int) -> np.ndarray | str:
+    """The constant `[C, 1]` of a new Add that adds `shift[c]` to row c of a `[B, C, L]`
+    product, rounded once to `dtype`; or why there can be none: not representable, or an opset
+    before 7, whose Add broadcasts only a suffix of the other input's shape."""
+    if opset < 7:
+        return (
+            f"at opset {opset} an Add cannot add a constant per row of the MatMul's output "
+            "(Add-6 broadcasts only trailing dimensions)"
+        )
     try:
-        bias = round_to(affine.shift.reshape(rows, 1), weight.dtype)
+        return round_to(shift.reshape(-1, 1), dtype)
     except NotRepresentable as exc:
         return f"the folded bias is not representable: {exc}"
-    return FoldPlan(updates, f"{how}; its shift added by a new Add after it", added_bias=bias)
 
 
 def constant_matrix(

@@ -84,11 +84,11 @@ def forward_folding_ops(rules: Mapping[str, NodeRules] | None = None) -> frozens
 def followed_back_through(
     rules: Mapping[str, NodeRules] | None = None, layer: str = "Conv"
 ) -> frozenset[str] | None:
-    """The op types backward rules follow from what they fold back to a `layer` (what they
-    declare with `about_producers`, the layers themselves aside; rules that declare they reach
-    other layers only are left out): a node of these types reading the layer's output may lead
-    a later fold to it. None when a rule that may fold declares nothing (it may follow
-    anything)."""
+    """The op types backward rules follow from what they fold back to a `layer` kind (the
+    vectorised path's Conv unless told; what they declare with `about_producers`, the layers
+    themselves aside; rules that declare they reach other layers only are left out): a node of
+    these types reading the layer's output may lead a later fold to it. None when a rule that
+    may fold declares nothing (it may follow anything)."""
     followed: set[str] = set()
     for kind in (RULES if rules is None else rules).values():
         for direction, group in kind.groups:
@@ -97,7 +97,8 @@ def followed_back_through(
             for rule in group:
                 if getattr(rule, "never_folds", False):
                     continue
-                if layer not in (getattr(rule, "reaches", None) or {layer}):
+                reaches = getattr(rule, "reaches", None)
+                if reaches is not None and layer not in reaches:
                     continue
                 declared = getattr(rule, "producer_ops", None)
                 if declared is None:

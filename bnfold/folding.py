@@ -209,6 +209,11 @@ class _Context:
         else:
             (self.folded_affine if affine else self.folded).extend(outcome)
 
+    def forget(self, family: str, record: Skipped) -> None:
+        """Take back a node's `Skipped` record (a later fold let it fold after all)."""
+        kept = self.skipped_affine if family == "affine" else self.skipped
+        kept.remove(record)
+
     def inferred_ranks(self) -> dict[str, int]:
         return self.ranks
 
@@ -256,14 +261,21 @@ def _fold_graph(
         view, pairs, context.spill, context.chunk_bytes, context.followed
     )
     del pairs
+    skipped: dict[int, Skipped] = {}  # nodes left so far, by position: a later fold may free them
     for index in _visited_positions(view, context.rules):
         if index in view.removed_nodes:  # (a Mul/Add folded forward with the one before it)
             continue
         rules = context.rules[view.op_types[index]]
         if index in pending:  # (popped: each pair's memory goes as its fold completes)
             context.record(rules.family, [pending.pop(index).finish(view, context.names)])
-        else:
-            context.record(rules.family, _fold_node(view, index, rules, context))
+            continue
+        inputs = list(view.nodes[index].input)  # (before a fold rewires them)
+        outcome = _fold_node(view, index, rules, context)
+        context.record(rules.family, outcome)
+        if isinstance(outcome, Skipped):
+            skipped[index] = outcome
+        elif outcome:
+            _look_again(view, inputs, skipped, context)
     for index in view.holders:
         if index in view.removed_nodes:
             continue
@@ -280,6 +292,26 @@ def _fold_graph(
                 _skip_all(sub, context, sub_path, reason)
     view.finish()
     context.removed += view.nodes_removed
+
+
+def _look_again(
+    view: GraphView, inputs: list[str], skipped: dict[int, Skipped], context: _Context
+) -> None:
+    """After a fold of a node that read `inputs`: a node left earlier that writes one of them
+    may fold now (BN → BN → layer: the second BN folded forward, the first now reads into the
+    layer), and so on back; its record replaces its `Skipped` one."""
+    waiting = [view.producer.get(name) for name in inputs]
+    while waiting:
+        index = waiting.pop()
+        if index is None or index not in skipped or index in view.removed_nodes:
+            continue
+        inputs = list(view.nodes[index].input)
+        rules = context.rules[view.op_types[index]]
+        outcome = _fold_node(view, index, rules, context)
+        if isinstance(outcome, list) and outcome:
+            context.forget(rules.family, skipped.pop(index))
+            context.record(rules.family, outcome)
+            waiting.extend(view.producer.get(name) for name in inputs)
 
 
 def _visited_positions(view: GraphView, rules: Mapping[str, NodeRules]) -> list[int]:

@@ -430,3 +430,24 @@ def test_bn_then_matmul_with_its_weight_on_the_left_and_a_bias_add(rng):
     assert op_types(result.model) == ["MatMul", "Add"]
     check_full(result.model)
     assert_same_function(model, result.model)
+
+
+@pytest.mark.parametrize("layer", ["Conv", "product", "Gemm"])
+def test_bns_in_a_row_before_a_layer_all_fold_forward(rng, layer):
+    """BN → BN → layer: the second folds forward first (node order), then the first, which now
+    reads into the layer, is asked again: both fold in one pass, and a second pass finds
+    nothing."""
+    inits = [*bn_params(rng, K, prefix="a"), *bn_params(rng, K, prefix="b")]
+    nodes = [bn_node("x", "p", prefix="a"), bn_node("p", "q", prefix="b")]
+    x_shape = [2, K] if layer == "Gemm" else [2, K, 5]
+    weight = {"Conv": [N, K, 1], "product": [N, K], "Gemm": [K, N]}[layer]
+    inits.append(tensor("W", rng.normal(0, 1, weight).astype(np.float32)))
+    inputs = ["W", "q"] if layer == "product" else ["q", "W"]
+    nodes.append(helper.make_node("MatMul" if layer == "product" else layer, inputs, ["y"]))
+    y = value_info("y", TensorProto.FLOAT, symbolic(len(x_shape)))
+    model = make_model(nodes, [value_info("x", TensorProto.FLOAT, x_shape)], [y], inits)
+    result = bnfold.fold(model)
+    assert [r.batchnorm for r in result.folded] == ["b_node", "a_node"] and not result.skipped
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    assert bnfold.fold(result.model).model == result.model

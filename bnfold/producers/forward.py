@@ -31,12 +31,7 @@ import onnx
 from ..batchnorm import BatchNorm
 from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, node_label
-from ..numerics import (
-    ChannelAffine,
-    conv_input_shift,
-    scale_along,
-    scale_conv_inputs,
-)
+from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
 from .base import FoldPlan, SplitPlan, constant_input, rounded_updates
 from .linear_nd import bias_add_after, row_bias_update
 from .matmul import constant_matrix, row_bias

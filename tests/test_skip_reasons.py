@@ -63,6 +63,25 @@ def test_skip_producer_output_read_elsewhere(rng):
     assert "read by 1 other node" in only_skip(conv_bn(rng, extra_nodes=extra, outputs=("y", "r")))
 
 
+def test_skip_producer_output_read_by_one_node_twice(rng):
+    """An If reading the layer's output in both branches is one other node, not two."""
+
+    def branch(name):
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)
+        return helper.make_graph(
+            [helper.make_node("Relu", ["c"], [f"{name}_out"])], name, [], [out]
+        )
+
+    extra = [
+        helper.make_node(
+            "If", ["flag"], ["r"], then_branch=branch("then"), else_branch=branch("else")
+        )
+    ]
+    model = conv_bn(rng, extra_nodes=extra, outputs=("y", "r"))
+    model.graph.input.append(value_info("flag", TensorProto.BOOL, []))
+    assert "is also read by 1 other node" in only_skip(model)
+
+
 def test_skip_parameter_is_graph_input(rng):
     model = conv_bn(rng)
     model.graph.input.append(value_info("bn_var", TensorProto.FLOAT, [C]))  # overridable

@@ -107,5 +107,8 @@ def shared_output_reason(view: GraphView, name: str, producer: onnx.NodeProto) -
     what = f"the output '{name}' of {producer.op_type} '{node_label(producer)}'"
     if name in view.output_names:
         return f"{what} is also a graph output"
-    others = len(view.consumers.of(name)) - 1
+    readers = view.consumers.of(name)
+    others = len(set(readers)) - 1  # (nodes, not reads: an If may read it in two branches)
+    if others == 0:
+        return f"{what} is read {len(readers)} times by one node"
     return f"{what} is also read by {others} other node{'s' if others != 1 else ''}"

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .graph_index import GraphIndex
-from .graphs import all_graphs, nodes_with_subgraphs, subgraphs
+from .graphs import all_graphs, node_label, nodes_with_subgraphs, subgraphs
 from .protobuf_speed import NAME, listed
 from .tensor_data import RAW_DTYPES, DataFile, is_on_disk, little_endian_bytes
 
@@ -117,6 +117,7 @@ class GraphEditor(GraphIndex):
         self._orphaned: set[str] = set()  # lost a reader to an edit: removed if unread at the end
         self._vanished: set[str] = set()  # no longer exist: their value_info goes at the end
         self._placed_after: dict[int, int] = {}  # a node added by `interpose`: after which node
+        self._labels: dict[int, str] = {}  # a node `interpose` renamed the output of: its label
 
     def set_constant_input(
         self, node_index: int, slot: int, value: np.ndarray, base_name: str, names: NameAllocator
@@ -150,6 +151,11 @@ class GraphEditor(GraphIndex):
             self.consumers.remove(old, node_index)
             self._orphaned.add(old)
         return name
+
+    def label(self, index: int) -> str:
+        """How records name node `index` (`node_label`): as it was named before `interpose`
+        renamed its output (an unnamed node is named by its output)."""
+        return self._labels.get(index) or node_label(self.nodes[index])
 
     def set_op_type(self, node_index: int, op_type: str) -> None:
         """Make a node another op (a MatMul that takes a bias becomes a Gemm), index included."""
@@ -186,6 +192,7 @@ class GraphEditor(GraphIndex):
         node's output. The new node's position."""
         layer = self.nodes[index]
         old = layer.output[0]
+        self._labels.setdefault(index, node_label(layer))
         fresh = names.fresh(f"{old}_bnfold_before_{op_type.lower()}")
         layer.output[0] = fresh
         node = self.graph.node.add(op_type=op_type, input=[fresh, *operands], output=[old])

@@ -451,3 +451,17 @@ def test_bns_in_a_row_before_a_layer_all_fold_forward(rng, layer):
     check_full(result.model)
     assert_same_function(model, result.model)
     assert bnfold.fold(result.model).model == result.model
+
+
+def test_records_name_an_unnamed_product_the_same_before_and_after_its_new_add(rng):
+    """BN → `W·x̂` → BN, the MatMul unnamed: the first fold puts a new Add after it (renaming its
+    output), the second folds into it through that Add; both records name it as it was."""
+    model = bn_then_left_weight(rng)
+    model.graph.node[1].name = ""
+    model.graph.node[1].output[0] = "p"
+    model.graph.initializer.extend(bn_params(rng, N, prefix="b2"))
+    model.graph.node.append(bn_node("p", "y", prefix="b2"))
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded] == ["<MatMul -> p>", "<MatMul -> p>"]
+    assert op_types(result.model) == ["MatMul", "Add"]
+    assert_same_function(model, result.model)

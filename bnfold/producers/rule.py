@@ -75,7 +75,7 @@ class Match:
 
     def apply(self, view: GraphView, names: NameAllocator) -> list[Folded]:
         """Make the fold in `view` (new constants get names from `names`); its records."""
-        into = node_label(view.nodes[self.into])  # (before a bypass renames its output)
+        into = view.label(self.into)  # (before a bypass renames its output)
         said = [
             (node_label(view.nodes[r.node]), view.nodes[r.node].output[0]) for r in self.removals
         ]

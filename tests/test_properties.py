@@ -98,8 +98,25 @@ def matmul_case(draw):
 
 
 @st.composite
+def left_matmul_case(draw):
+    """`W[c, k] · x[b, k, l]`: the weight on the left (a Conv1d written as a product)."""
+    b, k, c, length = (draw(st.integers(1, 4)) for _ in range(4))
+    return {
+        "op": "MatMul",
+        "attrs": {},
+        "operands": ["W", "x"],
+        "x_shape": [b, k, length],
+        "weight_shape": [c, k],
+        "channels": c,
+        "bias_shape": None,
+        "rank": 3,
+    }
+
+
+@st.composite
 def scenario(draw):
-    case = draw(st.one_of(conv_case(False), conv_case(True), gemm_case(), matmul_case()))
+    cases = (conv_case(False), conv_case(True), gemm_case(), matmul_case(), left_matmul_case())
+    case = draw(st.one_of(*cases))
     dtypes = ["float32", "float16"] + (["float64"] if case["op"] in ("Gemm", "MatMul") else [])
     case["dtype"] = np.dtype(draw(st.sampled_from(dtypes)))
     case["params_as"] = draw(st.sampled_from(["initializer", "constant", "identity"]))
@@ -118,7 +135,7 @@ def build(case) -> onnx.ModelProto:
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     c = case["channels"]
     inits = [tensor("W", rng.normal(0, 0.5, case["weight_shape"]).astype(dtype))]
-    inputs = ["x", "W"]
+    inputs = list(case.get("operands", ["x", "W"]))
     if case["bias_shape"] is not None:
         inits.append(tensor("B", rng.normal(0, 0.5, case["bias_shape"]).astype(dtype)))
         inputs.append("B")

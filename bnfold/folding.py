@@ -261,7 +261,9 @@ def _fold_graph(
         view, pairs, context.spill, context.chunk_bytes, context.followed
     )
     del pairs
-    skipped: dict[int, Skipped] = {}  # nodes left so far, by position: a later fold may free them
+    # nodes left so far (their Skipped record; None: an ordinary Mul/Add, said nothing of), by
+    # position: a later fold may free them
+    left: dict[int, Skipped | None] = {}
     for index in _visited_positions(view, context.rules):
         if index in view.removed_nodes:  # (a Mul/Add folded forward with the one before it)
             continue
@@ -272,10 +274,10 @@ def _fold_graph(
         inputs = list(view.nodes[index].input)  # (before a fold rewires them)
         outcome = _fold_node(view, index, rules, context)
         context.record(rules.family, outcome)
-        if isinstance(outcome, Skipped):
-            skipped[index] = outcome
-        elif outcome:
-            _look_again(view, inputs, skipped, context)
+        if isinstance(outcome, list):
+            _look_again(view, inputs, left, context)
+        else:
+            left[index] = outcome
     for index in view.holders:
         if index in view.removed_nodes:
             continue
@@ -295,21 +297,25 @@ def _fold_graph(
 
 
 def _look_again(
-    view: GraphView, inputs: list[str], skipped: dict[int, Skipped], context: _Context
+    view: GraphView, folded_inputs: list[str], left: dict[int, Skipped | None], context: _Context
 ) -> None:
-    """After a fold of a node that read `inputs`: a node left earlier that writes one of them
-    may fold now (BN → BN → layer: the second BN folded forward, the first now reads into the
-    layer), and so on back; its record replaces its `Skipped` one."""
-    waiting = [view.producer.get(name) for name in inputs]
+    """After a fold of a node that read `folded_inputs`: a node left earlier (`left`: its
+    Skipped record, or None for an ordinary Mul/Add) that writes one of them may fold now
+    (BN → BN → layer, Mul → BN → layer: the later one folded forward, the earlier now reads
+    into the layer), and so on back; its fold's records take the place of its Skipped one (they
+    come after the records made so far)."""
+    waiting = [view.producer.get(name) for name in folded_inputs]
     while waiting:
         index = waiting.pop()
-        if index is None or index not in skipped or index in view.removed_nodes:
+        if index is None or index not in left or index in view.removed_nodes:
             continue
         inputs = list(view.nodes[index].input)
         rules = context.rules[view.op_types[index]]
         outcome = _fold_node(view, index, rules, context)
         if isinstance(outcome, list) and outcome:
-            context.forget(rules.family, skipped.pop(index))
+            record = left.pop(index)
+            if record is not None:
+                context.forget(rules.family, record)
             context.record(rules.family, outcome)
             waiting.extend(view.producer.get(name) for name in inputs)
 

@@ -465,3 +465,29 @@ def test_records_name_an_unnamed_product_the_same_before_and_after_its_new_add(r
     assert [r.into for r in result.folded] == ["<MatMul -> p>", "<MatMul -> p>"]
     assert op_types(result.model) == ["MatMul", "Add"]
     assert_same_function(model, result.model)
+
+
+def test_arithmetic_before_a_bn_before_a_layer_folds_once_the_bn_has(rng):
+    """Mul → Add → BN → Gemm: the Mul and the Add read no layer when they are asked (an ordinary
+    Mul/Add, nothing said); once the BN folds forward they do, and are asked again."""
+    inits = [
+        *bn_params(rng, K),
+        tensor("k", rng.uniform(0.5, 1.5, [K]).astype(np.float32)),
+        tensor("c", rng.normal(0, 1, [K]).astype(np.float32)),
+        tensor("W", rng.normal(0, 1, [K, N]).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Mul", ["r", "k"], ["s"], name="mul"),
+        helper.make_node("Add", ["s", "c"], ["t"], name="add"),
+        bn_node("t", "n"),
+        helper.make_node("Gemm", ["n", "W"], ["y"], name="fc"),
+    ]
+    x = value_info("x", TensorProto.FLOAT, [2, K])
+    model = make_model(nodes, [x], [value_info("y", TensorProto.FLOAT, [2, N])], inits)
+    model.graph.value_info.extend(value_info(name, TensorProto.FLOAT, [2, K]) for name in "rst")
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded] == ["fc"]
+    assert sorted(r.batchnorm for r in result.folded_affine) == ["add", "mul"]
+    assert op_types(result.model) == ["Relu", "Gemm"] and not result.left
+    assert_same_function(model, result.model)

@@ -452,3 +452,18 @@ def test_a_matmul_without_a_constant_operand_says_so_for_both(rng):
         "neither MatMul operand is a constant weight (left: 'W' is an initializer that is also a "
         "graph input (can be overridden); right: 'r' is computed by Relu" in only_skip(model)
     )
+
+
+def test_a_bias_that_fits_only_once_combined_is_folded(rng):
+    """float16: the shift alone (70000) is beyond float16, the new bias `a ⊙ c + b` (60000) is
+    not: the fold into the bias Add is made (the shift is never rounded on its own)."""
+    model = left_weight_model(rng, dtype=np.float16, bias=True)
+    values = {"c": -10000, "bn_scale": 1, "bn_bias": 60000, "bn_mean": -10000, "bn_var": 1}
+    for init in model.graph.initializer:
+        if init.name in values:
+            shape = list(init.dims)
+            init.CopyFrom(tensor(init.name, np.full(shape, values[init.name], np.float16)))
+    result = bnfold.fold(model)
+    (record,) = result.folded
+    assert record.how.endswith("and its bias Add's constant")
+    assert_same_function(model, result.model, rtol=5e-3)

@@ -37,7 +37,7 @@ from .base import (
     rounded_updates,
     shared_output_reason,
 )
-from .matmul import plan_weight_on_the_left, weight_on_the_left
+from .matmul import scaled_rows, weight_on_the_left
 
 
 def plan_linear_nd(
@@ -145,15 +145,15 @@ def plan_left_weight_and_bias(
     label = f"MatMul '{node_label(matmul)}'"
     if view.sole_consumer(matmul.output[0]) != add_index:
         return shared_output_reason(view, matmul.output[0], matmul)
-    plan = plan_weight_on_the_left(matmul, view, affine)
-    if isinstance(plan, str):
-        return f"it follows the bias Add of {label}: {plan}"
+    scaled = scaled_rows(matmul, view, affine)
+    if isinstance(scaled, str):
+        return f"it follows the bias Add of {label}: {scaled}"
     bias = row_bias_update(view, add_index, bias_slot, affine)
     if isinstance(bias, str):
         return bias
     how = f"scaled {affine.channels} rows of the weight on the left and its bias Add's constant"
     parts = (
-        (matmul_index, FoldPlan(plan.updates, how)),
+        (matmul_index, FoldPlan((scaled,), how)),
         (add_index, FoldPlan((bias,), how)),
     )
     return matmul_index, SplitPlan(parts, how)

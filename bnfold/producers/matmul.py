@@ -19,7 +19,7 @@ import onnx
 
 from ..graph_view import GraphView
 from ..numerics import ChannelAffine, NotRepresentable, round_to, scale_along
-from .base import FoldPlan, constant_input, constant_weight, rounded_updates
+from .base import ConstantUpdate, FoldPlan, constant_input, constant_weight, rounded_updates
 
 # why a fold needs the other operand's rank (`constant_matrix`)
 _COLUMNS_NEED = (
@@ -83,6 +83,24 @@ def plan_weight_on_the_left(
 ) -> FoldPlan | str:
     """`W[C, K] · X[B, K, L]`: the rows scaled, the shift added by a new Add after it (none
     when it is zero); or why not."""
+    scaled = scaled_rows(node, view, affine)
+    if isinstance(scaled, str):
+        return scaled
+    how = f"scaled {affine.channels} rows of the weight on the left"
+    if not np.any(affine.shift):
+        return FoldPlan((scaled,), how)
+    weight_dtype = scaled.value.dtype
+    bias = row_bias(affine.shift, weight_dtype, view.opset)
+    if isinstance(bias, str):
+        return bias
+    return FoldPlan((scaled,), f"{how}; its shift added by a new Add after it", added_bias=bias)
+
+
+def scaled_rows(
+    node: onnx.NodeProto, view: GraphView, affine: ChannelAffine
+) -> ConstantUpdate | str:
+    """The weight on the left of `W[C, K] · X[B, K, L]` with its rows scaled by the affine's
+    scale, rounded once (its shift is the caller's); or why not."""
     ranks = (view.rank(node.input[1]), 3)
     weight = constant_matrix(node, view, 0, "left operand (weight)", ranks, _ROWS_NEED)
     if isinstance(weight, str):
@@ -96,13 +114,7 @@ def plan_weight_on_the_left(
     if problem:
         return problem
     assert updates is not None
-    how = f"scaled {rows} rows of the weight on the left"
-    if not np.any(affine.shift):
-        return FoldPlan(updates, how)
-    bias = row_bias(affine.shift, weight.dtype, view.opset)
-    if isinstance(bias, str):
-        return bias
-    return FoldPlan(updates, f"{how}; its shift added by a new Add after it", added_bias=bias)
+    return updates[0]
 
 
 def row_bias(shift: np.ndarray, dtype: np.dtype, opset: int) -> np.ndarray | str:

@@ -476,8 +476,9 @@ def write_report(folder: Path, rows, effects, args, costs=None, startup=None) ->
         "",
         "'work s' is the time load+save and bnfold take once Python has started and imported "
         "what they use (each process times itself); '× work' compares those. Both processes pay "
-        "the start-up, about a second on this machine (`import onnx` loads ml_dtypes' extension "
-        "in 0.7 s): where Python starts faster, the whole-process ratio is nearer '× work'.",
+        "the start-up, about half a second on this machine (most of it `import onnx`, which loads "
+        "ml_dtypes' extension): where Python starts faster, the whole-process ratio is nearer "
+        "'× work'.",
         "",
         "| model | MB | tool | s | × load+save | work s | × work | peak MB | × memory "
         "| BN left | nodes left | outputs equal | error |",

@@ -52,9 +52,10 @@ def into_layer_before(
 
 def only_moves_a_shift(affine: ChannelAffine, plan: FoldPlan | SplitPlan) -> bool:
     """Whether folding a pure shift (every scale 1: an Add, a Sub of a constant) would only put
-    a new bias Add after layers that have no bias (a MatMul with its weight on the left or on a
-    rank-3 input): that shift is their bias, written after them, not a BatchNormalization
-    written as arithmetic; nothing to fold (and folding it again would move it again)."""
+    a new bias Add after layers that have no bias (MatMuls with their weight on the left): that
+    shift is their bias, written after them, not a BatchNormalization written as arithmetic;
+    nothing to fold (and folding it again would move it again). The planner is asked even where
+    the layer's output is read elsewhere, to tell this case from a BN-like one left."""
     parts = plan.parts if isinstance(plan, SplitPlan) else ((0, plan),)
     added = any(part.added_bias is not None for _, part in parts)
     return added and bool(np.all(affine.scale == 1))

@@ -126,7 +126,7 @@ def plan_forward_left_weight(
     if bias_add is not None:
         carry = ChannelAffine(np.ones_like(carried), carried)
         update = row_bias_update(view, *bias_add, carry)
-        if not isinstance(update, str):  # (else a new Add before it)
+        if not isinstance(update, str):  # (else a new Add after the MatMul, before that one)
             how = f"{how}; its bias Add carries the shift"
             parts = (
                 (matmul_index, FoldPlan(updates, how)),

@@ -15,9 +15,10 @@ a new Add of `b` is put right after the MatMul (where a Linear with a bias has i
 is zero), `BN(T(x·W)) = T(x·(W·diag(a)) + b)`.
 
 The same on the other side: a MatMul with its weight on the left, `W[C, K]·x[B, K, L]` (a Conv1d
-written as a product), writes row c of W to channel c on axis 1, and its bias Add adds `c[c]`
+written as a product), writes row i of W to channel i on axis 1, and its bias Add adds `c[i]`
 there: `BN(W·x + c) = (diag(a)·W)·x + (a ⊙ c + b)` (`plan_left_weight_and_bias`; without a bias
-Add, `matmul.py`).
+Add, `matmul.py`). Such a bias Add is found by `bias_add_after` and updated by
+`row_bias_update`, which a BN folded forward into the product uses too (`forward.py`).
 """
 
 from __future__ import annotations

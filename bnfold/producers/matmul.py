@@ -10,6 +10,10 @@ and graph models): output channel c of `[B, C, L]` is row c of the weight, so
 `BN(W·X) = (diag(a)·W)·X + b[:, None]`, exactly: the rows are scaled and the shift is added by a
 new Add after the MatMul (none when it is zero). Only a rank-3 right operand puts the rows on the
 BatchNormalization's channel axis 1 (rank 2 makes them axis 0; rank 4 puts them on axis 2).
+With a bias Add between the product and the BN, `linear_nd.plan_left_weight_and_bias`; a BN
+before the product, `forward.plan_forward_left_weight`. Both use this module's helpers: the
+weight checks (`constant_matrix`), the scaled rows (`scaled_rows`) and a new Add's constant
+(`row_bias`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def plan_matmul(
         left, right = (view.why_not_constant(name) for name in node.input[:2])
         return f"neither MatMul operand is a constant weight (left: {left}; right: {right})"
     ranks = (view.rank(node.input[0]), 2)
-    weight = constant_matrix(node, view, 1, "right operand (weight)", ranks, _COLUMNS_NEED)
+    weight = constant_matrix(node, view, 1, "MatMul right operand (weight)", ranks, _COLUMNS_NEED)
     if isinstance(weight, str):
         return weight
     if weight.shape[1] != affine.channels:
@@ -102,7 +106,7 @@ def scaled_rows(
     """The weight on the left of `W[C, K] · X[B, K, L]` with its rows scaled by the affine's
     scale, rounded once (its shift is the caller's); or why not."""
     ranks = (view.rank(node.input[1]), 3)
-    weight = constant_matrix(node, view, 0, "left operand (weight)", ranks, _ROWS_NEED)
+    weight = constant_matrix(node, view, 0, "MatMul left operand (weight)", ranks, _ROWS_NEED)
     if isinstance(weight, str):
         return weight
     rows = weight.shape[0]
@@ -147,7 +151,7 @@ def constant_matrix(
     if problem:
         return problem
     if weight is None or weight.ndim != 2:
-        return f"the MatMul {role} is not a 2-D constant"
+        return f"the {role} is not a 2-D constant"
     rank, needed = ranks
     if rank != needed:
         return wrong_rank.format(rank="unknown" if rank is None else rank)

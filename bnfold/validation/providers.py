@@ -233,11 +233,13 @@ class SessionFactory:
         ]
 
     def _note_untaken(self, session, provider: str) -> None:
+        """Keep the user's option keys for `provider` that its first session does not report
+        (`get_provider_options`; a session that cannot say is taken at its word)."""
         given = self.options.get(provider)
-        if not given or provider in self.untaken:
-            return
         report = getattr(session, "get_provider_options", None)
-        reported: dict = report().get(provider, {}) if report is not None else {}
+        if not given or provider in self.untaken or report is None:
+            return
+        reported: dict = report().get(provider, {})
         self.untaken[provider] = [k for k, v in given.items() if v != "" and k not in reported]
 
     def _plugin_devices(self) -> list:

@@ -52,10 +52,7 @@ def corrupted(model: onnx.ModelProto, layer: str, part: str) -> onnx.ModelProto:
     node = next((n for n in copy.graph.node if layer in (n.name, node_label(n))), None)
     if node is None:  # (a layer inside a subgraph: not corrupted here)
         return None
-    index = 1 if part == "weight" else 2
-    if len(node.input) <= index:
-        return None
-    tensor = next((t for t in copy.graph.initializer if t.name == node.input[index]), None)
+    tensor = _held_in(copy.graph, node, part)
     if tensor is None:
         return None
     values = numpy_helper.to_array(tensor).astype(np.float64).copy()
@@ -67,6 +64,24 @@ def corrupted(model: onnx.ModelProto, layer: str, part: str) -> onnx.ModelProto:
         numpy_helper.from_array(values.astype(numpy_helper.to_array(tensor).dtype), tensor.name)
     )
     return copy
+
+
+def _held_in(graph: onnx.GraphProto, node: onnx.NodeProto, part: str):
+    """The initializer holding `node`'s weight or bias, output channel 0 first: inputs 1 and 2;
+    for a MatMul with its weight on the left (`W[C, K] · x`), input 0 and the constant of the
+    Add after it. None where there is none."""
+    initializers = {t.name: t for t in graph.initializer}
+    if node.op_type == "MatMul" and node.input[0] in initializers:
+        if part == "weight":
+            return initializers[node.input[0]]
+        add = next(
+            (n for n in graph.node if n.op_type == "Add" and node.output[0] in n.input), None
+        )
+        return (
+            next((initializers[i] for i in add.input if i in initializers), None) if add else None
+        )
+    index = 1 if part == "weight" else 2
+    return initializers.get(node.input[index]) if len(node.input) > index else None
 
 
 def outputs(model: onnx.ModelProto | Path, seed: int) -> dict:

@@ -22,8 +22,14 @@ import numpy as np
 import onnx
 
 from .graph_view import GraphView
-from .graphs import ONNX_DOMAINS, attributes, axis_after_transposes, node_label
-from .numerics import ChannelAffine, is_float
+from .graphs import (
+    ONNX_DOMAINS,
+    attributes,
+    axis_after_transposes,
+    node_label,
+    reads_as_arithmetic,
+)
+from .numerics import ChannelAffine, is_float, per_channel
 from .producers import LAYERS
 
 AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
@@ -40,18 +46,6 @@ def producer_channels(producer: onnx.NodeProto, view: GraphView) -> tuple[int, i
     """(output channels, output rank) of a linear layer with a constant weight, else None."""
     layer = LAYERS.get(producer.op_type)
     return None if layer is None else layer.output_channels(producer, view)
-
-
-def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -> np.ndarray | None:
-    """The constant as C per-channel float64 values, if it broadcasts along `axis` only."""
-    if constant.ndim > rank:
-        return None
-    shape = (1,) * (rank - constant.ndim) + constant.shape
-    if any(size != 1 for at, size in enumerate(shape) if at != axis):
-        return None
-    if shape[axis] not in (1, channels):
-        return None
-    return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
 def as_affine(
@@ -74,15 +68,6 @@ def as_affine(
             reciprocal = 1.0 / values.astype(np.float64)
         return ChannelAffine(reciprocal, zeros) if np.isfinite(reciprocal).all() else None
     return None
-
-
-def reads_as_arithmetic(node: onnx.NodeProto) -> bool:
-    """Whether a Mul/Add/Sub/Div may be read as a per-channel map: two inputs, one named output,
-    and numpy-style broadcasting (not the pre-opset-7 `broadcast`/`axis` attributes, which may
-    align a constant with any axis)."""
-    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
-        return False
-    return not any(attr.name in ("broadcast", "axis") for attr in node.attribute)
 
 
 def affine_of(

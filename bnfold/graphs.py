@@ -142,3 +142,12 @@ def names_read(node: onnx.NodeProto) -> set[str]:
     for _, sub in subgraphs(node):
         names |= outer_references(sub)
     return names
+
+
+def reads_as_arithmetic(node: onnx.NodeProto) -> bool:
+    """Whether a Mul/Add/Sub/Div may be read as a per-channel map: two inputs, one named output,
+    and numpy-style broadcasting (not the pre-opset-7 `broadcast`/`axis` attributes, which may
+    align a constant with any axis)."""
+    if len(node.input) != 2 or len(node.output) != 1 or not node.output[0]:
+        return False
+    return not any(attr.name in ("broadcast", "axis") for attr in node.attribute)

@@ -196,3 +196,15 @@ def conv_input_shift(weight: np.ndarray, shift: np.ndarray, group: int) -> np.nd
     per_column = per_column.sum(axis=3)  # [group, C_out/group, C_in/group]
     shifts = shift.astype(np.float64).reshape(group, c_in_per_group)
     return np.einsum("goj,gj->go", per_column, shifts).reshape(c_out)
+
+
+def per_channel(constant: np.ndarray, channels: int, rank: int, axis: int = 1) -> np.ndarray | None:
+    """The constant as C per-channel float64 values, if it broadcasts along `axis` only."""
+    if constant.ndim > rank:
+        return None
+    shape = (1,) * (rank - constant.ndim) + constant.shape
+    if any(size != 1 for at, size in enumerate(shape) if at != axis):
+        return None
+    if shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,)).copy()

@@ -17,7 +17,7 @@ from ..graphs import ONNX_DOMAINS, node_label
 from . import PLANNERS
 from .base import shared_output_reason
 from .concat import LINEAR_LAYERS, concat_before, plan_concat_split
-from .linear_nd import plan_left_weight_and_bias
+from .product import plan_rows_and_bias
 from .rule import (
     Match,
     Rule,
@@ -88,12 +88,12 @@ def into_product_and_bias(
     view: GraphView, bn_index: int, bn: BatchNorm, opset: int
 ) -> Match | Skip | None:
     """A MatMul with its weight on the left and the Add of its bias before the BN (`W·x + c`, a
-    Conv1d written as a product: `linear_nd.plan_left_weight_and_bias`); the Add takes over the
+    Conv1d written as a product: `product.plan_rows_and_bias`); the Add takes over the
     BN's output."""
     if _producer_op(view, bn) != "Add":
         return None
     add_index = view.producer[bn.input]
-    decision = plan_left_weight_and_bias(view, add_index, bn.affine)
+    decision = plan_rows_and_bias(view, add_index, bn.affine)
     if decision is None:
         return None
     if view.sole_consumer(bn.input) != bn_index:

@@ -14,7 +14,9 @@ __all__ = [
     "SplitPlan",
     "attributes",
     "constant_input",
+    "constant_matrix",
     "constant_weight",
+    "matmul_and_bias",
     "rounded_updates",
     "shared_output_reason",
 ]
@@ -26,7 +28,7 @@ import numpy as np
 import onnx
 
 from ..graph_view import GraphView
-from ..graphs import attributes, node_label
+from ..graphs import ONNX_DOMAINS, attributes, node_label, reads_as_arithmetic
 from ..numerics import NotRepresentable, is_float, round_to
 
 
@@ -89,6 +91,46 @@ def constant_weight(node: onnx.NodeProto, view: GraphView, slot: int = 1) -> np.
     if len(node.input) <= slot or not node.input[slot]:
         return None
     return view.constant(node.input[slot])
+
+
+def constant_matrix(
+    node: onnx.NodeProto,
+    view: GraphView,
+    slot: int,
+    role: str,
+    ranks: tuple[int | None, int],
+    wrong_rank: str,
+) -> np.ndarray | str:
+    """Input `slot` of a MatMul (its `role`) where it is a constant 2-D float matrix and the
+    other operand's rank, `ranks[0]` (None: unknown), is the one the fold needs, `ranks[1]`;
+    else why not (`wrong_rank` with `{rank}` in it says the rank)."""
+    weight, problem = constant_input(node, slot, role, view)
+    if problem:
+        return problem
+    if weight is None or weight.ndim != 2:
+        return f"the {role} is not a 2-D constant"
+    rank, needed = ranks
+    if rank != needed:
+        return wrong_rank.format(rank="unknown" if rank is None else rank)
+    return weight
+
+
+def matmul_and_bias(view: GraphView, add: onnx.NodeProto) -> tuple[int, int] | None:
+    """(the MatMul index, the slot of the bias constant) of an Add of a default-domain MatMul's
+    output and a float constant, broadcasting numpy-style (not with the pre-opset-7
+    `broadcast`/`axis` attributes); None otherwise."""
+    if not reads_as_arithmetic(add):
+        return None
+    for data_slot, bias_slot in ((0, 1), (1, 0)):
+        index = view.producer.get(add.input[data_slot])
+        if index is None or view.op_types[index] != "MatMul":
+            continue
+        if view.domains[index] not in ONNX_DOMAINS:
+            continue
+        bias = view.constant(add.input[bias_slot])
+        if bias is not None and bias.dtype.kind == "f":
+            return index, bias_slot
+    return None
 
 
 def rounded_updates(pairs: list[tuple[int, np.ndarray, np.dtype, str]]):

@@ -6,10 +6,7 @@ reduction axis): `Y = α·x̂·B' + β·C = α·x·(diag(a)·B') + (β·C + α·
 of B when transB=1) is scaled by a[k] and the bias becomes `β·C + α·b·B'` with β set to 1. Only
 `transA = 0` qualifies (with transA the BN channel axis is not the reduction axis).
 
-BN → MatMul with the weight on the left, `W[C, K] · x̂[B, K, L]` (x of rank 3: the BN channel
-axis 1 is the reduction axis): `W·(a·x + b) = (W·diag(a))·x + (W·b)[:, None]`, column k of W
-scaled by a[k] and `W·b` added to the constant of the MatMul's bias Add (one per row), or by a
-new Add after the MatMul where it has none.
+BN → MatMul with the weight on the left, `W[C, K] · x̂[B, K, L]`: `product.plan_columns`.
 
 BN → Conv (weight `[C_out, C_in/group, k...]`, any group): without padding every output position
 reads every kernel tap from real input, so `Conv(W, a·x + b) = Conv(W', x) + s` where column j of
@@ -33,8 +30,7 @@ from ..graph_view import GraphView
 from ..graphs import ONNX_DOMAINS, attributes, node_label
 from ..numerics import ChannelAffine, conv_input_shift, scale_along, scale_conv_inputs
 from .base import FoldPlan, SplitPlan, constant_input, rounded_updates
-from .linear_nd import bias_add_after, row_bias_update
-from .matmul import constant_matrix, row_bias
+from .product import plan_columns
 from .rule import Absorb, Match, Rule, Skip, infers_ranks_near
 
 
@@ -89,56 +85,6 @@ def plan_forward(
         new_attributes["broadcast"] = 1
     how = f"folded forward: scaled {affine.channels} input features; bias carries the shift"
     return FoldPlan(updates, how, "Gemm" if consumer.op_type == "MatMul" else None, new_attributes)
-
-
-_RIGHT_NEED = (  # (`matmul.constant_matrix`)
-    "it feeds the right operand of the MatMul after it with rank {rank}; only rank 3 puts its "
-    "channels on the reduction axis of the weight on the left"
-)
-
-
-def plan_forward_left_weight(
-    view: GraphView, matmul_index: int, affine: ChannelAffine, data_rank: int | None
-) -> FoldPlan | SplitPlan | str:
-    """How a MatMul `W[C, K] · x̂[B, K, L]` reading the BN output as its right operand absorbs
-    it, or why not: `W·(a·x + b) = (W·diag(a))·x + (W·b)[:, None]`, the columns of W scaled and
-    `W·b` added to the constant of the bias Add that alone reads the MatMul's output, where it
-    has one per row, else by a new Add after it (none when `W·b` is zero). Only a rank-3 x puts
-    the BN channel axis 1 on the reduction axis."""
-    role = "left operand (weight) of the MatMul after it"
-    weight = constant_matrix(view.nodes[matmul_index], view, 0, role, (data_rank, 3), _RIGHT_NEED)
-    if isinstance(weight, str):
-        return weight
-    if weight.shape[1] != affine.channels:
-        return (
-            f"the MatMul after it reduces over {weight.shape[1]} features but the "
-            f"BatchNormalization has {affine.channels} channels"
-        )
-    updates, problem = rounded_updates(
-        [(0, scale_along(weight, affine.scale, 1), weight.dtype, "weight")]
-    )
-    if problem:
-        return problem
-    assert updates is not None
-    how = f"folded forward: scaled {affine.channels} columns of the weight on the left"
-    carried = weight.astype(np.float64) @ affine.shift  # [C]
-    bias_add = bias_add_after(view, matmul_index)
-    if bias_add is not None:
-        carry = ChannelAffine(np.ones_like(carried), carried)
-        update = row_bias_update(view, *bias_add, carry)
-        if not isinstance(update, str):  # (else a new Add after the MatMul, before that one)
-            how = f"{how}; its bias Add carries the shift"
-            parts = (
-                (matmul_index, FoldPlan(updates, how)),
-                (bias_add[0], FoldPlan((update,), how)),
-            )
-            return SplitPlan(parts, how)
-    if not np.any(carried):
-        return FoldPlan(updates, how)
-    bias = row_bias(carried, weight.dtype, view.opset)
-    if isinstance(bias, str):
-        return bias
-    return FoldPlan(updates, f"{how}; a new Add after it carries the shift", added_bias=bias)
 
 
 def plan_forward_conv(
@@ -280,7 +226,7 @@ def into_next_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     rank = view.rank(bn.input)
     rank = rank if rank is not None else view.rank(bn.output)
     if layer.op_type == "MatMul" and layer.input[0] != bn.output == layer.input[1]:
-        plan = plan_forward_left_weight(view, reader_index, bn.affine, rank)
+        plan = plan_columns(view, reader_index, bn.affine, rank)
         return _absorbed(bn_index, reader_index, reader_index, plan)
     if layer.input[0] != bn.output:
         return Skip(f"it feeds the weight side of {layer.op_type} '{node_label(layer)}'")

@@ -13,12 +13,7 @@ exactly, element for element: the MatMul's columns are scaled and the Add's cons
 output. A MatMul on such an input cannot become a Gemm to carry the shift: without a bias Add,
 a new Add of `b` is put right after the MatMul (where a Linear with a bias has it; none when `b`
 is zero), `BN(T(x·W)) = T(x·(W·diag(a)) + b)`.
-
-The same on the other side: a MatMul with its weight on the left, `W[C, K]·x[B, K, L]` (a Conv1d
-written as a product), writes row i of W to channel i on axis 1, and its bias Add adds `c[i]`
-there: `BN(W·x + c) = (diag(a)·W)·x + (a ⊙ c + b)` (`plan_left_weight_and_bias`; without a bias
-Add, `matmul.py`). Such a bias Add is found by `bias_add_after` and updated by
-`row_bias_update`, which a BN folded forward into the product uses too (`forward.py`).
+(A MatMul with its weight on the left and its bias Add: `product.py`.)
 """
 
 from __future__ import annotations
@@ -26,19 +21,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..affine import per_channel, reads_as_arithmetic
 from ..graph_view import GraphView
-from ..graphs import ONNX_DOMAINS, axis_after_transposes, node_label
-from ..numerics import ChannelAffine, NotRepresentable, round_to
+from ..graphs import axis_after_transposes, node_label
+from ..numerics import ChannelAffine, NotRepresentable, per_channel, round_to
 from .base import (
-    ConstantUpdate,
     FoldPlan,
     SplitPlan,
     constant_input,
+    matmul_and_bias,
     rounded_updates,
     shared_output_reason,
 )
-from .matmul import scaled_rows, weight_on_the_left
 
 
 def plan_linear_nd(
@@ -48,7 +41,7 @@ def plan_linear_nd(
     rank ≥ 3 input and the Transposes of `chain` (layer first) bring its features to axis 1;
     the reason it cannot; None when the Add is no such bias."""
     add = view.nodes[add_index]
-    operands = _matmul_and_bias(view, add)
+    operands = matmul_and_bias(view, add)
     if operands is None:
         return None
     matmul_index, bias_slot = operands
@@ -66,7 +59,7 @@ def plan_linear_nd(
         return weight
     features = weight.shape[1]
     bias = view.constant(add.input[bias_slot])
-    assert bias is not None  # (found constant by `_matmul_and_bias`)
+    assert bias is not None  # (found constant by `matmul_and_bias`)
     bias_values = per_channel(bias, features, rank, axis=rank - 1)
     if bias_values is None:
         return f"the Add after {label} does not add one bias per output feature"
@@ -131,69 +124,6 @@ def plan_linear_nd_unbiased(
     return FoldPlan(updates, how, added_bias=bias)
 
 
-def plan_left_weight_and_bias(
-    view: GraphView, add_index: int, affine: ChannelAffine
-) -> tuple[int, SplitPlan] | str | None:
-    """(MatMul index, plan) when the Add at `add_index` adds a constant per row to the output of
-    a MatMul with its weight on the left (`W[C, K]·x + c`, a Conv1d with bias written as a
-    product): `BN(W·x + c) = (diag(a)·W)·x + (a ⊙ c + b)`, the rows and the Add's constant
-    updated; the reason it cannot; None when the Add is no such bias."""
-    operands = _matmul_and_bias(view, view.nodes[add_index])
-    if operands is None or not weight_on_the_left(view.nodes[operands[0]], view):
-        return None
-    matmul_index, bias_slot = operands
-    matmul = view.nodes[matmul_index]
-    label = f"MatMul '{node_label(matmul)}'"
-    if view.sole_consumer(matmul.output[0]) != add_index:
-        return shared_output_reason(view, matmul.output[0], matmul)
-    scaled = scaled_rows(matmul, view, affine)
-    if isinstance(scaled, str):
-        return f"it follows the bias Add of {label}: {scaled}"
-    bias = row_bias_update(view, add_index, bias_slot, affine)
-    if isinstance(bias, str):
-        return bias
-    how = f"scaled {affine.channels} rows of the weight on the left and its bias Add's constant"
-    parts = (
-        (matmul_index, FoldPlan((scaled,), how)),
-        (add_index, FoldPlan((bias,), how)),
-    )
-    return matmul_index, SplitPlan(parts, how)
-
-
-def bias_add_after(view: GraphView, matmul_index: int) -> tuple[int, int] | None:
-    """(the Add's index, the slot of its constant) where an Add alone reads the MatMul's output
-    and adds a float constant to it (the layer's bias, if it is one per row); else None."""
-    add_index = view.sole_consumer(view.nodes[matmul_index].output[0])
-    if add_index is None or view.op_types[add_index] != "Add":
-        return None
-    if view.domains[add_index] not in ONNX_DOMAINS:
-        return None
-    operands = _matmul_and_bias(view, view.nodes[add_index])
-    return (add_index, operands[1]) if operands and operands[0] == matmul_index else None
-
-
-def row_bias_update(
-    view: GraphView, add_index: int, slot: int, affine: ChannelAffine
-) -> ConstantUpdate | str:
-    """The bias Add's constant `c` (one per row of a `[B, C, L]` output) mapped by `affine`:
-    `a ⊙ c + b`, in float64, rounded once, in c's shape (a scalar one becomes `[C, 1]`); or why
-    not."""
-    add = view.nodes[add_index]
-    bias = view.constant(add.input[slot])
-    assert bias is not None  # (a constant, found by `_matmul_and_bias`)
-    rows = affine.channels
-    values = per_channel(bias, rows, 3)
-    if values is None:
-        return f"the Add '{node_label(add)}' does not add one bias per row"
-    shape = bias.shape if bias.size == rows else (rows, 1)
-    new_bias = (affine.scale * values + affine.shift).reshape(shape)
-    updates, problem = rounded_updates([(slot, new_bias, bias.dtype, "bias")])
-    if problem:
-        return problem
-    assert updates is not None
-    return updates[0]
-
-
 def _columns_reaching_axis_1(
     view: GraphView,
     matmul: onnx.NodeProto,
@@ -221,24 +151,6 @@ def _columns_reaching_axis_1(
             "not on its channel axis 1"
         )
     return weight
-
-
-def _matmul_and_bias(view: GraphView, add: onnx.NodeProto) -> tuple[int, int] | None:
-    """(the MatMul index, the slot of the bias constant) of an Add of a MatMul's output and a
-    float constant, broadcasting numpy-style (not with the pre-opset-7 `broadcast`/`axis`
-    attributes); None otherwise."""
-    if not reads_as_arithmetic(add):
-        return None
-    for data_slot, bias_slot in ((0, 1), (1, 0)):
-        index = view.producer.get(add.input[data_slot])
-        if index is None or view.op_types[index] != "MatMul":
-            continue
-        if view.domains[index] not in ONNX_DOMAINS:
-            continue
-        bias = view.constant(add.input[bias_slot])
-        if bias is not None and bias.dtype.kind == "f":
-            return index, bias_slot
-    return None
 
 
 def _feature_axis(view: GraphView, chain: list[int], rank: int) -> int | str:

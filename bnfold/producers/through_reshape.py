@@ -34,7 +34,7 @@ from ..numerics import ChannelAffine
 from . import LAYERS, PLANNERS
 from .base import FoldPlan, SplitPlan, shared_output_reason
 from .linear_nd import plan_linear_nd, plan_linear_nd_unbiased
-from .matmul import weight_on_the_left
+from .product import weight_on_the_left
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout

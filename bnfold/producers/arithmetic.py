@@ -117,16 +117,17 @@ def into_dense_through_reshape(
         if found is None or not any(view.op_types[i] == "Reshape" for i in found[1]):
             continue
         layer_index, chain = found
-        shape = producer_channels(view.nodes[layer_index], view)
-        if shape is None or shape[1] != 2:  # (a weight on the left: not columns of a 2-D output)
+        found_channels = producer_channels(view.nodes[layer_index], view)
+        if found_channels is None or found_channels[1] != 2:  # (the columns of a 2-D output)
             return None
-        layout = Layout((ROWS, shape[0]), rows=0, columns=1)
+        columns = found_channels[0]
+        layout = Layout((ROWS, columns), rows=0, columns=1)
         for at in chain:
             followed = follow(view.nodes[at], layout, view, opset)
             if isinstance(followed, str):
                 return None  # (where the columns go is not provable: no BN-like constant)
             layout = followed
-        affine = constant_affine(view, node, other, shape[0], len(layout.dims), layout.columns)
+        affine = constant_affine(view, node, other, columns, len(layout.dims), layout.columns)
         if affine is None:
             return None
         path = " → ".join(f"{view.op_types[i]} '{node_label(view.nodes[i])}'" for i in chain)

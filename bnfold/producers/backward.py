@@ -82,7 +82,7 @@ def into_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int) -> Mat
     return bypassing(bn_index, layer_index, layer_index, plan)
 
 
-@about_producers("Add", into=("MatMul",))
+@about_producers("Add", reaching=("MatMul",))
 @infers_ranks_near("MatMul", through=("Add",))  # (whether the product's right operand is 3-D)
 def into_product_and_bias(
     view: GraphView, bn_index: int, bn: BatchNorm, opset: int

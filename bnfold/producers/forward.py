@@ -225,7 +225,8 @@ def into_next_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
         return None
     rank = view.rank(bn.input)
     rank = rank if rank is not None else view.rank(bn.output)
-    if layer.op_type == "MatMul" and layer.input[0] != bn.output == layer.input[1]:
+    feeds_right_operand_only = layer.input[0] != bn.output and layer.input[1] == bn.output
+    if layer.op_type == "MatMul" and feeds_right_operand_only:
         plan = plan_columns(view, reader_index, bn.affine, rank)
         return _absorbed(bn_index, reader_index, reader_index, plan)
     if layer.input[0] != bn.output:

@@ -99,9 +99,9 @@ Rule = Callable[[GraphView, int, Any, int], "Match | Skip | None"]
 _R = TypeVar("_R")
 
 
-def about_producers(*op_types: str, into: Iterable[str] | None = None) -> Callable[[_R], _R]:
+def about_producers(*op_types: str, reaching: Iterable[str] | None = None) -> Callable[[_R], _R]:
     """Declare that a rule answers None unless the node computing its subject's input is one of
-    `op_types` (default domain), and (`into`) that its folds only reach layers of these kinds
+    `op_types` (default domain), and (`reaching`) that its folds only reach layers of these kinds
     through them (default: any layer). What the pass may do without asking it: the vectorised
     Conv → BatchNormalization folds (`registry.conv_pairs_batchable`) skip rules that declare
     they never answer about a Conv, and write a folded weight to its final place unless a rule
@@ -110,7 +110,7 @@ def about_producers(*op_types: str, into: Iterable[str] | None = None) -> Callab
 
     def declared(rule: _R) -> _R:
         rule.producer_ops = frozenset(op_types)  # type: ignore[attr-defined]
-        rule.reaches = None if into is None else frozenset(into)  # type: ignore[attr-defined]
+        rule.reaches = None if reaching is None else frozenset(reaching)  # type: ignore[attr-defined]
         return rule
 
     return declared

@@ -40,6 +40,7 @@ LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
 # layers whose channels are axis 1 of an output of known rank: followed through Transposes
 CHANNELS_FIRST_ROOTS = ("Conv", "ConvTranspose")
+COLUMNS, CHANNELS = "columns", "channels"  # (how `_followed_as` follows a layer's output)
 ROWS = "N"  # the number of rows, unknown: a symbol in `Layout.dims`
 MAX_CHAIN = 16  # layout nodes followed between the layer and the BatchNormalization
 
@@ -109,9 +110,6 @@ def _plan(
     elif followed == COLUMNS and affine.channels > 1:
         problem = _columns_problem(view, layer, chain, affine.channels, opset, path)
     return problem or (layer_index, replace(plan, how=f"{plan.how}; through {path}, unchanged"))
-
-
-COLUMNS, CHANNELS = "columns", "channels"  # (how `_followed_as` follows a layer's output)
 
 
 def _followed_as(view: GraphView, layer: onnx.NodeProto, chain: list[int]) -> str | None:

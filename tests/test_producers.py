@@ -467,3 +467,42 @@ def test_a_bias_that_fits_only_once_combined_is_folded(rng):
     (record,) = result.folded
     assert record.how.endswith("and its bias Add's constant")
     assert_same_function(model, result.model, rtol=5e-3)
+
+
+def test_a_bias_add_of_a_product_then_transposes_then_bns(rng):
+    """`W·x + c` → Transposes → BN, BN: the Transposes bring the channels back to axis 1; both
+    BNs fold into the rows and the Add's constant (the second through the same Add). A Transpose
+    that leaves the channels on axis 2, or a Reshape, is not followed."""
+
+    def transposed(perms, bns=1, reshape=False):
+        def after(inits):
+            names = ["m", *[f"t{i}" for i in range(len(perms))]]
+            nodes = [
+                helper.make_node("Transpose", [a], [b], perm=perm)
+                for a, b, perm in zip(names, names[1:], perms, strict=False)
+            ]
+            last = names[-1]
+            if reshape:
+                inits.append(tensor("shape", np.array([0, 6, -1], np.int64)))
+                nodes.append(helper.make_node("Reshape", [last, "shape"], ["r2"]))
+                last = "r2"
+            if bns == 2:
+                inits.extend(bn_params(rng, 6, prefix="second"))
+                nodes.append(bn_node(last, "z", prefix="second"))
+                last = "z"
+            return [*nodes, bn_node(last, "y")]
+
+        return after
+
+    model = left_weight_model(rng, bias=True, after=transposed([[0, 2, 1], [0, 2, 1]], bns=2))
+    result = bnfold.fold(model)
+    assert len(result.folded) == 2 and not result.skipped
+    assert all("through Transpose" in r.how for r in result.folded)
+    assert op_types(result.model) == ["Relu", "MatMul", "Add", "Transpose", "Transpose"]
+    check_full(result.model)
+    assert_same_function(model, result.model)
+    model = left_weight_model(rng, bias=True, after=transposed([[0, 2, 1]]))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 6  # (L = C: BN fits)
+    assert "on axis 2, not on its channel axis 1" in only_skip(model)
+    model = left_weight_model(rng, bias=True, after=transposed([], reshape=True))
+    assert "Reshape" in only_skip(model)

@@ -34,7 +34,7 @@ from ..numerics import ChannelAffine
 from . import LAYERS, PLANNERS
 from .base import FoldPlan, SplitPlan, shared_output_reason
 from .linear_nd import plan_linear_nd, plan_linear_nd_unbiased
-from .product import weight_on_the_left
+from .product import plan_rows_and_bias_through, weight_on_the_left
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
@@ -69,7 +69,10 @@ def plan_through_layout(
             return None if not chain else _no_layer_reason(view, chain, name)
         node = view.nodes[index]
         if node.op_type == "Add" and chain and view.sole_consumer(name) == reader:
-            linear = plan_linear_nd(view, index, chain[::-1], affine, _describe(view, chain[::-1]))
+            path = _describe(view, chain[::-1])
+            linear = plan_linear_nd(view, index, chain[::-1], affine, path)
+            if linear is None:  # (or the bias of a MatMul with its weight on the left)
+                linear = plan_rows_and_bias_through(view, index, chain[::-1], affine, path)
             if linear is not None:
                 return linear
         if node.op_type not in LAYOUT_OPS and node.op_type not in PLANNERS:

@@ -424,14 +424,15 @@ def _needs_ranks(
 
 
 def _meets(graph: onnx.GraphProto, meeting: RankMeeting, op_types: set[str]) -> bool:
-    """Whether a node of `meeting.writers` writes, directly or through `meeting.through`, the
-    first input of a node of `meeting.readers` in this graph (not its subgraphs)."""
+    """Whether a node of `meeting.writers` writes, directly or through `meeting.through`, an
+    input of a node of `meeting.readers` in this graph (not its subgraphs): its first, or any
+    other (a BN feeding the right operand of a MatMul with its weight on the left)."""
     if not (op_types & meeting.writers and op_types & meeting.readers):
         return False
     reached: set[str] = set()  # written by a writer, or passed on by a `through` node
     for node in graph.node:
         first = node.input[0] if node.input else None
-        if node.op_type in meeting.readers and first in reached:
+        if node.op_type in meeting.readers and not reached.isdisjoint(node.input):
             return True
         if node.op_type in meeting.writers:
             reached.update(node.output)

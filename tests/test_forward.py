@@ -491,3 +491,18 @@ def test_arithmetic_before_a_bn_before_a_layer_folds_once_the_bn_has(rng):
     assert sorted(r.batchnorm for r in result.folded_affine) == ["add", "mul"]
     assert op_types(result.model) == ["Relu", "Gemm"] and not result.left
     assert_same_function(model, result.model)
+
+
+def test_bn_then_product_whose_data_rank_only_shape_inference_finds(rng):
+    """BN after a Slice (whose rank bnfold does not prove) feeding a product's right operand:
+    the BN meets the MatMul at its second input, which also asks for shape inference."""
+    model = bn_then_left_weight(rng, x_shape=(2, K + 2, 7))
+    model.graph.initializer.extend(
+        [tensor(name, np.array([value], np.int64)) for name, value in (("s0", 1), ("s1", 1 + K))]
+        + [tensor("axis", np.array([1], np.int64))]
+    )
+    model.graph.node.insert(0, helper.make_node("Slice", ["x", "s0", "s1", "axis"], ["sliced"]))
+    model.graph.node[1].input[0] = "sliced"
+    result = bnfold.fold(model)
+    assert [r.into for r in result.folded] == ["pointwise"], result.skipped
+    assert_same_function(model, result.model)

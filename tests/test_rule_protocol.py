@@ -181,7 +181,7 @@ MATMUL_THEN_BN = (("MatMul", ["x", "w"], ["m"]), ("BatchNormalization", ["m", "s
         ((("MatMul", ["x", "w"], ["m"]), ("Reshape", ["m", "r"], ["t"]),
           ("Transpose", ["t"], ["u"]), ("BatchNormalization", ["u", "s"], ["y"])), True),
         ((("BatchNormalization", ["x", "s"], ["b"]), ("MatMul", ["b", "w"], ["y"])), True),
-        ((("BatchNormalization", ["x", "s"], ["b"]), ("MatMul", ["w", "b"], ["y"])), False),
+        ((("BatchNormalization", ["x", "s"], ["b"]), ("MatMul", ["w", "b"], ["y"])), True),
         ((("BatchNormalization", ["x", "s"], ["b"]), ("Transpose", ["b"], ["t"]),
           ("MatMul", ["t", "w"], ["y"])), False),  # (no forward rule follows a Transpose)
         ((("Conv", ["x", "w"], ["c"]), ("BatchNormalization", ["c", "s"], ["y"])), False),
@@ -189,7 +189,7 @@ MATMUL_THEN_BN = (("MatMul", ["x", "w"], ["m"]), ("BatchNormalization", ["m", "s
           ("BatchNormalization", ["r", "s"], ["y"])), False),
         ((("If", ["c"], ["y"]),), True),  # (a MatMul → BN in its branch)
     ],
-    ids=["matmul-bn", "through-layout", "bn-matmul", "weight-side", "bn-transpose-matmul",
+    ids=["matmul-bn", "through-layout", "bn-matmul", "right-operand", "bn-transpose-matmul",
          "conv-bn", "through-relu", "in-a-branch"],
 )  # fmt: skip
 def test_shape_inference_runs_where_a_rule_declares_it_needs_ranks(nodes, needed):

@@ -214,7 +214,7 @@ def through_flatten(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     return _absorbed(bn_index, reader_index, linear_index, plan)
 
 
-@infers_ranks_near("MatMul")  # (a MatMul takes the BN only where its input is 2-D)
+@infers_ranks_near("MatMul")  # (a BN's data: 2-D into x·W, 3-D into W·x)
 def into_next_layer(view: GraphView, bn_index: int, bn: BatchNorm, opset: int):
     """BN → Gemm/MatMul (its first input), BN → Conv without padding."""
     reader_index = _sole_reader(view, bn)

@@ -110,8 +110,8 @@ def followed_back_through(
 @dataclass(frozen=True)
 class RankMeeting:
     """Where a rule needs shape inference's ranks (`rule.infers_ranks_near`): a node of `writers`
-    whose output reaches the first input of a node of `readers`, directly or through nodes of
-    `through`."""
+    whose output reaches an input of a node of `readers`, directly or through nodes of `through`
+    (each passing on what reaches its first input)."""
 
     writers: frozenset[str]
     through: frozenset[str]

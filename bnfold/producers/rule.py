@@ -136,8 +136,8 @@ class RankNeed:
 def infers_ranks_near(*layers: str, through: Iterable[str] = ()) -> Callable[[_R], _R]:
     """Declare that a rule needs ranks that neither the graph declares nor its producers prove
     (`RankNeed`): where a graph holds the rule's subject next to one of `layers` (the layer's
-    output its subject's first input for a backward rule, the subject's output the layer's first
-    input for a forward one; `through` nodes may sit between them), the pass runs onnx's shape
+    output an input of its subject for a backward rule, the subject's output an input of the
+    layer for a forward one; `through` nodes may sit between them), the pass runs onnx's shape
     inference once, before it edits anything (`registry.rank_meetings`). Undeclared rules read
     the ranks that are declared or proven, and what an inference run for another rule found:
     inference costs about as much as the pass on a large model, so it runs only where asked."""

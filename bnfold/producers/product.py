@@ -8,9 +8,8 @@ bias, where it has one, is an Add of one constant per row right after it (`bias_
 - BN after it (`plan_rows`, from `matmul.plan_matmul`): `BN(W·x) = (diag(a)·W)·x + b[:, None]`,
   the rows scaled and the shift added by a new Add after the MatMul (none when it is zero);
 - BN after its bias Add (`plan_rows_and_bias`, the rule `backward.into_product_and_bias`):
-  `BN(W·x + c) = (diag(a)·W)·x + (a ⊙ c + b)`, the rows and the Add's constant updated; also
-  with Transposes between the Add and the BN that bring the channels back to axis 1
-  (`plan_rows_and_bias_through`, from `through_reshape.plan_through_layout`);
+  `BN(W·x + c) = (diag(a)·W)·x + (a ⊙ c + b)`, the rows and the Add's constant updated (also
+  with Transposes between the Add and the BN: `through_reshape.plan_through_layout`);
 - BN before it (`plan_columns`, from `forward.into_next_layer`), on a rank-3 x whose channel
   axis 1 is the reduction axis: `W·(a·x + b) = (W·diag(a))·x + (W·b)[:, None]`, the columns
   scaled and `W·b` added to the bias Add's constant, else by a new Add after the MatMul.
@@ -21,13 +20,11 @@ constant per row (Add-6 broadcasts trailing dimensions only): such folds are lef
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import onnx
 
 from ..graph_view import GraphView
-from ..graphs import ONNX_DOMAINS, axis_after_transposes, node_label
+from ..graphs import ONNX_DOMAINS, node_label
 from ..numerics import ChannelAffine, NotRepresentable, per_channel, round_to, scale_along
 from .base import (
     ConstantUpdate,
@@ -100,32 +97,6 @@ def plan_rows_and_bias(
         return bias
     how = f"scaled {affine.channels} rows of the weight on the left and its bias Add's constant"
     return matmul_index, _with_bias(matmul_index, scaled, add_index, bias, how)
-
-
-def plan_rows_and_bias_through(
-    view: GraphView, add_index: int, chain: list[int], affine: ChannelAffine, path: str
-) -> tuple[int, SplitPlan] | str | None:
-    """`plan_rows_and_bias` where Transposes and Identity (`chain`, from the bias Add on; `path`
-    names them) lie between the bias Add and the BN and bring the product's channel axis 1 back
-    to axis 1; the reason they do not; None when the Add is no product's bias."""
-    found = plan_rows_and_bias(view, add_index, affine)
-    if found is None or isinstance(found, str):
-        return found
-    if any(view.op_types[index] not in ("Transpose", "Identity") for index in chain):
-        return (
-            f"it follows {path} after the bias Add of a MatMul with its weight on the left; "
-            "only Transposes are followed there"
-        )
-    axis = axis_after_transposes((view.nodes[index] for index in chain), 1, 3)
-    if isinstance(axis, str):
-        return axis
-    if axis != 1:
-        return (
-            f"the channels of the MatMul with its weight on the left reach it through {path} "
-            f"on axis {axis}, not on its channel axis 1"
-        )
-    matmul_index, split = found
-    return matmul_index, replace(split, how=f"{split.how}; through {path}, unchanged")
 
 
 def plan_columns(

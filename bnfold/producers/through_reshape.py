@@ -34,7 +34,7 @@ from ..numerics import ChannelAffine
 from . import LAYERS, PLANNERS
 from .base import FoldPlan, SplitPlan, shared_output_reason
 from .linear_nd import plan_linear_nd, plan_linear_nd_unbiased
-from .product import plan_rows_and_bias_through, weight_on_the_left
+from .product import plan_rows_and_bias, weight_on_the_left
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity"})
 LAYOUT_ROOTS = ("MatMul", "Gemm")  # layers whose output is [N, C], followed through any layout
@@ -72,7 +72,7 @@ def plan_through_layout(
             path = _describe(view, chain[::-1])
             linear = plan_linear_nd(view, index, chain[::-1], affine, path)
             if linear is None:  # (or the bias of a MatMul with its weight on the left)
-                linear = plan_rows_and_bias_through(view, index, chain[::-1], affine, path)
+                linear = _through_product_bias(view, index, chain[::-1], affine, path)
             if linear is not None:
                 return linear
         if node.op_type not in LAYOUT_OPS and node.op_type not in PLANNERS:
@@ -113,6 +113,27 @@ def _plan(
     elif followed == COLUMNS and affine.channels > 1:
         problem = _columns_problem(view, layer, chain, affine.channels, opset, path)
     return problem or (layer_index, replace(plan, how=f"{plan.how}; through {path}, unchanged"))
+
+
+def _through_product_bias(
+    view: GraphView, add_index: int, chain: list[int], affine: ChannelAffine, path: str
+) -> tuple[int, SplitPlan] | str | None:
+    """`product.plan_rows_and_bias` where the layout nodes of `chain` (from the bias Add on;
+    `path` names them) lie between the bias Add and the BN: followed as the product's own output
+    is (`_followed_as`, `_channel_axis_problem`); the reason they are not; None when the Add is
+    no product's bias."""
+    found = plan_rows_and_bias(view, add_index, affine)
+    if found is None or isinstance(found, str):
+        return found
+    matmul_index, split = found
+    matmul = view.nodes[matmul_index]
+    if _followed_as(view, matmul, chain) != CHANNELS:
+        return (
+            f"it follows {path} after the bias Add of MatMul '{node_label(matmul)}' (its weight "
+            "on the left); only Transposes are followed there"
+        )
+    problem = _channel_axis_problem(view, matmul, chain, affine.channels, path)
+    return problem or (matmul_index, replace(split, how=f"{split.how}; through {path}, unchanged"))
 
 
 def _followed_as(view: GraphView, layer: onnx.NodeProto, chain: list[int]) -> str | None:
@@ -157,10 +178,11 @@ def _channel_axis_problem(
     BatchNormalization's input through the Transposes of `chain`; None when they do. Each
     element then keeps its channel, so the BN's map for channel c applies to exactly the values
     the layer wrote to channel c."""
-    shape = LAYERS[layer.op_type].output_channels(layer, view)
-    if shape is None:
+    found = LAYERS[layer.op_type].output_channels(layer, view)
+    if found is None:
         return f"the rank of {layer.op_type} '{node_label(layer)}''s output is not known"
-    axis = axis_after_transposes((view.nodes[i] for i in chain), 1, shape[1])
+    _, rank = found
+    axis = axis_after_transposes((view.nodes[i] for i in chain), 1, rank)
     if isinstance(axis, str):
         return f"{axis} of {layer.op_type} '{node_label(layer)}''s output"
     if axis != 1:

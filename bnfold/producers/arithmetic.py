@@ -54,8 +54,7 @@ def only_moves_a_shift(affine: ChannelAffine, plan: FoldPlan | SplitPlan) -> boo
     """Whether folding a pure shift (every scale 1: an Add, a Sub of a constant) would only put
     a new bias Add after layers that have no bias (MatMuls with their weight on the left): that
     shift is their bias, written after them, not a BatchNormalization written as arithmetic;
-    nothing to fold (and folding it again would move it again). The planner is asked even where
-    the layer's output is read elsewhere, to tell this case from a BN-like one left."""
+    nothing to fold (and folding it again would move it again)."""
     parts = plan.parts if isinstance(plan, SplitPlan) else ((0, plan),)
     added = any(part.added_bias is not None for _, part in parts)
     return added and bool(np.all(affine.scale == 1))
@@ -151,14 +150,19 @@ def _into_layer(
     output; or why not; None when it is that layer's bias (`only_moves_a_shift`)."""
     producer = view.nodes[layer_index]
     what, verb = OP_WORDS[node.op_type]
-    plan = PLANNERS[producer.op_type](producer, view, affine, opset)
-    if not isinstance(plan, str) and only_moves_a_shift(affine, plan):
-        return None
-    if view.sole_consumer(data) != index:
+    shift_only = bool(np.all(affine.scale == 1))
+    shared = view.sole_consumer(data) != index
+    plan: FoldPlan | str | None = None
+    if shift_only or not shared:  # (a shared output needs a plan only to tell a bias: below)
+        plan = PLANNERS[producer.op_type](producer, view, affine, opset)
+        if not isinstance(plan, str) and only_moves_a_shift(affine, plan):
+            return None
+    if shared:
         plan = shared_output_reason(view, data, view.nodes[writer])
     if isinstance(plan, str):
         return Skip(f"{what} a per-channel constant after {producer.op_type}: {plan}")
-    if np.all(affine.scale == 1):
+    assert plan is not None
+    if shift_only:
         how = f"{verb} a per-channel constant, moved into the bias"
     else:
         how = f"{verb} a per-channel constant; {plan.how}"

@@ -198,7 +198,8 @@ class SessionFactory:
             options.add_external_initializers(list(supplied or {}), values)
         devices = [d for d in self._plugin_devices() if d.ep_name == provider]
         kwargs: dict[str, Any] = {}
-        if devices and provider not in self.ort.get_available_providers():
+        through_devices = bool(devices) and provider not in self.ort.get_available_providers()
+        if through_devices:
             options.add_provider_for_devices(devices, self.provider_options(provider))
         else:
             providers = [(provider, self.provider_options(provider))]
@@ -218,7 +219,7 @@ class SessionFactory:
             reason = f"{provider} could not be used (onnxruntime fell back to {used})"
             return Unavailable(reason + said.why())
         session.bnfold_supplied = values  # onnxruntime reads them for the session's lifetime
-        if not devices:  # (a plugin's options go through its devices: not reported back)
+        if not through_devices:  # (a plugin's options go with its devices: not reported back)
             self._note_untaken(session, provider)
         return session
 
